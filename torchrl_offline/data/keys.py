@@ -1,0 +1,33 @@
+"""The tensordict keys every offline dataset of this package uses (TorchRL's own)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ACTION",
+    "ACTION_LOG_PROB",
+    "ACTION_PROB",
+    "DONE",
+    "EPISODE",
+    "NEXT_OBSERVATION",
+    "OBSERVATION",
+    "REWARD",
+    "TERMINATED",
+    "TRUNCATED",
+    "key_name",
+]
+
+OBSERVATION = "observation"
+ACTION = "action"
+EPISODE = "episode"
+ACTION_LOG_PROB = "action_log_prob"
+ACTION_PROB = "action_prob"
+NEXT_OBSERVATION = ("next", "observation")
+REWARD = ("next", "reward")
+DONE = ("next", "done")
+TERMINATED = ("next", "terminated")
+TRUNCATED = ("next", "truncated")
+
+
+def key_name(key: str | tuple[str, ...]) -> str:
+    """Render a (possibly nested) tensordict key for error messages: ``("next", "reward")`` -> ``next.reward``."""
+    return key if isinstance(key, str) else ".".join(key)

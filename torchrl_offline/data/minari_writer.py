@@ -1,0 +1,241 @@
+"""Write transitions in TorchRL layout as a Minari dataset (HDF5 or Arrow)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tensordict import TensorDictBase
+
+from torchrl_offline.data.errors import DatasetError
+from torchrl_offline.data.keys import (
+    ACTION,
+    ACTION_LOG_PROB,
+    ACTION_PROB,
+    EPISODE,
+    NEXT_OBSERVATION,
+    OBSERVATION,
+    REWARD,
+    TERMINATED,
+    TRUNCATED,
+)
+from torchrl_offline.data.storage import atomic_directory
+from torchrl_offline.data.validate import validate_transitions
+
+__all__ = ["BEHAVIOR_INFO_KEYS", "minari_root", "resolve_minari_path", "write_minari"]
+
+#: Per-step behaviour-policy fields stored in a Minari episode's ``infos``.
+#: Minari's ``infos`` hold T+1 entries (the reset info, then one per step), so
+#: the value for ``actions[t]`` is stored at ``infos[key][t + 1]`` and entry 0 is
+#: NaN, the same place a Minari ``DataCollector`` step callback would put it.
+BEHAVIOR_INFO_KEYS = (ACTION_LOG_PROB, ACTION_PROB)
+
+
+def minari_root(root: str | os.PathLike | None = None) -> Path:
+    """The Minari datasets root: ``root``, else ``$MINARI_DATASETS_PATH``, else ``~/.minari/datasets``."""
+    if root is not None:
+        return Path(root).expanduser()
+    env = os.environ.get("MINARI_DATASETS_PATH")
+    return Path(env).expanduser() if env else Path.home() / ".minari" / "datasets"
+
+
+def resolve_minari_path(
+    dataset_id_or_path: str | os.PathLike, root: str | os.PathLike | None = None
+) -> Path:
+    """Return the dataset directory (the one holding ``data/``) without checking it exists."""
+    candidate = Path(dataset_id_or_path).expanduser()
+    if candidate.is_absolute() or candidate.exists() or str(dataset_id_or_path).startswith("."):
+        return candidate.parent if candidate.name == "data" else candidate
+    return minari_root(root) / str(dataset_id_or_path)
+
+
+def _episode_bounds(episode: torch.Tensor) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) blocks of equal episode id; ids must not repeat after a gap."""
+    episode = episode.reshape(-1)
+    n = episode.shape[0]
+    if n == 0:
+        return []
+    change = (episode[1:] != episode[:-1]).nonzero().reshape(-1) + 1
+    starts = [0, *change.tolist()]
+    stops = [*change.tolist(), n]
+    ids = episode[starts]
+    if ids.unique().numel() != len(starts):
+        seen: set[int] = set()
+        for s, i in zip(starts, ids.tolist()):
+            if i in seen:
+                raise DatasetError(
+                    f"Field 'episode': episode {i} resumes at index {s} after another episode; "
+                    "each episode's transitions must be contiguous and in time order",
+                    field="episode",
+                    index=s,
+                )
+            seen.add(i)
+    return list(zip(starts, stops))
+
+
+def _structured(value: Any, space: gym.Space) -> Any:
+    """Convert a tensor / nested tensordict to the numpy structure Minari expects for ``space``."""
+    if isinstance(space, gym.spaces.Dict):
+        return {k: _structured(value.get(k), sub) for k, sub in space.spaces.items()}
+    if isinstance(space, gym.spaces.Tuple):
+        return tuple(_structured(value.get(str(i)), sub) for i, sub in enumerate(space.spaces))
+    array = value.detach().cpu().numpy()
+    if isinstance(space, gym.spaces.Discrete):
+        if array.ndim == 2 and array.shape[-1] == space.n and space.n > 1:
+            array = array.argmax(-1) + space.start  # one-hot -> index
+        return array.reshape(-1).astype(space.dtype)
+    return array.reshape(array.shape[0], *space.shape).astype(space.dtype, copy=False)
+
+
+def _rows_equal(a: torch.Tensor | TensorDictBase, b: torch.Tensor | TensorDictBase) -> torch.Tensor:
+    """Per-row equality ``[n]`` of two tensors or tensordicts with batch size ``[n]``."""
+    n = a.shape[0]
+    if isinstance(a, TensorDictBase):
+        leaves = (a == b).values(include_nested=True, leaves_only=True)
+        return torch.stack([leaf.reshape(n, -1).all(-1) for leaf in leaves]).all(0)
+    return (a == b).reshape(n, -1).all(-1)
+
+
+def _concat(first: Any, last: Any) -> Any:
+    if isinstance(first, dict):
+        return {k: _concat(first[k], last[k]) for k in first}
+    if isinstance(first, tuple):
+        return tuple(_concat(a, b) for a, b in zip(first, last))
+    return np.concatenate([first, last], axis=0)
+
+
+def write_minari(
+    transitions: TensorDictBase,
+    dataset_id: str,
+    *,
+    observation_space: gym.Space,
+    action_space: gym.Space,
+    root: str | os.PathLike | None = None,
+    env_spec: gym.envs.registration.EnvSpec | str | None = None,
+    data_format: str = "hdf5",
+    ref_min_score: float | None = None,
+    ref_max_score: float | None = None,
+    algorithm_name: str | None = None,
+    description: str | None = None,
+    author: str | None = None,
+    extra_metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write transitions (TorchRL keys, dataset order) as a Minari dataset.
+
+    Episodes are the contiguous blocks of the ``episode`` key. Each Minari episode
+    gets the T+1 observations (``observation`` of every step plus the final
+    ``("next", "observation")``), the T actions, rewards, terminations and
+    truncations; ``action_log_prob`` / ``action_prob``, when present, go to
+    ``infos`` (see :data:`BEHAVIOR_INFO_KEYS`). The dataset is built in a temporary
+    directory and renamed into place, so an interrupted write leaves nothing that
+    loads.
+
+    Args:
+        transitions: transitions with batch size ``[N]``.
+        dataset_id: Minari id, e.g. ``"pendulum/random-v0"``.
+        observation_space: gymnasium observation space.
+        action_space: gymnasium action space.
+        root: datasets root (default ``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets``).
+        env_spec: the environment spec (or id) that generated the data, if any.
+        data_format: ``"hdf5"`` or ``"arrow"``.
+        ref_min_score: reference return of a random policy (for normalized scores).
+        ref_max_score: reference return of an expert policy.
+        algorithm_name: how the data was generated.
+        description: free text.
+        author: free text.
+        extra_metadata: more JSON-serialisable metadata entries.
+        overwrite: replace an existing dataset with the same id.
+
+    Returns:
+        The dataset directory (``<root>/<dataset_id>``).
+
+    Raises:
+        DatasetError: invalid transitions, non-contiguous episodes, or a next
+            observation that differs from the following observation of its episode.
+        FileExistsError: the dataset exists and ``overwrite`` is False.
+    """
+    import minari
+    from minari.dataset.minari_storage import MinariStorage
+
+    final = minari_root(root) / dataset_id
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"A Minari dataset already exists at {final}; pass overwrite=True")
+    for key in (OBSERVATION, ACTION, NEXT_OBSERVATION, REWARD, TERMINATED, TRUNCATED, EPISODE):
+        if key not in transitions.keys(True):
+            raise DatasetError(f"Missing field {key!r} in the transitions to write", field=str(key))
+    validate_transitions(transitions, action_space=action_space)
+    if isinstance(env_spec, str):
+        env_spec = gym.spec(env_spec)
+
+    bounds = _episode_bounds(transitions.get(EPISODE))
+    behavior_keys = [k for k in BEHAVIOR_INFO_KEYS if k in transitions.keys()]
+
+    def episodes():
+        from minari.data_collector import EpisodeBuffer
+
+        for ep_id, (start, stop) in enumerate(bounds):
+            chunk = transitions[start:stop]
+            obs = chunk.get(OBSERVATION)
+            nxt = chunk.get(NEXT_OBSERVATION)
+            if stop - start > 1 and not bool((same := _rows_equal(obs[1:], nxt[:-1])).all()):
+                first = int((~same).nonzero()[0, 0]) + start
+                raise DatasetError(
+                    f"Field 'next.observation' at index {first} differs from 'observation' at "
+                    f"index {first + 1} of the same episode; Minari stores one observation "
+                    "sequence per episode and cannot represent this",
+                    field="next.observation",
+                    index=first,
+                )
+            observations = _concat(
+                _structured(obs, observation_space), _structured(nxt[-1:], observation_space)
+            )
+            infos = {}
+            for key in behavior_keys:
+                value = chunk.get(key).reshape(stop - start).to(torch.float64).numpy()
+                # A list, not a 1-D array: Minari 0.5.4's Arrow reader cannot decode the
+                # shape metadata it writes for 1-D info arrays.
+                infos[key] = [float("nan"), *value.tolist()]
+            yield EpisodeBuffer(
+                id=ep_id,
+                observations=observations,
+                actions=_structured(chunk.get(ACTION), action_space),
+                rewards=chunk.get(REWARD).reshape(-1).to(torch.float64).numpy(),
+                terminations=chunk.get(TERMINATED).reshape(-1).numpy(),
+                truncations=chunk.get(TRUNCATED).reshape(-1).numpy(),
+                infos=infos or None,
+            )
+
+    metadata: dict[str, Any] = {
+        "dataset_id": dataset_id,
+        "minari_version": minari.__version__,
+        "algorithm_name": algorithm_name or "unknown",
+        "description": description or "",
+        "author": {author} if author else set(),
+    }
+    if ref_min_score is not None and ref_max_score is not None:
+        metadata["ref_min_score"] = float(ref_min_score)
+        metadata["ref_max_score"] = float(ref_max_score)
+    elif (ref_min_score is None) != (ref_max_score is None):
+        raise ValueError("ref_min_score and ref_max_score must be given together")
+    if extra_metadata:
+        metadata.update(json.loads(json.dumps(dict(extra_metadata), default=str)))
+
+    with atomic_directory(final, overwrite=overwrite) as tmp:
+        storage = MinariStorage.new(
+            tmp / "data",
+            observation_space=observation_space,
+            action_space=action_space,
+            env_spec=env_spec,
+            data_format=data_format,
+            jpeg_encoding=False,
+        )
+        storage.update_metadata(metadata)
+        storage.update_episodes(episodes())
+    return final

@@ -1,0 +1,181 @@
+"""Memory-mapped transition storage: atomic on-disk writes and replay-buffer construction.
+
+Every adapter of the data layer (Minari, logged arrays/files, collection from a
+policy) ends here: transitions are written into a memory-mapped
+:class:`~tensordict.TensorDict` inside a temporary directory, validated, and
+only then renamed into place, so an interrupted conversion never leaves
+something that later loads as a valid dataset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.data import TensorDictReplayBuffer, TensorStorage
+from torchrl.data.replay_buffers.samplers import RandomSampler, Sampler
+from torchrl.envs.transforms import Transform
+
+__all__ = [
+    "COMPLETE_MARKER",
+    "OfflineReplayBuffer",
+    "allocate_transitions",
+    "atomic_directory",
+    "is_complete",
+    "load_transitions",
+    "make_replay_buffer",
+    "write_complete_marker",
+]
+
+#: File written last inside a finished dataset directory.
+COMPLETE_MARKER = "torchrl_offline.json"
+
+
+class OfflineReplayBuffer(TensorDictReplayBuffer):
+    """A :class:`~torchrl.data.TensorDictReplayBuffer` over a fixed offline dataset.
+
+    It is a plain TorchRL replay buffer (sample, iterate, extend, transforms all
+    work as usual) that also carries the dataset's ``metadata`` (source, reference
+    returns for normalized scores, spaces) and the on-disk ``path`` of its
+    memory-mapped storage. ``buffer.storage[i]`` is transition ``i`` of the
+    dataset, in dataset order.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        metadata: Mapping[str, Any] | None = None,
+        path: str | Path | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self.path: Path | None = Path(path) if path is not None else None
+
+
+@contextlib.contextmanager
+def atomic_directory(final: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Build a directory under a temporary name and rename it into place on success.
+
+    On any exception the temporary directory is removed and ``final`` is left
+    untouched. If ``final`` already exists when the build finishes, it is kept
+    (another process won the race) unless ``overwrite`` is set.
+
+    Args:
+        final: the directory to create.
+        overwrite: replace an existing ``final`` directory.
+
+    Yields:
+        The temporary directory to fill (a sibling of ``final``).
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        if not overwrite:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        trash = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(final, trash)
+        os.replace(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def allocate_transitions(
+    spec: Mapping[str | tuple[str, ...], tuple[tuple[int, ...], torch.dtype]],
+    num_transitions: int,
+    prefix: str | Path,
+) -> TensorDict:
+    """Allocate an empty memory-mapped tensordict of ``num_transitions`` rows.
+
+    Nothing of size ``num_transitions`` is materialised in RAM: each leaf is a
+    file-backed tensor filled later slice by slice.
+
+    Args:
+        spec: for each (possibly nested) key, the per-transition shape and dtype.
+        num_transitions: number of rows.
+        prefix: directory receiving the memory-mapped files.
+
+    Returns:
+        A memory-mapped :class:`~tensordict.TensorDict` with batch size ``[num_transitions]``.
+    """
+    template = TensorDict(
+        {
+            key: torch.zeros((), dtype=dtype).expand(num_transitions, *shape)
+            for key, (shape, dtype) in spec.items()
+        },
+        batch_size=[num_transitions],
+    )
+    return template.memmap_like(prefix=str(prefix))
+
+
+def write_complete_marker(path: str | Path, metadata: Mapping[str, Any]) -> None:
+    """Write the marker (with the dataset metadata) that makes a dataset directory valid."""
+    with open(Path(path) / COMPLETE_MARKER, "w") as f:
+        json.dump(dict(metadata), f, indent=1, sort_keys=True, default=str)
+
+
+def is_complete(path: str | Path) -> bool:
+    """Whether ``path`` holds a finished memory-mapped dataset."""
+    return (Path(path) / COMPLETE_MARKER).is_file()
+
+
+def load_transitions(path: str | Path) -> tuple[TensorDictBase, dict[str, Any]]:
+    """Open a finished memory-mapped dataset directory (no data is read into RAM).
+
+    Returns:
+        The memory-mapped transitions and the metadata stored beside them.
+    """
+    path = Path(path)
+    with open(path / COMPLETE_MARKER) as f:
+        metadata = json.load(f)
+    return TensorDict.load_memmap(path / "transitions"), metadata
+
+
+def make_replay_buffer(
+    transitions: TensorDictBase,
+    *,
+    batch_size: int | None = 256,
+    sampler: Sampler | None = None,
+    transform: Transform | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    path: str | Path | None = None,
+    **kwargs: Any,
+) -> OfflineReplayBuffer:
+    """Wrap stored transitions in a replay buffer backed by a :class:`~torchrl.data.TensorStorage`.
+
+    Args:
+        transitions: the (memory-mapped) transitions, batch size ``[N]``.
+        batch_size: default sample size.
+        sampler: a TorchRL sampler; uniform with replacement by default.
+        transform: a TorchRL transform applied to sampled batches.
+        metadata: dataset metadata to attach.
+        path: on-disk location of the storage, if any.
+        **kwargs: forwarded to :class:`~torchrl.data.TensorDictReplayBuffer`.
+    """
+    storage = TensorStorage(transitions, max_size=transitions.shape[0])
+    return OfflineReplayBuffer(
+        storage=storage,
+        sampler=sampler if sampler is not None else RandomSampler(),
+        batch_size=batch_size,
+        transform=transform,
+        metadata=metadata,
+        path=path,
+        **kwargs,
+    )

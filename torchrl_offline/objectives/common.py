@@ -1,0 +1,565 @@
+"""Helpers shared by the offline RL losses.
+
+This module holds what every loss in :mod:`torchrl_offline.objectives` needs:
+
+* :class:`OfflineLossError`, the exception raised for bad input (missing keys,
+  non-finite values, specs that do not match the networks, non-finite losses);
+* :func:`check_batch`, which names the first missing key or the first key holding
+  NaN/inf together with the first bad index;
+* :func:`ensemble_forward` / :func:`ensemble_apply`, one batched evaluation of an
+  ensemble of critics whose parameters are stacked along a leading dimension (a
+  ``torch.baddbmm`` fast path for plain MLP critics, ``torch.vmap`` otherwise);
+* :func:`module_apply`, a call of a (single) network with an explicit set of
+  parameters that avoids swapping parameters in and out of the module when the
+  network is a plain MLP;
+* :func:`action_bounds`, :func:`uniform_actions`, :func:`to_unit_interval` and
+  :func:`from_unit_interval`, action-range helpers that read ``low``/``high`` from a
+  TorchRL spec (never a silent ``[-1, 1]``);
+* :func:`check_finite_losses`, which reports a non-finite loss term with its name
+  and the update step.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Sequence
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from tensordict.utils import NestedKey
+from torch import Tensor, nn
+
+__all__ = [
+    "OfflineLossError",
+    "action_bounds",
+    "check_batch",
+    "check_finite_losses",
+    "check_output_dim",
+    "ensemble_apply",
+    "ensemble_forward",
+    "find_action_spec",
+    "from_unit_interval",
+    "module_apply",
+    "to_unit_interval",
+    "uniform_actions",
+]
+
+
+class OfflineLossError(ValueError):
+    """Bad input to an offline RL loss.
+
+    Raised for a missing key, NaN/inf in a batch, a spec that does not match a
+    network, or a non-finite loss term during training. The message names the key
+    (or loss term) and, where it applies, the first bad index or the update step.
+
+    Examples:
+        >>> from torchrl_offline.objectives.common import OfflineLossError
+        >>> issubclass(OfflineLossError, ValueError)
+        True
+    """
+
+
+def _key_str(key: NestedKey) -> str:
+    if isinstance(key, tuple):
+        return repr(key) if len(key) > 1 else repr(key[0])
+    return repr(key)
+
+
+def _first_bad_index(bad: Tensor, batch_ndim: int) -> tuple[int, ...]:
+    """Index (over the batch dims) of the first ``True`` entry of ``bad``."""
+    if batch_ndim and bad.ndim > batch_ndim:
+        bad = bad.flatten(batch_ndim).any(-1)
+    elif not batch_ndim:
+        return ()
+    flat = int(bad.reshape(-1).nonzero()[0, 0])
+    return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), bad.shape))
+
+
+def check_batch(tensordict: TensorDictBase, keys: Iterable[NestedKey]) -> None:
+    """Checks that ``tensordict`` holds every key in ``keys`` with finite values.
+
+    Integer and boolean entries are only checked for presence. Floating entries must
+    hold no NaN or inf.
+
+    Args:
+        tensordict (TensorDictBase): the batch to check.
+        keys (iterable of NestedKey): keys the loss reads.
+
+    Raises:
+        OfflineLossError: naming the first missing key, or the first key holding a
+            non-finite value together with the first bad batch index.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl_offline.objectives.common import OfflineLossError, check_batch
+        >>> td = TensorDict({"observation": torch.zeros(3, 2)}, [3])
+        >>> check_batch(td, ["observation"])
+        >>> td["observation"][1, 0] = float("nan")
+        >>> try:
+        ...     check_batch(td, ["observation", "action"])
+        ... except OfflineLossError as err:
+        ...     print(err)
+        batch key 'observation' holds NaN/inf (first at batch index (1,))
+    """
+    floats = []
+    for key in keys:
+        value = tensordict.get(key, None)
+        if value is None:
+            raise OfflineLossError(
+                f"batch is missing the key {_key_str(key)} "
+                f"(present: {sorted(map(str, tensordict.keys(True, True)))})"
+            )
+        if isinstance(value, Tensor) and value.is_floating_point():
+            floats.append((key, value))
+    if not floats:
+        return
+    # One synchronisation for the common (all finite) case.
+    finite = torch.stack([torch.isfinite(v).all() for _, v in floats])
+    if bool(finite.all()):
+        return
+    for (key, value), ok in zip(floats, finite.tolist()):
+        if not ok:
+            index = _first_bad_index(~torch.isfinite(value), tensordict.batch_dims)
+            raise OfflineLossError(
+                f"batch key {_key_str(key)} holds NaN/inf (first at batch index {index})"
+            )
+
+
+def check_finite_losses(losses: TensorDictBase, step: int | None = None) -> None:
+    """Raises if any ``loss_*`` entry of ``losses`` is NaN or inf.
+
+    Args:
+        losses (TensorDictBase): the output of a loss module.
+        step (int, optional): the update counter, quoted in the message.
+
+    Raises:
+        OfflineLossError: naming the first non-finite loss term and the step.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl_offline.objectives.common import check_finite_losses
+        >>> check_finite_losses(TensorDict({"loss_actor": torch.tensor(1.0)}), step=3)
+        >>> try:
+        ...     check_finite_losses(TensorDict({"loss_actor": torch.tensor(float("inf"))}), 3)
+        ... except ValueError as err:
+        ...     print(err)
+        non-finite loss term 'loss_actor' at update step 3
+    """
+    items = [(k, v) for k, v in losses.items() if k.startswith("loss_") and isinstance(v, Tensor)]
+    if not items:
+        return
+    finite = torch.stack([torch.isfinite(v.detach()).all() for _, v in items])
+    if bool(finite.all()):
+        return
+    for (key, _), ok in zip(items, finite.tolist()):
+        if not ok:
+            where = "" if step is None else f" at update step {step}"
+            raise OfflineLossError(f"non-finite loss term {key!r}{where}")
+
+
+# ----------------------------------------------------------------------------- networks
+
+_ELEMENTWISE = (
+    nn.ReLU,
+    nn.Tanh,
+    nn.ELU,
+    nn.SiLU,
+    nn.LeakyReLU,
+    nn.GELU,
+    nn.Identity,
+    nn.Sigmoid,
+    nn.Softplus,
+    nn.Mish,
+)
+
+# A plan is a list of ("linear", weight_key, bias_key | None) and ("act", module) steps.
+_Plan = list[tuple]
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_NO_PLAN = object()
+
+
+def _mlp_plan(module: TensorDictModuleBase) -> _Plan | None:
+    """A layer plan if ``module`` is a TensorDictModule around a plain MLP, else None."""
+    cached = _PLANS.get(module, None)
+    if cached is not None:
+        return None if cached is _NO_PLAN else cached
+    plan = _build_plan(module)
+    _PLANS[module] = _NO_PLAN if plan is None else plan
+    return plan
+
+
+def _build_plan(module) -> _Plan | None:
+    from torchrl.modules import MLP
+
+    inner = getattr(module, "module", None)
+    if inner is None or len(getattr(module, "out_keys", ())) != 1:
+        return None
+    if getattr(module, "safe", False) or getattr(module, "out_to_in_map", False):
+        return None
+    if not (isinstance(inner, MLP) or type(inner) is nn.Sequential):
+        return None
+    if type(inner) is nn.Sequential and len(module.in_keys) != 1:
+        return None
+    if isinstance(inner, MLP) and type(inner).forward is not MLP.forward:
+        return None
+    plan: _Plan = []
+    for name, child in inner.named_children():
+        if type(child) is nn.Linear:
+            plan.append(
+                (
+                    "linear",
+                    ("module", name, "weight"),
+                    ("module", name, "bias") if child.bias is not None else None,
+                )
+            )
+        elif type(child) in _ELEMENTWISE:
+            plan.append(("act", child))
+        else:
+            return None
+    if not plan or plan[0][0] != "linear":
+        return None
+    return plan
+
+
+def _plan_apply_single(plan: _Plan, params: TensorDictBase, x: Tensor) -> Tensor:
+    for step in plan:
+        if step[0] == "linear":
+            bias = None if step[2] is None else params.get(step[2])
+            x = torch.nn.functional.linear(x, params.get(step[1]), bias)
+        else:
+            x = step[1](x)
+    return x
+
+
+def _plan_apply_stacked(plan: _Plan, params: TensorDictBase, x: Tensor) -> Tensor:
+    """``x`` is ``[M, in]`` (shared by all members) or ``[E, M, in]``."""
+    for step in plan:
+        if step[0] == "linear":
+            weight = params.get(step[1])  # [E, out, in]
+            if x.ndim == 2:
+                x = x.expand(weight.shape[0], *x.shape)
+            if step[2] is None:
+                x = torch.bmm(x, weight.transpose(1, 2))
+            else:
+                x = torch.baddbmm(params.get(step[2]).unsqueeze(1), x, weight.transpose(1, 2))
+        else:
+            x = step[1](x)
+    return x
+
+
+def _inputs(module, tensordict: TensorDictBase) -> list[Tensor]:
+    return [tensordict.get(key) for key in module.in_keys]
+
+
+def _cat_inputs(inputs: Sequence[Tensor]) -> Tensor:
+    if len(inputs) == 1:
+        return inputs[0]
+    shape = torch.broadcast_shapes(*(t.shape[:-1] for t in inputs))
+    return torch.cat([t.expand(*shape, t.shape[-1]) for t in inputs], -1)
+
+
+def _vmap_call(module, stacked_params: TensorDictBase, tensordict: TensorDictBase, randomness):
+    def call(params, td):
+        with params.to_module(module):
+            return module(td)
+
+    return torch.vmap(call, (0, None), randomness=randomness)(stacked_params, tensordict)
+
+
+def ensemble_apply(
+    module: TensorDictModuleBase,
+    stacked_params: TensorDictBase,
+    *inputs: Tensor,
+    randomness: str = "different",
+) -> Tensor:
+    """Evaluates an ensemble of copies of ``module`` on shared inputs; returns a tensor.
+
+    This is the hot-path variant of :func:`ensemble_forward`: ``inputs`` are the
+    tensors for ``module.in_keys`` (in order) and the result is the single output of
+    the module for every ensemble member, shaped ``[E, *batch, out]``.
+
+    Args:
+        module (TensorDictModuleBase): the critic (one output key).
+        stacked_params (TensorDictBase): parameters with a leading ensemble dim ``E``,
+            as made by ``LossModule.convert_to_functional(..., expand_dim=E)``.
+        *inputs (Tensor): one tensor per ``module.in_keys`` entry, batch dims first.
+        randomness (str, optional): ``torch.vmap`` randomness for the generic path.
+
+    Returns:
+        Tensor: shaped ``[E, *batch, out]``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.modules import MLP, ValueOperator
+        >>> from torchrl_offline.objectives.common import ensemble_apply
+        >>> import copy
+        >>> critic = ValueOperator(MLP(in_features=5, out_features=1, num_cells=[8]),
+        ...                        in_keys=["observation", "action"])
+        >>> params = TensorDict.from_modules(critic, copy.deepcopy(critic), as_module=True)
+        >>> ensemble_apply(critic, params, torch.randn(4, 3), torch.randn(4, 2)).shape
+        torch.Size([2, 4, 1])
+    """
+    plan = _mlp_plan(module)
+    if plan is not None:
+        x = _cat_inputs(inputs)
+        batch = x.shape[:-1]
+        out = _plan_apply_stacked(plan, stacked_params, x.reshape(-1, x.shape[-1]))
+        return out.reshape(out.shape[0], *batch, out.shape[-1])
+    batch = torch.broadcast_shapes(*(t.shape[:-1] for t in inputs))
+    td = TensorDict(
+        {k: t.expand(*batch, t.shape[-1]) for k, t in zip(module.in_keys, inputs)}, batch
+    )
+    return _vmap_call(module, stacked_params, td, randomness).get(module.out_keys[0])
+
+
+def ensemble_forward(
+    module: TensorDictModuleBase,
+    stacked_params: TensorDictBase,
+    tensordict: TensorDictBase,
+    *,
+    randomness: str = "different",
+) -> TensorDictBase:
+    """Evaluates an ensemble of copies of ``module`` in one batched computation.
+
+    Equal (up to float rounding) to looping over the ensemble members and stacking
+    their outputs. Plain MLP critics (a ``TensorDictModule`` around
+    :class:`torchrl.modules.MLP` or an ``nn.Sequential`` of ``nn.Linear`` and
+    elementwise activations) take a fast path of stacked ``torch.baddbmm`` calls;
+    any other ``TensorDictModule`` is evaluated with ``torch.vmap``.
+
+    Args:
+        module (TensorDictModuleBase): the network (its own parameters are not used).
+        stacked_params (TensorDictBase): parameters with a leading ensemble dim ``E``.
+        tensordict (TensorDictBase): inputs, holding ``module.in_keys``.
+
+    Keyword Args:
+        randomness (str, optional): ``torch.vmap`` randomness for the generic path.
+            Defaults to ``"different"``.
+
+    Returns:
+        TensorDictBase: with batch size ``[E, *tensordict.batch_size]`` holding the
+        module's output keys.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.modules import MLP, ValueOperator
+        >>> from torchrl_offline.objectives.common import ensemble_forward
+        >>> import copy
+        >>> critic = ValueOperator(MLP(in_features=5, out_features=1, num_cells=[8]),
+        ...                        in_keys=["observation", "action"])
+        >>> params = TensorDict.from_modules(critic, copy.deepcopy(critic), copy.deepcopy(critic),
+        ...                                  as_module=True)
+        >>> td = TensorDict({"observation": torch.randn(4, 3), "action": torch.randn(4, 2)}, [4])
+        >>> ensemble_forward(critic, params, td)["state_action_value"].shape
+        torch.Size([3, 4, 1])
+    """
+    plan = _mlp_plan(module)
+    if plan is not None:
+        value = ensemble_apply(module, stacked_params, *_inputs(module, tensordict))
+        return TensorDict(
+            {module.out_keys[0]: value},
+            batch_size=[value.shape[0], *tensordict.batch_size],
+        )
+    td = tensordict.select(*module.in_keys, strict=False)
+    return _vmap_call(module, stacked_params, td, randomness)
+
+
+def module_apply(
+    module: TensorDictModuleBase,
+    params: TensorDictBase,
+    *inputs: Tensor,
+) -> Tensor:
+    """Calls ``module`` with ``params`` on ``inputs`` and returns its single output.
+
+    Plain MLPs are evaluated functionally (``F.linear`` with the given parameters);
+    other modules get the parameters swapped in with ``params.to_module``.
+
+    Args:
+        module (TensorDictModuleBase): a network with one output key.
+        params (TensorDictBase): parameters shaped like ``TensorDict.from_module(module)``.
+        *inputs (Tensor): one tensor per ``module.in_keys`` entry.
+
+    Returns:
+        Tensor: the module's output.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.modules import MLP, ValueOperator
+        >>> from torchrl_offline.objectives.common import module_apply
+        >>> value = ValueOperator(MLP(in_features=3, out_features=1, num_cells=[8]),
+        ...                       in_keys=["observation"])
+        >>> params = TensorDict.from_module(value)
+        >>> module_apply(value, params, torch.randn(4, 3)).shape
+        torch.Size([4, 1])
+    """
+    plan = _mlp_plan(module)
+    if plan is not None:
+        return _plan_apply_single(plan, params, _cat_inputs(inputs))
+    batch = torch.broadcast_shapes(*(t.shape[:-1] for t in inputs))
+    td = TensorDict(
+        {k: t.expand(*batch, t.shape[-1]) for k, t in zip(module.in_keys, inputs)}, batch
+    )
+    with params.to_module(module):
+        return module(td).get(module.out_keys[0])
+
+
+# ----------------------------------------------------------------------------- actions
+
+
+def find_action_spec(obj, action_key: NestedKey = "action"):
+    """Returns the action spec held by ``obj`` (a spec, a Composite, an actor or an env).
+
+    Args:
+        obj: a :class:`~torchrl.data.TensorSpec`, a :class:`~torchrl.data.Composite`
+            holding ``action_key``, an actor with a ``spec`` attribute, or an env with
+            an ``action_spec``.
+        action_key (NestedKey, optional): the action entry. Defaults to ``"action"``.
+
+    Returns:
+        The action :class:`~torchrl.data.TensorSpec`, or ``None`` if none is found.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl.data import Bounded, Composite
+        >>> from torchrl_offline.objectives.common import find_action_spec
+        >>> spec = Bounded(-2.0, 2.0, (1,))
+        >>> find_action_spec(Composite(action=spec)) is spec
+        True
+    """
+    from torchrl.data import Composite, TensorSpec
+
+    if obj is None:
+        return None
+    if isinstance(obj, Composite):
+        return obj.get(action_key, None) if action_key in obj.keys(True, True) else None
+    if isinstance(obj, TensorSpec):
+        return obj
+    for attr in ("action_spec", "spec"):
+        spec = getattr(obj, attr, None)
+        if spec is not None and spec is not obj:
+            found = find_action_spec(spec, action_key)
+            if found is not None:
+                return found
+    return None
+
+
+def action_bounds(
+    spec, *, action_key: NestedKey = "action", dtype: torch.dtype | None = None
+) -> tuple[Tensor, Tensor]:
+    """Returns ``(low, high)`` of a bounded continuous action spec.
+
+    Args:
+        spec: a :class:`~torchrl.data.Bounded` spec, or anything
+            :func:`find_action_spec` accepts (Composite, actor, env).
+
+    Keyword Args:
+        action_key (NestedKey, optional): the action entry. Defaults to ``"action"``.
+        dtype (torch.dtype, optional): cast the bounds to this dtype.
+
+    Raises:
+        OfflineLossError: if no spec is found or the spec is not bounded (the loss
+            never falls back to an assumed ``[-1, 1]`` box).
+
+    Examples:
+        >>> import torch
+        >>> from torchrl.data import Bounded
+        >>> from torchrl_offline.objectives.common import action_bounds
+        >>> low, high = action_bounds(Bounded(-2.0, 2.0, (1,)))
+        >>> low, high
+        (tensor([-2.]), tensor([2.]))
+    """
+    found = find_action_spec(spec, action_key)
+    if found is None:
+        raise OfflineLossError(
+            f"no action spec found for {_key_str(action_key)}: pass a bounded action spec "
+            "(e.g. torchrl.data.Bounded) or an actor built with one"
+        )
+    space = getattr(found, "space", None)
+    low = getattr(space, "low", None)
+    high = getattr(space, "high", None)
+    if low is None or high is None:
+        raise OfflineLossError(
+            f"the action spec for {_key_str(action_key)} ({type(found).__name__}) is not "
+            "bounded; a Bounded spec with low/high is required"
+        )
+    low, high = torch.as_tensor(low), torch.as_tensor(high)
+    if dtype is not None:
+        low, high = low.to(dtype), high.to(dtype)
+    if not bool(torch.isfinite(low).all() and torch.isfinite(high).all()):
+        raise OfflineLossError(f"the action spec for {_key_str(action_key)} has infinite bounds")
+    return low, high
+
+
+def uniform_actions(
+    low: Tensor, high: Tensor, shape: Sequence[int], *, generator: torch.Generator | None = None
+) -> Tensor:
+    """Samples actions uniformly in the box ``[low, high]``.
+
+    Args:
+        low (Tensor): lower bound, shaped like one action.
+        high (Tensor): upper bound, shaped like one action.
+        shape (sequence of int): leading batch shape.
+
+    Keyword Args:
+        generator (torch.Generator, optional): random generator.
+
+    Returns:
+        Tensor: shaped ``[*shape, *low.shape]``.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl_offline.objectives.common import uniform_actions
+        >>> a = uniform_actions(torch.tensor([-2.0]), torch.tensor([2.0]), (5, 3))
+        >>> a.shape, bool((a.abs() <= 2).all())
+        (torch.Size([5, 3, 1]), True)
+    """
+    u = torch.rand((*shape, *low.shape), generator=generator, device=low.device, dtype=low.dtype)
+    return low + (high - low) * u
+
+
+def to_unit_interval(action: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """Maps actions from ``[low, high]`` to ``[-1, 1]``.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl_offline.objectives.common import to_unit_interval
+        >>> to_unit_interval(torch.tensor([2.0, 0.0]), torch.tensor(-2.0), torch.tensor(2.0))
+        tensor([1., 0.])
+    """
+    return (action - low) * (2.0 / (high - low)) - 1.0
+
+
+def from_unit_interval(action: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """Maps actions from ``[-1, 1]`` to ``[low, high]``.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl_offline.objectives.common import from_unit_interval
+        >>> from_unit_interval(torch.tensor([1.0, 0.0]), torch.tensor(-2.0), torch.tensor(2.0))
+        tensor([2., 0.])
+    """
+    return low + (action + 1.0) * (0.5 * (high - low))
+
+
+def check_output_dim(name: str, got: int, expected: int, what: str = "action") -> None:
+    """Raises :class:`OfflineLossError` if a network's output size ``got`` != ``expected``.
+
+    Examples:
+        >>> from torchrl_offline.objectives.common import check_output_dim
+        >>> check_output_dim("actor_network", 3, 3)
+        >>> try:
+        ...     check_output_dim("actor_network", 2, 3)
+        ... except ValueError as err:
+        ...     print(err)
+        actor_network produces 2 action dims but the action spec has 3
+    """
+    if got != expected:
+        raise OfflineLossError(
+            f"{name} produces {got} {what} dims but the {what} spec has {expected}"
+        )
