@@ -98,7 +98,7 @@ def check_batch(tensordict: TensorDictBase, keys: Iterable[NestedKey]) -> None:
         >>> check_batch(td, ["observation"])
         >>> td["observation"][1, 0] = float("nan")
         >>> try:
-        ...     check_batch(td, ["observation", "action"])
+        ...     check_batch(td, ["observation"])
         ... except OfflineLossError as err:
         ...     print(err)
         batch key 'observation' holds NaN/inf (first at batch index (1,))
@@ -261,11 +261,20 @@ def _cat_inputs(inputs: Sequence[Tensor]) -> Tensor:
     return torch.cat([t.expand(*shape, t.shape[-1]) for t in inputs], -1)
 
 
-def _vmap_call(module, stacked_params: TensorDictBase, tensordict: TensorDictBase, randomness):
+def _vmap_call(
+    module,
+    stacked_params: TensorDictBase,
+    tensordict: TensorDictBase,
+    randomness: str,
+    vectorize: bool = True,
+) -> TensorDictBase:
     def call(params, td):
         with params.to_module(module):
             return module(td)
 
+    if not vectorize:
+        outs = [call(stacked_params[i], tensordict.copy()) for i in range(stacked_params.shape[0])]
+        return torch.stack(outs)
     return torch.vmap(call, (0, None), randomness=randomness)(stacked_params, tensordict)
 
 
@@ -273,7 +282,9 @@ def ensemble_apply(
     module: TensorDictModuleBase,
     stacked_params: TensorDictBase,
     *inputs: Tensor,
+    out_key: NestedKey | None = None,
     randomness: str = "different",
+    vectorize: bool = True,
 ) -> Tensor:
     """Evaluates an ensemble of copies of ``module`` on shared inputs; returns a tensor.
 
@@ -286,7 +297,13 @@ def ensemble_apply(
         stacked_params (TensorDictBase): parameters with a leading ensemble dim ``E``,
             as made by ``LossModule.convert_to_functional(..., expand_dim=E)``.
         *inputs (Tensor): one tensor per ``module.in_keys`` entry, batch dims first.
+
+    Keyword Args:
+        out_key (NestedKey, optional): the output to return for modules with several
+            outputs. Defaults to ``module.out_keys[0]``.
         randomness (str, optional): ``torch.vmap`` randomness for the generic path.
+        vectorize (bool, optional): if ``False``, loop over the members instead of
+            batching them (for debugging and reference). Defaults to ``True``.
 
     Returns:
         Tensor: shaped ``[E, *batch, out]``.
@@ -303,7 +320,7 @@ def ensemble_apply(
         >>> ensemble_apply(critic, params, torch.randn(4, 3), torch.randn(4, 2)).shape
         torch.Size([2, 4, 1])
     """
-    plan = _mlp_plan(module)
+    plan = _mlp_plan(module) if vectorize else None
     if plan is not None:
         x = _cat_inputs(inputs)
         batch = x.shape[:-1]
@@ -313,7 +330,8 @@ def ensemble_apply(
     td = TensorDict(
         {k: t.expand(*batch, t.shape[-1]) for k, t in zip(module.in_keys, inputs)}, batch
     )
-    return _vmap_call(module, stacked_params, td, randomness).get(module.out_keys[0])
+    out = _vmap_call(module, stacked_params, td, randomness, vectorize)
+    return out.get(module.out_keys[0] if out_key is None else out_key)
 
 
 def ensemble_forward(
@@ -322,6 +340,7 @@ def ensemble_forward(
     tensordict: TensorDictBase,
     *,
     randomness: str = "different",
+    vectorize: bool = True,
 ) -> TensorDictBase:
     """Evaluates an ensemble of copies of ``module`` in one batched computation.
 
@@ -339,6 +358,8 @@ def ensemble_forward(
     Keyword Args:
         randomness (str, optional): ``torch.vmap`` randomness for the generic path.
             Defaults to ``"different"``.
+        vectorize (bool, optional): if ``False``, loop over the members and stack
+            (the reference the batched paths are tested against). Defaults to ``True``.
 
     Returns:
         TensorDictBase: with batch size ``[E, *tensordict.batch_size]`` holding the
@@ -358,7 +379,7 @@ def ensemble_forward(
         >>> ensemble_forward(critic, params, td)["state_action_value"].shape
         torch.Size([3, 4, 1])
     """
-    plan = _mlp_plan(module)
+    plan = _mlp_plan(module) if vectorize else None
     if plan is not None:
         value = ensemble_apply(module, stacked_params, *_inputs(module, tensordict))
         return TensorDict(
@@ -366,13 +387,14 @@ def ensemble_forward(
             batch_size=[value.shape[0], *tensordict.batch_size],
         )
     td = tensordict.select(*module.in_keys, strict=False)
-    return _vmap_call(module, stacked_params, td, randomness)
+    return _vmap_call(module, stacked_params, td, randomness, vectorize)
 
 
 def module_apply(
     module: TensorDictModuleBase,
     params: TensorDictBase,
     *inputs: Tensor,
+    out_key: NestedKey | None = None,
 ) -> Tensor:
     """Calls ``module`` with ``params`` on ``inputs`` and returns its single output.
 
@@ -383,6 +405,10 @@ def module_apply(
         module (TensorDictModuleBase): a network with one output key.
         params (TensorDictBase): parameters shaped like ``TensorDict.from_module(module)``.
         *inputs (Tensor): one tensor per ``module.in_keys`` entry.
+
+    Keyword Args:
+        out_key (NestedKey, optional): the output to return for modules with several
+            outputs. Defaults to ``module.out_keys[0]``.
 
     Returns:
         Tensor: the module's output.
@@ -406,7 +432,7 @@ def module_apply(
         {k: t.expand(*batch, t.shape[-1]) for k, t in zip(module.in_keys, inputs)}, batch
     )
     with params.to_module(module):
-        return module(td).get(module.out_keys[0])
+        return module(td).get(module.out_keys[0] if out_key is None else out_key)
 
 
 # ----------------------------------------------------------------------------- actions

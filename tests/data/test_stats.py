@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from torchrl_offline.data import DatasetError
+from torchrl_offline.data.stats import dataset_stats
+from torchrl_offline.data.storage import make_replay_buffer
+
+
+@pytest.mark.parametrize("chunk_size", [2, 3, 1000])
+def test_counts_returns_and_moments(make_transitions, chunk_size):
+    td = make_transitions([3, 1, 4], terminated_episodes=[1])
+    stats = dataset_stats(make_replay_buffer(td), chunk_size=chunk_size)
+    assert stats.transitions == 8 and stats.episodes == 3
+    assert stats.terminated == 1 and stats.truncated == 2
+    r = td["next", "reward"].reshape(-1).double()
+    expected = torch.stack([r[:3].sum(), r[3:4].sum(), r[4:].sum()])
+    torch.testing.assert_close(stats.episode_returns, expected)
+    assert stats.returns["max"] == pytest.approx(expected.max().item())
+    assert stats.episode_length["mean"] == pytest.approx(8 / 3)
+    torch.testing.assert_close(stats.observation_mean["observation"], td["observation"].mean(0))
+    torch.testing.assert_close(
+        stats.observation_std["observation"],
+        td["observation"].std(0, unbiased=False),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    assert stats.action["kind"] == "continuous" and 0 < stats.action["coverage"] <= 1
+    assert "transitions      8" in str(stats)
+    assert stats.as_dict()["episodes"] == 3
+
+
+def test_discrete_action_counts(make_transitions):
+    td = make_transitions([5, 5], discrete=3)
+    stats = dataset_stats(td)
+    assert stats.action["kind"] == "discrete"
+    assert sum(stats.action["counts"].values()) == 10
+    assert stats.action["counts"] == {
+        a: int((td["action"] == a).sum()) for a in range(3) if (td["action"] == a).any()
+    }
+
+
+def test_full_coverage_on_uniform_actions(make_transitions):
+    td = make_transitions([2000], act_dim=2)
+    assert dataset_stats(td).action["coverage"] == 1.0
+
+
+def test_missing_field(make_transitions):
+    with pytest.raises(DatasetError, match="'episode'"):
+        dataset_stats(make_transitions([2]).exclude("episode"))
