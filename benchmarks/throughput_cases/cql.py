@@ -1,0 +1,202 @@
+"""Throughput cases for continuous CQL: ours, TorchRL's ``CQLLoss``, plain torch.
+
+Each case does one full update on a fixed random batch: the loss forward, one
+backward of the summed losses, an Adam step on the actor, critics and temperature,
+and a soft target update. All three use the same networks (``hidden x hidden``
+ReLU MLPs, twin critics, a TanhNormal actor), 10 sampled actions per proposal,
+deterministic backup and a fixed CQL weight.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from tensordict import TensorDict
+from tensordict.nn import NormalParamExtractor, TensorDictModule
+from torch import nn
+from torchrl.data import Bounded
+from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
+from torchrl.objectives import CQLLoss as TorchRLCQLLoss
+from torchrl.objectives import SoftUpdate
+
+from torchrl_offline.objectives.cql import CQLLoss
+
+NUM_RANDOM = 10
+LR = 3e-4
+TAU = 0.005
+
+
+def _adam(params) -> torch.optim.Adam:
+    return torch.optim.Adam(list(params), lr=LR, foreach=True)
+
+
+def _networks(obs_dim: int, act_dim: int, hidden: int):
+    spec = Bounded(-torch.ones(act_dim), torch.ones(act_dim), (act_dim,))
+    actor_net = nn.Sequential(
+        MLP(in_features=obs_dim, out_features=2 * act_dim, num_cells=[hidden, hidden]),
+        NormalParamExtractor(),
+    )
+    actor = ProbabilisticActor(
+        TensorDictModule(actor_net, in_keys=["observation"], out_keys=["loc", "scale"]),
+        in_keys=["loc", "scale"],
+        spec=spec,
+        distribution_class=TanhNormal,
+        distribution_kwargs={"low": spec.space.low, "high": spec.space.high},
+    )
+    qvalue = ValueOperator(
+        MLP(in_features=obs_dim + act_dim, out_features=1, num_cells=[hidden, hidden]),
+        in_keys=["observation", "action"],
+    )
+    return spec, actor, qvalue
+
+
+def _batch(obs_dim: int, act_dim: int, batch_size: int) -> TensorDict:
+    g = torch.Generator().manual_seed(0)
+    return TensorDict(
+        {
+            "observation": torch.randn(batch_size, obs_dim, generator=g),
+            "action": torch.rand(batch_size, act_dim, generator=g) * 2 - 1,
+            "next": {
+                "observation": torch.randn(batch_size, obs_dim, generator=g),
+                "reward": torch.randn(batch_size, 1, generator=g),
+                "done": torch.zeros(batch_size, 1, dtype=torch.bool),
+                "terminated": torch.zeros(batch_size, 1, dtype=torch.bool),
+            },
+        },
+        [batch_size],
+    )
+
+
+def _loss_update(loss_module, data: TensorDict) -> Callable[[], None]:
+    loss_module.make_value_estimator(gamma=0.99)
+    updater = SoftUpdate(loss_module, tau=TAU)
+    optim = _adam(loss_module.parameters())
+    keys = ["loss_actor", "loss_qvalue", "loss_cql", "loss_alpha"]
+
+    def update() -> None:
+        out = loss_module(data)
+        total = sum(out[k] for k in keys)
+        total.backward()
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        updater.step()
+
+    return update
+
+
+def _plain_torch(obs_dim: int, act_dim: int, batch_size: int, hidden: int, data: TensorDict):
+    """A minimal hand-written CQL(H) update with stacked (vectorized) twin critics."""
+    n_critics = 2
+    sizes = [obs_dim + act_dim, hidden, hidden, 1]
+
+    def stacked_layer(i, o):
+        w = torch.empty(n_critics, i, o)
+        for k in range(n_critics):
+            nn.init.kaiming_uniform_(w[k].T, a=math.sqrt(5))
+        b = torch.empty(n_critics, 1, o).uniform_(-1 / math.sqrt(i), 1 / math.sqrt(i))
+        return nn.Parameter(w), nn.Parameter(b)
+
+    critic = nn.ParameterList([p for i, o in zip(sizes[:-1], sizes[1:]) for p in stacked_layer(i, o)])
+    target = [p.detach().clone() for p in critic]
+    actor = nn.Sequential(
+        nn.Linear(obs_dim, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, 2 * act_dim),
+    )
+    log_alpha = nn.Parameter(torch.zeros(()))
+    optim = _adam([*critic, *actor.parameters(), log_alpha])
+    obs, act = data["observation"], data["action"]
+    next_obs, reward = data["next", "observation"], data["next", "reward"].squeeze(-1)
+    not_done = (~data["next", "terminated"]).float().squeeze(-1)
+    n = NUM_RANDOM
+    log_uniform = -act_dim * math.log(2.0)
+
+    def q(params, o, a):
+        x = torch.cat([o.expand(*a.shape[:-1], o.shape[-1]), a], -1)
+        shape = x.shape[:-1]
+        x = x.reshape(1, -1, x.shape[-1]).expand(n_critics, -1, -1)
+        for layer in range(len(params) // 2):
+            x = torch.baddbmm(params[2 * layer + 1], x, params[2 * layer])
+            if layer < len(params) // 2 - 1:
+                x = torch.relu(x)
+        return x.reshape(n_critics, *shape)
+
+    def policy(o, shape=()):
+        mu, log_std = actor(o).chunk(2, -1)
+        std = nn.functional.softplus(log_std) + 1e-4
+        u = mu + std * torch.randn(*shape, *mu.shape)
+        logp = (-0.5 * ((u - mu) / std) ** 2 - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+        logp = logp - (2 * (math.log(2) - u - nn.functional.softplus(-2 * u))).sum(-1)
+        return torch.tanh(u), logp
+
+    def update() -> None:
+        alpha = log_alpha.detach().exp()
+        both = torch.cat([obs, next_obs])
+        a_both, logp_both = policy(both)
+        a_pi, logp_pi = a_both[:batch_size], logp_both[:batch_size]
+        with torch.no_grad():
+            a_s, logp_s = policy(both, (n,))
+            next_v = q(target, next_obs, a_both[batch_size:]).min(0).values
+            y = reward + 0.99 * not_done * next_v
+        actor_loss = (alpha * logp_pi - q([p.detach() for p in critic], obs, a_pi).min(0).values).mean()
+        alpha_loss = -(log_alpha * (logp_pi.detach() - act_dim)).mean()
+        rand = torch.rand(n, batch_size, act_dim) * 2 - 1
+        actions = torch.cat([act[None], rand, a_s[:, :batch_size], a_s[:, batch_size:]])
+        q_all = q(list(critic), obs, actions)
+        log_q = torch.cat(
+            [torch.full((n, batch_size), log_uniform), logp_s[:, :batch_size], logp_s[:, batch_size:]]
+        )
+        gap = torch.logsumexp(q_all[:, 1:] - log_q, 1) - q_all[:, 0]
+        critic_loss = ((q_all[:, 0] - y) ** 2).mean(1).sum() + 10.0 * gap.mean(1).sum()
+        (actor_loss + alpha_loss + critic_loss).backward()
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            torch._foreach_lerp_(target, list(critic), TAU)
+
+    return update
+
+
+def cases(obs_dim: int, act_dim: int, batch_size: int, hidden: int) -> dict[str, Callable[[], None]]:
+    """One-update closures for ``cql/ours``, ``cql/torchrl`` and ``cql/plain_torch``."""
+    data = _batch(obs_dim, act_dim, batch_size)
+    common = dict(
+        loss_function="l2",
+        min_q_weight=10.0,
+        num_random=NUM_RANDOM,
+        deterministic_backup=True,
+        max_q_backup=False,
+        with_lagrange=False,
+    )
+    torch.manual_seed(0)
+    _, actor, qvalue = _networks(obs_dim, act_dim, hidden)
+    ours = CQLLoss(actor, qvalue, **common)
+    torch.manual_seed(0)
+    _, actor, qvalue = _networks(obs_dim, act_dim, hidden)
+    theirs = TorchRLCQLLoss(actor, qvalue, **common)
+    torch.manual_seed(0)
+    return {
+        "cql/ours": _loss_update(ours, data.clone()),
+        "cql/torchrl": _loss_update(theirs, data.clone()),
+        "cql/plain_torch": _plain_torch(obs_dim, act_dim, batch_size, hidden, data.clone()),
+    }
+
+
+if __name__ == "__main__":
+    import time
+
+    torch.set_num_threads(2)
+    fns = cases(17, 6, 256, 256)
+    for fn in fns.values():
+        for _ in range(3):
+            fn()
+    for _ in range(3):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(10):
+                fn()
+            print(f"{name:18s} {10 / (time.perf_counter() - start):7.1f} updates/s")
