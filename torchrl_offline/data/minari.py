@@ -1,0 +1,536 @@
+"""Load a local Minari dataset (HDF5 or Arrow) into a TorchRL replay buffer.
+
+The dataset is read episode by episode through Minari's own storage reader and
+written, chunk by chunk, into a memory-mapped :class:`~tensordict.TensorDict` in
+TorchRL's key layout. The conversion is cached on disk under a key derived from
+the dataset's file contents and the conversion options, so loading the same
+dataset again only opens the memory-mapped files.
+
+Importing this module registers the ``"minari-local"`` prefix in TorchRL's
+dataset registry, so ``torchrl.data.datasets.load_dataset("minari-local:<id>")``
+returns the same buffer as :func:`load_minari`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tensordict import TensorDict
+from torchrl.data.datasets import register_dataset
+from torchrl.data.replay_buffers.samplers import Sampler
+from torchrl.data.replay_buffers.writers import ImmutableDatasetWriter
+from torchrl.envs.transforms import Transform
+
+from torchrl_offline.data.errors import DatasetError, DatasetNotFoundError
+from torchrl_offline.data.keys import (
+    ACTION,
+    DONE,
+    EPISODE,
+    NEXT_OBSERVATION,
+    OBSERVATION,
+    REWARD,
+    TERMINATED,
+    TRUNCATED,
+    key_name,
+)
+from torchrl_offline.data.minari_writer import (
+    BEHAVIOR_INFO_KEYS,
+    minari_root,
+    resolve_minari_path,
+)
+from torchrl_offline.data.storage import (
+    OfflineReplayBuffer,
+    allocate_transitions,
+    atomic_directory,
+    is_complete,
+    load_transitions,
+    make_replay_buffer,
+    write_complete_marker,
+)
+from torchrl_offline.data.validate import validate_transitions
+
+__all__ = ["CONVERSION_FORMAT_VERSION", "default_cache_dir", "load_minari", "minari_content_hash"]
+
+#: Bumped whenever the converted layout changes, so older caches are not reused.
+CONVERSION_FORMAT_VERSION = 1
+
+_METADATA_FILE = "metadata.json"
+_CHUNK_TRANSITIONS = 65_536
+_HASH_BLOCK = 1 << 20
+
+Key = tuple[str, ...]
+
+
+def default_cache_dir() -> Path:
+    """Where converted datasets are cached: ``$TORCHRL_OFFLINE_CACHE``, else ``~/.cache/torchrl_offline``."""
+    env = os.environ.get("TORCHRL_OFFLINE_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "torchrl_offline"
+
+
+def minari_content_hash(data_path: str | os.PathLike) -> str:
+    """SHA-256 over the relative names, sizes and bytes of every file under a Minari ``data/`` folder.
+
+    Args:
+        data_path: the dataset's ``data/`` folder.
+
+    Returns:
+        The hex digest; it changes whenever any file under ``data_path`` changes.
+    """
+    data_path = Path(data_path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in data_path.rglob("*") if p.is_file())
+    for file in files:
+        rel = file.relative_to(data_path).as_posix()
+        digest.update(f"{rel}\0{file.stat().st_size}\0".encode())
+        with open(file, "rb") as f:
+            while block := f.read(_HASH_BLOCK):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _minari_datasets_path(root: Path) -> Iterator[None]:
+    """Point ``$MINARI_DATASETS_PATH`` at ``root`` for the duration of a Minari call."""
+    previous = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = previous
+
+
+def _find_dataset(
+    dataset_id_or_path: str | os.PathLike, root: str | os.PathLike | None, download: bool
+) -> Path:
+    """Return the dataset folder (the one holding ``data/``), downloading only if asked."""
+    folder = resolve_minari_path(dataset_id_or_path, root)
+    if (folder / "data" / _METADATA_FILE).is_file():
+        return folder
+    is_id = not isinstance(dataset_id_or_path, os.PathLike) and folder == minari_root(root) / str(
+        dataset_id_or_path
+    )
+    if download and is_id:
+        import minari
+
+        with _minari_datasets_path(minari_root(root)):
+            minari.download_dataset(str(dataset_id_or_path))
+        if (folder / "data" / _METADATA_FILE).is_file():
+            return folder
+    if is_id:
+        origin = (
+            "root="
+            if root is not None
+            else "$MINARI_DATASETS_PATH"
+            if os.environ.get("MINARI_DATASETS_PATH")
+            else "the default root ~/.minari/datasets"
+        )
+        where = f"under the Minari root {minari_root(root)} (from {origin})"
+    else:
+        where = "at the given path"
+    hint = "" if download or not is_id else " Pass download=True to download it with Minari."
+    raise DatasetNotFoundError(
+        f"Minari dataset {str(dataset_id_or_path)!r} not found {where}: looked for "
+        f"{folder / 'data' / _METADATA_FILE}.{hint}"
+    )
+
+
+def _torch_dtype(np_dtype: np.dtype, float_dtype: torch.dtype) -> torch.dtype:
+    np_dtype = np.dtype(np_dtype)
+    if np.issubdtype(np_dtype, np.floating):
+        return float_dtype
+    return torch.from_numpy(np.zeros((), dtype=np_dtype)).dtype
+
+
+def _space_leaves(
+    space: gym.Space, prefix: Key, float_dtype: torch.dtype
+) -> list[tuple[Key, tuple[int, ...], torch.dtype]]:
+    """Per-step (key, shape, dtype) of every tensor leaf of ``space`` under ``prefix``."""
+    if isinstance(space, gym.spaces.Dict):
+        out = []
+        for name, sub in space.spaces.items():
+            out += _space_leaves(sub, (*prefix, str(name)), float_dtype)
+        return out
+    if isinstance(space, gym.spaces.Tuple):
+        out = []
+        for i, sub in enumerate(space.spaces):
+            out += _space_leaves(sub, (*prefix, str(i)), float_dtype)
+        return out
+    if isinstance(space, gym.spaces.Discrete):
+        return [(prefix, (), torch.int64)]
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return [(prefix, tuple(space.shape), torch.int64)]
+    if isinstance(space, (gym.spaces.Box, gym.spaces.MultiBinary)):
+        return [(prefix, tuple(space.shape), _torch_dtype(space.dtype, float_dtype))]
+    raise DatasetError(
+        f"Field {key_name(prefix)!r}: the {type(space).__name__} space is not supported "
+        "(only Box, Discrete, MultiDiscrete, MultiBinary and Dict/Tuple of these)",
+        field=key_name(prefix),
+    )
+
+
+def _value_leaves(value: Any, space: gym.Space, prefix: Key) -> Iterator[tuple[Key, np.ndarray]]:
+    """Walk a decoded Minari value alongside its space, yielding (key, array) leaves."""
+    if isinstance(space, gym.spaces.Dict):
+        for name, sub in space.spaces.items():
+            yield from _value_leaves(value[name], sub, (*prefix, str(name)))
+    elif isinstance(space, gym.spaces.Tuple):
+        for i, sub in enumerate(space.spaces):
+            yield from _value_leaves(value[i], sub, (*prefix, str(i)))
+    else:
+        yield prefix, np.asarray(value)
+
+
+def _episode_lengths(storage: Any) -> list[int]:
+    """Per-episode step counts from Minari's episode metadata (read in one pass, no step data)."""
+    n = int(storage.total_episodes)
+    lengths = []
+    for i, meta in enumerate(storage.get_episode_metadata(range(n))):
+        if "total_steps" not in meta:
+            # Very old datasets: fall back to reading the rewards of every episode.
+            return [len(ep["rewards"]) for ep in storage.get_episodes(range(n))]
+        lengths.append(int(meta["total_steps"]))
+        if lengths[-1] < 1:
+            raise DatasetError(f"Episode {i} of the Minari dataset has no step", index=i)
+    return lengths
+
+
+def _chunks(lengths: list[int], size: int) -> Iterator[tuple[list[int], int, int]]:
+    """Group consecutive episodes into chunks of about ``size`` transitions: (episodes, start, stop)."""
+    start = stop = 0
+    group: list[int] = []
+    for ep, length in enumerate(lengths):
+        group.append(ep)
+        stop += length
+        if stop - start >= size:
+            yield group, start, stop
+            group, start = [], stop
+    if group:
+        yield group, start, stop
+
+
+def _read_chunk(
+    episodes: Iterator[dict],
+    expected: list[int],
+    episode_ids: list[int],
+    *,
+    observation_space: gym.Space,
+    action_space: gym.Space,
+    behavior_keys: list[str],
+    spec: dict[Key, tuple[tuple[int, ...], torch.dtype]],
+    start: int,
+) -> TensorDict:
+    """Read a group of episodes into one in-memory tensordict (TorchRL layout, index actions)."""
+    columns: dict[Key, list[np.ndarray]] = defaultdict(list)
+    offset = start
+    for ep, length, ep_id in zip(episodes, expected, episode_ids):
+        steps = len(ep["rewards"])
+
+        def fail(field: str, n: int, want: int, ep_id: int = ep_id, at: int = offset) -> None:
+            raise DatasetError(
+                f"Field {field!r} of Minari episode {ep_id} (transitions from index {at}) has "
+                f"{n} entries, expected {want}",
+                field=field,
+                index=at,
+            )
+
+        if steps != length:
+            fail("rewards", steps, length)
+        for key, array in _value_leaves(ep["observations"], observation_space, ()):
+            if len(array) != steps + 1:
+                fail(key_name(("observations", *key)), len(array), steps + 1)
+            columns[(OBSERVATION, *key)].append(array[:-1])
+            columns[(*NEXT_OBSERVATION, *key)].append(array[1:])
+        for key, array in _value_leaves(ep["actions"], action_space, ()):
+            if len(array) != steps:
+                fail(key_name(("actions", *key)), len(array), steps)
+            columns[(ACTION, *key)].append(array)
+        for name, key in (("rewards", REWARD), ("terminations", TERMINATED)):
+            array = np.asarray(ep[name]).reshape(-1)
+            if len(array) != steps:
+                fail(name, len(array), steps)
+            columns[key].append(array)
+        truncations = np.asarray(ep["truncations"]).reshape(-1)
+        if len(truncations) != steps:
+            fail("truncations", len(truncations), steps)
+        columns[TRUNCATED].append(truncations)
+        infos = ep.get("infos") or {}
+        for name in behavior_keys:
+            if name not in infos:
+                raise DatasetError(
+                    f"Field 'infos/{name}' is missing from Minari episode {ep_id} (transitions "
+                    f"from index {offset}) but present in episode 0",
+                    field=name,
+                    index=offset,
+                )
+            values = np.asarray(infos[name], dtype=np.float64).reshape(-1)
+            if len(values) != steps + 1:
+                fail(f"infos/{name}", len(values), steps + 1)
+            # infos hold the reset info first: the entry of actions[t] is at t + 1.
+            columns[(name,)].append(values[1:])
+        columns[(EPISODE,)].append(np.full(steps, ep_id, dtype=np.int64))
+        offset += steps
+    if offset - start != sum(expected):
+        raise DatasetError(
+            f"Minari returned fewer episodes than requested for transitions {start}..",
+            index=offset,
+        )
+
+    n = offset - start
+    chunk = TensorDict(batch_size=[n])
+    for key, (shape, dtype) in spec.items():
+        if key == DONE:
+            continue
+        parts = columns[key]
+        array = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
+        chunk.set(key, tensor.reshape(n, *shape))
+    chunk.set(DONE, chunk.get(TERMINATED) | chunk.get(TRUNCATED))
+    return chunk
+
+
+def _to_one_hot(action: torch.Tensor, space: gym.spaces.Discrete) -> torch.Tensor:
+    return torch.nn.functional.one_hot(action - int(space.start), int(space.n)).to(torch.int64)
+
+
+def _convert(
+    folder: Path,
+    target: Path,
+    *,
+    content_hash: str,
+    dtype: torch.dtype,
+    one_hot_actions: bool,
+    chunk_transitions: int,
+) -> None:
+    """Convert the Minari dataset in ``folder`` into a finished memory-mapped dataset at ``target``."""
+    from minari.dataset.minari_storage import MinariStorage
+    from minari.serialization import serialize_space
+
+    storage = MinariStorage.read(folder / "data")
+    observation_space, action_space = storage.observation_space, storage.action_space
+    if one_hot_actions and not isinstance(action_space, gym.spaces.Discrete):
+        raise ValueError(
+            f"one_hot_actions=True needs a Discrete action space, the dataset has {action_space}"
+        )
+    raw = storage.metadata
+    lengths = _episode_lengths(storage)
+    total = sum(lengths)
+    if total == 0:
+        raise DatasetError(f"The Minari dataset at {folder} holds no transition", field="rewards")
+
+    first = list(storage.get_episodes([0]))[0]
+    first_infos = first.get("infos") or {}
+    behavior_keys = [k for k in BEHAVIOR_INFO_KEYS if k in first_infos]
+
+    spec: dict[Key, tuple[tuple[int, ...], torch.dtype]] = {}
+    for key, shape, leaf_dtype in _space_leaves(observation_space, (OBSERVATION,), dtype):
+        spec[key] = (shape, leaf_dtype)
+        spec[(*NEXT_OBSERVATION, *key[1:])] = (shape, leaf_dtype)
+    for key, shape, leaf_dtype in _space_leaves(action_space, (ACTION,), dtype):
+        spec[key] = (shape, leaf_dtype)
+    spec[REWARD] = ((1,), dtype)
+    for key in (DONE, TERMINATED, TRUNCATED):
+        spec[key] = ((1,), torch.bool)
+    spec[(EPISODE,)] = ((), torch.int64)
+    for name in behavior_keys:
+        spec[(name,)] = ((), dtype)
+    stored_spec = dict(spec)
+    if one_hot_actions:
+        stored_spec[(ACTION,)] = ((int(action_space.n),), torch.int64)
+
+    metadata: dict[str, Any] = {
+        "source": "minari",
+        "dataset_id": raw.get("dataset_id", folder.name),
+        "source_path": str(folder),
+        "data_format": raw.get("data_format"),
+        "minari_version": raw.get("minari_version"),
+        "total_episodes": len(lengths),
+        "total_steps": total,
+        "observation_space": serialize_space(observation_space),
+        "action_space": serialize_space(action_space),
+        "env_spec": raw.get("env_spec"),
+        "eval_env_spec": raw.get("eval_env_spec"),
+        "content_hash": content_hash,
+        "conversion": {
+            "format_version": CONVERSION_FORMAT_VERSION,
+            "dtype": str(dtype).replace("torch.", ""),
+            "one_hot_actions": one_hot_actions,
+        },
+        "behavior_keys": behavior_keys,
+    }
+    for name in ("ref_min_score", "ref_max_score"):
+        if raw.get(name) is not None:
+            metadata[name] = float(raw[name])
+
+    with atomic_directory(target, overwrite=True) as tmp:
+        out = allocate_transitions(stored_spec, total, tmp / "transitions")
+        for group, start, stop in _chunks(lengths, chunk_transitions):
+            chunk = _read_chunk(
+                iter(storage.get_episodes(group)),
+                [lengths[e] for e in group],
+                group,
+                observation_space=observation_space,
+                action_space=action_space,
+                behavior_keys=behavior_keys,
+                spec=spec,
+                start=start,
+            )
+            validate_transitions(chunk, action_space=action_space, offset=start)
+            if one_hot_actions:
+                chunk.set(ACTION, _to_one_hot(chunk.get(ACTION), action_space))
+            out[start:stop] = chunk
+            del chunk
+        write_complete_marker(tmp, metadata)
+
+
+def _cache_entry(cache_dir: Path, dataset_id: str, key: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", dataset_id).strip("._") or "dataset"
+    return cache_dir / "minari" / f"{slug}-{key[:24]}"
+
+
+def load_minari(
+    dataset_id_or_path: str | os.PathLike,
+    *,
+    root: str | os.PathLike | None = None,
+    batch_size: int | None = 256,
+    sampler: Sampler | None = None,
+    transform: Transform | None = None,
+    dtype: torch.dtype = torch.float32,
+    one_hot_actions: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    chunk_transitions: int = _CHUNK_TRANSITIONS,
+    **kwargs: Any,
+) -> OfflineReplayBuffer:
+    """Load a local Minari dataset as a replay buffer over memory-mapped storage.
+
+    The buffer holds one entry per transition, in dataset order (episode after
+    episode, step after step), so ``buffer.storage[i]`` is transition ``i``. Keys:
+    ``observation``, ``action``, ``episode``, ``("next", "observation")``,
+    ``("next", "reward")`` ``[N, 1]``, ``("next", "done")``, ``("next", "terminated")``
+    and ``("next", "truncated")`` ``[N, 1]``, plus ``action_log_prob`` /
+    ``action_prob`` ``[N]`` when the dataset's ``infos`` hold them. Dict and Tuple
+    observation spaces become nested keys (Tuple entries are named ``"0"``,
+    ``"1"``, ...). Floating data is cast to ``dtype``; integer data keeps its dtype;
+    Discrete actions are int64 values of the space (one-hot int64 on request).
+
+    No network is used unless ``download=True``. The converted data is cached under
+    ``cache_dir``, keyed by a hash of the files under the dataset's ``data/`` folder,
+    the conversion options and the conversion format version: an unchanged dataset
+    is reused, a changed one is converted again. The conversion reads a bounded
+    number of transitions at a time, validates them and writes them into a
+    memory-mapped file inside a temporary directory renamed into place only at the
+    end, so an interrupted conversion leaves nothing that loads.
+
+    Args:
+        dataset_id_or_path: a Minari dataset id (resolved under ``root``), or the
+            path of a dataset folder (the one holding ``data/``, or ``data/`` itself).
+        root: Minari datasets root; default ``$MINARI_DATASETS_PATH``, else
+            ``~/.minari/datasets``.
+        batch_size: default number of transitions per :meth:`sample`.
+        sampler: a TorchRL sampler; uniform with replacement by default.
+        transform: a TorchRL transform applied to sampled batches.
+        dtype: floating dtype of observations, actions, rewards and behaviour
+            probabilities.
+        one_hot_actions: store Discrete actions one-hot (``[N, n]``, int64).
+        cache_dir: where conversions are cached; default ``$TORCHRL_OFFLINE_CACHE``,
+            else ``~/.cache/torchrl_offline``.
+        download: download a dataset id missing locally with Minari's own downloader.
+        chunk_transitions: about how many transitions are read into memory at once.
+        **kwargs: forwarded to :class:`~torchrl.data.TensorDictReplayBuffer` (a
+            read-only :class:`~torchrl.data.replay_buffers.ImmutableDatasetWriter` by
+            default, so the cached files are never overwritten).
+
+    Returns:
+        An :class:`~torchrl_offline.data.storage.OfflineReplayBuffer` whose
+        ``metadata`` holds ``dataset_id``, ``source_path``, ``data_format``, the
+        serialized ``observation_space`` / ``action_space``
+        (:func:`minari.serialization.deserialize_space` restores them), ``env_spec``,
+        ``ref_min_score`` / ``ref_max_score`` when the dataset has them, and the
+        conversion options.
+
+    Raises:
+        DatasetNotFoundError: the dataset is not on disk (the message says where it looked).
+        DatasetError: invalid data (non-finite values, an action outside the action
+            space, ``terminated`` and ``truncated`` both set, inconsistent lengths),
+            naming the field and the first offending transition index.
+
+    Examples:
+        >>> import gymnasium as gym, numpy as np, torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl_offline.data.minari_writer import write_minari
+        >>> from torchrl_offline.data.minari import load_minari
+        >>> n = 6
+        >>> td = TensorDict({
+        ...     "observation": torch.arange(n, dtype=torch.float32)[:, None].expand(n, 3),
+        ...     ("next", "observation"): torch.arange(1, n + 1, dtype=torch.float32)[:, None].expand(n, 3),
+        ...     "action": torch.zeros(n, 1),
+        ...     ("next", "reward"): torch.ones(n, 1),
+        ...     ("next", "terminated"): torch.arange(n)[:, None] == n - 1,
+        ...     ("next", "truncated"): torch.zeros(n, 1, dtype=torch.bool),
+        ...     "episode": torch.zeros(n, dtype=torch.int64),
+        ... }, batch_size=[n])
+        >>> box = gym.spaces.Box(-10, 10, (3,))
+        >>> path = write_minari(td, "toy/doc-v0", observation_space=box,
+        ...                     action_space=gym.spaces.Box(-1, 1, (1,)))
+        >>> buffer = load_minari("toy/doc-v0")
+        >>> len(buffer), buffer.storage[2]["observation"].tolist()
+        (6, [2.0, 2.0, 2.0])
+        >>> buffer.sample()["next", "reward"].shape
+        torch.Size([256, 1])
+    """
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating torch dtype, got {dtype!r}")
+    if chunk_transitions < 1:
+        raise ValueError(f"chunk_transitions must be positive, got {chunk_transitions}")
+    folder = _find_dataset(dataset_id_or_path, root, download)
+    content_hash = minari_content_hash(folder / "data")
+    options = {
+        "format_version": CONVERSION_FORMAT_VERSION,
+        "content_hash": content_hash,
+        "dtype": str(dtype),
+        "one_hot_actions": bool(one_hot_actions),
+    }
+    key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
+    with open(folder / "data" / _METADATA_FILE) as f:
+        dataset_id = str(json.load(f).get("dataset_id") or folder.name)
+    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    target = _cache_entry(cache_root, dataset_id, key)
+    if not is_complete(target):
+        _convert(
+            folder,
+            target,
+            content_hash=content_hash,
+            dtype=dtype,
+            one_hot_actions=bool(one_hot_actions),
+            chunk_transitions=chunk_transitions,
+        )
+    transitions, metadata = load_transitions(target)
+    # The same content may live at another path than when it was first converted.
+    metadata["source_path"] = str(folder)
+    kwargs.setdefault("writer", ImmutableDatasetWriter())
+    return make_replay_buffer(
+        transitions,
+        batch_size=batch_size,
+        sampler=sampler,
+        transform=transform,
+        metadata=metadata,
+        path=target,
+        **kwargs,
+    )
+
+
+register_dataset("minari-local", load_minari, replace=True)
