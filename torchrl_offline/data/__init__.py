@@ -1,5 +1,15 @@
 """Offline data: load Minari datasets and users' logs into TorchRL replay buffers."""
 
+from torchrl_offline.data.behavior import (
+    BehaviorPolicy,
+    EpsilonGreedyPolicy,
+    GaussianNoisePolicy,
+    MixturePolicy,
+    ProbabilisticActorPolicy,
+    UniformRandomPolicy,
+    as_behavior_policy,
+)
+from torchrl_offline.data.collect import collect_dataset
 from torchrl_offline.data.errors import DatasetError, DatasetNotFoundError
 from torchrl_offline.data.logged import from_logged
 from torchrl_offline.data.minari_writer import write_minari
@@ -9,10 +19,18 @@ from torchrl_offline.data.storage import OfflineReplayBuffer, make_replay_buffer
 from torchrl_offline.data.validate import validate_transitions
 
 __all__ = [
+    "BehaviorPolicy",
     "DatasetError",
     "DatasetNotFoundError",
     "DatasetStats",
+    "EpsilonGreedyPolicy",
+    "GaussianNoisePolicy",
+    "MixturePolicy",
     "OfflineReplayBuffer",
+    "ProbabilisticActorPolicy",
+    "UniformRandomPolicy",
+    "as_behavior_policy",
+    "collect_dataset",
     "dataset_stats",
     "from_logged",
     "make_replay_buffer",

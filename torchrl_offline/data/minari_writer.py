@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +125,7 @@ def write_minari(
     description: str | None = None,
     author: str | None = None,
     extra_metadata: Mapping[str, Any] | None = None,
+    extra_info_keys: Sequence[str] = (),
     overwrite: bool = False,
 ) -> Path:
     """Write transitions (TorchRL keys, dataset order) as a Minari dataset.
@@ -151,6 +152,9 @@ def write_minari(
         description: free text.
         author: free text.
         extra_metadata: more JSON-serialisable metadata entries.
+        extra_info_keys: more per-step fields (one value per transition, e.g. ``"policy_id"``)
+            stored in ``infos`` like the behaviour fields; entry 0 (the reset info) is NaN
+            for floating fields and -1 for integer ones.
         overwrite: replace an existing dataset with the same id.
 
     Returns:
@@ -167,7 +171,8 @@ def write_minari(
     final = minari_root(root) / dataset_id
     if final.exists() and not overwrite:
         raise FileExistsError(f"A Minari dataset already exists at {final}; pass overwrite=True")
-    for key in (OBSERVATION, ACTION, NEXT_OBSERVATION, REWARD, TERMINATED, TRUNCATED, EPISODE):
+    required = (OBSERVATION, ACTION, NEXT_OBSERVATION, REWARD, TERMINATED, TRUNCATED, EPISODE)
+    for key in (*required, *extra_info_keys):
         if key not in transitions.keys(True):
             raise DatasetError(f"Missing field {key!r} in the transitions to write", field=str(key))
     validate_transitions(transitions, action_space=action_space)
@@ -202,6 +207,10 @@ def write_minari(
                 # A list, not a 1-D array: Minari 0.5.4's Arrow reader cannot decode the
                 # shape metadata it writes for 1-D info arrays.
                 infos[key] = [float("nan"), *value.tolist()]
+            for key in extra_info_keys:
+                value = chunk.get(key).reshape(stop - start)
+                first = float("nan") if value.is_floating_point() else -1
+                infos[key] = [first, *value.tolist()]
             yield EpisodeBuffer(
                 id=ep_id,
                 observations=observations,
