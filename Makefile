@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml requirements/ci.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/demo.py
+	$(PY) examples/demo.py --root outputs/datasets
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -12,6 +12,7 @@ from torchrl_offline.data.behavior import (
 from torchrl_offline.data.collect import collect_dataset
 from torchrl_offline.data.errors import DatasetError, DatasetNotFoundError
 from torchrl_offline.data.logged import from_logged
+from torchrl_offline.data.minari import load_minari
 from torchrl_offline.data.minari_writer import write_minari
 from torchrl_offline.data.normalize import normalized_score, observation_norm, reward_scaling
 from torchrl_offline.data.stats import DatasetStats, dataset_stats
@@ -33,6 +34,7 @@ __all__ = [
     "collect_dataset",
     "dataset_stats",
     "from_logged",
+    "load_minari",
     "make_replay_buffer",
     "normalized_score",
     "observation_norm",

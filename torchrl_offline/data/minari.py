@@ -18,8 +18,9 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,13 +74,13 @@ Key = tuple[str, ...]
 
 
 def default_cache_dir() -> Path:
-    """Where converted datasets are cached: ``$TORCHRL_OFFLINE_CACHE``, else ``~/.cache/torchrl_offline``."""
+    """The conversion cache: ``$TORCHRL_OFFLINE_CACHE``, else ``~/.cache/torchrl_offline``."""
     env = os.environ.get("TORCHRL_OFFLINE_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "torchrl_offline"
 
 
 def minari_content_hash(data_path: str | os.PathLike) -> str:
-    """SHA-256 over the relative names, sizes and bytes of every file under a Minari ``data/`` folder.
+    """SHA-256 over the names, sizes and bytes of every file in a Minari ``data/`` folder.
 
     Args:
         data_path: the dataset's ``data/`` folder.
@@ -99,6 +100,42 @@ def minari_content_hash(data_path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _file_signature(data_path: Path) -> list[list[Any]]:
+    """(name, size, mtime_ns, inode) of every file under ``data_path``, sorted by name."""
+    out = []
+    for file in sorted(p for p in data_path.rglob("*") if p.is_file()):
+        st = file.stat()
+        out.append([file.relative_to(data_path).as_posix(), st.st_size, st.st_mtime_ns, st.st_ino])
+    return out
+
+
+def _memoized_content_hash(data_path: Path, cache_root: Path) -> str:
+    """:func:`minari_content_hash`, re-read from a memo while no file's size, mtime or inode moved.
+
+    Hashing a large dataset takes seconds; this makes loading a cached conversion cost a
+    ``stat`` per file. Any write to the dataset changes a file's mtime, which forces a rehash.
+    """
+    data_path = data_path.resolve()
+    name = hashlib.sha256(str(data_path).encode()).hexdigest()[:32]
+    memo = cache_root / "content-hashes" / f"{name}.json"
+    signature = _file_signature(data_path)
+    try:
+        saved = json.loads(memo.read_text())
+        if saved["files"] == signature:
+            return str(saved["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    digest = minari_content_hash(data_path)
+    if _file_signature(data_path) == signature:  # unchanged while it was read
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f".{memo.name}.tmp-{os.getpid()}")
+        tmp.write_text(
+            json.dumps({"data_path": str(data_path), "files": signature, "sha256": digest})
+        )
+        os.replace(tmp, memo)
+    return digest
+
+
 @contextlib.contextmanager
 def _minari_datasets_path(root: Path) -> Iterator[None]:
     """Point ``$MINARI_DATASETS_PATH`` at ``root`` for the duration of a Minari call."""
@@ -113,6 +150,23 @@ def _minari_datasets_path(root: Path) -> Iterator[None]:
             os.environ["MINARI_DATASETS_PATH"] = previous
 
 
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread, restoring the previous setting afterwards.
+
+    The conversion is memory-bound, so a second thread gains little; on a busy machine
+    it costs a lot: converting 200k transitions took 5-25 s with 2 threads instead of
+    about 1 s with 1 thread on a 2-core machine shared with other jobs (threads of a
+    parallel region waiting for each other while the OS schedules other work).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _find_dataset(
     dataset_id_or_path: str | os.PathLike, root: str | os.PathLike | None, download: bool
 ) -> Path:
@@ -120,19 +174,22 @@ def _find_dataset(
     folder = resolve_minari_path(dataset_id_or_path, root)
     if (folder / "data" / _METADATA_FILE).is_file():
         return folder
-    is_id = not isinstance(dataset_id_or_path, os.PathLike) and folder == minari_root(root) / str(
-        dataset_id_or_path
+    text = str(dataset_id_or_path)
+    is_id = not (
+        isinstance(dataset_id_or_path, os.PathLike)
+        or text.startswith((".", "~", os.sep))
+        or Path(text).exists()
     )
     if download and is_id:
         import minari
 
         with _minari_datasets_path(minari_root(root)):
-            minari.download_dataset(str(dataset_id_or_path))
+            minari.download_dataset(text)
         if (folder / "data" / _METADATA_FILE).is_file():
             return folder
     if is_id:
         origin = (
-            "root="
+            "the root argument"
             if root is not None
             else "$MINARI_DATASETS_PATH"
             if os.environ.get("MINARI_DATASETS_PATH")
@@ -143,7 +200,7 @@ def _find_dataset(
         where = "at the given path"
     hint = "" if download or not is_id else " Pass download=True to download it with Minari."
     raise DatasetNotFoundError(
-        f"Minari dataset {str(dataset_id_or_path)!r} not found {where}: looked for "
+        f"Minari dataset {text!r} not found {where}: looked for "
         f"{folder / 'data' / _METADATA_FILE}.{hint}"
     )
 
@@ -198,18 +255,20 @@ def _episode_lengths(storage: Any) -> list[int]:
     """Per-episode step counts from Minari's episode metadata (read in one pass, no step data)."""
     n = int(storage.total_episodes)
     lengths = []
-    for i, meta in enumerate(storage.get_episode_metadata(range(n))):
+    for meta in storage.get_episode_metadata(range(n)):
         if "total_steps" not in meta:
             # Very old datasets: fall back to reading the rewards of every episode.
             return [len(ep["rewards"]) for ep in storage.get_episodes(range(n))]
         lengths.append(int(meta["total_steps"]))
-        if lengths[-1] < 1:
-            raise DatasetError(f"Episode {i} of the Minari dataset has no step", index=i)
     return lengths
 
 
 def _chunks(lengths: list[int], size: int) -> Iterator[tuple[list[int], int, int]]:
-    """Group consecutive episodes into chunks of about ``size`` transitions: (episodes, start, stop)."""
+    """Group consecutive episodes into chunks of about ``size`` transitions.
+
+    Yields:
+        (episode indices, first transition, end transition) of each chunk.
+    """
     start = stop = 0
     group: list[int] = []
     for ep, length in enumerate(lengths):
@@ -229,7 +288,7 @@ def _read_chunk(
     *,
     observation_space: gym.Space,
     action_space: gym.Space,
-    behavior_keys: list[str],
+    info_keys: list[str],
     spec: dict[Key, tuple[tuple[int, ...], torch.dtype]],
     start: int,
 ) -> TensorDict:
@@ -268,7 +327,7 @@ def _read_chunk(
             fail("truncations", len(truncations), steps)
         columns[TRUNCATED].append(truncations)
         infos = ep.get("infos") or {}
-        for name in behavior_keys:
+        for name in info_keys:
             if name not in infos:
                 raise DatasetError(
                     f"Field 'infos/{name}' is missing from Minari episode {ep_id} (transitions "
@@ -276,7 +335,7 @@ def _read_chunk(
                     field=name,
                     index=offset,
                 )
-            values = np.asarray(infos[name], dtype=np.float64).reshape(-1)
+            values = np.asarray(infos[name])
             if len(values) != steps + 1:
                 fail(f"infos/{name}", len(values), steps + 1)
             # infos hold the reset info first: the entry of actions[t] is at t + 1.
@@ -285,7 +344,8 @@ def _read_chunk(
         offset += steps
     if offset - start != sum(expected):
         raise DatasetError(
-            f"Minari returned fewer episodes than requested for transitions {start}..",
+            f"Minari's reader returned fewer episodes than requested (episodes "
+            f"{episode_ids[0]} to {episode_ids[-1]}, transitions from index {start})",
             index=offset,
         )
 
@@ -295,8 +355,8 @@ def _read_chunk(
         if key == DONE:
             continue
         parts = columns[key]
-        array = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        tensor = torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
+        array = np.concatenate(parts) if len(parts) > 1 else np.array(parts[0], copy=True)
+        tensor = torch.from_numpy(array).to(dtype)
         chunk.set(key, tensor.reshape(n, *shape))
     chunk.set(DONE, chunk.get(TERMINATED) | chunk.get(TRUNCATED))
     return chunk
@@ -313,9 +373,10 @@ def _convert(
     content_hash: str,
     dtype: torch.dtype,
     one_hot_actions: bool,
+    info_keys: list[str],
     chunk_transitions: int,
 ) -> None:
-    """Convert the Minari dataset in ``folder`` into a finished memory-mapped dataset at ``target``."""
+    """Convert the Minari dataset in ``folder`` into a finished memory-mapped dataset ``target``."""
     from minari.dataset.minari_storage import MinariStorage
     from minari.serialization import serialize_space
 
@@ -331,9 +392,17 @@ def _convert(
     if total == 0:
         raise DatasetError(f"The Minari dataset at {folder} holds no transition", field="rewards")
 
-    first = list(storage.get_episodes([0]))[0]
+    # Exhaust the reader (it closes its file), then look at the episode's infos.
+    (first,) = storage.get_episodes([0])
     first_infos = first.get("infos") or {}
-    behavior_keys = [k for k in BEHAVIOR_INFO_KEYS if k in first_infos]
+    behavior_keys = [k for k in BEHAVIOR_INFO_KEYS if k in first_infos and k not in info_keys]
+    for name in info_keys:
+        if name not in first_infos:
+            raise DatasetError(
+                f"Field 'infos/{name}' requested by info_keys is not in Minari episode 0",
+                field=name,
+                index=0,
+            )
 
     spec: dict[Key, tuple[tuple[int, ...], torch.dtype]] = {}
     for key, shape, leaf_dtype in _space_leaves(observation_space, (OBSERVATION,), dtype):
@@ -347,6 +416,9 @@ def _convert(
     spec[(EPISODE,)] = ((), torch.int64)
     for name in behavior_keys:
         spec[(name,)] = ((), dtype)
+    for name in info_keys:
+        array = np.asarray(first_infos[name])
+        spec[(name,)] = (tuple(array.shape[1:]), _torch_dtype(array.dtype, dtype))
     stored_spec = dict(spec)
     if one_hot_actions:
         stored_spec[(ACTION,)] = ((int(action_space.n),), torch.int64)
@@ -370,12 +442,15 @@ def _convert(
             "one_hot_actions": one_hot_actions,
         },
         "behavior_keys": behavior_keys,
+        "info_keys": list(info_keys),
     }
     for name in ("ref_min_score", "ref_max_score"):
         if raw.get(name) is not None:
             metadata[name] = float(raw[name])
 
-    with atomic_directory(target, overwrite=True) as tmp:
+    # An existing target here is incomplete (damaged by hand): replace it. Otherwise, if
+    # another process finishes the same conversion first, its result is kept.
+    with atomic_directory(target, overwrite=target.exists()) as tmp:
         out = allocate_transitions(stored_spec, total, tmp / "transitions")
         for group, start, stop in _chunks(lengths, chunk_transitions):
             chunk = _read_chunk(
@@ -384,7 +459,7 @@ def _convert(
                 group,
                 observation_space=observation_space,
                 action_space=action_space,
-                behavior_keys=behavior_keys,
+                info_keys=behavior_keys + info_keys,
                 spec=spec,
                 start=start,
             )
@@ -394,6 +469,20 @@ def _convert(
             out[start:stop] = chunk
             del chunk
         write_complete_marker(tmp, metadata)
+
+
+def _remove_abandoned_builds(target: Path) -> None:
+    """Delete temporary build directories of ``target`` left by processes that no longer exist."""
+    if not target.parent.is_dir():
+        return
+    for tmp in target.parent.glob(f".{target.name}.tmp-*"):
+        try:
+            pid = int(tmp.name[len(target.name) + 6 :].split("-")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, PermissionError):
+            continue
 
 
 def _cache_entry(cache_dir: Path, dataset_id: str, key: str) -> Path:
@@ -412,6 +501,7 @@ def load_minari(
     one_hot_actions: bool = False,
     cache_dir: str | os.PathLike | None = None,
     download: bool = False,
+    info_keys: Sequence[str] = (),
     chunk_transitions: int = _CHUNK_TRANSITIONS,
     **kwargs: Any,
 ) -> OfflineReplayBuffer:
@@ -430,10 +520,13 @@ def load_minari(
     No network is used unless ``download=True``. The converted data is cached under
     ``cache_dir``, keyed by a hash of the files under the dataset's ``data/`` folder,
     the conversion options and the conversion format version: an unchanged dataset
-    is reused, a changed one is converted again. The conversion reads a bounded
+    is reused, a changed one is converted again (the hash itself is recomputed only
+    when a file's size, modification time or inode changed). The conversion reads a bounded
     number of transitions at a time, validates them and writes them into a
     memory-mapped file inside a temporary directory renamed into place only at the
-    end, so an interrupted conversion leaves nothing that loads.
+    end, so an interrupted conversion leaves nothing that loads. The conversion runs
+    torch on a single thread (it is memory-bound; see ``_one_torch_thread``) and
+    restores the thread count afterwards.
 
     Args:
         dataset_id_or_path: a Minari dataset id (resolved under ``root``), or the
@@ -449,6 +542,9 @@ def load_minari(
         cache_dir: where conversions are cached; default ``$TORCHRL_OFFLINE_CACHE``,
             else ``~/.cache/torchrl_offline``.
         download: download a dataset id missing locally with Minari's own downloader.
+        info_keys: more per-step fields to read from the episodes' ``infos`` (for
+            example ``"policy_id"``), stored under their own name. As for the behaviour
+            fields, entry ``t + 1`` of ``infos`` belongs to transition ``t``.
         chunk_transitions: about how many transitions are read into memory at once.
         **kwargs: forwarded to :class:`~torchrl.data.TensorDictReplayBuffer` (a
             read-only :class:`~torchrl.data.replay_buffers.ImmutableDatasetWriter` by
@@ -474,9 +570,10 @@ def load_minari(
         >>> from torchrl_offline.data.minari_writer import write_minari
         >>> from torchrl_offline.data.minari import load_minari
         >>> n = 6
+        >>> steps = torch.arange(n + 1, dtype=torch.float32)[:, None].expand(n + 1, 3)
         >>> td = TensorDict({
-        ...     "observation": torch.arange(n, dtype=torch.float32)[:, None].expand(n, 3),
-        ...     ("next", "observation"): torch.arange(1, n + 1, dtype=torch.float32)[:, None].expand(n, 3),
+        ...     "observation": steps[:-1],
+        ...     ("next", "observation"): steps[1:],
         ...     "action": torch.zeros(n, 1),
         ...     ("next", "reward"): torch.ones(n, 1),
         ...     ("next", "terminated"): torch.arange(n)[:, None] == n - 1,
@@ -496,29 +593,41 @@ def load_minari(
         raise ValueError(f"dtype must be a floating torch dtype, got {dtype!r}")
     if chunk_transitions < 1:
         raise ValueError(f"chunk_transitions must be positive, got {chunk_transitions}")
+    info_keys = [str(k) for k in info_keys]
+    reserved = {OBSERVATION, ACTION, EPISODE, "next", "index"}
+    if clash := reserved.intersection(info_keys):
+        raise ValueError(f"info_keys may not use the reserved key(s) {sorted(clash)}")
     folder = _find_dataset(dataset_id_or_path, root, download)
-    content_hash = minari_content_hash(folder / "data")
+    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    content_hash = _memoized_content_hash(folder / "data", cache_root)
     options = {
         "format_version": CONVERSION_FORMAT_VERSION,
         "content_hash": content_hash,
         "dtype": str(dtype),
         "one_hot_actions": bool(one_hot_actions),
+        "info_keys": list(info_keys),
     }
     key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
     with open(folder / "data" / _METADATA_FILE) as f:
         dataset_id = str(json.load(f).get("dataset_id") or folder.name)
-    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = _cache_entry(cache_root, dataset_id, key)
     if not is_complete(target):
-        _convert(
-            folder,
-            target,
-            content_hash=content_hash,
-            dtype=dtype,
-            one_hot_actions=bool(one_hot_actions),
-            chunk_transitions=chunk_transitions,
-        )
+        _remove_abandoned_builds(target)
+        with _one_torch_thread():
+            _convert(
+                folder,
+                target,
+                content_hash=content_hash,
+                dtype=dtype,
+                one_hot_actions=bool(one_hot_actions),
+                info_keys=list(info_keys),
+                chunk_transitions=chunk_transitions,
+            )
     transitions, metadata = load_transitions(target)
+    # Same memory-mapped storage, seen through plain tensors: indexing a
+    # MemoryMappedTensor goes through a Python-level __getitem__ that costs about
+    # 10% of the sampling throughput, for no benefit on a read-only dataset.
+    transitions = transitions.apply(lambda t: t.as_subclass(torch.Tensor))
     # The same content may live at another path than when it was first converted.
     metadata["source_path"] = str(folder)
     kwargs.setdefault("writer", ImmutableDatasetWriter())

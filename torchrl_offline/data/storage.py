@@ -27,6 +27,7 @@ from torchrl.envs.transforms import Transform
 __all__ = [
     "COMPLETE_MARKER",
     "OfflineReplayBuffer",
+    "OfflineTensorStorage",
     "allocate_transitions",
     "atomic_directory",
     "is_complete",
@@ -59,6 +60,32 @@ class OfflineReplayBuffer(TensorDictReplayBuffer):
         super().__init__(*args, **kwargs)
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.path: Path | None = Path(path) if path is not None else None
+
+
+class OfflineTensorStorage(TensorStorage):
+    """A :class:`~torchrl.data.TensorStorage` that gathers sampled rows with ``index_select``.
+
+    Values and types are those of :class:`~torchrl.data.TensorStorage`; only the gather
+    of a 1-D tensor of row indices (what samplers return) differs. ``tensor[index]``
+    on a ``[N, d]`` tensor runs a parallel kernel even for a 256-row batch: it is
+    slower than ``index_select`` on one thread (whole ``sample()`` of 256 transitions
+    from 200k: about 1,900 vs 2,900 batches/s) and collapses on a busy machine with
+    two threads (42 vs 2,150 batches/s measured on 2 shared cores).
+    """
+
+    def get(self, index: Any) -> Any:
+        if (
+            isinstance(index, torch.Tensor)
+            and index.ndim == 1
+            and index.dtype in (torch.int64, torch.int32)
+            and isinstance(self._storage, TensorDictBase)
+            and self._is_full
+            and (index.numel() == 0 or int(index.min()) >= 0)
+        ):
+            return self._storage.apply(
+                lambda t: t.index_select(0, index), batch_size=[index.numel()]
+            )
+        return super().get(index)
 
 
 @contextlib.contextmanager
@@ -158,7 +185,7 @@ def make_replay_buffer(
     path: str | Path | None = None,
     **kwargs: Any,
 ) -> OfflineReplayBuffer:
-    """Wrap stored transitions in a replay buffer backed by a :class:`~torchrl.data.TensorStorage`.
+    """Wrap stored transitions in a replay buffer over an :class:`OfflineTensorStorage`.
 
     Args:
         transitions: the (memory-mapped) transitions, batch size ``[N]``.
@@ -169,7 +196,7 @@ def make_replay_buffer(
         path: on-disk location of the storage, if any.
         **kwargs: forwarded to :class:`~torchrl.data.TensorDictReplayBuffer`.
     """
-    storage = TensorStorage(transitions, max_size=transitions.shape[0])
+    storage = OfflineTensorStorage(transitions, max_size=transitions.shape[0])
     return OfflineReplayBuffer(
         storage=storage,
         sampler=sampler if sampler is not None else RandomSampler(),
