@@ -3,25 +3,28 @@
 Each case does one full update on a fixed random batch: the loss forward, one
 backward of the summed losses, an Adam step on the actor, critics and temperature,
 and a soft target update. All three use the same networks (``hidden x hidden``
-ReLU MLPs, twin critics, a TanhNormal actor), 10 sampled actions per proposal,
+ReLU MLPs from ``_nets``, twin critics, a TanhNormal actor), 10 sampled actions per proposal,
 deterministic backup and a fixed CQL weight.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import pathlib
+import sys
 from collections.abc import Callable
 
 import torch
 from tensordict import TensorDict
-from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torch import nn
-from torchrl.data import Bounded
-from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import CQLLoss as TorchRLCQLLoss
 from torchrl.objectives import SoftUpdate
 
 from torchrl_offline.objectives.cql import CQLLoss
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _nets
 
 NUM_RANDOM = 10
 LR = 3e-4
@@ -30,43 +33,6 @@ TAU = 0.005
 
 def _adam(params) -> torch.optim.Adam:
     return torch.optim.Adam(list(params), lr=LR, foreach=True)
-
-
-def _networks(obs_dim: int, act_dim: int, hidden: int):
-    spec = Bounded(-torch.ones(act_dim), torch.ones(act_dim), (act_dim,))
-    actor_net = nn.Sequential(
-        MLP(in_features=obs_dim, out_features=2 * act_dim, num_cells=[hidden, hidden]),
-        NormalParamExtractor(),
-    )
-    actor = ProbabilisticActor(
-        TensorDictModule(actor_net, in_keys=["observation"], out_keys=["loc", "scale"]),
-        in_keys=["loc", "scale"],
-        spec=spec,
-        distribution_class=TanhNormal,
-        distribution_kwargs={"low": spec.space.low, "high": spec.space.high},
-    )
-    qvalue = ValueOperator(
-        MLP(in_features=obs_dim + act_dim, out_features=1, num_cells=[hidden, hidden]),
-        in_keys=["observation", "action"],
-    )
-    return spec, actor, qvalue
-
-
-def _batch(obs_dim: int, act_dim: int, batch_size: int) -> TensorDict:
-    g = torch.Generator().manual_seed(0)
-    return TensorDict(
-        {
-            "observation": torch.randn(batch_size, obs_dim, generator=g),
-            "action": torch.rand(batch_size, act_dim, generator=g) * 2 - 1,
-            "next": {
-                "observation": torch.randn(batch_size, obs_dim, generator=g),
-                "reward": torch.randn(batch_size, 1, generator=g),
-                "done": torch.zeros(batch_size, 1, dtype=torch.bool),
-                "terminated": torch.zeros(batch_size, 1, dtype=torch.bool),
-            },
-        },
-        [batch_size],
-    )
 
 
 def _loss_update(loss_module, data: TensorDict) -> Callable[[], None]:
@@ -98,7 +64,9 @@ def _plain_torch(obs_dim: int, act_dim: int, batch_size: int, hidden: int, data:
         b = torch.empty(n_critics, 1, o).uniform_(-1 / math.sqrt(i), 1 / math.sqrt(i))
         return nn.Parameter(w), nn.Parameter(b)
 
-    critic = nn.ParameterList([p for i, o in zip(sizes[:-1], sizes[1:]) for p in stacked_layer(i, o)])
+    critic = nn.ParameterList(
+        [p for i, o in itertools.pairwise(sizes) for p in stacked_layer(i, o)]
+    )
     target = [p.detach().clone() for p in critic]
     actor = nn.Sequential(
         nn.Linear(obs_dim, hidden),
@@ -142,13 +110,19 @@ def _plain_torch(obs_dim: int, act_dim: int, batch_size: int, hidden: int, data:
             a_s, logp_s = policy(both, (n,))
             next_v = q(target, next_obs, a_both[batch_size:]).min(0).values
             y = reward + 0.99 * not_done * next_v
-        actor_loss = (alpha * logp_pi - q([p.detach() for p in critic], obs, a_pi).min(0).values).mean()
+        actor_loss = (
+            alpha * logp_pi - q([p.detach() for p in critic], obs, a_pi).min(0).values
+        ).mean()
         alpha_loss = -(log_alpha * (logp_pi.detach() - act_dim)).mean()
         rand = torch.rand(n, batch_size, act_dim) * 2 - 1
         actions = torch.cat([act[None], rand, a_s[:, :batch_size], a_s[:, batch_size:]])
         q_all = q(list(critic), obs, actions)
         log_q = torch.cat(
-            [torch.full((n, batch_size), log_uniform), logp_s[:, :batch_size], logp_s[:, batch_size:]]
+            [
+                torch.full((n, batch_size), log_uniform),
+                logp_s[:, :batch_size],
+                logp_s[:, batch_size:],
+            ]
         )
         gap = torch.logsumexp(q_all[:, 1:] - log_q, 1) - q_all[:, 0]
         critic_loss = ((q_all[:, 0] - y) ** 2).mean(1).sum() + 10.0 * gap.mean(1).sum()
@@ -161,9 +135,11 @@ def _plain_torch(obs_dim: int, act_dim: int, batch_size: int, hidden: int, data:
     return update
 
 
-def cases(obs_dim: int, act_dim: int, batch_size: int, hidden: int) -> dict[str, Callable[[], None]]:
+def cases(
+    obs_dim: int, act_dim: int, batch_size: int, hidden: int
+) -> dict[str, Callable[[], None]]:
     """One-update closures for ``cql/ours``, ``cql/torchrl`` and ``cql/plain_torch``."""
-    data = _batch(obs_dim, act_dim, batch_size)
+    data = _nets.random_batch(obs_dim, act_dim, batch_size)
     common = dict(
         loss_function="l2",
         min_q_weight=10.0,
@@ -172,12 +148,17 @@ def cases(obs_dim: int, act_dim: int, batch_size: int, hidden: int) -> dict[str,
         max_q_backup=False,
         with_lagrange=False,
     )
-    torch.manual_seed(0)
-    _, actor, qvalue = _networks(obs_dim, act_dim, hidden)
-    ours = CQLLoss(actor, qvalue, **common)
-    torch.manual_seed(0)
-    _, actor, qvalue = _networks(obs_dim, act_dim, hidden)
-    theirs = TorchRLCQLLoss(actor, qvalue, **common)
+    nets = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        nets.append(
+            (
+                _nets.tanh_normal_actor(obs_dim, act_dim, hidden),
+                _nets.qvalue(obs_dim, act_dim, hidden),
+            )
+        )
+    ours = CQLLoss(*nets[0], **common)
+    theirs = TorchRLCQLLoss(*nets[1], **common)
     torch.manual_seed(0)
     return {
         "cql/ours": _loss_update(ours, data.clone()),

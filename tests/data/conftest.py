@@ -53,12 +53,6 @@ def transitions_from_episodes(
     return torch.cat(parts)
 
 
-@pytest.fixture(autouse=True)
-def _conversion_cache_in_tmp(tmp_path_factory, monkeypatch):
-    """Conversion caches (``load_minari``, ``from_logged``) never go to the real home directory."""
-    monkeypatch.setenv("TORCHRL_OFFLINE_CACHE", str(tmp_path_factory.mktemp("offline_cache")))
-
-
 @pytest.fixture
 def make_transitions() -> Callable[..., TensorDict]:
     """Factory fixture: ``make_transitions([3, 1, 4], discrete=None | n, ...)``."""

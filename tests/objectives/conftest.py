@@ -33,6 +33,10 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 _ROOT = pathlib.Path(__file__).resolve().parents[2]
 
+# The test machine is small and shared: one intra-op thread avoids OpenMP contention,
+# which otherwise slows tiny updates down by an order of magnitude.
+torch.set_num_threads(1)
+
 
 def _load_pendulum_module():
     spec = importlib.util.spec_from_file_location(
@@ -181,3 +185,77 @@ def evaluate(
 def evaluate_actor():
     """``evaluate_actor(actor, env_id, episodes=3, seed=0, max_steps=200) -> float``."""
     return evaluate
+
+
+class _OfflineSource:
+    """A stand-in 'collector' for ``torchrl.trainers.Trainer``: yields ``iterations`` tiny
+    batches so that the trainer runs its optimisation loop; the data comes from the
+    replay buffer registered with ``process_optim_batch``."""
+
+    init_random_frames = 0
+
+    def __init__(self, iterations: int) -> None:
+        self.iterations = iterations
+
+    def __iter__(self):
+        for _ in range(self.iterations):
+            yield TensorDict({"dummy": torch.zeros(1)}, batch_size=[1])
+
+    def shutdown(self) -> None:
+        pass
+
+
+def train_with_trainer(
+    loss_module,
+    optimizer,
+    target_updater,
+    data: TensorDict,
+    *,
+    iterations=2,
+    optim_steps=3,
+    batch_size=32,
+):
+    """Runs ``loss_module`` inside ``torchrl.trainers.Trainer``.
+
+    Uses TorchRL's own ``DefaultOptimizationStepper``, ``TargetNetUpdaterHook`` (so the
+    given ``SoftUpdate``/``HardUpdate`` is stepped after every optimiser step) and a
+    ``TensorDictReplayBuffer`` holding ``data`` sampled through ``ReplayBufferTrainer``.
+    Returns the trainer.
+    """
+    from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+    from torchrl.trainers import (
+        DefaultOptimizationStepper,
+        ReplayBufferTrainer,
+        TargetNetUpdaterHook,
+        Trainer,
+    )
+
+    buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(data.numel()), batch_size=batch_size)
+    buffer.extend(data)
+    trainer = Trainer(
+        collector=_OfflineSource(iterations),
+        total_frames=iterations,
+        frame_skip=1,
+        optim_steps_per_batch=optim_steps,
+        loss_module=loss_module,
+        optimizer=optimizer,
+        optimization_stepper=DefaultOptimizationStepper(),
+        target_net_updater=target_updater,
+        progress_bar=False,
+        log_interval=10**9,
+        save_trainer_interval=10**9,
+    )
+    rb_hook = ReplayBufferTrainer(buffer, batch_size=batch_size)
+    trainer.register_op("process_optim_batch", rb_hook.sample)
+    trainer.register_op("post_loss", rb_hook.update_priority)
+    if target_updater is not None:
+        trainer.register_op("post_optim", TargetNetUpdaterHook(target_updater))
+    trainer.train()
+    return trainer
+
+
+@pytest.fixture(scope="session")
+def run_trainer():
+    """``run_trainer(loss, optimizer, target_updater, data, iterations=2, optim_steps=3,
+    batch_size=32) -> Trainer``: trains inside ``torchrl.trainers.Trainer``."""
+    return train_with_trainer

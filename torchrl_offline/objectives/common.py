@@ -235,19 +235,31 @@ def _plan_apply_single(plan: _Plan, params: TensorDictBase, x: Tensor) -> Tensor
 
 
 def _plan_apply_stacked(plan: _Plan, params: TensorDictBase, x: Tensor) -> Tensor:
-    """``x`` is ``[M, in]`` (shared by all members) or ``[E, M, in]``."""
+    """``x`` is ``[M, in]``, shared by all members; returns ``[E, M, out]``.
+
+    Activations are kept feature-major (``[E, features, M]``) so that each layer is
+    ``baddbmm(b, W, h)`` with the stored ``[E, out, in]`` weights: the weight gradients
+    then come out contiguous (no strided copy when they are accumulated).
+    """
+    h = x.transpose(0, 1)  # [in, M]
+    fresh = False  # h is the output of a (b)addbmm, which its backward does not need
     for step in plan:
         if step[0] == "linear":
             weight = params.get(step[1])  # [E, out, in]
-            if x.ndim == 2:
-                x = x.expand(weight.shape[0], *x.shape)
+            if h.ndim == 2:
+                h = h.expand(weight.shape[0], *h.shape)
             if step[2] is None:
-                x = torch.bmm(x, weight.transpose(1, 2))
+                h = torch.bmm(weight, h)
             else:
-                x = torch.baddbmm(params.get(step[2]).unsqueeze(1), x, weight.transpose(1, 2))
+                h = torch.baddbmm(params.get(step[2]).unsqueeze(-1), weight, h)
+            fresh = True
+        elif fresh and type(step[1]) is nn.ReLU:
+            h = torch.relu_(h)
+            fresh = False
         else:
-            x = step[1](x)
-    return x
+            h = step[1](h)
+            fresh = False
+    return h.transpose(1, 2)
 
 
 def _inputs(module, tensordict: TensorDictBase) -> list[Tensor]:
@@ -506,10 +518,12 @@ def action_bounds(
             f"no action spec found for {_key_str(action_key)}: pass a bounded action spec "
             "(e.g. torchrl.data.Bounded) or an actor built with one"
         )
+    from torchrl.data import Bounded
+
     space = getattr(found, "space", None)
     low = getattr(space, "low", None)
     high = getattr(space, "high", None)
-    if low is None or high is None:
+    if not isinstance(found, Bounded) or low is None or high is None:
         raise OfflineLossError(
             f"the action spec for {_key_str(action_key)} ({type(found).__name__}) is not "
             "bounded; a Bounded spec with low/high is required"

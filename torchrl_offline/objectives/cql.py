@@ -40,6 +40,7 @@ from torchrl_offline.objectives.common import (
     OfflineLossError,
     action_bounds,
     check_batch,
+    check_finite_losses,
     check_output_dim,
     ensemble_apply,
     uniform_actions,
@@ -267,9 +268,7 @@ class CQLLoss(LossModule):
         self.deactivate_vmap = deactivate_vmap
 
         self.delay_actor = delay_actor
-        self.convert_to_functional(
-            actor_network, "actor_network", create_target_params=delay_actor
-        )
+        self.convert_to_functional(actor_network, "actor_network", create_target_params=delay_actor)
         self.delay_qvalue = delay_qvalue
         self.num_qvalue_nets = num_qvalue_nets
         self.convert_to_functional(
@@ -301,20 +300,23 @@ class CQLLoss(LossModule):
         else:
             self.register_parameter("log_alpha", nn.Parameter(log_alpha))
         if with_lagrange:
-            self.register_parameter(
-                "log_alpha_prime", nn.Parameter(torch.zeros((), device=device))
-            )
+            self.register_parameter("log_alpha_prime", nn.Parameter(torch.zeros((), device=device)))
 
         spec = action_spec if action_spec is not None else getattr(actor_network, "spec", None)
         low, high = action_bounds(spec, action_key=self.tensor_keys.action)
+        if not bool(torch.isfinite((high - low).log()).all()):
+            raise OfflineLossError(
+                f"the action spec for {self.tensor_keys.action!r} is not bounded (the box "
+                f"[{low.min().item():.3g}, {high.max().item():.3g}] has no finite volume); "
+                "CQL samples uniform actions in it, so pass a Bounded action_spec"
+            )
         self.register_buffer("action_low", low.to(device=device, dtype=torch.float32))
         self.register_buffer("action_high", high.to(device=device, dtype=torch.float32))
         if target_entropy == "auto":
             target_entropy = -float(low.numel())
-        self.register_buffer(
-            "target_entropy", torch.tensor(float(target_entropy), device=device)
-        )
+        self.register_buffer("target_entropy", torch.tensor(float(target_entropy), device=device))
         self._checked_shapes = False
+        self._num_updates = 0
 
     # ----------------------------------------------------------------- keys / estimator
     def _forward_value_estimator_keys(self, **kwargs) -> None:
@@ -557,7 +559,10 @@ class CQLLoss(LossModule):
             "target_value": target,
             "cql_gap": gap.detach().mean(0),
         }
-        return self._pack(out, diagnostics, alpha, batch_shape)
+        result = self._pack(out, diagnostics, alpha, batch_shape)
+        self._num_updates += 1
+        check_finite_losses(result, step=self._num_updates)
+        return result
 
     def _target(self, td: TensorDictBase, next_value: Tensor) -> Tensor:
         keys = self.tensor_keys
@@ -746,6 +751,7 @@ class DiscreteCQLLoss(LossModule):
         self.alpha = float(alpha)
         self.num_quantiles = num_quantiles
         self.kappa = float(kappa)
+        self._num_updates = 0
 
     def _forward_value_estimator_keys(self, **kwargs) -> None:
         if self._value_estimator is not None:
@@ -877,10 +883,14 @@ class DiscreteCQLLoss(LossModule):
         }
         if self.reduction == "none":
             out = {k: v.reshape(batch_shape) for k, v in {**losses, **diagnostics}.items()}
-            return TensorDict(out, batch_shape)
-        out = {k: self._reduce_loss(v) for k, v in losses.items()}
-        out.update({k: v.mean() for k, v in diagnostics.items()})
-        return TensorDict(out)
+            result = TensorDict(out, batch_shape)
+        else:
+            out = {k: self._reduce_loss(v) for k, v in losses.items()}
+            out.update({k: v.mean() for k, v in diagnostics.items()})
+            result = TensorDict(out)
+        self._num_updates += 1
+        check_finite_losses(result, step=self._num_updates)
+        return result
 
     def _quantile_huber(self, theta: Tensor, target: Tensor) -> Tensor:
         """QR-DQN loss: sum over predicted quantiles, mean over target samples."""

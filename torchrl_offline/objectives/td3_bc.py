@@ -274,9 +274,7 @@ class TD3BCLoss(LossModule):
         self.policy_update_delay = policy_update_delay
         self.reduction = reduction
 
-        self.convert_to_functional(
-            actor_network, "actor_network", create_target_params=delay_actor
-        )
+        self.convert_to_functional(actor_network, "actor_network", create_target_params=delay_actor)
         policy_params = list(actor_network.parameters()) if separate_losses else None
         self.convert_to_functional(
             qvalue_network,
@@ -344,6 +342,7 @@ class TD3BCLoss(LossModule):
         self._set_in_keys()
 
     def _set_in_keys(self) -> None:
+        action = unravel_key(self.tensor_keys.action)
         keys = [
             self.tensor_keys.action,
             _next(self.tensor_keys.reward),
@@ -352,6 +351,7 @@ class TD3BCLoss(LossModule):
             *self.actor_network.in_keys,
             *[_next(key) for key in self.actor_network.in_keys],
             *self.qvalue_network.in_keys,
+            *[_next(k) for k in self.qvalue_network.in_keys if unravel_key(k) != action],
         ]
         self._in_keys = list(dict.fromkeys(unravel_key(k) for k in keys))
 
@@ -478,6 +478,9 @@ class TD3BCLoss(LossModule):
             ``(loss_actor, metadata)`` where ``metadata`` holds the detached
             ``"bc_loss"``, ``"lmbd"`` and ``"state_action_value_actor"``.
         """
+        return self._actor_loss(tensordict)
+
+    def _actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         weights = self._maybe_get_priority_weight(tensordict)
         action = self._actor_action(tensordict, target=False)
         q1 = module_apply(
@@ -510,6 +513,9 @@ class TD3BCLoss(LossModule):
             (``[E, *batch]``) and the detached ``"next_state_value"``,
             ``"pred_value"`` and ``"target_value"``.
         """
+        return self._qvalue_loss(tensordict)
+
+    def _qvalue_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         weights = self._maybe_get_priority_weight(tensordict)
         with torch.no_grad():
             next_action = self._actor_action(tensordict.get("next"), target=True)
@@ -552,9 +558,9 @@ class TD3BCLoss(LossModule):
             update_actor = self._num_calls % self.policy_update_delay == 0
         else:
             update_actor = True
-        loss_qvalue, metadata = self.qvalue_loss(tensordict)
+        loss_qvalue, metadata = self._qvalue_loss(tensordict)
         if update_actor:
-            loss_actor, actor_metadata = self.actor_loss(tensordict)
+            loss_actor, actor_metadata = self._actor_loss(tensordict)
             if self.training:
                 self._last_actor_metadata = actor_metadata
         else:
