@@ -49,3 +49,17 @@ def test_full_coverage_on_uniform_actions(make_transitions):
 def test_missing_field(make_transitions):
     with pytest.raises(DatasetError, match="'episode'"):
         dataset_stats(make_transitions([2]).exclude("episode"))
+
+
+def test_coverage_uses_the_action_space_bounds(make_transitions):
+    import gymnasium as gym
+    import numpy as np
+    from minari.serialization import serialize_space
+
+    td = make_transitions([2000], act_dim=2)  # actions uniform in [-1, 1]
+    space = gym.spaces.Box(-2.0, 2.0, (2,), np.float32)
+    buffer = make_replay_buffer(td, metadata={"action_space": serialize_space(space)})
+    stats = dataset_stats(buffer, action_bins=4)
+    assert stats.action["coverage_of"] == "action space"
+    assert stats.action["coverage"] == 0.5  # half of each dimension's range is used
+    assert dataset_stats(td).action["coverage_of"] == "observed range"

@@ -87,7 +87,7 @@ class DatasetStats:
         else:
             lines.append(
                 f"actions          continuous, dim {self.action['dim']}, "
-                f"coverage {self.action['coverage']:.3f} of the observed box "
+                f"coverage {self.action['coverage']:.3f} of the {self.action['coverage_of']} "
                 f"({self.action['bins']} bins per dim)"
             )
         for key, mean in self.observation_mean.items():
@@ -110,6 +110,27 @@ def _summary(x: torch.Tensor) -> dict[str, float]:
     return out
 
 
+def _box_bounds(data: Any, dim: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Finite bounds of the dataset's Box action space, from ``data.metadata``, if known."""
+    serialized = getattr(data, "metadata", {}).get("action_space")
+    if not isinstance(serialized, str):
+        return None
+    import gymnasium as gym
+    from minari.serialization import deserialize_space
+
+    try:
+        space = deserialize_space(serialized)
+    except Exception:  # unknown or custom space: fall back to the observed range
+        return None
+    if not isinstance(space, gym.spaces.Box) or space.low.size != dim:
+        return None
+    low = torch.as_tensor(space.low.reshape(-1), dtype=torch.float64)
+    high = torch.as_tensor(space.high.reshape(-1), dtype=torch.float64)
+    if not bool(torch.isfinite(low).all() and torch.isfinite(high).all()):
+        return None
+    return low, high
+
+
 def dataset_stats(
     data: ReplayBuffer | TensorDictBase,
     *,
@@ -127,8 +148,9 @@ def dataset_stats(
     Args:
         data: a replay buffer from the data layer, or transitions in TorchRL layout.
         action_bins: bins per action dimension for the continuous coverage measure:
-            the fraction of occupied cells of a per-dimension histogram over the observed
-            action range (1.0 = every bin of every dimension visited).
+            the fraction of occupied cells of a per-dimension histogram over the action
+            space's bounds when the dataset's metadata gives a bounded Box, else over the
+            observed action range (1.0 = every bin of every dimension visited).
         discrete_actions: force the action kind; inferred from the dtype by default.
         chunk_size: transitions read at a time.
 
@@ -228,11 +250,13 @@ def dataset_stats(
         # Pass 2 over actions only: histogram occupancy per dimension.
         assert a_min is not None and a_max is not None
         dim = a_min.shape[0]
-        width = (a_max - a_min).clamp_min(1e-12)
+        bounds = _box_bounds(data, dim)
+        lo, hi = bounds if bounds is not None else (a_min, a_max)
+        width = (hi - lo).clamp_min(1e-12)
         occupied = torch.zeros(dim, action_bins, dtype=torch.bool)
         for _, chunk in iter_chunks(td.select(ACTION), chunk_size):
             flat = chunk.get(ACTION).reshape(chunk.shape[0], -1).to(torch.float64)
-            bins = ((flat - a_min) / width * action_bins).long().clamp(0, action_bins - 1)
+            bins = ((flat - lo) / width * action_bins).long().clamp(0, action_bins - 1)
             occupied.scatter_(1, bins.T, True)
         action_info = {
             "kind": "continuous",
@@ -240,6 +264,7 @@ def dataset_stats(
             "min": a_min.tolist(),
             "max": a_max.tolist(),
             "bins": action_bins,
+            "coverage_of": "action space" if bounds is not None else "observed range",
             "coverage": occupied.float().mean().item(),
         }
     reward_mean = reward_sum / n
