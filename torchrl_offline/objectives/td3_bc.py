@@ -24,6 +24,7 @@ from torchrl.objectives.value import TD0Estimator, ValueEstimatorBase
 
 from torchrl_offline.objectives.common import (
     OfflineLossError,
+    _mlp_plan,
     action_bounds,
     check_batch,
     check_finite_losses,
@@ -59,6 +60,18 @@ def _tanh_head(actor: TensorDictModuleBase, action_key: NestedKey):
     if unravel_key(head.out_keys[0]) != unravel_key(action_key):
         return None
     return body, head
+
+
+def _leaf_view(module: nn.Module, params: TensorDictBase):
+    """``{key: tensor}`` of ``params`` when ``module`` is a plain MLP, else ``params``.
+
+    The functional MLP path of ``common`` reads one tensor per layer with ``.get``; a
+    dict of the (in-place updated) leaves spares a nested TensorDict lookup per layer
+    and call. Views are cached by the loss and dropped on ``.to()`` / ``load_state_dict``.
+    """
+    if _mlp_plan(module) is None:
+        return params
+    return dict(params.items(True, True))
 
 
 def _last_linear_out(module: nn.Module) -> int | None:
@@ -301,6 +314,7 @@ class TD3BCLoss(LossModule):
         self.actor_updated = False
         self._last_actor_metadata: dict[str, Tensor] | None = None
         self._register_load_state_dict_pre_hook(self._fill_missing_extra_state)
+        self.register_load_state_dict_post_hook(self._drop_caches)
 
     # ------------------------------------------------------------------ setup helpers
     def _read_bounds(self, action_spec, bounds) -> tuple[Tensor, Tensor]:
@@ -393,7 +407,7 @@ class TD3BCLoss(LossModule):
         cached = self.__dict__.get("_cache_q1_detached_val")
         if cached is None:
             params = self.qvalue_network_params.data
-            cached = params[0] if params.ndim else params
+            cached = _leaf_view(self.qvalue_network, params[0] if params.ndim else params)
             self.__dict__["_cache_q1_detached_val"] = cached
         return cached
 
@@ -402,9 +416,24 @@ class TD3BCLoss(LossModule):
         cache_name = "_cache_sub_" + name
         cached = self.__dict__.get(cache_name)
         if cached is None:
-            cached = getattr(self, name).get(("module", "0"))
+            cached = _leaf_view(self._tanh_head[0], getattr(self, name).get(("module", "0")))
             self.__dict__[cache_name] = cached
         return cached
+
+    def _critic_params(self, name: str) -> TensorDictBase:
+        """Stacked critic parameters (cached leaf view for plain MLP critics)."""
+        if self.deactivate_vmap:
+            return getattr(self, name)
+        cache_name = "_cache_critic_" + name
+        cached = self.__dict__.get(cache_name)
+        if cached is None:
+            cached = self.__dict__[cache_name] = _leaf_view(
+                self.qvalue_network, getattr(self, name)
+            )
+        return cached
+
+    def _drop_caches(self, *args) -> None:
+        self._erase_cache()
 
     def _actor_action(self, tensordict: TensorDictBase, *, target: bool) -> Tensor:
         """Action of the (target) actor at the observations held by ``tensordict``."""
@@ -428,6 +457,13 @@ class TD3BCLoss(LossModule):
         else:
             td = self.actor_network(td)
         return td.get(self.tensor_keys.action)
+
+    def _check_action(self, action: Tensor, data_action: Tensor) -> None:
+        if action.shape != data_action.shape:
+            raise OfflineLossError(
+                f"actor_network outputs actions of shape {tuple(action.shape)} but the batch "
+                f"key {self.tensor_keys.action!r} holds shape {tuple(data_action.shape)}"
+            )
 
     def _critics(self, params: TensorDictBase, inputs: Sequence[Tensor]) -> Tensor:
         """All critics at once: ``[E, *batch]``."""
@@ -489,6 +525,7 @@ class TD3BCLoss(LossModule):
             *self._q_inputs(tensordict, action, nxt=False),
         ).squeeze(-1)
         data_action = tensordict.get(self.tensor_keys.action)
+        self._check_action(action, data_action)
         bc = (action - data_action).pow(2)
         bc = bc.reshape(*q1.shape, -1).mean(-1)
         lmbd = self.alpha / q1.detach().abs().mean()
@@ -519,19 +556,20 @@ class TD3BCLoss(LossModule):
         weights = self._maybe_get_priority_weight(tensordict)
         with torch.no_grad():
             next_action = self._actor_action(tensordict.get("next"), target=True)
+            self._check_action(next_action, tensordict.get(self.tensor_keys.action))
             half_range = (self.max_action - self.min_action) * 0.5
             clip = self.noise_clip * half_range
             noise = torch.randn_like(next_action) * (self.policy_noise * half_range)
             noise = torch.maximum(torch.minimum(noise, clip), -clip)
             next_action = torch.clamp(next_action + noise, self.min_action, self.max_action)
             next_q = self._critics(
-                self.target_qvalue_network_params,
+                self._critic_params("target_qvalue_network_params"),
                 self._q_inputs(tensordict, next_action, nxt=True),
             )
             next_value = next_q.min(0).values
             target_value = self._td_target(tensordict, next_value)
         pred = self._critics(
-            self.qvalue_network_params,
+            self._critic_params("qvalue_network_params"),
             self._q_inputs(tensordict, tensordict.get(self.tensor_keys.action), nxt=False),
         )
         target_value = target_value.to(pred.dtype)
