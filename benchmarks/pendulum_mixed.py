@@ -17,7 +17,7 @@ The result is a :class:`~tensordict.TensorDict` with TorchRL's keys: ``observati
 
 Usage::
 
-    python benchmarks/pendulum_mixed.py --out /tmp/pendulum_mixed.pt
+    python benchmarks/pendulum_mixed.py --out /tmp/pendulum_mixed.pt --npz /tmp/pendulum_mixed.npz
 """
 
 from __future__ import annotations
@@ -145,6 +145,7 @@ def episode_returns(data: TensorDict) -> torch.Tensor:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=None, help="save the TensorDict here (torch.save)")
+    parser.add_argument("--npz", default=None, help="also save flat numpy arrays here (for d3rlpy)")
     parser.add_argument("--seed", type=int, default=0)
     for kind, count in DEFAULT_MIX.items():
         parser.add_argument(f"--{kind}", type=int, default=count, help=f"{kind} episodes")
@@ -162,6 +163,16 @@ def main() -> None:
     if args.out:
         torch.save(data.to_dict(), args.out)
         print(f"saved to {args.out}")
+    if args.npz:
+        np.savez(
+            args.npz,
+            observations=data["observation"].numpy(),
+            actions=data["action"].numpy(),
+            rewards=data["next", "reward"].squeeze(-1).numpy(),
+            terminals=data["next", "terminated"].squeeze(-1).numpy().astype(np.float32),
+            timeouts=data["next", "truncated"].squeeze(-1).numpy().astype(np.float32),
+        )
+        print(f"saved arrays to {args.npz}")
 
 
 if __name__ == "__main__":

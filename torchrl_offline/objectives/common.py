@@ -21,6 +21,7 @@ This module holds what every loss in :mod:`torchrl_offline.objectives` needs:
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Iterable, Sequence
 
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 __all__ = [
     "OfflineLossError",
     "action_bounds",
+    "actor_distribution",
     "check_batch",
     "check_finite_losses",
     "check_output_dim",
@@ -41,6 +43,7 @@ __all__ = [
     "find_action_spec",
     "from_unit_interval",
     "module_apply",
+    "tanh_normal_log_prob",
     "to_unit_interval",
     "uniform_actions",
 ]
@@ -191,6 +194,50 @@ def _mlp_plan(module: TensorDictModuleBase) -> _Plan | None:
     return plan
 
 
+def _is_plain_sequential(module: nn.Module) -> bool:
+    from torchrl.modules import MLP
+
+    if type(module) is nn.Sequential:
+        return True
+    return isinstance(module, MLP) and type(module).forward is MLP.forward
+
+
+def _layers_plan(inner: nn.Module, prefix: tuple) -> _Plan | None:
+    """Flattens nested plain ``nn.Sequential``/``MLP`` containers into a layer plan.
+
+    Accepts ``nn.Linear``, elementwise activations and, as the very last layer, a
+    ``NormalParamExtractor`` (whose output is a ``(loc, scale)`` tuple).
+    """
+    from tensordict.nn import NormalParamExtractor
+
+    flat: list[tuple[nn.Module, tuple]] = []
+
+    def walk(module: nn.Module, key: tuple) -> None:
+        if _is_plain_sequential(module):
+            for name, child in module.named_children():
+                walk(child, (*key, name))
+        else:
+            flat.append((module, key))
+
+    walk(inner, prefix)
+    plan: _Plan = []
+    for i, (child, key) in enumerate(flat):
+        if type(child) is nn.Linear:
+            bias = (*key, "bias") if child.bias is not None else None
+            plan.append(("linear", (*key, "weight"), bias))
+        elif type(child) in _ELEMENTWISE:
+            plan.append(("act", child))
+        elif type(child) is NormalParamExtractor and i == len(flat) - 1:
+            if any(True for _ in child.parameters()):
+                return None
+            plan.append(("act", child))
+        else:
+            return None
+    if not plan or plan[0][0] != "linear":
+        return None
+    return plan
+
+
 def _build_plan(module) -> _Plan | None:
     from torchrl.modules import MLP
 
@@ -199,29 +246,106 @@ def _build_plan(module) -> _Plan | None:
         return None
     if getattr(module, "safe", False) or getattr(module, "out_to_in_map", False):
         return None
-    if not (isinstance(inner, MLP) or type(inner) is nn.Sequential):
+    if not _is_plain_sequential(inner):
         return None
-    if type(inner) is nn.Sequential and len(module.in_keys) != 1:
+    if not isinstance(inner, MLP) and len(module.in_keys) != 1:
         return None
-    if isinstance(inner, MLP) and type(inner).forward is not MLP.forward:
-        return None
-    plan: _Plan = []
-    for name, child in inner.named_children():
-        if type(child) is nn.Linear:
-            plan.append(
-                (
-                    "linear",
-                    ("module", name, "weight"),
-                    ("module", name, "bias") if child.bias is not None else None,
-                )
-            )
-        elif type(child) in _ELEMENTWISE:
-            plan.append(("act", child))
-        else:
-            return None
-    if not plan or plan[0][0] != "linear":
+    plan = _layers_plan(inner, ("module",))
+    if plan is None or (plan[-1][0] == "act" and not isinstance(plan[-1][1], _ELEMENTWISE)):
         return None
     return plan
+
+
+_ACTOR_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _actor_plan(actor) -> tuple | None:
+    """``(plan, in_key, param_keys, dist_module)`` for a ``ProbabilisticActor`` made of one
+    plain MLP ``TensorDictModule`` (optionally ending in ``NormalParamExtractor``) followed
+    by its distribution module; ``None`` for anything else."""
+    cached = _ACTOR_PLANS.get(actor, None)
+    if cached is not None:
+        return None if cached is _NO_PLAN else cached
+    plan = _build_actor_plan(actor)
+    _ACTOR_PLANS[actor] = _NO_PLAN if plan is None else plan
+    return plan
+
+
+def _build_actor_plan(actor) -> tuple | None:
+    from tensordict.nn import (
+        ProbabilisticTensorDictModule,
+        ProbabilisticTensorDictSequential,
+        TensorDictModule,
+    )
+
+    if not isinstance(actor, ProbabilisticTensorDictSequential):
+        return None
+    modules = list(actor.module)
+    if len(modules) != 2:
+        return None
+    det, prob = modules
+    if type(prob).get_dist is not ProbabilisticTensorDictModule.get_dist:
+        return None
+    if not isinstance(det, TensorDictModule) or not isinstance(prob, ProbabilisticTensorDictModule):
+        return None
+    if getattr(det, "safe", False) or getattr(det, "out_to_in_map", False):
+        return None
+    if len(det.in_keys) != 1 or list(det.out_keys) != list(prob.in_keys):
+        return None
+    if not all(isinstance(k, str) for k in det.out_keys):
+        return None
+    inner = det.module
+    if not _is_plain_sequential(inner):
+        return None
+    plan = _layers_plan(inner, ("module", "0", "module"))
+    if plan is None:
+        return None
+    return plan, det.in_keys[0], list(det.out_keys), prob
+
+
+def actor_distribution(actor, params: TensorDictBase, tensordict: TensorDictBase):
+    """The action distribution of a ``ProbabilisticActor`` at the states in ``tensordict``.
+
+    For the common actor shape (one plain MLP ``TensorDictModule``, optionally ending in
+    a ``NormalParamExtractor``, followed by its distribution module) the parameters are
+    used functionally and no tensordict is built; other actors are called through
+    ``get_dist`` with ``params`` swapped in.
+
+    Args:
+        actor (ProbabilisticTensorDictSequential): the actor.
+        params (TensorDictBase): its parameters, shaped like ``TensorDict.from_module(actor)``.
+        tensordict (TensorDictBase): holds the actor's input keys.
+
+    Returns:
+        torch.distributions.Distribution
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from tensordict.nn import NormalParamExtractor, TensorDictModule
+        >>> from torchrl.modules import MLP, ProbabilisticActor, TanhNormal
+        >>> from torchrl_offline.objectives.common import actor_distribution
+        >>> actor = ProbabilisticActor(
+        ...     TensorDictModule(torch.nn.Sequential(MLP(in_features=3, out_features=2,
+        ...                      num_cells=[8]), NormalParamExtractor()),
+        ...                      in_keys=["observation"], out_keys=["loc", "scale"]),
+        ...     in_keys=["loc", "scale"], distribution_class=TanhNormal)
+        >>> td = TensorDict({"observation": torch.randn(5, 3)}, [5])
+        >>> dist = actor_distribution(actor, TensorDict.from_module(actor), td)
+        >>> dist.log_prob(torch.zeros(5, 1)).shape
+        torch.Size([5])
+    """
+    found = _actor_plan(actor)
+    if found is not None:
+        plan, in_key, out_keys, prob = found
+        out = _plan_apply_single(plan, params, tensordict.get(in_key))
+        if not isinstance(out, tuple):
+            out = (out,)
+        if len(out) == len(out_keys):
+            return prob.get_dist(dict(zip(out_keys, out)))
+    td = TensorDict({k: tensordict.get(k) for k in actor.in_keys}, batch_size=tensordict.batch_size)
+    with params.to_module(actor):
+        return actor.get_dist(td)
 
 
 def _plan_apply_single(plan: _Plan, params: TensorDictBase, x: Tensor) -> Tensor:
@@ -237,29 +361,29 @@ def _plan_apply_single(plan: _Plan, params: TensorDictBase, x: Tensor) -> Tensor
 def _plan_apply_stacked(plan: _Plan, params: TensorDictBase, x: Tensor) -> Tensor:
     """``x`` is ``[M, in]``, shared by all members; returns ``[E, M, out]``.
 
-    Activations are kept feature-major (``[E, features, M]``) so that each layer is
-    ``baddbmm(b, W, h)`` with the stored ``[E, out, in]`` weights: the weight gradients
-    then come out contiguous (no strided copy when they are accumulated).
+    Each layer is one ``baddbmm`` over the stacked ``[E, out, in]`` weights. (A
+    feature-major layout, ``baddbmm(b, W, h)``, avoids a strided copy of the weight
+    gradients but measured slower here: 6.7 vs 5.3 ms forward+backward for twin 2x256
+    critics at batch 256 on one CPU thread.)
     """
-    h = x.transpose(0, 1)  # [in, M]
-    fresh = False  # h is the output of a (b)addbmm, which its backward does not need
+    fresh = False  # x is the output of a (b)addbmm, which its backward does not need
     for step in plan:
         if step[0] == "linear":
             weight = params.get(step[1])  # [E, out, in]
-            if h.ndim == 2:
-                h = h.expand(weight.shape[0], *h.shape)
+            if x.ndim == 2:
+                x = x.expand(weight.shape[0], *x.shape)
             if step[2] is None:
-                h = torch.bmm(weight, h)
+                x = torch.bmm(x, weight.transpose(1, 2))
             else:
-                h = torch.baddbmm(params.get(step[2]).unsqueeze(-1), weight, h)
+                x = torch.baddbmm(params.get(step[2]).unsqueeze(1), x, weight.transpose(1, 2))
             fresh = True
         elif fresh and type(step[1]) is nn.ReLU:
-            h = torch.relu_(h)
+            x = torch.relu_(x)
             fresh = False
         else:
-            h = step[1](h)
+            x = step[1](x)
             fresh = False
-    return h.transpose(1, 2)
+    return x
 
 
 def _inputs(module, tensordict: TensorDictBase) -> list[Tensor]:
@@ -445,6 +569,83 @@ def module_apply(
     )
     with params.to_module(module):
         return module(td).get(module.out_keys[0] if out_key is None else out_key)
+
+
+_TANH_NORMAL_KWARGS = {"low", "high", "tanh_loc", "upscale", "event_dims", "safe_tanh"}
+
+
+def tanh_normal_log_prob(
+    actor,
+    params: TensorDictBase,
+    tensordict: TensorDictBase,
+    action: Tensor,
+    *,
+    action_eps: float = 0.0,
+    action_key: NestedKey = "action",
+) -> Tensor | None:
+    """Log-likelihood of ``action`` under a plain-MLP ``TanhNormal`` actor, or ``None``.
+
+    For the actor shape of TorchRL's offline examples (one plain MLP with a
+    ``NormalParamExtractor`` feeding :class:`~torchrl.modules.TanhNormal` with
+    ``event_dims`` 1) the density is computed directly, ``sum_d [log N(atanh(x_d);
+    loc_d, scale_d) - log(1 - x_d^2) - log((high_d - low_d) / 2)]`` with ``x`` the
+    action mapped to ``[-1, 1]`` and clamped to ``[-1 + eps, 1 - eps]``, without building
+    the distribution object. Returns ``None`` for any other actor (the caller then uses
+    :func:`actor_distribution`).
+
+    Raises:
+        OfflineLossError: if ``action``'s shape does not match the actor's output.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from tensordict.nn import NormalParamExtractor, TensorDictModule
+        >>> from torchrl.modules import MLP, ProbabilisticActor, TanhNormal
+        >>> from torchrl_offline.objectives.common import tanh_normal_log_prob
+        >>> actor = ProbabilisticActor(
+        ...     TensorDictModule(torch.nn.Sequential(MLP(in_features=3, out_features=2,
+        ...                      num_cells=[8]), NormalParamExtractor()),
+        ...                      in_keys=["observation"], out_keys=["loc", "scale"]),
+        ...     in_keys=["loc", "scale"], distribution_class=TanhNormal)
+        >>> td = TensorDict({"observation": torch.randn(5, 3)}, [5])
+        >>> params = TensorDict.from_module(actor)
+        >>> lp = tanh_normal_log_prob(actor, params, td, torch.zeros(5, 1))
+        >>> torch.allclose(lp, actor.get_dist(td).log_prob(torch.zeros(5, 1)))
+        True
+    """
+    from torchrl.modules import TanhNormal
+
+    found = _actor_plan(actor)
+    if found is None:
+        return None
+    plan, in_key, out_keys, prob = found
+    kwargs = dict(prob.distribution_kwargs)
+    if prob.distribution_class is not TanhNormal or set(kwargs) - _TANH_NORMAL_KWARGS:
+        return None
+    if kwargs.get("event_dims", 1) != 1 or sorted(prob.dist_keys) != ["loc", "scale"]:
+        return None
+    out = _plan_apply_single(plan, params, tensordict.get(in_key))
+    if not isinstance(out, tuple) or len(out) != 2:
+        return None
+    named = dict(zip(prob.dist_keys, (dict(zip(out_keys, out))[k] for k in prob.in_keys)))
+    loc, scale = named["loc"], named["scale"]
+    if tuple(action.shape) != tuple(loc.shape):
+        raise OfflineLossError(
+            f"key {_key_str(action_key)} has shape {tuple(action.shape)} but the actor's "
+            f"distribution is over shape {tuple(loc.shape)}: the action spec or the actor's "
+            "output size does not match the data"
+        )
+    if kwargs.get("tanh_loc", False):
+        upscale = kwargs.get("upscale", 5.0)
+        loc = upscale * torch.tanh(loc / upscale)
+    low = torch.as_tensor(kwargs.get("low", -1.0), dtype=loc.dtype, device=loc.device)
+    high = torch.as_tensor(kwargs.get("high", 1.0), dtype=loc.dtype, device=loc.device)
+    half = (high - low) / 2
+    eps = max(float(action_eps), torch.finfo(loc.dtype).eps)
+    x = ((action - (high + low) / 2) / half).clamp(-1.0 + eps, 1.0 - eps)
+    pre = torch.atanh(x)
+    log_normal = -((pre - loc) ** 2) / (2 * scale**2) - scale.log() - 0.5 * math.log(2 * math.pi)
+    return (log_normal - torch.log1p(-(x**2)) - torch.log(half).expand_as(x)).sum(-1)
 
 
 # ----------------------------------------------------------------------------- actions

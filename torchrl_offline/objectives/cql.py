@@ -22,7 +22,6 @@ from tensordict.nn import TensorDictModule, dispatch
 from tensordict.utils import NestedKey, unravel_key
 from torch import Tensor, nn
 from torchrl.data.utils import _find_action_space
-from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules.distributions.utils import rsample_and_log_prob
 from torchrl.modules.tensordict_module.actors import QValueActor
 from torchrl.modules.tensordict_module.common import ensure_tensordict_compatible
@@ -39,6 +38,7 @@ from torchrl.objectives.value import TD0Estimator, ValueEstimatorBase
 from torchrl_offline.objectives.common import (
     OfflineLossError,
     action_bounds,
+    actor_distribution,
     check_batch,
     check_finite_losses,
     check_output_dim,
@@ -421,11 +421,7 @@ class CQLLoss(LossModule):
         return out.squeeze(-1)
 
     def _policy(self, obs_td: TensorDictBase):
-        with (
-            set_exploration_type(ExplorationType.RANDOM),
-            self.actor_network_params.to_module(self.actor_network),
-        ):
-            return self.actor_network.get_dist(obs_td)
+        return actor_distribution(self.actor_network, self.actor_network_params, obs_td)
 
     def _check_shapes(self, action: Tensor, sample: Tensor) -> None:
         act_dim = self.action_low.shape[-1] if self.action_low.ndim else 1

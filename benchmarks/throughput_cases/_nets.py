@@ -1,0 +1,85 @@
+"""Network builders shared by the throughput cases (TorchRL sota-implementations style).
+
+Each builder returns fresh TorchRL modules shaped like TorchRL's own offline example
+scripts: ReLU MLPs, a ``ProbabilisticActor`` with ``TanhNormal`` over a ``Bounded``
+action spec, ``ValueOperator`` critics, plus a fixed random batch with TorchRL keys.
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDict
+from tensordict.nn import NormalParamExtractor, TensorDictModule
+from torchrl.data import Bounded
+from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
+
+
+def action_spec(act_dim: int) -> Bounded:
+    return Bounded(-torch.ones(act_dim), torch.ones(act_dim), (act_dim,))
+
+
+def mlp(in_dim: int, out_dim: int, hidden: int, depth: int = 2) -> MLP:
+    return MLP(
+        in_features=in_dim,
+        out_features=out_dim,
+        num_cells=[hidden] * depth,
+        activation_class=torch.nn.ReLU,
+    )
+
+
+def tanh_normal_actor(obs_dim: int, act_dim: int, hidden: int) -> ProbabilisticActor:
+    spec = action_spec(act_dim)
+    net = torch.nn.Sequential(
+        mlp(obs_dim, 2 * act_dim, hidden),
+        NormalParamExtractor(scale_mapping="biased_softplus_1.0", scale_lb=0.1),
+    )
+    return ProbabilisticActor(
+        TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"]),
+        in_keys=["loc", "scale"],
+        spec=spec,
+        distribution_class=TanhNormal,
+        distribution_kwargs={"low": spec.space.low, "high": spec.space.high, "tanh_loc": False},
+    )
+
+
+def qvalue(obs_dim: int, act_dim: int, hidden: int) -> ValueOperator:
+    return ValueOperator(mlp(obs_dim + act_dim, 1, hidden), in_keys=["observation", "action"])
+
+
+def value(obs_dim: int, hidden: int) -> ValueOperator:
+    return ValueOperator(mlp(obs_dim, 1, hidden), in_keys=["observation"])
+
+
+def random_batch(obs_dim: int, act_dim: int, batch_size: int, seed: int = 0) -> TensorDict:
+    g = torch.Generator().manual_seed(seed)
+    return TensorDict(
+        {
+            "observation": torch.randn(batch_size, obs_dim, generator=g),
+            "action": torch.rand(batch_size, act_dim, generator=g) * 2 - 1,
+            "next": {
+                "observation": torch.randn(batch_size, obs_dim, generator=g),
+                "reward": torch.randn(batch_size, 1, generator=g),
+                "done": torch.zeros(batch_size, 1, dtype=torch.bool),
+                "terminated": torch.zeros(batch_size, 1, dtype=torch.bool),
+                "truncated": torch.zeros(batch_size, 1, dtype=torch.bool),
+            },
+        },
+        batch_size=[batch_size],
+    )
+
+
+def loss_update(loss_module, optimizers, updater, batch):
+    """One update step: forward, backward of the summed ``loss_*`` terms, step, target update."""
+
+    def step() -> None:
+        out = loss_module(batch)
+        total = sum(v for k, v in out.items() if k.startswith("loss_"))
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        total.backward()
+        for opt in optimizers:
+            opt.step()
+        if updater is not None:
+            updater.step()
+
+    return step

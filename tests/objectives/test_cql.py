@@ -1,0 +1,729 @@
+"""Tests for CQLLoss and DiscreteCQLLoss (torchrl_offline.objectives.cql)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchrl
+from tensordict import TensorDict
+from tensordict.nn import NormalParamExtractor, TensorDictModule
+from torch import nn
+from torchrl.data import Bounded, Categorical, LazyTensorStorage, OneHot, TensorDictReplayBuffer
+from torchrl.data.replay_buffers import SamplerWithoutReplacement
+from torchrl.envs.utils import ExplorationType
+from torchrl.modules import MLP, ProbabilisticActor, QValueActor, TanhNormal, ValueOperator
+from torchrl.objectives import CQLLoss as TorchRLCQLLoss
+from torchrl.objectives import SoftUpdate
+
+from torchrl_offline.objectives.common import OfflineLossError
+from torchrl_offline.objectives.cql import CQLLoss, DiscreteCQLLoss
+
+pytestmark = pytest.mark.filterwarnings("ignore:No target network updater")
+
+OBS, ACT, B, N = 3, 2, 6, 4
+LOW, HIGH = torch.tensor([-1.0, 0.0]), torch.tensor([3.0, 0.5])
+
+
+# ----------------------------------------------------------------------------- fixtures
+def make_actor(obs_dim=OBS, act_dim=ACT, low=LOW, high=HIGH, hidden=8):
+    spec = Bounded(low, high, (act_dim,))
+    net = nn.Sequential(
+        MLP(
+            in_features=obs_dim,
+            out_features=2 * act_dim,
+            num_cells=[hidden],
+            activation_class=nn.ReLU,
+        ),
+        NormalParamExtractor(),
+    )
+    return ProbabilisticActor(
+        TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"]),
+        in_keys=["loc", "scale"],
+        spec=spec,
+        distribution_class=TanhNormal,
+        distribution_kwargs={"low": spec.space.low, "high": spec.space.high},
+        default_interaction_type=ExplorationType.RANDOM,
+    )
+
+
+def make_critic(obs_dim=OBS, act_dim=ACT, hidden=8):
+    return ValueOperator(
+        MLP(
+            in_features=obs_dim + act_dim,
+            out_features=1,
+            num_cells=[hidden, hidden],
+            activation_class=nn.ReLU,
+        ),
+        in_keys=["observation", "action"],
+    )
+
+
+def make_batch(b=B, obs_dim=OBS, low=LOW, high=HIGH, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    # interior actions, so that atanh of the data action is well conditioned
+    u = torch.rand(b, len(low), generator=g) * 0.9 + 0.05
+    terminated = torch.zeros(b, 1, dtype=torch.bool)
+    terminated[0] = True
+    return TensorDict(
+        {
+            "observation": torch.randn(b, obs_dim, generator=g),
+            "action": low + (high - low) * u,
+            "next": {
+                "observation": torch.randn(b, obs_dim, generator=g),
+                "reward": torch.randn(b, 1, generator=g),
+                "done": terminated.clone(),
+                "terminated": terminated,
+            },
+        },
+        [b],
+    )
+
+
+def make_loss(**kwargs):
+    torch.manual_seed(0)
+    kwargs.setdefault("num_random", N)
+    loss = CQLLoss(make_actor(), make_critic(), **kwargs)
+    loss.make_value_estimator(gamma=0.9)
+    return loss
+
+
+# ----------------------------------------------------------------------------- reference
+def _mlp(seq: nn.Module, params: dict, prefix: str, x: torch.Tensor) -> torch.Tensor:
+    for name, child in seq.named_children():
+        if isinstance(child, nn.Linear):
+            x = x @ params[f"{prefix}{name}.weight"].T + params[f"{prefix}{name}.bias"]
+        else:
+            x = child(x)
+    return x
+
+
+def reference_cql(loss: CQLLoss, data: TensorDict, seed: int) -> dict[str, torch.Tensor]:
+    """The paper's equations in plain torch, drawing the same noise in the same order."""
+    gamma, n = 0.9, loss.num_random
+    temp, w, tau = loss.temperature, loss.min_q_weight, loss.target_action_gap
+    s, a = data["observation"], data["action"]
+    s2, r = data["next", "observation"], data["next", "reward"].squeeze(-1)
+    not_term = 1.0 - data["next", "terminated"].float().squeeze(-1)
+    b = s.shape[0]
+    low, high = LOW, HIGH
+    mid, half = (high + low) / 2, (high - low) / 2
+    actor_seq = loss.actor_network.module[0].module  # MLP + NormalParamExtractor
+    n_critics = loss.num_qvalue_nets
+
+    def q(params_td, j, obs, act):
+        params = params_td[j].flatten_keys(".").to_dict()
+        x = torch.cat([obs.expand(*act.shape[:-1], obs.shape[-1]), act], -1)
+        return _mlp(loss.qvalue_network.module, params, "module.", x).squeeze(-1)
+
+    def tanh_normal(loc, scale, u):
+        t = torch.tanh(u)
+        logp = -0.5 * ((u - loc) / scale) ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)
+        logp = logp - torch.log1p(-t.pow(2)) - half.log()
+        return mid + half * t, logp.sum(-1)
+
+    torch.manual_seed(seed)
+    loc, scale = actor_seq(torch.cat([s, s2]))
+    eps1 = torch.randn(2 * b, ACT)
+    eps2 = torch.randn(n, 2 * b, ACT)
+    unif = torch.rand(n, b, ACT)
+    a_both, logp_both = tanh_normal(loc, scale, loc + scale * eps1)
+    a_pi, logp_pi = a_both[:b], logp_both[:b]
+    a_next, logp_next = a_both[b:].detach(), logp_both[b:].detach()
+    a_smp, logp_smp = tanh_normal(loc, scale, loc + scale * eps2)
+    a_smp, logp_smp = a_smp.detach(), logp_smp.detach()
+    alpha = loss.log_alpha.detach().exp()
+
+    # actor: alpha log pi - min_j Q_j(s, a~pi) with frozen critics
+    q_pi = (
+        torch.stack([q(loss.qvalue_network_params.detach(), j, s, a_pi) for j in range(n_critics)])
+        .min(0)
+        .values
+    )
+    out = {"loss_actor": alpha * logp_pi - q_pi}
+    # BC warm-start: alpha log pi - log pi(a_data|s)
+    u_data = torch.atanh((a - mid) / half)
+    _, logp_data = tanh_normal(loc[:b], scale[:b], u_data)
+    out["loss_actor_bc"] = alpha * logp_pi - logp_data
+    out["loss_alpha"] = -loss.log_alpha * (logp_pi.detach() - ACT)
+
+    # Bellman target (deterministic backup unless disabled, optional max-Q backup)
+    with torch.no_grad():
+        if loss.max_q_backup:
+            qn = torch.stack(
+                [
+                    q(loss.target_qvalue_network_params, j, s2, a_smp[:, b:])
+                    for j in range(n_critics)
+                ]
+            )
+            v_next = qn.max(1).values.min(0).values
+        else:
+            qn = torch.stack(
+                [q(loss.target_qvalue_network_params, j, s2, a_next) for j in range(n_critics)]
+            )
+            v_next = qn.min(0).values
+            if not loss.deterministic_backup:
+                v_next = v_next - alpha * logp_next
+        y = r + gamma * not_term * v_next
+
+    # CQL(H): tau * logsumexp over all 3N sampled actions at s, importance weighted
+    rand = low + (high - low) * unif
+    log_unif = -torch.log(high - low).sum()
+    q_data, gaps = [], []
+    for j in range(n_critics):
+        qd = q(loss.qvalue_network_params, j, s, a)
+        if loss.cql_variant == "H":
+            terms = torch.cat(
+                [
+                    q(loss.qvalue_network_params, j, s, rand) - log_unif,
+                    q(loss.qvalue_network_params, j, s, a_smp[:, :b]) - logp_smp[:, :b],
+                    q(loss.qvalue_network_params, j, s, a_smp[:, b:]) - logp_smp[:, b:],
+                ]
+            )
+            soft = temp * torch.logsumexp(terms / temp, 0)
+        else:
+            qs = q(loss.qvalue_network_params, j, s, a_smp[:, :b])
+            soft = (torch.softmax(qs.detach() / temp, 0) * qs).sum(0)
+        q_data.append(qd)
+        gaps.append(soft - qd)
+    out["loss_qvalue"] = sum((qd - y) ** 2 for qd in q_data)
+    if loss.with_lagrange:
+        alpha_prime = loss.log_alpha_prime.exp().clamp(0, 1e6)
+        out["loss_cql"] = sum(alpha_prime.detach() * (w * g - tau) for g in gaps)
+        out["loss_alpha_prime"] = -alpha_prime * sum(w * g.detach() - tau for g in gaps) / 2
+    else:
+        out["loss_cql"] = sum(w * g for g in gaps)
+    out["cql_gap"] = sum(gaps).detach() / n_critics
+    out["td_error"] = torch.stack([(qd - y).abs() for qd in q_data]).max(0).values.detach()
+    return out
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"with_lagrange": True, "lagrange_thresh": 2.0},
+        {"max_q_backup": True},
+        {"deterministic_backup": False, "temperature": 0.5},
+        {"cql_variant": "rho", "min_q_weight": 5.0},
+    ],
+    ids=["H", "lagrange", "max_q_backup", "soft_backup_temp", "rho"],
+)
+def test_matches_plain_torch_transcription(kwargs):
+    loss = make_loss(reduction="none", **kwargs)
+    if loss.with_lagrange:
+        with torch.no_grad():
+            loss.log_alpha_prime.fill_(math.log(3.0))
+    data = make_batch()
+    torch.manual_seed(123)
+    out = loss(data)
+    ref = reference_cql(loss, make_batch(), seed=123)
+    for key, expected in ref.items():
+        got = data["td_error"] if key == "td_error" else out[key]
+        torch.testing.assert_close(got, expected.detach(), rtol=1e-5, atol=1e-5, msg=key)
+    # the mean reduction is the mean of the per-sample terms
+    loss.reduction = "mean"
+    torch.manual_seed(123)
+    out_mean = loss(make_batch())
+    for key in ref:
+        if key.startswith("loss_"):
+            torch.testing.assert_close(out_mean[key], out[key].mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_lagrange_gradient_direction():
+    """Summing all losses must push the critic to shrink the gap, for any alpha'."""
+    for alpha_prime in (0.5, 3.0, 20.0):
+        loss = make_loss(with_lagrange=True, lagrange_thresh=-100.0)
+        with torch.no_grad():
+            loss.log_alpha_prime.fill_(math.log(alpha_prime))
+        critic = list(loss.qvalue_network_params.values(True, True))
+        ref = make_loss(with_lagrange=False, min_q_weight=1.0)
+        ref.load_state_dict(loss.state_dict(), strict=False)
+        torch.manual_seed(7)
+        out = loss(make_batch())
+        penalty_grad = torch.autograd.grad(
+            out["loss_cql"] + out["loss_alpha_prime"], critic, retain_graph=True
+        )
+        # the gradient of the sum equals alpha' * min_q_weight * grad(sum_j gap_j)
+        torch.manual_seed(7)
+        ref_out = ref(make_batch())
+        ref_grad = torch.autograd.grad(
+            ref_out["loss_cql"], list(ref.qvalue_network_params.values(True, True))
+        )
+        dot = sum((g * h).sum() for g, h in zip(penalty_grad, ref_grad))
+        assert dot > 0
+        for g, h in zip(penalty_grad, ref_grad):
+            scale = alpha_prime * loss.min_q_weight
+            torch.testing.assert_close(g, scale * h, rtol=1e-4, atol=1e-6 * scale)
+        # alpha' grows while the (weighted) gap exceeds the threshold
+        (g_alpha_prime,) = torch.autograd.grad(out["loss_alpha_prime"], [loss.log_alpha_prime])
+        assert g_alpha_prime < 0
+
+
+@pytest.mark.skipif(torchrl.__version__ != "0.14.1", reason="documents torchrl 0.14.1")
+def test_torchrl_lagrange_reverses_penalty_for_reference():
+    """TorchRL 0.14.1's summed Lagrange losses push the critic up the gap once alpha' > 2."""
+    torch.manual_seed(0)
+    spec = Bounded(-torch.ones(ACT), torch.ones(ACT), (ACT,))
+    actor = make_actor(low=spec.space.low, high=spec.space.high)
+    theirs = TorchRLCQLLoss(actor, make_critic(), with_lagrange=True, lagrange_thresh=0.0)
+    theirs.make_value_estimator(gamma=0.9)
+    with torch.no_grad():
+        theirs.log_alpha_prime.fill_(math.log(3.0))
+    critic = list(theirs.qvalue_network_params.values(True, True))
+    data = make_batch(low=spec.space.low, high=spec.space.high)
+    torch.manual_seed(3)
+    out = theirs(data.clone())
+    g_sum = torch.autograd.grad(
+        out["loss_cql"] + out["loss_alpha_prime"], critic, retain_graph=True
+    )
+    g_cql = torch.autograd.grad(out["loss_cql"], critic)
+    assert sum((g * h).sum() for g, h in zip(g_sum, g_cql)) < 0
+
+
+def test_gradient_routing():
+    loss = make_loss(with_lagrange=True, delay_actor=False)
+    out = loss(make_batch())
+    actor = list(loss.actor_network_params.values(True, True))
+    critic = list(loss.qvalue_network_params.values(True, True))
+    temps = [loss.log_alpha, loss.log_alpha_prime]
+    groups = {"actor": actor, "critic": critic, "temps": temps}
+    touches = {
+        "loss_actor": {"actor"},
+        "loss_actor_bc": {"actor"},
+        "loss_qvalue": {"critic"},
+        "loss_cql": {"critic"},
+        "loss_alpha": {"temps"},
+        "loss_alpha_prime": {"temps"},
+    }
+    for key, allowed in touches.items():
+        for name, params in groups.items():
+            grads = torch.autograd.grad(out[key], params, retain_graph=True, allow_unused=True)
+            nonzero = any(g is not None and g.abs().sum() > 0 for g in grads)
+            assert nonzero == (name in allowed), (key, name)
+    for p in loss.target_qvalue_network_params.values(True, True):
+        assert not p.requires_grad
+
+
+def test_state_dict_round_trip_and_soft_update():
+    loss = make_loss(with_lagrange=True)
+    updater = SoftUpdate(loss, tau=0.5)
+    with torch.no_grad():
+        loss.log_alpha.fill_(0.3)
+        for p in loss.qvalue_network_params.values(True, True):
+            p.add_(1.0)
+    updater.step()
+    state = loss.state_dict()
+    other = make_loss(with_lagrange=True)
+    other.load_state_dict(state)
+    for key, value in state.items():
+        torch.testing.assert_close(other.state_dict()[key], value)
+    torch.manual_seed(5)
+    a = loss(make_batch())
+    torch.manual_seed(5)
+    b = other(make_batch())
+    for key in a.keys():
+        torch.testing.assert_close(a[key], b[key])
+
+
+def test_set_keys_and_nested_batch():
+    torch.manual_seed(0)
+    net = make_actor().module[0].module
+    actor = ProbabilisticActor(
+        TensorDictModule(net, in_keys=["obs"], out_keys=["loc", "scale"]),
+        in_keys=["loc", "scale"],
+        spec=Bounded(LOW, HIGH, (ACT,)),
+        distribution_class=TanhNormal,
+        distribution_kwargs={"low": LOW, "high": HIGH},
+        out_keys=["act"],
+    )
+    critic = ValueOperator(make_critic().module, in_keys=["obs", "act"], out_keys=["q"])
+    loss = CQLLoss(actor, critic, action_spec=Bounded(LOW, HIGH, (ACT,)), num_random=N)
+    loss.set_keys(
+        action="act",
+        state_action_value="q",
+        reward="rew",
+        terminated="term",
+        done="dn",
+        priority="prio",
+    )
+    loss.make_value_estimator(gamma=0.9)
+    data = make_batch()
+    renamed = TensorDict(
+        {
+            "obs": data["observation"],
+            "act": data["action"],
+            "next": {
+                "obs": data["next", "observation"],
+                "rew": data["next", "reward"],
+                "dn": data["next", "done"],
+                "term": data["next", "terminated"],
+            },
+        },
+        [B],
+    ).reshape(2, 3)
+    out = loss(renamed)
+    assert renamed["prio"].shape == (2, 3)
+    assert torch.isfinite(out["loss_qvalue"])
+
+
+def test_reduction_none_output_modes():
+    loss = make_loss(reduction="none")
+    out = loss(make_batch())
+    assert all(out[k].shape == (B,) for k in out.keys())
+    loss = make_loss(reduction="none", scalar_output_mode="exclude")
+    assert "alpha" not in loss(make_batch()).keys()
+    loss = make_loss(reduction="sum")
+    assert loss(make_batch())["loss_qvalue"].shape == ()
+
+
+def test_bad_input():
+    loss = make_loss()
+    data = make_batch()
+    with pytest.raises(OfflineLossError, match="'action'"):
+        loss(data.exclude("action"))
+    bad = make_batch()
+    bad["next", "reward"][3] = float("nan")
+    with pytest.raises(OfflineLossError, match=r"\('next', 'reward'\).*\(3,\)"):
+        loss(bad)
+    with pytest.raises(OfflineLossError, match="not bounded|no action spec"):
+        from torchrl.data import Unbounded
+
+        CQLLoss(make_actor(), make_critic(), action_spec=Unbounded((ACT,)))
+    wide = make_batch()
+    wide["action"] = torch.zeros(B, ACT + 1)
+    with pytest.raises(OfflineLossError, match="'action'"):
+        make_loss()(wide)
+
+
+def test_non_finite_loss_names_term_and_step():
+    loss = make_loss()
+    loss(make_batch())
+    with torch.no_grad():
+        next(iter(loss.qvalue_network_params.values(True, True))).fill_(float("nan"))
+    with pytest.raises(OfflineLossError, match="non-finite loss term 'loss_.*' at update step 2"):
+        loss(make_batch())
+
+
+# ----------------------------------------------------------------------------- drop-in
+def test_drop_in_like_torchrl_offline_script(pendulum_dataset):
+    """Built as sota-implementations/cql/utils.py builds it; only the import differs."""
+    torch.manual_seed(0)
+    data = pendulum_dataset.data
+    action_spec = Bounded(-2.0, 2.0, (1,))
+    actor_net = nn.Sequential(
+        MLP(num_cells=[32, 32], out_features=2, activation_class=nn.ReLU),
+        NormalParamExtractor(scale_mapping="biased_softplus_1.0", scale_lb=0.1),
+    )
+    actor = ProbabilisticActor(
+        module=TensorDictModule(actor_net, in_keys=["observation"], out_keys=["loc", "scale"]),
+        in_keys=["loc", "scale"],
+        spec=action_spec,
+        distribution_class=TanhNormal,
+        distribution_kwargs={
+            "low": action_spec.space.low,
+            "high": action_spec.space.high,
+            "tanh_loc": False,
+        },
+        default_interaction_type=ExplorationType.RANDOM,
+    )
+    qvalue = ValueOperator(
+        in_keys=["observation", "action"],
+        out_keys=["state_action_value"],
+        module=MLP(num_cells=[32, 32], out_features=1, activation_class=nn.ReLU),
+    )
+    model = nn.ModuleList([actor, qvalue])
+    with torch.no_grad():
+        for net in model:
+            net(data[:2].clone())
+    loss_module = CQLLoss(
+        model[0],
+        model[1],
+        loss_function="l2",
+        temperature=1.0,
+        min_q_weight=1.0,
+        max_q_backup=False,
+        deterministic_backup=False,
+        num_random=10,
+        with_lagrange=True,
+        lagrange_thresh=5.0,
+    )
+    loss_module.make_value_estimator(gamma=0.99, device=None)
+    target_net_updater = SoftUpdate(loss_module, tau=0.005)
+    critic_params = loss_module.qvalue_network_params.flatten_keys().values()
+    actor_params = loss_module.actor_network_params.flatten_keys().values()
+    actor_optim = torch.optim.Adam(actor_params, lr=3e-4)
+    critic_optim = torch.optim.Adam(critic_params, lr=3e-4)
+    alpha_optim = torch.optim.Adam([loss_module.log_alpha], lr=3e-4)
+    alpha_prime_optim = torch.optim.Adam([loss_module.log_alpha_prime], lr=3e-4)
+    from torchrl.objectives import group_optimizers
+
+    optimizer = group_optimizers(actor_optim, critic_optim, alpha_optim, alpha_prime_optim)
+    rb = TensorDictReplayBuffer(
+        storage=LazyTensorStorage(data.numel()),
+        batch_size=64,
+        sampler=SamplerWithoutReplacement(drop_last=False),
+    )
+    rb.extend(data)
+    before = [p.clone() for p in critic_params]
+    policy_eval_start = torch.tensor(2)
+    for i in range(4):
+        loss_vals = loss_module(rb.sample())
+        actor_loss = torch.where(
+            torch.tensor(i) >= policy_eval_start,
+            loss_vals["loss_actor"],
+            loss_vals["loss_actor_bc"],
+        )
+        q_loss = loss_vals["loss_qvalue"] + loss_vals["loss_cql"]
+        loss = actor_loss + q_loss + loss_vals["loss_alpha"] + loss_vals["loss_alpha_prime"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        target_net_updater.step()
+        assert torch.isfinite(loss)
+    assert any((a != b).any() for a, b in zip(before, critic_params))
+
+
+class _OfflineCollector:
+    """A stand-in collector: the Trainer needs one, offline training has no env steps."""
+
+    init_random_frames = 0
+
+    def __init__(self, iterations: int):
+        self.iterations = iterations
+
+    def __iter__(self):
+        for _ in range(self.iterations):
+            yield TensorDict({"dummy": torch.zeros(1)}, [1])
+
+    def shutdown(self):
+        pass
+
+
+def test_runs_in_torchrl_trainer(pendulum_dataset):
+    from torchrl.trainers import Trainer
+    from torchrl.trainers.trainers import DefaultOptimizationStepper
+
+    torch.manual_seed(0)
+    loss = CQLLoss(
+        make_actor(3, 1, torch.tensor([-2.0]), torch.tensor([2.0])), make_critic(3, 1), num_random=4
+    )
+    loss.make_value_estimator(gamma=0.99)
+    rb = TensorDictReplayBuffer(storage=LazyTensorStorage(2000), batch_size=32)
+    rb.extend(pendulum_dataset.data)
+    updater = SoftUpdate(loss, tau=0.05)
+    optim = torch.optim.Adam(loss.parameters(), lr=1e-3)
+    trainer = Trainer(
+        collector=_OfflineCollector(3),
+        total_frames=3,
+        frame_skip=1,
+        optim_steps_per_batch=2,
+        loss_module=loss,
+        optimizer=optim,
+        replay_buffer=rb,
+        target_net_updater=updater,
+        optimization_stepper=DefaultOptimizationStepper(
+            ["loss_actor", "loss_qvalue", "loss_cql", "loss_alpha"]
+        ),
+        progress_bar=False,
+        save_trainer_file=None,
+        log_interval=10**9,
+    )
+    trainer.register_op("process_optim_batch", lambda _batch: rb.sample())
+    trainer.register_op("post_optim", updater.step)
+    target_before = [p.clone() for p in loss.target_qvalue_network_params.values(True, True)]
+    trainer.train()
+    assert trainer._optim_count == 6
+    assert any(
+        (a != b).any()
+        for a, b in zip(target_before, loss.target_qvalue_network_params.values(True, True))
+    )
+
+
+# ----------------------------------------------------------------------------- learning
+@pytest.fixture
+def one_thread():
+    """Tiny networks run faster on one thread, and do not fight other processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_learns_on_pendulum(pendulum_dataset, evaluate_actor, one_thread):
+    torch.manual_seed(0)
+    data = pendulum_dataset.data
+    low, high = torch.tensor([-2.0]), torch.tensor([2.0])
+    actor = make_actor(3, 1, low, high, hidden=64)
+    loss = CQLLoss(actor, make_critic(3, 1, hidden=64), num_random=4, min_q_weight=5.0)
+    loss.make_value_estimator(gamma=0.99)
+    updater = SoftUpdate(loss, tau=0.01)
+    actor_optim = torch.optim.Adam(loss.actor_network_params.values(True, True), lr=1e-3)
+    critic_optim = torch.optim.Adam(
+        [*loss.qvalue_network_params.values(True, True), loss.log_alpha], lr=1e-3
+    )
+    g = torch.Generator().manual_seed(0)
+    for _ in range(1600):
+        batch = data[torch.randint(data.numel(), (64,), generator=g)]
+        out = loss(batch)
+        total = out["loss_actor"] + out["loss_qvalue"] + out["loss_cql"] + out["loss_alpha"]
+        total.backward()
+        actor_optim.step()
+        critic_optim.step()
+        actor_optim.zero_grad()
+        critic_optim.zero_grad()
+        updater.step()
+    score = evaluate_actor(actor, "Pendulum-v1", episodes=3)
+    assert score > pendulum_dataset.random_return + 300, (score, pendulum_dataset.random_return)
+
+
+# ----------------------------------------------------------------------------- discrete
+def make_qnet(n_act=3, quantiles=None, obs_dim=OBS):
+    out = n_act * (quantiles or 1)
+    return MLP(in_features=obs_dim, out_features=out, num_cells=[8], activation_class=nn.ReLU)
+
+
+def make_discrete_batch(spec, b=B):
+    data = make_batch(b)
+    data["action"] = spec.rand((b,))
+    return data
+
+
+@pytest.mark.parametrize("one_hot", [True, False])
+def test_discrete_matches_transcription(one_hot):
+    torch.manual_seed(0)
+    spec = OneHot(3) if one_hot else Categorical(3)
+    qnet = make_qnet()
+    actor = QValueActor(qnet, in_keys=["observation"], spec=spec)
+    loss = DiscreteCQLLoss(actor, action_space=spec, alpha=2.5, reduction="none")
+    loss.make_value_estimator(gamma=0.9)
+    with torch.no_grad():
+        for p in loss.target_value_network_params.values(True, True):
+            p.mul_(0.5)  # target differs from the online network
+    data = make_discrete_batch(spec)
+    out = loss(data)
+    idx = data["action"].long().argmax(-1) if one_hot else data["action"]
+    online = {k: v for k, v in loss.value_network_params.flatten_keys(".").items()}
+    target = {k: v for k, v in loss.target_value_network_params.flatten_keys(".").items()}
+    prefix = "module.0.module."
+    q = _mlp(qnet, online, prefix, data["observation"])
+    q_next = _mlp(qnet, target, prefix, data["next", "observation"])
+    y = (
+        data["next", "reward"].squeeze(-1)
+        + 0.9 * (1 - data["next", "terminated"].float().squeeze(-1)) * q_next.max(-1).values
+    )
+    q_a = q.gather(-1, idx[:, None]).squeeze(-1)
+    torch.testing.assert_close(out["loss_qvalue"], 0.5 * (q_a - y) ** 2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        out["loss_cql"], 2.5 * (torch.logsumexp(q, -1) - q_a), rtol=1e-5, atol=1e-6
+    )
+    torch.testing.assert_close(data["td_error"], (q_a - y).abs().detach())
+    # gradients: only the online network, never the target
+    total = out["loss_qvalue"].mean() + out["loss_cql"].mean()
+    total.backward()
+    assert all(p.grad is None for p in loss.target_value_network_params.values(True, True))
+
+
+def test_discrete_qr_dqn_matches_transcription():
+    torch.manual_seed(0)
+    spec, k = OneHot(3), 5
+    qnet = make_qnet(3, k)
+    loss = DiscreteCQLLoss(qnet, action_space=spec, num_quantiles=k, reduction="none")
+    loss.make_value_estimator(gamma=0.9)
+    data = make_discrete_batch(spec)
+    out = loss(data)
+    params = loss.value_network_params.flatten_keys(".")
+    theta_all = _mlp(qnet, params, "module.", data["observation"]).reshape(B, 3, k)
+    theta_next = _mlp(qnet, params, "module.", data["next", "observation"]).reshape(B, 3, k)
+    idx = data["action"].long().argmax(-1)
+    theta = theta_all[torch.arange(B), idx]
+    best = theta_next.mean(-1).argmax(-1)
+    y = (
+        data["next", "reward"]
+        + 0.9 * (1 - data["next", "terminated"].float()) * theta_next[torch.arange(B), best]
+    )
+    taus = (torch.arange(k) + 0.5) / k
+    expected = torch.zeros(B)
+    for i in range(k):  # predicted quantile i
+        for jj in range(k):  # target sample j
+            u = y[:, jj] - theta[:, i]
+            huber = torch.where(u.abs() <= 1, 0.5 * u**2, u.abs() - 0.5)
+            expected += (taus[i] - (u < 0).float()).abs() * huber / k
+    torch.testing.assert_close(out["loss_qvalue"], expected, rtol=1e-5, atol=1e-6)
+    q = theta_all.mean(-1)
+    torch.testing.assert_close(
+        out["loss_cql"], torch.logsumexp(q, -1) - q[torch.arange(B), idx], rtol=1e-5, atol=1e-6
+    )
+
+
+def test_discrete_bad_input_and_keys():
+    torch.manual_seed(0)
+    spec = OneHot(3)
+    loss = DiscreteCQLLoss(
+        QValueActor(make_qnet(), in_keys=["observation"], spec=spec), action_space=spec
+    )
+    loss.make_value_estimator(gamma=0.9)
+    data = make_discrete_batch(spec)
+    with pytest.raises(OfflineLossError, match="'terminated'"):
+        loss(data.exclude(("next", "terminated")))
+    bad = make_discrete_batch(spec)
+    bad["observation"][2, 1] = float("inf")
+    with pytest.raises(OfflineLossError, match="'observation'.*\\(2,\\)"):
+        loss(bad)
+    loss.set_keys(reward="rew", priority="prio")
+    data = make_discrete_batch(spec)
+    data["next", "rew"] = data["next"].pop("reward")
+    loss(data)
+    assert data["prio"].shape == (B,)
+
+
+def test_discrete_learns_on_cartpole(cartpole_dataset, evaluate_actor, one_thread):
+    torch.manual_seed(0)
+    data = cartpole_dataset.data
+    spec = Categorical(2)
+    qnet = MLP(in_features=4, out_features=2, num_cells=[64, 64], activation_class=nn.ReLU)
+    actor = QValueActor(qnet, in_keys=["observation"], spec=spec)
+    loss = DiscreteCQLLoss(actor, action_space=spec, alpha=1.0)
+    loss.make_value_estimator(gamma=0.99)
+    updater = SoftUpdate(loss, tau=0.02)
+    optim = torch.optim.Adam(loss.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(800):
+        batch = data[torch.randint(data.numel(), (64,), generator=g)]
+        out = loss(batch)
+        (out["loss_qvalue"] + out["loss_cql"]).backward()
+        optim.step()
+        optim.zero_grad()
+        updater.step()
+    score = evaluate_actor(actor, "CartPole-v1", episodes=3)
+    assert score > 2 * cartpole_dataset.random_return, (score, cartpole_dataset.random_return)
+
+
+def test_discrete_drop_in_like_torchrl_script(cartpole_dataset):
+    """Built as sota-implementations/cql/utils.py builds the discrete model and loss."""
+    from torchrl.data import Composite
+
+    torch.manual_seed(0)
+    action_spec = OneHot(2)
+    qvalue_module = QValueActor(
+        module=MLP(num_cells=[32, 32], out_features=2, activation_class=nn.ReLU),
+        spec=Composite(action=action_spec),
+        in_keys=["observation"],
+    )
+    data = cartpole_dataset.data.clone()
+    data["action"] = torch.nn.functional.one_hot(data["action"], 2)
+    with torch.no_grad():
+        qvalue_module(data[:2].clone())
+    loss_module = DiscreteCQLLoss(qvalue_module, loss_function="l2", delay_value=True)
+    loss_module.make_value_estimator(gamma=0.99)
+    target_net_updater = SoftUpdate(loss_module, tau=0.005)
+    optim = torch.optim.Adam(loss_module.parameters(), lr=3e-4)
+    for i in range(3):
+        loss_vals = loss_module(data[i * 32 : (i + 1) * 32])
+        loss = loss_vals["loss_qvalue"] + loss_vals["loss_cql"]
+        loss.backward()
+        optim.step()
+        optim.zero_grad()
+        target_net_updater.step()
+        assert torch.isfinite(loss)
