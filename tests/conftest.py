@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
+
+# One intra-op thread: the suite's networks are tiny, and on a shared 2-core machine two
+# threads make small ops 10-50x slower under load. Also keeps results reproducible.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,438 @@
+"""FQELoss / FQE: tabular FQE reaches the exact Q of a finite MDP; keys, targets, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule
+from torch import nn
+from torchrl.data import Categorical
+from torchrl.modules import MLP, NormalParamExtractor, ProbabilisticActor, TanhNormal
+from torchrl.objectives import HardUpdate, SoftUpdate
+from torchrl.objectives.utils import ValueEstimators
+
+from torchrl_offline.objectives.common import OfflineLossError
+from torchrl_offline.ope.fqe import FQE, FQELoss
+from torchrl_offline.ope.policy import EvaluationPolicy
+from torchrl_offline.ope.result import OPEError, OPEWarning
+
+S, A, GAMMA = 5, 3, 0.8
+
+
+# ----------------------------------------------------------------------------- helpers
+def _finite_mdp(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    p = torch.rand(S, A, S, generator=g, dtype=torch.float64) ** 3
+    p = p / p.sum(-1, keepdim=True)
+    r = torch.rand(S, A, generator=g, dtype=torch.float64) * 2 - 1
+    p_term = torch.full((S, A), 0.1, dtype=torch.float64)
+    pi = torch.softmax(2 * torch.randn(S, A, generator=g, dtype=torch.float64), -1)
+    return p, r, p_term, pi
+
+
+def _sample_episodes(p, r, p_term, n_episodes: int, horizon: int, seed: int) -> TensorDict:
+    """Uniform behaviour policy; initial state uniform; terminate w.p. p_term, else cut at horizon."""
+    g = torch.Generator().manual_seed(seed)
+    rows = {k: [] for k in ("s", "a", "r", "s2", "term", "trunc", "ep")}
+    for e in range(n_episodes):
+        s = int(torch.randint(S, (1,), generator=g))
+        for t in range(horizon):
+            a = int(torch.randint(A, (1,), generator=g))
+            s2 = int(torch.multinomial(p[s, a], 1, generator=g))
+            term = bool(torch.rand(1, generator=g) < p_term[s, a])
+            trunc = (not term) and t == horizon - 1
+            for k, v in zip(rows, (s, a, float(r[s, a]), s2, term, trunc, e)):
+                rows[k].append(v)
+            if term or trunc:
+                break
+            s = s2
+    n = len(rows["s"])
+    eye = torch.eye(S)
+    term = torch.tensor(rows["term"]).reshape(n, 1)
+    trunc = torch.tensor(rows["trunc"]).reshape(n, 1)
+    return TensorDict(
+        {
+            "observation": eye[torch.tensor(rows["s"])],
+            "action": torch.tensor(rows["a"]),
+            "episode": torch.tensor(rows["ep"]),
+            ("next", "observation"): eye[torch.tensor(rows["s2"])],
+            ("next", "reward"): torch.tensor(rows["r"], dtype=torch.float32).reshape(n, 1),
+            ("next", "done"): term | trunc,
+            ("next", "terminated"): term,
+            ("next", "truncated"): trunc,
+        },
+        [n],
+    )
+
+
+def _certainty_equivalent_q(data: TensorDict, pi: torch.Tensor) -> torch.Tensor:
+    """The fixed point of tabular FQE on ``data``: Q of the empirical (count-based) MDP."""
+    s = data["observation"].argmax(-1)
+    a = data["action"]
+    s2 = data["next", "observation"].argmax(-1)
+    r = data["next", "reward"].reshape(-1).double()
+    alive = (~data["next", "terminated"].reshape(-1)).double()
+    sa = s * A + a
+    counts = torch.zeros(S * A, dtype=torch.float64).index_add_(0, sa, torch.ones_like(r))
+    assert bool((counts > 0).all()), "every (s, a) must be visited"
+    b = torch.zeros(S * A, dtype=torch.float64).index_add_(0, sa, r) / counts
+    # M[(s,a), (s',a')] = mean over transitions of (s,a) of alive * 1[s2 = s'] * pi(a'|s')
+    m = torch.zeros(S * A, S, dtype=torch.float64).index_put_(
+        (sa, s2), alive, accumulate=True
+    ) / counts.unsqueeze(-1)
+    m = (m.unsqueeze(-1) * pi.unsqueeze(0)).reshape(S * A, S * A)
+    q = torch.linalg.solve(torch.eye(S * A, dtype=torch.float64) - GAMMA * m, b)
+    return q.reshape(S, A)
+
+
+def _exact_q(p, r, p_term, pi) -> torch.Tensor:
+    m = ((1 - p_term).unsqueeze(-1) * p).reshape(S * A, S)
+    m = (m.unsqueeze(-1) * pi.unsqueeze(0)).reshape(S * A, S * A)
+    q = torch.linalg.solve(torch.eye(S * A, dtype=torch.float64) - GAMMA * m, r.reshape(-1))
+    return q.reshape(S, A)
+
+
+def _categorical_actor(pi: torch.Tensor) -> ProbabilisticActor:
+    logits = nn.Linear(S, A, bias=False)
+    with torch.no_grad():
+        logits.weight.copy_(pi.log().T.float())
+    return ProbabilisticActor(
+        TensorDictModule(logits, ["observation"], ["logits"]),
+        in_keys=["logits"],
+        spec=Categorical(A),
+        distribution_class=torch.distributions.Categorical,
+    )
+
+
+def _tabular_critic() -> TensorDictModule:
+    return TensorDictModule(nn.Linear(S, A, bias=False), ["observation"], ["state_action_value"])
+
+
+# ----------------------------------------------------------------------------- tabular
+@pytest.fixture(scope="module")
+def tabular():
+    p, r, p_term, pi = _finite_mdp(0)
+    data = _sample_episodes(p, r, p_term, n_episodes=100, horizon=10, seed=1)
+    fqe = FQE(
+        _categorical_actor(pi),
+        _tabular_critic(),
+        gamma=GAMMA,
+        num_steps=600,
+        batch_size=data.shape[0],  # full batch: no minibatch noise, exact convergence
+        lr=0.05,
+        target_update_interval=20,
+        n_bootstrap=200,
+        seed=0,
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: extra threads only contend on a shared machine
+    try:
+        result = fqe.estimate(data)
+    finally:
+        torch.set_num_threads(threads)
+    return p, r, p_term, pi, data, fqe, result
+
+
+def test_tabular_fqe_converges_to_the_empirical_mdp_q(tabular):
+    _, _, _, pi, data, fqe, _ = tabular
+    expected = _certainty_equivalent_q(data, pi)
+    states = TensorDict({"observation": torch.eye(S)}, [S])
+    q = torch.stack(
+        [
+            fqe.q_values(states.clone().set("action", torch.full((S,), a, dtype=torch.long)))
+            for a in range(A)
+        ],
+        -1,
+    ).double()
+    torch.testing.assert_close(q, expected, atol=1e-3, rtol=0)
+    # V^pi(s) = sum_a pi(a|s) Q(s, a), exactly for discrete actions
+    torch.testing.assert_close(
+        fqe.state_values(states).double(), (pi * expected).sum(-1), atol=2e-3, rtol=0
+    )
+
+
+def test_tabular_fqe_value_matches_the_exact_value(tabular):
+    p, r, p_term, pi, data, fqe, result = tabular
+    q_true = _exact_q(p, r, p_term, pi)
+    first = torch.ones(data.shape[0], dtype=torch.bool)
+    first[1:] = data["episode"][1:] != data["episode"][:-1]
+    s0 = data["observation"][first].argmax(-1)
+    v_true = (pi * q_true).sum(-1)[s0].mean().item()
+    v_hat = (pi * _certainty_equivalent_q(data, pi)).sum(-1)[s0].mean().item()
+    # the estimate is the plug-in value (exactly) and close to the truth (sampling error)
+    assert abs(result.value - v_hat) < 1e-3
+    assert abs(result.value - v_true) < 0.15 * max(1.0, abs(v_true))
+    assert result.ci_low <= result.value <= result.ci_high
+    assert result.estimator == "FQE"
+    assert result.diagnostics["n_episodes"] == 100
+    assert result.per_episode.shape == (100,)
+    # the TD loss falls to the variance of the one-step targets, never to 0 here
+    assert result.diagnostics["td_loss"] < fqe.loss_history[0]
+    assert not result.warnings
+
+
+def test_estimate_is_reproducible_and_refits_from_the_same_start(tabular):
+    pi, data = tabular[3], tabular[4]
+    fqe2 = FQE(
+        _categorical_actor(pi),
+        _tabular_critic(),
+        gamma=GAMMA,
+        num_steps=200,
+        batch_size=64,
+        lr=0.05,
+        n_bootstrap=50,
+        seed=3,
+    )
+    a = fqe2.estimate(data).value
+    b = fqe2.estimate(data).value
+    assert a == b
+
+
+def test_continuous_fqe_with_deterministic_and_gaussian_policies():
+    """Deterministic cycle s -> s+1, reward c_s + a: Q is linear in (one-hot s, a)."""
+    n_states, gamma, horizon = 4, 0.7, 15
+    c = torch.tensor([0.5, -1.0, 0.25, 1.0], dtype=torch.float64)
+    m = torch.tensor([0.3, -0.2, 0.1, 0.4], dtype=torch.float64)
+    # V(s) = c_s + m_s + gamma V(s+1)
+    shift = torch.roll(torch.eye(n_states, dtype=torch.float64), 1, dims=1)
+    v = torch.linalg.solve(torch.eye(n_states, dtype=torch.float64) - gamma * shift, c + m)
+    g = torch.Generator().manual_seed(0)
+    n_ep = 40
+    s0 = torch.randint(n_states, (n_ep,), generator=g)
+    s = (s0.unsqueeze(1) + torch.arange(horizon)).remainder(n_states).reshape(-1)
+    a = torch.rand(n_ep * horizon, 1, generator=g) * 2 - 1
+    eye = torch.eye(n_states)
+    trunc = torch.zeros(n_ep, horizon, 1, dtype=torch.bool)
+    trunc[:, -1] = True
+    data = TensorDict(
+        {
+            "observation": eye[s],
+            "action": a,
+            "episode": torch.arange(n_ep).repeat_interleave(horizon),
+            ("next", "observation"): eye[(s + 1) % n_states],
+            ("next", "reward"): (c[s].float().unsqueeze(-1) + a),
+            ("next", "done"): trunc.reshape(-1, 1),
+            ("next", "terminated"): torch.zeros(n_ep * horizon, 1, dtype=torch.bool),
+            ("next", "truncated"): trunc.reshape(-1, 1),
+        },
+        [n_ep * horizon],
+    )
+    mean = nn.Linear(n_states, 1, bias=False)
+    with torch.no_grad():
+        mean.weight.copy_(m.float().unsqueeze(0))
+    actor = TensorDictModule(mean, ["observation"], ["action"])
+    critic = TensorDictModule(
+        MLP(in_features=n_states + 1, out_features=1, num_cells=[]),
+        ["observation", "action"],
+        ["state_action_value"],
+    )
+    kw = dict(gamma=gamma, num_steps=1000, batch_size=1000, lr=0.05, target_update_interval=40)
+    fqe = FQE(actor, critic, n_bootstrap=100, **kw)
+    result = fqe.estimate(data)
+    expected = v[s0].mean().item()
+    assert abs(result.value - expected) < 5e-3
+    torch.testing.assert_close(
+        fqe.state_values(TensorDict({"observation": eye}, [n_states])).double(),
+        v,
+        atol=5e-3,
+        rtol=0,
+    )
+
+    # a Gaussian policy with mean m_s has the same value (Q is linear in a)
+    class Loc(nn.Module):
+        def forward(self, obs):
+            return mean(obs), torch.full_like(mean(obs), 0.2)
+
+    gauss = ProbabilisticActor(
+        TensorDictModule(Loc(), ["observation"], ["loc", "scale"]),
+        in_keys=["loc", "scale"],
+        distribution_class=torch.distributions.Normal,
+    )
+    fqe_g = FQE(gauss, critic, num_action_samples=4, n_bootstrap=100, **kw)
+    assert abs(fqe_g.estimate(data).value - expected) < 3e-2
+
+
+# ----------------------------------------------------------------------------- the loss
+def _batch(n: int = 8, obs: int = 3, act: int | None = 1) -> TensorDict:
+    action = torch.randn(n, act) if act else torch.randint(4, (n,))
+    return TensorDict(
+        {
+            "observation": torch.randn(n, obs),
+            "action": action,
+            ("next", "observation"): torch.randn(n, obs),
+            ("next", "reward"): torch.randn(n, 1),
+            ("next", "done"): torch.zeros(n, 1, dtype=torch.bool),
+            ("next", "terminated"): torch.zeros(n, 1, dtype=torch.bool),
+        },
+        [n],
+    )
+
+
+def _continuous_loss(**kwargs) -> FQELoss:
+    actor = TensorDictModule(nn.Linear(3, 1), ["observation"], ["action"])
+    critic = TensorDictModule(
+        MLP(in_features=4, out_features=1, num_cells=[8]),
+        ["observation", "action"],
+        ["state_action_value"],
+    )
+    return FQELoss(critic, actor, **kwargs)
+
+
+def test_loss_target_is_td0_with_the_policy_action_and_target_params():
+    loss = _continuous_loss()
+    loss.make_value_estimator(gamma=0.5)
+    batch = _batch()
+    batch["next", "terminated"][:4] = True
+    out = loss(batch.clone())
+    actor = loss.evaluation_policy.actor
+    with torch.no_grad():
+        a2 = actor(batch["next"].select("observation").clone())["action"]
+        inputs = torch.cat([batch["next", "observation"], a2], -1)
+        with loss.target_qvalue_network_params.to_module(loss.qvalue_network):
+            q2 = loss.qvalue_network.module(inputs)
+        alive = (~batch["next", "terminated"]).float()
+        target = batch["next", "reward"] + 0.5 * alive * q2
+    torch.testing.assert_close(out["target_value"], target.mean())
+    assert set(out.keys()) == {"loss_qvalue", "state_action_value", "target_value", "td_error"}
+
+
+def test_loss_reduction_none_and_priority_key():
+    loss = _continuous_loss(reduction="none")
+    loss.set_keys(priority="my_priority")
+    batch = _batch()
+    out = loss(batch)
+    assert out["loss_qvalue"].shape == (8,)
+    assert batch["my_priority"].shape == (8,)
+
+
+def test_only_the_critic_is_trained_and_target_updaters_work():
+    loss = _continuous_loss()
+    params = dict(loss.named_parameters())
+    assert all("qvalue_network" in k for k in params), sorted(params)
+    soft = SoftUpdate(loss, tau=0.5)
+    hard = HardUpdate(loss, value_network_update_interval=2)
+    out = loss(_batch())
+    out["loss_qvalue"].backward()
+    with torch.no_grad():
+        for p in loss.qvalue_network_params.values(True, True):
+            p.add_(1.0)
+
+    def leaves(params):
+        return {k: v.detach().clone() for k, v in params.items(True, True)}
+
+    before = leaves(loss.target_qvalue_network_params)
+    soft.step()
+    after = leaves(loss.target_qvalue_network_params)
+    source = leaves(loss.qvalue_network_params)
+    for key, value in source.items():
+        torch.testing.assert_close(after[key], 0.5 * before[key] + 0.5 * value)
+    for _ in range(3):  # TorchRL's HardUpdate copies on the (interval + 1)-th call
+        hard.step()
+    torch.testing.assert_close(leaves(loss.target_qvalue_network_params), source)
+
+
+def test_only_td0_is_supported():
+    loss = _continuous_loss()
+    with pytest.raises(NotImplementedError):
+        loss.make_value_estimator(ValueEstimators.TDLambda, gamma=0.9, lmbda=0.9)
+
+
+def test_discrete_loss_with_greedy_actor_and_epsilon():
+    critic = TensorDictModule(nn.Linear(3, 4), ["observation"], ["state_action_value"])
+    greedy = TensorDictModule(
+        lambda obs: obs[..., :1].gt(0).long().squeeze(-1) * 2, ["observation"], ["action"]
+    )
+    loss = FQELoss(critic, greedy, action_space="categorical")
+    batch = _batch(act=None)
+    obs = batch["next", "observation"]
+    v = loss.state_value(batch["next"])
+    q = critic(batch["next"].clone())["state_action_value"]
+    expected = torch.where(obs[:, 0] > 0, q[:, 2], q[:, 0])
+    torch.testing.assert_close(v, expected)
+    eps_loss = FQELoss(critic, greedy, action_space="categorical", epsilon=0.4)
+    v_eps = eps_loss.state_value(batch["next"])
+    torch.testing.assert_close(v_eps, 0.6 * expected + 0.4 * q.mean(-1))
+    assert loss(batch)["loss_qvalue"].shape == ()
+
+
+def test_evaluation_policy_and_tanh_normal_actor_are_accepted():
+    net = nn.Sequential(nn.Linear(3, 2), NormalParamExtractor())
+    actor = ProbabilisticActor(
+        TensorDictModule(net, ["observation"], ["loc", "scale"]),
+        in_keys=["loc", "scale"],
+        distribution_class=TanhNormal,
+    )
+    critic = TensorDictModule(
+        MLP(in_features=4, out_features=1, num_cells=[8]), ["observation", "action"], ["q"]
+    )
+    loss = FQELoss(critic, EvaluationPolicy(actor), num_action_samples=3)
+    loss.set_keys(state_action_value="q")
+    out = loss(_batch())
+    assert torch.isfinite(out["loss_qvalue"])
+
+
+def test_bad_inputs_raise_clear_errors():
+    loss = _continuous_loss()
+    batch = _batch()
+    batch["observation"][2, 0] = float("nan")
+    with pytest.raises(OfflineLossError, match=r"'observation'.*\(2,\)"):
+        loss(batch)
+    with pytest.raises(OfflineLossError, match="missing the key"):
+        loss(_batch().exclude(("next", "terminated")))
+    critic = TensorDictModule(nn.Linear(3, 4), ["observation"], ["state_action_value"])
+    greedy = TensorDictModule(lambda obs: obs[..., 0].gt(0).long(), ["observation"], ["action"])
+    dloss = FQELoss(critic, greedy, action_space="categorical")
+    bad = _batch(act=None)
+    bad["action"][5] = 7
+    with pytest.raises(OfflineLossError, match=r"outside \[0, 4\) \(first at flat batch index 5\)"):
+        dloss(bad)
+    wild = TensorDictModule(lambda obs: torch.full(obs.shape[:-1], 9), ["observation"], ["action"])
+    with pytest.raises(OfflineLossError, match="mismatched action spaces"):
+        FQELoss(critic, wild, action_space="categorical")(_batch(act=None))
+    with pytest.raises(ValueError, match="loss_function"):
+        _continuous_loss(loss_function="huber")
+
+
+def test_fqe_errors_and_warnings():
+    actor = TensorDictModule(nn.Linear(3, 1), ["observation"], ["action"])
+    fqe = FQE(actor, num_steps=2, batch_size=4, num_cells=(4,), n_bootstrap=10)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        fqe.state_values(_batch())
+    data = _batch(n=6)
+    data["episode"] = torch.tensor([0, 0, 1, 1, 2, 2])
+    data["next", "done"][[1, 3, 5]] = True
+    data["next", "observation"][[0, 2, 4]] = data["observation"][[1, 3, 5]]
+    with pytest.warns(OPEWarning, match="only 0 target refreshes"):
+        result = fqe.estimate(data)
+    assert result.diagnostics["n_episodes"] == 3
+    assert any("target refreshes" in w for w in result.warnings)
+    # a critic far outside max|r| / (1 - gamma) is reported as diverged
+    critic = TensorDictModule(
+        MLP(in_features=4, out_features=1, num_cells=[]),
+        ["observation", "action"],
+        ["state_action_value"],
+    )
+    nn.init.constant_(critic.module[0].bias, 1e4)
+    wild = FQE(actor, critic, gamma=0.5, num_steps=1, batch_size=6, lr=1e-12, n_bootstrap=10)
+    with pytest.warns(OPEWarning, match="diverged"):
+        assert wild.estimate(data).diagnostics["max_abs_q"] > 1e3
+    data["is_init"] = torch.tensor([True, False, False, False, True, False])
+    with pytest.raises(OPEError, match="initial state"):
+        fqe.estimate(data)
+    with pytest.raises(ValueError, match="gamma"):
+        FQE(actor, gamma=1.5)
+
+
+def test_fqe_reads_a_memory_mapped_replay_buffer_like_a_tensordict(tmp_path):
+    from torchrl_offline.data.storage import make_replay_buffer
+
+    p, r, p_term, pi = _finite_mdp(2)
+    data = _sample_episodes(p, r, p_term, n_episodes=20, horizon=6, seed=3)
+    buffer = make_replay_buffer(data.memmap(tmp_path / "data"))
+    kw = dict(gamma=GAMMA, num_steps=40, batch_size=32, lr=0.05, n_bootstrap=20, seed=1)
+    critic = _tabular_critic()  # FQE copies it: both fits start from the same weights
+    from_buffer = FQE(_categorical_actor(pi), critic, **kw).estimate(buffer)
+    from_td = FQE(_categorical_actor(pi), critic, **kw).estimate(data)
+    assert from_buffer.value == pytest.approx(from_td.value, abs=1e-6)
+    assert from_buffer.diagnostics["n_episodes"] == 20
