@@ -72,3 +72,9 @@ def test_bad_entry_point_name(fresh_registry, monkeypatch):
     monkeypatch.setattr(registry, "entry_points", lambda group: eps)
     with pytest.raises(registry.RegistryError, match="'<kind>:<name>'"):
         fresh_registry.names("loss")
+
+
+@pytest.mark.parametrize("kind", registry.KINDS)
+def test_every_builtin_resolves(kind):
+    for name in registry.names(kind):
+        assert callable(registry.get(kind, name)), (kind, name)

@@ -152,6 +152,34 @@ _BUILTINS = {
         "td3_bc": "torchrl_offline.objectives.td3_bc:TD3BCLoss",
         "bc": "torchrl_offline.objectives.bc:BCLoss",
     },
+    "dataset": {
+        "minari": "torchrl_offline.data.minari:load_minari",
+        "logged": "torchrl_offline.data.logged:from_logged",
+        "collect": "torchrl_offline.data.collect:collect_dataset",
+    },
+    "ope": {
+        "is": "torchrl_offline.ope.importance:ImportanceSampling",
+        "wis": "torchrl_offline.ope.importance:WeightedImportanceSampling",
+        "pdis": "torchrl_offline.ope.importance:PerDecisionImportanceSampling",
+        "wpdis": "torchrl_offline.ope.importance:WeightedPerDecisionImportanceSampling",
+        "dr": "torchrl_offline.ope.doubly_robust:DoublyRobust",
+        "wdr": "torchrl_offline.ope.doubly_robust:WeightedDoublyRobust",
+        "fqe": "torchrl_offline.ope.fqe:FQE",
+    },
+    "behavior_policy": {
+        "random": "torchrl_offline.data.behavior:UniformRandomPolicy",
+        "gaussian_noise": "torchrl_offline.data.behavior:GaussianNoisePolicy",
+        "epsilon_greedy": "torchrl_offline.data.behavior:EpsilonGreedyPolicy",
+        "probabilistic": "torchrl_offline.data.behavior:ProbabilisticActorPolicy",
+        "mixture": "torchrl_offline.data.behavior:MixturePolicy",
+    },
+    "hook": {
+        "evaluation": "torchrl_offline.trainers.hooks:EvaluationHook",
+        "checkpoint": "torchrl_offline.trainers.hooks:CheckpointHook",
+        "log_losses": "torchrl_offline.trainers.hooks:LogLosses",
+        "progress_bar": "torchrl_offline.trainers.hooks:ProgressBar",
+        "ope": "torchrl_offline.ope.hook:OPEHook",
+    },
 }
 for _kind, _table in _BUILTINS.items():
     for _name, _target in _table.items():

@@ -1,0 +1,111 @@
+"""``torchrl-offline evaluate`` and ``ope``, and ``collect`` with a checkpoint's policy."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from torchrl_offline.cli import main
+from torchrl_offline.data import load_minari
+from torchrl_offline.trainers.checkpoint import latest_checkpoint
+
+
+def test_evaluate_json(trained_run, capsys):
+    argv = ["evaluate", trained_run["run"], "--dataset", trained_run["dataset"],
+            "--root", trained_run["root"], "--episodes", "2", "--json", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["algorithm"] == "iql" and result["step"] == 20 and result["env"] == "Pendulum-v1"
+    assert len(result["returns"]) == 2
+    assert result["return_mean"] == pytest.approx(sum(result["returns"]) / 2)
+    assert result["normalized_score"] == pytest.approx(100 * (result["return_mean"] + 1200) / 1050)
+    # Same seed, same returns.
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["returns"] == result["returns"]
+
+
+def test_evaluate_text_with_explicit_env_and_references(trained_run, capsys):
+    ckpt = str(latest_checkpoint(Path(trained_run["run"]) / "checkpoints"))
+    argv = ["evaluate", ckpt, "--env", "Pendulum-v1", "--episodes", "1", "--max-steps", "10",
+            "--ref-min", "-100", "--ref-max", "0", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "iql at step 20" in out and "Pendulum-v1, 1 episodes: return" in out
+    assert "normalized score" in out
+
+
+def test_evaluate_bad_input(trained_run, tmp_path, capsys):
+    def error(argv: list[str]) -> str:
+        assert main(["evaluate", *argv, "--no-progress"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        return err
+
+    assert "name the environment with --env" in error([trained_run["run"]])
+    assert "not found" in error([str(tmp_path / "nothing.pt"), "--env", "Pendulum-v1"])
+    assert "no checkpoint in" in error([str(tmp_path), "--env", "Pendulum-v1"])
+    bad = tmp_path / "checkpoint_000000001.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert str(bad) in error([str(bad), "--env", "Pendulum-v1"])
+    assert "does not match the env 'CartPole-v1'" in error(
+        [trained_run["run"], "--env", "CartPole-v1"]
+    )
+
+
+def test_ope_json_with_intervals(trained_run, capsys):
+    argv = ["ope", trained_run["run"], "--dataset", trained_run["dataset"],
+            "--root", trained_run["root"], "--estimators", "fqe,wis,wdr", "--fqe-steps", "20",
+            "--fqe-batch-size", "32", "--bootstrap", "50", "--json", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out["estimates"]) == ["fqe", "wis", "wdr"]
+    for estimate in out["estimates"].values():
+        assert estimate["ci_low"] <= estimate["value"] <= estimate["ci_high"]
+        assert math.isfinite(estimate["value"])
+    # The logged episodes' discounted return, computed directly.
+    data = load_minari(trained_run["dataset"], root=trained_run["root"]).storage[:]
+    rewards = data["next", "reward"].reshape(2, 200).double()
+    discounts = 0.99 ** torch.arange(200, dtype=torch.float64)
+    assert out["behavior_value"] == pytest.approx((rewards * discounts).sum(1).mean().item())
+
+
+def test_ope_table(trained_run, capsys):
+    argv = ["ope", trained_run["run"], "--dataset", trained_run["dataset"],
+            "--root", trained_run["root"], "--estimators", "wis,pdis", "--bootstrap", "50",
+            "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "95% CI" in out and "behaviour (logged)" in out
+    assert "wis (" in out and "pdis (" in out
+
+
+def test_ope_bad_input(trained_run, tmp_path, capsys):
+    argv = ["ope", trained_run["run"], "--dataset", trained_run["dataset"], "--root",
+            trained_run["root"], "--no-progress"]  # fmt: skip
+    assert main([*argv, "--estimators", "wis,magic"]) == 1
+    assert "unknown estimator 'magic'; valid names: fqe, is, wis" in capsys.readouterr().err
+    cartpole = ["collect", "CartPole-v1", "--dataset-id", "cp/x-v0", "--steps", "20",
+                "--root", trained_run["root"], "--no-progress", "--overwrite"]  # fmt: skip
+    assert main(cartpole) == 0
+    capsys.readouterr()
+    assert main(["ope", trained_run["run"], "--dataset", "cp/x-v0", "--root",
+                 trained_run["root"], "--estimators", "wis"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "does not match the checkpoint's iql policy" in err and err.count("\n") == 1
+
+
+def test_collect_with_checkpoint_policy(trained_run, tmp_path):
+    root = str(tmp_path)
+    base = ["collect", "Pendulum-v1", "--steps", "30", "--root", root, "--no-progress"]
+    assert main([*base, "--dataset-id", "p/ckpt-v0",
+                 "--policy", f"checkpoint:path={trained_run['run']}"]) == 0  # fmt: skip
+    assert main([*base, "--dataset-id", "p/noisy-v0",
+                 "--policy", f"checkpoint:path={trained_run['run']},sigma=0.5"]) == 0  # fmt: skip
+    for name in ("ckpt", "noisy"):
+        data = load_minari(f"p/{name}-v0", root=root).storage[:]
+        assert torch.isfinite(data["action_log_prob"]).all()
+        assert (data["action"].abs() <= 2.0).all()

@@ -1,0 +1,145 @@
+"""``torchrl-offline train``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from torchrl_offline.cli import main
+from torchrl_offline.cli.train import parse_overrides
+from torchrl_offline.trainers.checkpoint import list_checkpoints
+
+TINY = ["--batch-size", "16", "--set", "hidden_sizes=(16,16)", "--log-every", "5", "--no-progress"]
+
+
+def test_train_writes_checkpoints_logs_and_summary(trained_run, capsys):
+    run = Path(trained_run["run"])
+    steps = [int(p.stem.split("_")[1]) for p in list_checkpoints(run / "checkpoints")]
+    assert steps == [10, 20]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["algorithm"] == "iql" and summary["step"] == 20
+    assert summary["hyperparameters"]["hidden_sizes"] == [16, 16]
+    assert summary["hyperparameters"]["expectile"] == 0.7  # the paper's default
+    assert (run / "logs").is_dir()
+
+
+def test_train_resume_continues_the_run(trained_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run["run"], run)
+    argv = ["train", "--algo", "iql", "--dataset", trained_run["dataset"],
+            "--root", trained_run["root"], "--out", str(run), "--checkpoint-every", "10", *TINY]  # fmt: skip
+    assert main([*argv, "--steps", "30", "--resume"]) == 0
+    assert "iql: 30 gradient steps" in capsys.readouterr().out
+    assert json.loads((run / "summary.json").read_text())["step"] == 30
+
+
+def test_train_with_evaluation_in_the_datasets_env(trained_run, tmp_path, capsys):
+    argv = ["train", "--algo", "bc", "--dataset", trained_run["dataset"],
+            "--root", trained_run["root"], "--out", str(tmp_path / "bc"), "--steps", "4",
+            "--eval-env", "auto", "--eval-every", "4", "--eval-episodes", "1",
+            "--checkpoint-every", "4", *TINY]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "evaluation in Pendulum-v1 at step 4" in out
+    evaluations = json.loads((tmp_path / "bc" / "summary.json").read_text())["evaluations"]
+    assert evaluations[-1]["step"] == 4
+    # Pendulum rewards are in [-16.3, 0]; one 200-step episode.
+    assert -16.3 * 200 <= evaluations[-1]["return_mean"] <= 0.0
+    assert evaluations[-1]["normalized_score"] == pytest.approx(
+        100 * (evaluations[-1]["return_mean"] + 1200) / 1050
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--algo", "dqn"], "unknown algorithm 'dqn'; valid names: awac, bc, cql"),
+        (
+            ["--algo", "iql", "--set", "expectle=0.8"],
+            "hyperparameter 'expectle' for iql; valid keys:",
+        ),
+        (["--algo", "iql", "--set", "expectile"], "--set expects KEY=VALUE"),
+        (["--algo", "iql", "--steps", "0"], "--steps must be positive"),
+        (["--algo", "iql", "--dataset", "no/such-v0"], "unknown dataset 'no/such-v0'"),
+        (["--algo", "iql", "--eval-env", "CartPole-v1"], "does not match the env 'CartPole-v1'"),
+        (["--algo", "iql", "--eval-env", "Nope-v0"], "unknown environment 'Nope-v0'"),
+    ],
+)
+def test_train_bad_input_is_one_line(trained_run, tmp_path, capsys, argv, message):
+    base = {"--dataset": trained_run["dataset"], "--steps": "2", "--out": str(tmp_path / "r")}
+    for key, value in base.items():
+        if key not in argv:
+            argv = [*argv, key, value]
+    assert main(["train", *argv, "--root", trained_run["root"], "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("torchrl-offline train: error: ")
+    assert message in err and err.count("\n") == 1
+
+
+def test_train_requires_dataset_steps_out(capsys):
+    assert main(["train", "--algo", "iql"]) == 1
+    assert "--dataset, --steps, --out" in capsys.readouterr().err
+
+
+def test_resume_with_another_algorithm_is_refused(trained_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run["run"], run)
+    argv = ["train", "--algo", "td3_bc", "--dataset", trained_run["dataset"], "--root",
+            trained_run["root"], "--out", str(run), "--steps", "30", "--resume", *TINY]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "iql" in err and "td3_bc" in err and err.count("\n") == 1
+
+
+def test_list_hyperparameters(capsys):
+    assert main(["train", "--algo", "iql", "--list-hyperparameters"]) == 0
+    out = capsys.readouterr().out
+    assert "expectile" in out and "temperature" in out and "hidden_sizes" in out
+
+
+def test_parse_overrides():
+    got = parse_overrides(["lr=1e-3", "hidden_sizes=(8, 8)", "flag=false", "mode=sum"])
+    assert got == {"lr": 1e-3, "hidden_sizes": (8, 8), "flag": False, "mode": "sum"}
+
+
+def test_ctrl_c_leaves_a_resumable_checkpoint(trained_run, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    import torchrl_offline.cli.train as train_cli
+
+    real_open = train_cli.open_dataset
+
+    def open_with_ctrl_c(*args, **kwargs):
+        buffer = real_open(*args, **kwargs)
+        sample, calls = buffer.sample, [0]
+
+        def sample_then_interrupt(*a, **k):
+            calls[0] += 1
+            if calls[0] == 5:  # the user presses Ctrl-C during the 5th update
+                os.kill(os.getpid(), signal.SIGINT)
+            return sample(*a, **k)
+
+        buffer.sample = sample_then_interrupt
+        return buffer
+
+    run = tmp_path / "run"
+    argv = ["train", "--algo", "td3_bc", "--dataset", trained_run["dataset"], "--root",
+            trained_run["root"], "--out", str(run), "--steps", "40", "--checkpoint-every",
+            "1000", *TINY]  # fmt: skip
+    monkeypatch.setattr(train_cli, "open_dataset", open_with_ctrl_c)
+    assert main(argv) == 130
+    captured = capsys.readouterr()
+    assert "--resume" in captured.err
+    interrupted_at = json.loads((run / "summary.json").read_text())["step"]
+    assert 1 <= interrupted_at < 40
+    assert list_checkpoints(run / "checkpoints")  # written on Ctrl-C
+    monkeypatch.setattr(train_cli, "open_dataset", real_open)
+    assert main([*argv, "--resume"]) == 0
+    assert json.loads((run / "summary.json").read_text())["step"] == 40

@@ -1,0 +1,156 @@
+"""build_algorithm: standard networks, defaults, overrides, and a few training steps each."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torchrl.data import Bounded, Categorical, Unbounded
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+from tests.trainers.conftest import make_dataset
+from torchrl_offline import registry
+from torchrl_offline.trainers.algorithms import (
+    ALGORITHMS,
+    AlgorithmError,
+    algorithm_defaults,
+    build_algorithm,
+    make_lr_scheduler,
+    specs_from_dataset,
+)
+from torchrl_offline.trainers.offline import OfflineTrainer
+
+OBS = Unbounded(shape=(3,))
+BOX = Bounded(-2.0, 2.0, (1,))
+
+
+def test_every_registered_loss_has_an_algorithm():
+    for name in registry.names("loss"):
+        assert name in ALGORITHMS
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_each_algorithm_trains_through_the_trainer(name):
+    torch.manual_seed(0)
+    discrete = name.startswith("discrete_")
+    data = make_dataset(discrete=discrete)
+    obs_spec, act_spec = specs_from_dataset(data)
+    algo = build_algorithm(name, obs_spec, act_spec, hidden_sizes=(16,))
+    assert algo.name == name
+    before = {k: v.clone() for k, v in algo.loss.state_dict().items() if torch.is_tensor(v)}
+    trainer = OfflineTrainer(
+        replay_buffer=data,
+        loss_module=algo.loss,
+        optimizer=algo.optimizer,
+        total_steps=4,
+        loss_components=algo.loss_keys,
+        target_net_updater=algo.target_updater,
+    )
+    trainer.train()
+    assert trainer.step == 4
+    after = algo.loss.state_dict()
+    changed = [k for k, v in before.items() if not torch.equal(v, after[k])]
+    assert any("actor" in k or "value_network" in k for k in changed)
+    if algo.target_updater is not None:
+        assert any(k.startswith("target_") for k in changed)
+    for value in after.values():
+        if torch.is_tensor(value) and value.is_floating_point():
+            assert torch.isfinite(value).all()
+    with set_exploration_type(ExplorationType.DETERMINISTIC), torch.no_grad():
+        action = algo.policy(data.storage[:5].select("observation"))["action"]
+    if discrete:
+        assert action.dtype == torch.int64 and action.shape == (5,)
+        assert ((action >= 0) & (action < 3)).all()
+    else:
+        assert action.shape == (5, 1) and (action.abs() <= 2.0).all()
+
+
+def test_continuous_names_resolve_to_discrete_variants():
+    for name in ("iql", "cql", "awac", "bc"):
+        algo = build_algorithm(name, OBS, Categorical(3), hidden_sizes=(8,))
+        assert algo.name == f"discrete_{name}"
+
+
+def test_paper_defaults():
+    iql = build_algorithm("iql", OBS, BOX)
+    assert (iql.loss.expectile, iql.loss.temperature) == (0.7, 3.0)
+    assert iql.hyperparameters["hidden_sizes"] == [256, 256]
+    assert [g["lr"] for g in iql.optimizer.param_groups] == [3e-4, 3e-4, 3e-4]
+    assert iql.target_updater is not None and iql.hyperparameters["tau"] == 0.005
+    cql = build_algorithm("cql", OBS, BOX)
+    assert cql.loss.min_q_weight == 10.0
+    lrs = {g["name"]: g["lr"] for g in cql.optimizer.param_groups}
+    assert lrs == {"actor": 1e-4, "qvalue": 3e-4, "alpha": 3e-4}
+    td3 = build_algorithm("td3_bc", OBS, BOX)
+    assert (td3.loss.alpha, td3.loss.policy_update_delay) == (2.5, 2)
+    assert build_algorithm("awac", OBS, BOX).loss.awac_lambda == pytest.approx(1 / 3)
+    assert build_algorithm("bc", OBS, BOX).target_updater is None
+
+
+def test_overrides_reach_the_loss_and_networks():
+    algo = build_algorithm(
+        "iql", OBS, BOX, hidden_sizes=(8, 4), expectile=0.9, actor_lr=1e-3, gamma=0.9
+    )
+    assert algo.loss.expectile == 0.9
+    assert algo.hyperparameters["hidden_sizes"] == [8, 4]
+    assert algo.optimizer.param_groups[0]["lr"] == 1e-3
+    linear = [m for m in algo.loss.actor_network.modules() if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in linear] == [8, 4, 2]
+    assert algo.loss.value_estimator.gamma == pytest.approx(0.9)
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(AlgorithmError, match="Unknown algorithm 'sac'.*iql.*td3_bc"):
+        build_algorithm("sac", OBS, BOX)
+
+
+def test_unknown_override_lists_valid_keys():
+    with pytest.raises(AlgorithmError, match="Unknown hyperparameter 'expectil'.*expectile"):
+        build_algorithm("iql", OBS, BOX, expectil=0.9)
+
+
+def test_bad_override_values():
+    with pytest.raises(AlgorithmError, match="actor_lr"):
+        build_algorithm("iql", OBS, BOX, actor_lr=-1.0)
+    with pytest.raises(AlgorithmError, match="hidden_sizes"):
+        build_algorithm("iql", OBS, BOX, hidden_sizes="big")
+
+
+def test_unsupported_specs():
+    with pytest.raises(AlgorithmError, match="td3_bc needs a continuous"):
+        build_algorithm("td3_bc", OBS, Categorical(3))
+    with pytest.raises(AlgorithmError, match="discrete_iql needs a discrete"):
+        build_algorithm("discrete_iql", OBS, BOX)
+    with pytest.raises(AlgorithmError, match="bounded"):
+        build_algorithm("iql", OBS, Unbounded(shape=(1,)))
+
+
+def test_defaults_list_loss_keywords():
+    keys = algorithm_defaults("cql")
+    assert {"hidden_sizes", "gamma", "tau", "actor_lr", "min_q_weight", "num_random"} <= set(keys)
+    with pytest.raises(AlgorithmError):
+        algorithm_defaults("nope")
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of .lr_scheduler.step")
+def test_iql_cosine_schedule_on_the_actor_only():
+    algo = build_algorithm("iql", OBS, BOX, hidden_sizes=(8,))
+    sched = make_lr_scheduler(algo, total_steps=4)
+    lrs = []
+    for _ in range(4):
+        sched.step()
+        lrs.append(algo.optimizer.param_groups[0]["lr"])
+    expected = [3e-4 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(1, 5)]
+    assert lrs == pytest.approx(expected)
+    assert algo.optimizer.param_groups[1]["lr"] == 3e-4
+    assert make_lr_scheduler(build_algorithm("td3_bc", OBS, BOX, hidden_sizes=(8,)), 4) is None
+
+
+def test_specs_from_dataset_reads_the_spaces():
+    obs_spec, act_spec = specs_from_dataset(make_dataset())
+    assert obs_spec.shape == (3,)
+    assert isinstance(act_spec, Bounded)
+    assert act_spec.space.low.item() == -2.0 and act_spec.space.high.item() == 2.0
+    _, disc = specs_from_dataset(make_dataset(discrete=True))
+    assert isinstance(disc, Categorical) and disc.space.n == 3

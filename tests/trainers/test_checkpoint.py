@@ -1,0 +1,110 @@
+"""Atomic checkpoint files, safe loading, corrupt files, generator states."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from torchrl_offline.trainers import checkpoint as ckpt
+from torchrl_offline.trainers.checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    get_rng_state,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
+
+
+def test_roundtrip(tmp_path):
+    state = {"step": 7, "weights": {"w": torch.arange(3.0)}, "names": ["a", "b"], "x": None}
+    path = save_checkpoint(tmp_path / "sub" / "c.pt", state)
+    loaded = load_checkpoint(path)
+    assert loaded["step"] == 7 and loaded["names"] == ["a", "b"] and loaded["x"] is None
+    assert torch.equal(loaded["weights"]["w"], torch.arange(3.0))
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"step": 1})
+
+    def broken_save(obj, f):
+        f.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.9])
+def test_truncated_file_is_a_clear_error(tmp_path, cut):
+    path = save_checkpoint(tmp_path / "c.pt", {"w": torch.randn(1000)})
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * cut)])
+    with pytest.raises(CheckpointError, match="c.pt.*corrupt or truncated"):
+        load_checkpoint(path)
+
+
+def test_garbage_and_foreign_files(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_checkpoint(junk)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"w": torch.ones(1)}, foreign)
+    with pytest.raises(CheckpointError, match="not a torchrl_offline checkpoint"):
+        load_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("code ran on load",))
+
+
+def test_loading_never_unpickles_arbitrary_objects(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": ckpt.FORMAT, "state": {"x": _Evil()}}, path)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_checkpoint(path)
+    assert "code ran on load" not in capsys.readouterr().out
+
+
+def test_listing_and_latest(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
+    assert list_checkpoints(tmp_path / "absent") == []
+    for step in (20, 5, 100):
+        save_checkpoint(checkpoint_path(tmp_path, step), {"step": step})
+    (tmp_path / ".checkpoint_000000200.pt.abc.tmp").write_bytes(b"")
+    assert [p.name for p in list_checkpoints(tmp_path)] == [
+        "checkpoint_000000005.pt",
+        "checkpoint_000000020.pt",
+        "checkpoint_000000100.pt",
+    ]
+    assert load_checkpoint(latest_checkpoint(tmp_path))["step"] == 100
+
+
+def test_rng_state_roundtrip_through_a_file(tmp_path):
+    torch.manual_seed(1)
+    np.random.seed(1)
+    random.seed(1)
+    save_checkpoint(tmp_path / "rng.pt", {"rng": get_rng_state()})
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(99)
+    np.random.seed(99)
+    random.seed(99)
+    set_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"])
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], got[0])
+    assert np.array_equal(expected[1], got[1])
+    assert expected[2] == got[2]

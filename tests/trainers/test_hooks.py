@@ -1,0 +1,115 @@
+"""Evaluation, loss logging, progress bar and logger hooks."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torchrl.envs import GymEnv
+from torchrl.modules import Actor
+
+from tests.trainers.conftest import make_dataset
+from torchrl_offline.trainers.algorithms import build_algorithm, specs_from_dataset
+from torchrl_offline.trainers.hooks import (
+    EvaluationHook,
+    LogLosses,
+    ProgressBar,
+    evaluate_policy,
+    make_logger,
+)
+from torchrl_offline.trainers.offline import OfflineTrainer
+
+
+@pytest.fixture
+def env():
+    return GymEnv("Pendulum-v1")
+
+
+@pytest.fixture
+def policy(env):
+    torch.manual_seed(0)
+    return Actor(torch.nn.Linear(3, 1), spec=env.action_spec)
+
+
+def test_evaluate_policy_is_reproducible_and_leaves_rng_alone(env, policy):
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    first = evaluate_policy(env, policy, num_episodes=3, seed=1, max_steps=15)
+    assert torch.equal(torch.get_rng_state(), state)
+    second = evaluate_policy(env, policy, num_episodes=3, seed=1, max_steps=15)
+    assert first.returns == second.returns and first.lengths == [15, 15, 15]
+    assert len(set(first.returns)) == 3  # three different starts
+    mean = sum(first.returns) / 3
+    assert first.mean == pytest.approx(mean)
+    std = (sum((r - mean) ** 2 for r in first.returns) / 3) ** 0.5
+    assert first.std == pytest.approx(std)
+    assert first.normalized_score is None
+    other = evaluate_policy(env, policy, num_episodes=3, seed=2, max_steps=15)
+    assert other.returns != first.returns
+
+
+def test_normalized_score(env, policy):
+    result = evaluate_policy(env, policy, num_episodes=1, max_steps=5, reference=(-100.0, 0.0))
+    assert result.normalized_score == pytest.approx(100.0 * (result.mean + 100.0) / 100.0)
+    with pytest.raises(ValueError, match="num_episodes"):
+        evaluate_policy(env, policy, num_episodes=0)
+
+
+def _trainer(total, logger=None):
+    data = make_dataset()
+    algo = build_algorithm("bc", *specs_from_dataset(data), hidden_sizes=(8,))
+    trainer = OfflineTrainer(
+        replay_buffer=data,
+        loss_module=algo.loss,
+        optimizer=algo.optimizer,
+        total_steps=total,
+        loss_components=algo.loss_keys,
+        logger=logger,
+    )
+    return trainer, algo
+
+
+def test_evaluation_hook_schedule_and_logs(tmp_path, env):
+    logger = make_logger("csv", tmp_path, exp_name="run")
+    trainer, algo = _trainer(7, logger)
+    hook = EvaluationHook(
+        env, algo.policy, interval=3, num_episodes=2, max_steps=10, reference=(-1500, -150)
+    )
+    hook.register(trainer)
+    trainer.train()
+    assert [h["step"] for h in hook.history] == [0, 3, 6, 7]
+    assert all(h["normalized_score"] is not None for h in hook.history)
+    rows = (tmp_path / "run" / "scalars" / "eval" / "return_mean.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["0", "3", "6", "7"]
+    assert len(trainer._log_dict["eval/return_mean"]) == 4
+
+
+def test_log_losses_means_over_the_interval(tmp_path):
+    trainer, _ = _trainer(6, make_logger("csv", tmp_path, exp_name="run"))
+    seen = []
+    trainer.register_op(
+        "post_optim_complete_log", lambda n, losses: seen.append(float(losses["loss_bc"]))
+    )
+    LogLosses(interval=3).register(trainer)
+    trainer.train()
+    rows = (tmp_path / "run" / "scalars" / "train" / "loss_bc.csv").read_text().splitlines()
+    steps_values = [(int(r.split(",")[0]), float(r.split(",")[1])) for r in rows]
+    assert [s for s, _ in steps_values] == [3, 6]
+    assert steps_values[0][1] == pytest.approx(sum(seen[:3]) / 3, rel=1e-5)
+    assert steps_values[1][1] == pytest.approx(sum(seen[3:]) / 3, rel=1e-5)
+
+
+def test_progress_bar_shows_steps_per_second_and_losses():
+    trainer, _ = _trainer(20)
+    out = io.StringIO()
+    ProgressBar(interval=5, file=out, mininterval=0).register(trainer)
+    trainer.train()
+    text = out.getvalue()
+    assert "20/20" in text and "steps/s=" in text and "loss_bc=" in text
+
+
+def test_make_logger_kinds(tmp_path):
+    assert make_logger(None, tmp_path) is None
+    with pytest.raises(ValueError, match="Unknown logger 'excel'.*csv.*tensorboard"):
+        make_logger("excel", tmp_path)

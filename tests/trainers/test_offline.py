@@ -1,0 +1,273 @@
+"""OfflineTrainer and train(): resume equality, interruption, TorchRL hooks, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchrl.trainers import EarlyStopping, LogScalar
+
+from tests.trainers.conftest import StopAt, make_dataset
+from torchrl_offline.trainers.algorithms import AlgorithmError, build_algorithm, specs_from_dataset
+from torchrl_offline.trainers.checkpoint import CheckpointError, list_checkpoints
+from torchrl_offline.trainers.offline import OfflineSource, OfflineTrainer, load_algorithm, train
+
+TINY = {"hidden_sizes": (16,)}
+
+
+def _run(name, out_dir, *, total=10, hooks=(), resume=False, discrete=False, **kw):
+    return train(
+        name,
+        make_dataset(discrete=discrete),
+        total_steps=total,
+        seed=3,
+        out_dir=out_dir,
+        resume=resume,
+        batch_size=16,
+        overrides=TINY,
+        checkpoint_interval=4,
+        progress=False,
+        hooks=hooks,
+        **kw,
+    )
+
+
+def _tensors(algo):
+    return {k: v for k, v in algo.loss.state_dict().items() if torch.is_tensor(v)}
+
+
+@pytest.mark.parametrize("name", ["iql", "td3_bc", "cql", "discrete_cql"])
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, name):
+    discrete = name.startswith("discrete")
+    full = _run(name, tmp_path / "full", discrete=discrete)
+    part = _run(name, tmp_path / "part", hooks=[StopAt(7)], discrete=discrete)
+    assert (part.step, part.stop_reason) == (7, "interrupted")
+    assert part.checkpoint.name == "checkpoint_000000007.pt"
+    resumed = _run(name, tmp_path / "part", resume=True, discrete=discrete)
+    assert resumed.step == 10 and resumed.stop_reason is None
+    a, b = _tensors(full.algorithm), _tensors(resumed.algorithm)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    # the optimizers' moments match too
+    sa = full.algorithm.optimizer.state_dict()["state"]
+    sb = resumed.algorithm.optimizer.state_dict()["state"]
+    for idx in sa:
+        torch.testing.assert_close(sa[idx]["exp_avg"], sb[idx]["exp_avg"], rtol=0, atol=0)
+
+
+def test_resume_with_evaluation_and_schedule(tmp_path):
+    kw = {"eval_env": "Pendulum-v1", "eval_interval": 5, "eval_episodes": 1, "eval_max_steps": 10}
+    full = _run("iql", tmp_path / "full", **kw)
+    _run("iql", tmp_path / "part", hooks=[StopAt(6)], **kw)
+    resumed = _run("iql", tmp_path / "part", resume=True, **kw)
+    for key, value in _tensors(full.algorithm).items():
+        assert torch.equal(value, _tensors(resumed.algorithm)[key]), key
+    assert [e["step"] for e in full.evaluations] == [0, 5, 10]
+    assert [e["step"] for e in resumed.evaluations] == [0, 5, 10]
+    assert full.evaluations == resumed.evaluations
+    assert full.algorithm.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_resume_without_checkpoint_starts_fresh(tmp_path):
+    result = _run("bc", tmp_path, total=3, resume=True)
+    assert result.step == 3
+
+
+def test_resume_refuses_another_algorithm(tmp_path):
+    _run("iql", tmp_path, total=4)
+    with pytest.raises(CheckpointError, match="iql run with other settings than this td3_bc"):
+        _run("td3_bc", tmp_path, total=8, resume=True)
+
+
+def test_resume_from_a_corrupt_checkpoint_is_an_error_and_keeps_the_previous(tmp_path):
+    _run("td3_bc", tmp_path, total=8)
+    files = list_checkpoints(tmp_path / "checkpoints")
+    assert [p.name for p in files] == ["checkpoint_000000004.pt", "checkpoint_000000008.pt"]
+    newest = files[-1]
+    newest.write_bytes(newest.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="checkpoint_000000008.pt.*corrupt or truncated"):
+        _run("td3_bc", tmp_path, total=12, resume=True)
+    algo, step = load_algorithm(files[0])
+    assert step == 4 and algo.name == "td3_bc"
+
+
+def test_old_checkpoints_are_pruned(tmp_path):
+    result = _run("bc", tmp_path, total=13)
+    names = [p.name for p in list_checkpoints(tmp_path / "checkpoints")]
+    assert names == ["checkpoint_000000012.pt", "checkpoint_000000013.pt"]
+    assert result.checkpoint.name == "checkpoint_000000013.pt"
+
+
+def test_load_algorithm_restores_the_policy(tmp_path):
+    result = _run("discrete_iql", tmp_path, total=5, discrete=True)
+    algo, step = load_algorithm(tmp_path)
+    assert step == 5 and algo.name == "discrete_iql"
+    obs = make_dataset(discrete=True).storage[:8].select("observation")
+    a = result.algorithm.policy(obs.clone())["logits"]
+    b = algo.policy(obs.clone())["logits"]
+    assert torch.equal(a, b)
+    with pytest.raises(CheckpointError, match="No checkpoint"):
+        load_algorithm(tmp_path / "logs")
+
+
+def test_logs_are_written(tmp_path):
+    _run("iql", tmp_path, total=4, log_interval=2)
+    scalars = tmp_path / "logs" / "iql" / "scalars" / "train"
+    text = (scalars / "loss_actor.csv").read_text().strip().splitlines()
+    assert [line.split(",")[0] for line in text] == ["2", "4"]
+
+
+def test_torchrl_hooks_work_in_the_offline_trainer():
+    data = make_dataset()
+    torch.manual_seed(0)
+    algo = build_algorithm("td3_bc", *specs_from_dataset(data), **TINY)
+    trainer = OfflineTrainer(
+        replay_buffer=data,
+        loss_module=algo.loss,
+        optimizer=algo.optimizer,
+        total_steps=50,
+        loss_components=algo.loss_keys,
+        target_net_updater=algo.target_updater,
+    )
+    LogScalar(("next", "reward"), "batch_reward").register(trainer)
+    EarlyStopping(monitor="batch_reward", mode="max", patience=3, wait_for=0).register(trainer)
+    target_before = algo.loss.target_qvalue_network_params.clone()
+    trainer.train()
+    assert 3 < trainer.step < 50
+    assert trainer.stop_reason is not None and "did not improve" in trainer.stop_reason
+    assert len(trainer._log_dict["batch_reward"]) == trainer.step
+    moved = (algo.loss.target_qvalue_network_params - target_before).abs()
+    assert any(v.max() > 0 for v in moved.values(True, True))
+
+
+def test_eval_env_must_match_the_dataset(tmp_path):
+    with pytest.raises(AlgorithmError, match="does not match the dataset.*observation shape"):
+        _run("iql", None, total=2, eval_env="CartPole-v1")
+
+
+def test_source_needs_a_batch_size_and_data():
+    data = make_dataset()
+    data._batch_size = None
+    with pytest.raises(ValueError, match="batch_size"):
+        OfflineSource(data)
+    assert next(iter(OfflineSource(data, batch_size=4))).batch_size == (4,)
+
+
+def test_resume_needs_out_dir():
+    with pytest.raises(ValueError, match="out_dir"):
+        _run("bc", None, total=2, resume=True)
+
+
+class _SendSigint:
+    def __init__(self, step):
+        self.step = step
+
+    def register(self, trainer):
+        self.trainer = trainer
+        trainer.register_op("post_steps", self)
+
+    def __call__(self):
+        if self.trainer.step == self.step:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path):
+    result = _run("iql", tmp_path, total=10, hooks=[_SendSigint(5)])
+    assert (result.step, result.stop_reason) == (5, "interrupted")
+    assert result.checkpoint.name == "checkpoint_000000005.pt"
+    assert _run("iql", tmp_path, total=10, resume=True).step == 10
+
+
+def test_discrete_algorithm_evaluates_in_a_discrete_env(tmp_path):
+    data = make_dataset(discrete=True, obs_dim=4, n_actions=2)
+    result = train(
+        "cql",
+        data,
+        total_steps=4,
+        batch_size=16,
+        overrides=TINY,
+        eval_env="CartPole-v1",
+        eval_interval=2,
+        eval_episodes=2,
+        eval_max_steps=30,
+        progress=False,
+        logger=None,
+    )
+    assert result.algorithm.name == "discrete_cql"
+    assert [e["step"] for e in result.evaluations] == [0, 2, 4]
+    assert all(1 <= e["episode_length"] <= 30 for e in result.evaluations)
+    with pytest.raises(AlgorithmError, match="2 actions vs dataset 3"):
+        train(
+            "cql",
+            make_dataset(discrete=True, obs_dim=4),
+            total_steps=2,
+            eval_env="CartPole-v1",
+            overrides=TINY,
+            progress=False,
+            logger=None,
+        )
+
+
+class _MeanReward:
+    """A stand-in OPE estimator: the mean logged reward."""
+
+    def estimate(self, data):
+        from torchrl_offline.ope.result import OPEResult
+
+        value = float(data.storage[:]["next", "reward"].mean())
+        return OPEResult(value=value, ci_low=value - 1, ci_high=value + 1, diagnostics={})
+
+
+def test_ope_hook_runs_inside_train_and_resumes(tmp_path):
+    from torchrl_offline.ope.hook import OPEHook
+
+    data = make_dataset()
+    hook = OPEHook({"mean": _MeanReward()}, data, interval=3)
+    _run("iql", tmp_path, total=7, hooks=[hook])
+    assert [h["step"] for h in hook.history] == [3, 6]
+    rows = (tmp_path / "logs" / "iql" / "scalars" / "ope" / "mean" / "value.csv").read_text()
+    assert [r.split(",")[0] for r in rows.splitlines()] == ["3", "6"]
+    again = OPEHook({"mean": _MeanReward()}, data, interval=3)
+    _run("iql", tmp_path, total=9, hooks=[again], resume=True)
+    assert [h["step"] for h in again.history] == [3, 6, 9]
+
+
+def test_resume_restores_a_without_replacement_sampler(tmp_path):
+    from torchrl.data.replay_buffers.samplers import SamplerWithoutReplacement
+
+    def data():
+        d = make_dataset(n=40)  # 2.5 epochs of 16-batches over 10 steps
+        return type(d)(
+            storage=d.storage,
+            sampler=SamplerWithoutReplacement(),
+            batch_size=16,
+            metadata=d.metadata,
+        )
+
+    kw = dict(
+        total_steps=10, seed=2, batch_size=16, overrides=TINY, checkpoint_interval=3, progress=False
+    )
+    full = train("td3_bc", data(), out_dir=tmp_path / "full", **kw)
+    train("td3_bc", data(), out_dir=tmp_path / "part", hooks=[StopAt(4)], **kw)
+    resumed = train("td3_bc", data(), out_dir=tmp_path / "part", resume=True, **kw)
+    for key, value in _tensors(full.algorithm).items():
+        assert torch.equal(value, _tensors(resumed.algorithm)[key]), key
+
+
+def test_second_ctrl_c_aborts_at_once():
+    data = make_dataset()
+    algo = build_algorithm("bc", *specs_from_dataset(data), **TINY)
+    trainer = OfflineTrainer(
+        replay_buffer=data,
+        loss_module=algo.loss,
+        optimizer=algo.optimizer,
+        total_steps=5,
+        loss_components=algo.loss_keys,
+    )
+    trainer._on_sigint(2, None)
+    assert trainer.stop_reason == "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        trainer._on_sigint(2, None)

@@ -1,0 +1,120 @@
+"""Helpers shared by the subcommands: the CLI error type, dataset lookup, progress bars."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "LOG_SUFFIXES",
+    "CLIError",
+    "local_datasets",
+    "open_dataset",
+    "parse_scalar",
+    "progress_bar",
+]
+
+#: File suffixes read as users' logs (through ``from_logged``) rather than Minari datasets.
+LOG_SUFFIXES = (".parquet", ".csv", ".h5", ".hdf5")
+
+
+class CLIError(Exception):
+    """A user error: :func:`torchrl_offline.cli.main` prints its message on one line, exits 1."""
+
+
+def local_datasets(root: str | os.PathLike | None = None, *, limit: int = 50) -> list[str]:
+    """Ids of the Minari datasets stored under a Minari root, sorted (at most ``limit``).
+
+    A dataset is a folder holding ``data/metadata.json``; its id is its path relative to the
+    root (``"pendulum/mixed-v0"``).
+    """
+    from torchrl_offline.data.minari_writer import minari_root
+
+    base = minari_root(root)
+    if not base.is_dir():
+        return []
+    found = []
+    for meta in base.glob("**/data/metadata.json"):
+        folder = meta.parent.parent
+        rel = folder.relative_to(base).as_posix()
+        if not any(part.startswith(".") for part in rel.split("/")):  # skip temporary builds
+            found.append(rel)
+    return sorted(found)[:limit]
+
+
+def _is_log_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in LOG_SUFFIXES and path.name != "main_data.hdf5"
+
+
+def open_dataset(
+    dataset: str,
+    *,
+    root: str | os.PathLike | None = None,
+    batch_size: int | None = 256,
+) -> Any:
+    """Open a dataset named on the command line as an offline replay buffer.
+
+    ``dataset`` is a Minari dataset id (looked up under ``root``), the path of a Minari
+    dataset folder, or the path of a logged-data file (Parquet, CSV, D4RL-style HDF5),
+    read with :func:`~torchrl_offline.data.from_logged`.
+
+    Raises:
+        CLIError: the dataset does not exist; the message lists the local dataset ids.
+    """
+    from torchrl_offline.data import DatasetNotFoundError, from_logged, load_minari
+    from torchrl_offline.data.minari_writer import minari_root
+
+    path = Path(dataset).expanduser()
+    if _is_log_file(path):
+        return from_logged(path, batch_size=batch_size)
+    if path.is_file() and path.name == "main_data.hdf5":
+        path = path.parent.parent
+        dataset = str(path)
+    try:
+        return load_minari(dataset, root=root, batch_size=batch_size)
+    except DatasetNotFoundError:
+        ids = local_datasets(root)
+        listing = ", ".join(ids) if ids else "(none)"
+        raise CLIError(
+            f"unknown dataset {dataset!r}: not a local Minari dataset id, dataset folder or "
+            f"log file ({', '.join(LOG_SUFFIXES)}); datasets under {minari_root(root)}: "
+            f"{listing}"
+        ) from None
+
+
+def parse_scalar(text: str) -> Any:
+    """``"3"`` -> 3, ``"0.5"`` -> 0.5, ``"true"`` -> True, ``"none"`` -> None, else the text.
+
+    Examples:
+        >>> from torchrl_offline.cli.common import parse_scalar
+        >>> parse_scalar("3"), parse_scalar("0.5"), parse_scalar("True"), parse_scalar("a.pt")
+        (3, 0.5, True, 'a.pt')
+    """
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def progress_bar(total: int | None, desc: str, *, enabled: bool = True, unit: str = "step"):
+    """A tqdm progress bar on stderr (a no-op bar when ``enabled`` is False)."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=not enabled,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )

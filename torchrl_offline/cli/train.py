@@ -1,0 +1,245 @@
+"""``torchrl-offline train``: train an offline RL algorithm on a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from typing import Any
+
+from torchrl_offline.cli.common import CLIError, open_dataset
+
+__all__ = ["add_parser", "parse_overrides", "run"]
+
+_EPILOG = """\
+examples:
+  torchrl-offline train --algo iql --dataset pendulum/mixed-v0 --steps 20000 --out runs/iql \\
+      --eval-env auto --eval-every 5000
+  torchrl-offline train --algo iql --dataset pendulum/mixed-v0 --steps 40000 --out runs/iql \\
+      --resume                                  # continue the same run up to 40000 steps
+  torchrl-offline train --algo cql --dataset data.parquet --steps 1000 --out runs/cql \\
+      --set hidden_sizes=(64,64) --set min_q_weight=5.0
+  torchrl-offline train --algo iql --list-hyperparameters
+"""
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "train",
+        help="train an offline RL algorithm on a dataset",
+        description="Train an offline RL algorithm on a dataset inside TorchRL's Trainer, with "
+        "checkpoints, logs, a progress bar and optional periodic evaluation in an environment. "
+        "Ctrl-C writes a checkpoint; --resume continues from it.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--algo", required=True, metavar="NAME", help="algorithm, e.g. iql")
+    parser.add_argument("--dataset", metavar="ID_OR_PATH", help="Minari id, folder or log file")
+    parser.add_argument("--steps", type=int, help="total gradient steps")
+    parser.add_argument("--out", metavar="DIR", help="run directory (checkpoints/, logs/)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the run")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint in --out"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="hyperparameter override (repeatable); see --list-hyperparameters",
+    )
+    parser.add_argument(
+        "--list-hyperparameters",
+        action="store_true",
+        help="print the algorithm's hyperparameters and defaults, then exit",
+    )
+    parser.add_argument("--batch-size", type=int, default=256, help="transitions per update")
+    parser.add_argument(
+        "--eval-env",
+        metavar="ENV",
+        help="gymnasium id to evaluate in, or 'auto' for the env recorded with the dataset",
+    )
+    parser.add_argument("--eval-every", type=int, default=5000, metavar="N", help="steps")
+    parser.add_argument("--eval-episodes", type=int, default=10, metavar="N")
+    parser.add_argument(
+        "--eval-max-steps", type=int, default=1000, metavar="N", help="step cap per episode"
+    )
+    parser.add_argument("--checkpoint-every", type=int, default=5000, metavar="N", help="steps")
+    parser.add_argument(
+        "--keep-checkpoints", type=int, default=2, metavar="N", help="newest checkpoints kept"
+    )
+    parser.add_argument("--log-every", type=int, default=1000, metavar="N", help="steps")
+    parser.add_argument(
+        "--logger",
+        default="csv",
+        choices=("csv", "tensorboard", "wandb", "mlflow", "none"),
+        help="TorchRL logger (default csv, in DIR/logs)",
+    )
+    parser.add_argument(
+        "--root", help="Minari datasets root (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)"
+    )
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _value(text: str) -> Any:
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["expectile=0.8", "hidden_sizes=(64, 64)"]`` -> ``{"expectile": 0.8, ...}``.
+
+    Values are Python literals (numbers, tuples, ``True``; ``true``/``false``/``none`` too);
+    anything else is kept as a string.
+
+    Raises:
+        CLIError: an item that is not ``key=value``.
+
+    Examples:
+        >>> from torchrl_offline.cli.train import parse_overrides
+        >>> parse_overrides(["expectile=0.8", "hidden_sizes=(64,64)", "deterministic=true"])
+        {'expectile': 0.8, 'hidden_sizes': (64, 64), 'deterministic': True}
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = _value(value)
+    return out
+
+
+def _check_algorithm(name: str) -> None:
+    from torchrl_offline.trainers.algorithms import ALGORITHMS
+
+    if name not in ALGORITHMS:
+        raise CLIError(f"unknown algorithm {name!r}; valid names: {', '.join(ALGORITHMS)}")
+
+
+def _list_hyperparameters(name: str) -> int:
+    from torchrl_offline.trainers.algorithms import algorithm_defaults
+
+    for key, value in algorithm_defaults(name).items():
+        print(f"{key:<24}{value!r}")
+    return 0
+
+
+def _eval_env(args: argparse.Namespace, buffer: Any) -> tuple[Any, str | None]:
+    """The evaluation env (checked against the dataset's specs) and its id."""
+    if args.eval_env is None:
+        return None, None
+    from torchrl_offline.cli.envs import check_env_matches, dataset_env_id, make_env
+    from torchrl_offline.trainers.algorithms import specs_from_dataset
+
+    env_id = args.eval_env
+    if env_id == "auto":
+        env_id = dataset_env_id(buffer)
+        if env_id is None:
+            raise CLIError("--eval-env auto: the dataset records no env id; name the env")
+    env = make_env(env_id)
+    try:
+        check_env_matches(*specs_from_dataset(buffer), env, env_id)
+    except CLIError:
+        env.close()
+        raise
+    return env, env_id
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, then print where the checkpoint and logs are and the last evaluation."""
+    _check_algorithm(args.algo)
+    if args.list_hyperparameters:
+        return _list_hyperparameters(args.algo)
+    missing = [f"--{n}" for n in ("dataset", "steps", "out") if getattr(args, n) is None]
+    if missing:
+        raise CLIError(f"the following arguments are required: {', '.join(missing)}")
+    positive = (
+        "steps",
+        "batch_size",
+        "eval_every",
+        "eval_episodes",
+        "eval_max_steps",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "log_every",
+    )
+    for option in positive:
+        if getattr(args, option) < 1:
+            raise CLIError(f"--{option.replace('_', '-')} must be positive")
+    overrides = parse_overrides(args.overrides)
+    from torchrl_offline.trainers.offline import train
+
+    # An unknown --set key is refused by build_algorithm (its message lists the valid keys
+    # of the resolved algorithm, e.g. discrete_iql for iql on a discrete dataset).
+    buffer = open_dataset(args.dataset, root=args.root, batch_size=args.batch_size)
+    env, env_id = _eval_env(args, buffer)
+    try:
+        result = train(
+            args.algo,
+            buffer,
+            total_steps=args.steps,
+            seed=args.seed,
+            out_dir=args.out,
+            resume=args.resume,
+            batch_size=args.batch_size,
+            overrides=overrides,
+            eval_env=env,
+            eval_interval=args.eval_every,
+            eval_episodes=args.eval_episodes,
+            eval_max_steps=args.eval_max_steps,
+            checkpoint_interval=args.checkpoint_every,
+            keep_checkpoints=args.keep_checkpoints,
+            log_interval=args.log_every,
+            logger=None if args.logger == "none" else args.logger,
+            progress=args.progress,
+        )
+    finally:
+        if env is not None:
+            env.close()
+    print(f"{result.algorithm.name}: {result.step} gradient steps")
+    if result.checkpoint is not None:
+        print(f"checkpoint: {result.checkpoint}")
+    if result.log_dir is not None:
+        print(f"logs: {result.log_dir}")
+    if result.evaluations:
+        last = result.evaluations[-1]
+        score = last.get("normalized_score")
+        norm = f", normalized score {score:.1f}" if score is not None else ""
+        print(
+            f"evaluation in {env_id} at step {last['step']}: return "
+            f"{last['return_mean']:.2f} +- {last['return_std']:.2f}{norm}"
+        )
+    _write_summary(args.out, result)
+    if result.stop_reason == "interrupted":
+        print("interrupted: resume with the same command plus --resume", file=sys.stderr)
+        return 130
+    if result.stop_reason:
+        print(f"stopped early: {result.stop_reason}")
+    return 0
+
+
+def _write_summary(out: str, result: Any) -> None:
+    """``DIR/summary.json``: the algorithm, steps done, hyperparameters and evaluations."""
+    from pathlib import Path
+
+    summary = {
+        "algorithm": result.algorithm.name,
+        "step": result.step,
+        "stop_reason": result.stop_reason,
+        "checkpoint": None if result.checkpoint is None else str(result.checkpoint),
+        "hyperparameters": result.algorithm.hyperparameters,
+        "evaluations": result.evaluations,
+    }
+    path = Path(out)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")

@@ -1,0 +1,68 @@
+"""Offline training: TorchRL's Trainer on a replay buffer, hooks, checkpoints, algorithms.
+
+Public names live in their modules:
+
+* :mod:`torchrl_offline.trainers.offline`: ``train``, ``OfflineTrainer``, ``OfflineSource``,
+  ``TrainResult``, ``load_algorithm``;
+* :mod:`torchrl_offline.trainers.finetune`: ``finetune`` (offline-to-online), ``OnlineSource``;
+* :mod:`torchrl_offline.trainers.plot`: ``plot_learning_curves`` (PNG, Pillow only);
+* :mod:`torchrl_offline.trainers.algorithms`: ``build_algorithm``, ``Algorithm``,
+  ``ALGORITHMS``, ``algorithm_defaults``, ``specs_from_dataset``, ``make_lr_scheduler``;
+* :mod:`torchrl_offline.trainers.hooks`: ``EvaluationHook``, ``CheckpointHook``,
+  ``LogLosses``, ``ProgressBar``, ``evaluate_policy``, ``make_logger``;
+* :mod:`torchrl_offline.trainers.checkpoint`: ``save_checkpoint``, ``load_checkpoint``,
+  ``latest_checkpoint``, ``CheckpointError``.
+"""
+
+from torchrl_offline.trainers.algorithms import (
+    ALGORITHMS,
+    Algorithm,
+    AlgorithmError,
+    algorithm_defaults,
+    build_algorithm,
+)
+from torchrl_offline.trainers.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from torchrl_offline.trainers.finetune import OnlineSource, finetune
+from torchrl_offline.trainers.hooks import (
+    CheckpointHook,
+    EvaluationHook,
+    EvaluationResult,
+    LogLosses,
+    ProgressBar,
+    evaluate_policy,
+    make_logger,
+)
+from torchrl_offline.trainers.offline import (
+    OfflineSource,
+    OfflineTrainer,
+    TrainResult,
+    load_algorithm,
+    train,
+)
+from torchrl_offline.trainers.plot import plot_learning_curves
+
+__all__ = [
+    "ALGORITHMS",
+    "Algorithm",
+    "AlgorithmError",
+    "CheckpointError",
+    "CheckpointHook",
+    "EvaluationHook",
+    "EvaluationResult",
+    "LogLosses",
+    "OfflineSource",
+    "OfflineTrainer",
+    "OnlineSource",
+    "ProgressBar",
+    "TrainResult",
+    "algorithm_defaults",
+    "build_algorithm",
+    "evaluate_policy",
+    "finetune",
+    "load_algorithm",
+    "load_checkpoint",
+    "make_logger",
+    "plot_learning_curves",
+    "save_checkpoint",
+    "train",
+]

@@ -1,0 +1,620 @@
+"""Standard networks, loss, optimizer and target updater for each offline algorithm.
+
+:func:`build_algorithm` turns an algorithm name and the observation/action specs into
+everything a training loop needs, with the papers' defaults (2x256 MLPs, Adam at the
+published learning rates, soft target updates at rate 0.005). Every setting can be
+overridden by keyword; the effective settings are kept in
+:attr:`Algorithm.hyperparameters` (JSON-able), so a checkpoint can rebuild the same
+networks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tensordict.nn import (
+    NormalParamExtractor,
+    TensorDictModule,
+    TensorDictModuleBase,
+    TensorDictSequential,
+)
+from torch import nn
+from torchrl.data import Bounded, Categorical, Composite, OneHot, TensorSpec, Unbounded
+from torchrl.modules import (
+    MLP,
+    ProbabilisticActor,
+    QValueActor,
+    TanhModule,
+    TanhNormal,
+    ValueOperator,
+)
+from torchrl.objectives import LossModule, SoftUpdate
+from torchrl.objectives.utils import TargetNetUpdater
+
+from torchrl_offline import registry
+
+__all__ = [
+    "ALGORITHMS",
+    "Algorithm",
+    "AlgorithmError",
+    "algorithm_defaults",
+    "build_algorithm",
+    "make_lr_scheduler",
+    "specs_from_dataset",
+]
+
+#: Algorithms :func:`build_algorithm` knows (the built-in loss names of the registry).
+ALGORITHMS = (
+    "awac",
+    "bc",
+    "cql",
+    "discrete_awac",
+    "discrete_bc",
+    "discrete_cql",
+    "discrete_iql",
+    "iql",
+    "td3_bc",
+)
+
+# Settings shared by every algorithm (the network and optimizer side); the loss's own
+# keyword arguments are added per algorithm from its constructor signature.
+_COMMON = {"hidden_sizes": (256, 256), "gamma": 0.99, "tau": 0.005}
+
+# Per-algorithm defaults (papers / CORL, MuJoCo settings).
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "iql": {"actor_lr": 3e-4, "critic_lr": 3e-4, "value_lr": 3e-4, "actor_lr_schedule": "cosine"},
+    "discrete_iql": {"actor_lr": 3e-4, "critic_lr": 3e-4, "value_lr": 3e-4},
+    "cql": {
+        "hidden_sizes": (256, 256, 256),
+        "actor_lr": 1e-4,
+        "critic_lr": 3e-4,
+        "alpha_lr": 3e-4,
+    },
+    "discrete_cql": {"critic_lr": 3e-4},
+    "awac": {"hidden_sizes": (256, 256, 256), "actor_lr": 3e-4, "critic_lr": 3e-4},
+    "discrete_awac": {"hidden_sizes": (256, 256, 256), "actor_lr": 3e-4, "critic_lr": 3e-4},
+    "td3_bc": {"actor_lr": 3e-4, "critic_lr": 3e-4},
+    "bc": {"actor_lr": 3e-4},
+    "discrete_bc": {"actor_lr": 3e-4},
+}
+
+# Loss entries summed for the backward pass (diagnostic "loss_*" entries are left out).
+_LOSS_KEYS = {
+    "iql": ("loss_actor", "loss_qvalue", "loss_value"),
+    "discrete_iql": ("loss_actor", "loss_qvalue", "loss_value"),
+    "cql": ("loss_actor", "loss_qvalue", "loss_cql", "loss_alpha"),
+    "discrete_cql": ("loss_qvalue", "loss_cql"),
+    "awac": ("loss_actor", "loss_qvalue"),
+    "discrete_awac": ("loss_actor", "loss_qvalue"),
+    "td3_bc": ("loss_actor", "loss_qvalue"),
+    "bc": ("loss_bc",),
+    "discrete_bc": ("loss_bc",),
+}
+
+# Constructor arguments the builder sets itself (or that are deprecated), never overrides.
+_RESERVED = {
+    "self",
+    "actor_network",
+    "qvalue_network",
+    "value_network",
+    "gamma",
+    "priority_key",
+    "action_spec",
+    "bounds",
+    "action_space",
+    "kwargs",
+}
+
+_DISCRETE_OF = {
+    "iql": "discrete_iql",
+    "cql": "discrete_cql",
+    "awac": "discrete_awac",
+    "bc": "discrete_bc",
+}
+
+
+class AlgorithmError(ValueError):
+    """An unknown algorithm, an unknown or invalid hyperparameter, or unsupported specs."""
+
+
+@dataclass
+class Algorithm:
+    """Everything needed to train and evaluate one offline algorithm.
+
+    Attributes:
+        name: the resolved algorithm name (e.g. ``"discrete_iql"`` for ``"iql"`` built
+            on a discrete action spec).
+        loss: the TorchRL loss module (it owns the networks and target parameters).
+        policy: the actor to evaluate; act with it under
+            ``set_exploration_type(ExplorationType.DETERMINISTIC)``.
+        optimizer: one Adam with one named parameter group per network
+            (``param_groups[i]["name"]`` is ``"actor"``, ``"qvalue"``, ``"value"`` or
+            ``"alpha"``), each at its own learning rate; per-parameter Adam makes this
+            the same as one optimizer per network, and it is what TorchRL's ``Trainer``
+            and ``LRSchedulerHook`` expect.
+        loss_keys: the loss entries summed for the backward pass.
+        target_updater: the soft target updater to step after each update, or ``None``.
+        hyperparameters: every effective setting (defaults and overrides), JSON-able.
+        observation_spec: the observation spec the networks were built for.
+        action_spec: the action spec the networks were built for.
+        observation_norm: ``(loc, scale)`` when the networks are trained on normalised
+            observations (``policy`` then takes raw observations), else ``None``.
+    """
+
+    name: str
+    loss: LossModule
+    policy: TensorDictModuleBase
+    optimizer: torch.optim.Optimizer
+    loss_keys: tuple[str, ...]
+    target_updater: TargetNetUpdater | None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    observation_spec: TensorSpec | None = None
+    action_spec: TensorSpec | None = None
+    observation_norm: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+# ----------------------------------------------------------------------------- specs
+def _leaf(spec: TensorSpec, key: str) -> TensorSpec:
+    if isinstance(spec, Composite):
+        if key not in spec.keys():
+            raise AlgorithmError(
+                f"the spec has no {key!r} entry (entries: {sorted(map(str, spec.keys()))})"
+            )
+        return _leaf(spec[key], key)
+    return spec
+
+
+def _is_discrete(spec: TensorSpec) -> bool:
+    return isinstance(spec, (Categorical, OneHot))
+
+
+def _n_actions(spec: TensorSpec) -> int:
+    return int(spec.space.n)
+
+
+def _obs_dim(spec: TensorSpec) -> int:
+    shape = spec.shape
+    if len(shape) != 1:
+        raise AlgorithmError(
+            f"the observation spec must be a flat vector, got shape {tuple(shape)}; "
+            "flatten it with a TorchRL transform first"
+        )
+    return int(shape[0])
+
+
+def specs_from_dataset(dataset: Any) -> tuple[TensorSpec, TensorSpec]:
+    """The observation and action specs of a dataset from the data layer.
+
+    Reads the gymnasium spaces serialized in ``dataset.metadata`` (``observation_space``
+    and ``action_space``); without them, the observation spec is unbounded with the
+    stored shape and a float action spec is bounded by the observed action range
+    (integer actions give a categorical spec over the observed indices).
+
+    Args:
+        dataset: a replay buffer from :mod:`torchrl_offline.data` (or any replay
+            buffer with ``observation`` and ``action`` entries).
+
+    Returns:
+        ``(observation_spec, action_spec)``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl_offline.data.storage import make_replay_buffer
+        >>> from torchrl_offline.trainers.algorithms import specs_from_dataset
+        >>> td = TensorDict({"observation": torch.zeros(4, 3),
+        ...                  "action": torch.tensor([[-0.5], [0.5], [0.0], [1.0]])}, [4])
+        >>> obs_spec, act_spec = specs_from_dataset(make_replay_buffer(td))
+        >>> obs_spec.shape, act_spec.shape
+        (torch.Size([3]), torch.Size([1]))
+    """
+    metadata = getattr(dataset, "metadata", None) or {}
+    spaces = [metadata.get("observation_space"), metadata.get("action_space")]
+    if all(isinstance(s, str) for s in spaces):
+        try:
+            from minari.serialization import deserialize_space
+            from torchrl.envs.libs.gym import _gym_to_torchrl_spec_transform
+
+            specs = [
+                _gym_to_torchrl_spec_transform(
+                    deserialize_space(s), categorical_action_encoding=True
+                )
+                for s in spaces
+            ]
+            return _leaf(specs[0], "observation"), _leaf(specs[1], "action")
+        except Exception:  # an unusual space: fall back to the stored data
+            pass
+    storage = dataset.storage
+    n = len(storage)
+    if n == 0:
+        raise AlgorithmError("the dataset is empty; no specs can be inferred")
+    data = storage[: min(n, 100_000)]
+    obs = data.get("observation")
+    action = data.get("action")
+    obs_spec = Unbounded(shape=obs.shape[1:], dtype=obs.dtype)
+    if action.is_floating_point():
+        flat = action.reshape(action.shape[0], -1)
+        low, high = flat.min(0).values, flat.max(0).values
+        high = torch.where(high > low, high, low + 1e-6)
+        act_spec = Bounded(
+            low.reshape(action.shape[1:]),
+            high.reshape(action.shape[1:]),
+            shape=action.shape[1:],
+            dtype=action.dtype,
+        )
+    else:
+        act_spec = Categorical(int(action.max()) + 1, shape=action.shape[1:], dtype=action.dtype)
+    return obs_spec, act_spec
+
+
+# ---------------------------------------------------------------------- hyperparameters
+def _loss_class(name: str) -> type[LossModule]:
+    if name == "discrete_bc":
+        return registry.get("loss", "bc")
+    return registry.get("loss", name)
+
+
+def _loss_kwargs_defaults(name: str) -> dict[str, Any]:
+    sig = inspect.signature(_loss_class(name).__init__)
+    out = {}
+    for pname, param in sig.parameters.items():
+        if pname in _RESERVED or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+            continue
+        if param.default is inspect.Parameter.empty:
+            continue
+        out[pname] = param.default
+    return out
+
+
+def _check_name(name: str) -> None:
+    if name not in ALGORITHMS:
+        raise AlgorithmError(f"Unknown algorithm {name!r}; valid names: {', '.join(ALGORITHMS)}")
+
+
+def algorithm_defaults(name: str) -> dict[str, Any]:
+    """The hyperparameters of ``name`` and their defaults: the valid override keys.
+
+    Network and optimizer settings (``hidden_sizes``, ``gamma``, ``tau``, learning
+    rates) come first, then the loss module's own keyword arguments.
+
+    Examples:
+        >>> from torchrl_offline.trainers.algorithms import algorithm_defaults
+        >>> d = algorithm_defaults("iql")
+        >>> d["expectile"], d["temperature"], d["hidden_sizes"]
+        (0.7, 3.0, (256, 256))
+    """
+    _check_name(name)
+    return {**_COMMON, **_DEFAULTS[name], **_loss_kwargs_defaults(name)}
+
+
+def _resolve(name: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    defaults = algorithm_defaults(name)
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise AlgorithmError(
+            f"Unknown hyperparameter {unknown[0]!r} for {name}; valid keys: "
+            f"{', '.join(sorted(defaults))}"
+        )
+    hp = {**defaults, **overrides}
+    hidden = hp["hidden_sizes"]
+    if isinstance(hidden, int):
+        hidden = (hidden,)
+    try:
+        hp["hidden_sizes"] = tuple(int(h) for h in hidden)
+    except (TypeError, ValueError):
+        raise AlgorithmError(f"hidden_sizes must be a tuple of ints, got {hidden!r}") from None
+    if not hp["hidden_sizes"] or min(hp["hidden_sizes"]) < 1:
+        raise AlgorithmError(f"hidden_sizes must be positive ints, got {hidden!r}")
+    for key, value in hp.items():
+        if key.endswith("_lr") and not (isinstance(value, (int, float)) and value > 0):
+            raise AlgorithmError(f"{key} must be a positive number, got {value!r}")
+    if not 0.0 <= float(hp["gamma"]) <= 1.0:
+        raise AlgorithmError(f"gamma must be in [0, 1], got {hp['gamma']!r}")
+    if not 0.0 < float(hp["tau"]) <= 1.0:
+        raise AlgorithmError(f"tau must be in (0, 1], got {hp['tau']!r}")
+    return hp
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+# ----------------------------------------------------------------------------- networks
+def _mlp(n_in: int, n_out: int, hidden: tuple[int, ...]) -> MLP:
+    return MLP(
+        in_features=n_in, out_features=n_out, num_cells=list(hidden), activation_class=nn.ReLU
+    )
+
+
+def _tanh_normal_actor(n_obs: int, spec: TensorSpec, hidden: tuple[int, ...]) -> ProbabilisticActor:
+    n_act = int(spec.shape[-1])
+    body = TensorDictModule(
+        nn.Sequential(_mlp(n_obs, 2 * n_act, hidden), NormalParamExtractor()),
+        in_keys=["observation"],
+        out_keys=["loc", "scale"],
+    )
+    return ProbabilisticActor(
+        body,
+        in_keys=["loc", "scale"],
+        spec=spec,
+        distribution_class=TanhNormal,
+        distribution_kwargs={"low": spec.space.low, "high": spec.space.high},
+        return_log_prob=False,
+    )
+
+
+def _deterministic_actor(n_obs: int, spec: TensorSpec, hidden: tuple[int, ...]):
+    n_act = int(spec.shape[-1])
+    return TensorDictSequential(
+        TensorDictModule(_mlp(n_obs, n_act, hidden), in_keys=["observation"], out_keys=["param"]),
+        TanhModule(in_keys=["param"], out_keys=["action"], spec=spec),
+    )
+
+
+def _categorical_actor(n_obs: int, spec: TensorSpec, hidden: tuple[int, ...]):
+    dist = torch.distributions.Categorical
+    if isinstance(spec, OneHot):
+        from torchrl.modules.distributions import OneHotCategorical
+
+        dist = OneHotCategorical
+    return ProbabilisticActor(
+        TensorDictModule(
+            _mlp(n_obs, _n_actions(spec), hidden), in_keys=["observation"], out_keys=["logits"]
+        ),
+        in_keys=["logits"],
+        spec=spec,
+        distribution_class=dist,
+        return_log_prob=False,
+    )
+
+
+def _q_continuous(n_obs: int, n_act: int, hidden: tuple[int, ...]) -> ValueOperator:
+    return ValueOperator(_mlp(n_obs + n_act, 1, hidden), in_keys=["observation", "action"])
+
+
+def _q_discrete(n_obs: int, n_act: int, hidden: tuple[int, ...]) -> ValueOperator:
+    return ValueOperator(_mlp(n_obs, n_act, hidden), in_keys=["observation"])
+
+
+def _value(n_obs: int, hidden: tuple[int, ...]) -> ValueOperator:
+    return ValueOperator(_mlp(n_obs, 1, hidden), in_keys=["observation"])
+
+
+def _params(*tds) -> list[nn.Parameter]:
+    out: list[nn.Parameter] = []
+    for td in tds:
+        out.extend(p for p in td.values(True, True) if isinstance(p, nn.Parameter))
+    return out
+
+
+# ----------------------------------------------------------------------------- builder
+def build_algorithm(
+    name: str,
+    observation_spec: TensorSpec,
+    action_spec: TensorSpec,
+    *,
+    observation_norm: tuple[torch.Tensor, torch.Tensor] | None = None,
+    **overrides: Any,
+) -> Algorithm:
+    """Builds the standard networks, loss, optimizer and target updater of an algorithm.
+
+    Continuous actions: IQL, CQL and AWAC get a ``ProbabilisticActor`` with a
+    ``TanhNormal`` over the action box, TD3+BC and BC a deterministic tanh actor; the
+    critics are ``Q(s, a)`` MLPs (twin, batched inside the loss) and IQL adds ``V(s)``.
+    Discrete actions (a ``Categorical`` or ``OneHot`` spec): ``"iql"``, ``"cql"``,
+    ``"awac"`` and ``"bc"`` resolve to their discrete variants, with categorical actors
+    and ``Q(s, .)`` critics (DQN-style ``QValueActor`` for CQL).
+
+    Networks are initialised from torch's global generator: seed it first for a
+    reproducible build.
+
+    Args:
+        name: an algorithm of :data:`ALGORITHMS`.
+        observation_spec: the observation spec (a ``Composite`` with an
+            ``"observation"`` entry, e.g. ``env.observation_spec``, or the leaf spec).
+        action_spec: the action spec (``env.action_spec`` or a ``Composite`` with an
+            ``"action"`` entry); bounded for continuous algorithms.
+        observation_norm: ``(loc, scale)`` if the networks will be trained on
+            ``(observation - loc) / scale`` (see
+            :mod:`torchrl_offline.trainers.normalization`); ``policy`` is then a
+            :class:`~torchrl_offline.trainers.normalization.NormalizedPolicy` taking raw
+            observations.
+        **overrides: hyperparameters replacing the defaults; see
+            :func:`algorithm_defaults` for the valid keys.
+
+    Returns:
+        An :class:`Algorithm`.
+
+    Raises:
+        AlgorithmError: an unknown name or hyperparameter (the message lists the valid
+            ones), or specs the algorithm does not support.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl.data import Bounded, Unbounded
+        >>> from torchrl_offline.trainers.algorithms import build_algorithm
+        >>> algo = build_algorithm("iql", Unbounded(shape=(3,)), Bounded(-1.0, 1.0, (1,)),
+        ...                        hidden_sizes=(32, 32), expectile=0.8)
+        >>> algo.name, algo.loss_keys
+        ('iql', ('loss_actor', 'loss_qvalue', 'loss_value'))
+        >>> [g["name"] for g in algo.optimizer.param_groups]
+        ['actor', 'qvalue', 'value']
+        >>> algo.loss.expectile
+        0.8
+    """
+    obs_spec = _leaf(observation_spec, "observation")
+    act_spec = _leaf(action_spec, "action")
+    if name in _DISCRETE_OF and _is_discrete(act_spec):
+        name = _DISCRETE_OF[name]
+    _check_name(name)
+    discrete = name.startswith("discrete_")
+    if discrete and not _is_discrete(act_spec):
+        raise AlgorithmError(
+            f"{name} needs a discrete action spec (Categorical or OneHot), got "
+            f"{type(act_spec).__name__}"
+        )
+    if not discrete:
+        if _is_discrete(act_spec):
+            raise AlgorithmError(
+                f"{name} needs a continuous (Bounded) action spec; got a discrete one"
+            )
+        if not isinstance(act_spec, Bounded) or len(act_spec.shape) != 1:
+            raise AlgorithmError(
+                f"{name} needs a bounded 1-d action spec (Bounded with shape (n,)), got "
+                f"{type(act_spec).__name__} with shape {tuple(act_spec.shape)}"
+            )
+        if not bool(
+            torch.isfinite(act_spec.space.low).all() and torch.isfinite(act_spec.space.high).all()
+        ):
+            raise AlgorithmError(f"{name} needs finite action bounds")
+    hp = _resolve(name, overrides)
+    hidden = hp["hidden_sizes"]
+    n_obs = _obs_dim(obs_spec)
+    loss_kwargs = {k: hp[k] for k in _loss_kwargs_defaults(name)}
+    loss_cls = _loss_class(name)
+    groups: list[dict[str, Any]]
+
+    if name in ("iql", "discrete_iql"):
+        if discrete:
+            actor = _categorical_actor(n_obs, act_spec, hidden)
+            qvalue = _q_discrete(n_obs, _n_actions(act_spec), hidden)
+            loss_kwargs["action_space"] = act_spec
+        else:
+            actor = _tanh_normal_actor(n_obs, act_spec, hidden)
+            qvalue = _q_continuous(n_obs, int(act_spec.shape[-1]), hidden)
+        loss = loss_cls(actor, qvalue, _value(n_obs, hidden), **loss_kwargs)
+        groups = [
+            ("actor", _params(loss.actor_network_params), hp["actor_lr"]),
+            ("qvalue", _params(loss.qvalue_network_params), hp["critic_lr"]),
+            ("value", _params(loss.value_network_params), hp["value_lr"]),
+        ]
+        policy = actor
+    elif name == "cql":
+        actor = _tanh_normal_actor(n_obs, act_spec, hidden)
+        qvalue = _q_continuous(n_obs, int(act_spec.shape[-1]), hidden)
+        loss = loss_cls(actor, qvalue, action_spec=act_spec, **loss_kwargs)
+        groups = [
+            ("actor", _params(loss.actor_network_params), hp["actor_lr"]),
+            ("qvalue", _params(loss.qvalue_network_params), hp["critic_lr"]),
+        ]
+        alpha = [p for n, p in loss.named_parameters() if n.startswith("log_alpha")]
+        if alpha:
+            groups.append(("alpha", alpha, hp["alpha_lr"]))
+        policy = actor
+    elif name == "discrete_cql":
+        policy = QValueActor(
+            _mlp(n_obs, _n_actions(act_spec), hidden), in_keys=["observation"], spec=act_spec
+        )
+        loss = loss_cls(policy, action_space=act_spec, **loss_kwargs)
+        groups = [("qvalue", _params(loss.value_network_params), hp["critic_lr"])]
+    elif name in ("awac", "discrete_awac"):
+        if discrete:
+            actor = _categorical_actor(n_obs, act_spec, hidden)
+            qvalue = _q_discrete(n_obs, _n_actions(act_spec), hidden)
+            loss = loss_cls(actor, qvalue, action_space=act_spec, **loss_kwargs)
+        else:
+            actor = _tanh_normal_actor(n_obs, act_spec, hidden)
+            qvalue = _q_continuous(n_obs, int(act_spec.shape[-1]), hidden)
+            loss = loss_cls(actor, qvalue, **loss_kwargs)
+        groups = [
+            ("actor", _params(loss.actor_network_params), hp["actor_lr"]),
+            ("qvalue", _params(loss.qvalue_network_params), hp["critic_lr"]),
+        ]
+        policy = actor
+    elif name == "td3_bc":
+        actor = _deterministic_actor(n_obs, act_spec, hidden)
+        qvalue = _q_continuous(n_obs, int(act_spec.shape[-1]), hidden)
+        loss = loss_cls(actor, qvalue, action_spec=act_spec, **loss_kwargs)
+        groups = [
+            ("actor", _params(loss.actor_network_params), hp["actor_lr"]),
+            ("qvalue", _params(loss.qvalue_network_params), hp["critic_lr"]),
+        ]
+        policy = actor
+    else:  # bc, discrete_bc
+        if discrete:
+            actor = _categorical_actor(n_obs, act_spec, hidden)
+        else:
+            actor = _deterministic_actor(n_obs, act_spec, hidden)
+        loss = loss_cls(actor, **loss_kwargs)
+        groups = [("actor", _params(loss.actor_network_params), hp["actor_lr"])]
+        policy = actor
+
+    if observation_norm is not None:
+        from torchrl_offline.trainers.normalization import NormalizedPolicy
+
+        loc, scale = (torch.as_tensor(t, dtype=torch.float32) for t in observation_norm)
+        if loc.shape != (n_obs,) or scale.shape != (n_obs,):
+            raise AlgorithmError(
+                f"observation_norm must be two tensors of shape ({n_obs},), got "
+                f"{tuple(loc.shape)} and {tuple(scale.shape)}"
+            )
+        if not bool((scale > 0).all()):
+            raise AlgorithmError("observation_norm scale must be positive")
+        observation_norm = (loc, scale)
+        policy = NormalizedPolicy(policy, loc, scale)
+    optimizer = torch.optim.Adam(
+        [{"params": params, "lr": float(lr), "name": gname} for gname, params, lr in groups]
+    )
+    target_updater = None
+    if not name.endswith("bc") or name == "td3_bc":
+        loss.make_value_estimator(gamma=float(hp["gamma"]))
+        target_updater = SoftUpdate(loss, tau=float(hp["tau"]))
+    return Algorithm(
+        name=name,
+        loss=loss,
+        policy=policy,
+        optimizer=optimizer,
+        loss_keys=_LOSS_KEYS[name],
+        target_updater=target_updater,
+        hyperparameters={k: _jsonable(v) for k, v in hp.items()},
+        observation_spec=obs_spec,
+        action_spec=act_spec,
+        observation_norm=observation_norm,
+    )
+
+
+def make_lr_scheduler(
+    algorithm: Algorithm, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The learning-rate schedule of the algorithm over ``total_steps`` updates, if any.
+
+    IQL decays the actor's learning rate with a cosine schedule (``actor_lr_schedule=
+    "cosine"``, as in the paper's code); the other groups and algorithms keep a
+    constant rate (``None`` is returned when nothing is scheduled). Step it once per
+    update, e.g. with TorchRL's ``LRSchedulerHook``.
+
+    Examples:
+        >>> from torchrl.data import Bounded, Unbounded
+        >>> from torchrl_offline.trainers.algorithms import build_algorithm, make_lr_scheduler
+        >>> algo = build_algorithm("iql", Unbounded(shape=(3,)), Bounded(-1.0, 1.0, (1,)),
+        ...                        hidden_sizes=(8,))
+        >>> sched = make_lr_scheduler(algo, total_steps=10)
+        >>> for _ in range(10):
+        ...     sched.step()
+        >>> [round(g["lr"], 6) for g in algo.optimizer.param_groups]
+        [0.0, 0.0003, 0.0003]
+    """
+    if algorithm.hyperparameters.get("actor_lr_schedule", "constant") != "cosine":
+        return None
+    if total_steps < 1:
+        raise AlgorithmError(f"total_steps must be >= 1, got {total_steps}")
+
+    def cosine(step: int) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+    def constant(step: int) -> float:
+        return 1.0
+
+    lambdas = [
+        cosine if g.get("name") == "actor" else constant for g in algorithm.optimizer.param_groups
+    ]
+    return torch.optim.lr_scheduler.LambdaLR(algorithm.optimizer, lambdas)
