@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml requirements/ci.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/demo.py --root outputs/datasets
+	$(PY) examples/demo.py --root outputs/datasets --out outputs/demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
