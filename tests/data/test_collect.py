@@ -415,3 +415,49 @@ def test_dict_observations_become_nested_keys():
         np.testing.assert_array_equal(stored, steps[key].numpy())
     np.testing.assert_array_equal(_concat(episodes, "actions"), steps["action"].numpy())
     assert episodes[-1].truncations[-1]
+
+
+class _EndsAtTimeLimitEnv(gym.Env):
+    """Terminates on exactly its 3rd step, which is also the registered time limit."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, **kwargs):
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.full(2, self.t / 10, np.float32), 1.0, self.t >= 3, False, {}
+
+
+def test_termination_on_the_time_limit_step_is_stored_terminated():
+    """Regression: TimeLimit also reports truncated there, and the collection raised
+    'terminated and truncated both set' instead of writing the dataset."""
+    if "R1EndsAtLimit-v0" not in gym.registry:
+        gym.register("R1EndsAtLimit-v0", entry_point=_EndsAtTimeLimitEnv, max_episode_steps=3)
+    path = collect_dataset("R1EndsAtLimit-v0", None, 8, dataset_id="limit/random-v0", seed=0)
+    episodes = _episodes(path)
+    assert [len(ep) for ep in episodes] == [3, 3, 2]
+    for ep in episodes[:2]:
+        assert ep.terminations.tolist() == [False, False, True]
+        assert not ep.truncations.any()
+    assert episodes[2].truncations.tolist() == [False, True]  # cut by the budget
+
+
+class _ShiftedDiscreteEnv(_EndsAtTimeLimitEnv):
+    action_space = gym.spaces.Discrete(3, start=1)
+
+
+def test_discrete_actions_not_starting_at_zero_are_refused(datasets_root):
+    """Regression: GymEnv ignores Discrete.start, so the env received action 0, outside its space."""
+    if "R1Shifted-v0" not in gym.registry:
+        gym.register("R1Shifted-v0", entry_point=_ShiftedDiscreteEnv)
+    with pytest.raises(ValueError, match="does not start at 0"):
+        collect_dataset("R1Shifted-v0", None, 5, dataset_id="shifted/random-v0")
+    assert not (datasets_root / "shifted").exists()

@@ -47,13 +47,14 @@ def _sample(space: gym.Space, rng: np.random.Generator, n: int):
 
 
 def _episodes(obs_space, act_space, lengths, ends, *, seed=0, log_prob=False):
-    """EpisodeBuffers of the given lengths; ``ends[i]`` is "term" or "trunc"."""
+    """EpisodeBuffers of the given lengths; ``ends[i]`` is "term", "trunc" or "none"."""
     rng = np.random.default_rng(seed)
     out = []
     for i, (length, end) in enumerate(zip(lengths, ends)):
         flags = np.zeros(length, dtype=bool)
         terminations, truncations = flags.copy(), flags.copy()
-        (terminations if end == "term" else truncations)[-1] = True
+        if end != "none":
+            (terminations if end == "term" else truncations)[-1] = True
         infos = None
         if log_prob:
             infos = {"action_log_prob": [float("nan"), *rng.normal(size=length).tolist()]}
@@ -484,3 +485,62 @@ def test_sampled_rows_equal_storage_rows():
     assert (episodes_of_slices == episodes_of_slices[:, :1]).all()
     steps = slices["index"].reshape(2, 3)
     assert (steps.diff(dim=1) == 1).all()
+
+
+@pytest.mark.parametrize("data_format", FORMATS)
+def test_episode_ending_without_flag_is_stored_truncated(data_format):
+    """Regression: an episode cut without a flag left its boundary invisible to done flags."""
+    env = gym.make("CartPole-v1")
+    episodes = _episodes(
+        env.observation_space, env.action_space, [3, 2, 1], ["none", "term", "none"]
+    )
+    _make("test/open-v0", episodes, data_format, env=env)
+    buffer = load_minari("test/open-v0")
+    truncated = buffer["next", "truncated"].reshape(-1).tolist()
+    assert truncated == [False, False, True, False, False, True]
+    assert buffer["next", "terminated"].reshape(-1).tolist() == [False] * 4 + [True, False]
+    assert torch.equal(
+        buffer["next", "done"], buffer["next", "terminated"] | buffer["next", "truncated"]
+    )
+    assert buffer.metadata["truncated_unflagged_ends"] == 2
+
+
+def test_arrow_dataset_with_numpy_info_arrays_loads():
+    """Regression: Minari 0.5.4 cannot decode 1-D numpy info arrays it wrote in Arrow
+    (``invalid literal for int()``), so such a dataset failed to load at all."""
+    env = gym.make("CartPole-v1")
+    episodes = _episodes(env.observation_space, env.action_space, [3, 2], ["term", "trunc"])
+    episodes = [
+        dataclasses.replace(
+            ep,
+            infos={
+                "action_log_prob": np.r_[np.nan, -np.arange(len(ep.rewards), dtype=np.float64)],
+                "nested": {"speed": np.zeros(len(ep) + 1), "pos": np.ones((len(ep) + 1, 2))},
+            },
+        )
+        for ep in episodes
+    ]
+    _make("test/arrow-infos-v0", episodes, "arrow", env=env)
+    buffer = load_minari("test/arrow-infos-v0")
+    assert buffer["action_log_prob"].tolist() == [0.0, -1.0, -2.0, 0.0, -1.0]
+    # the patch of Minari's decoder lasts only for the conversion
+    with pytest.raises(ValueError, match="invalid literal"):
+        list(minari.load_dataset("test/arrow-infos-v0").iterate_episodes())
+
+
+def test_info_keys_reach_nested_infos():
+    """Regression: naming a group of nested infos failed with an obscure numpy TypeError."""
+    env = gym.make("CartPole-v1")
+    episodes = _episodes(env.observation_space, env.action_space, [2, 1], ["term", "trunc"])
+    episodes = [
+        dataclasses.replace(
+            ep, infos={"stats": {"speed": np.arange(len(ep) + 1, dtype=np.float64) + 10 * ep.id}}
+        )
+        for ep in episodes
+    ]
+    _make("test/nested-infos-v0", episodes, "hdf5", env=env)
+    buffer = load_minari("test/nested-infos-v0", info_keys=["stats/speed"])
+    assert buffer["stats", "speed"].tolist() == [1.0, 2.0, 11.0]
+    with pytest.raises(DatasetError, match="'stats/speed'") as err:
+        load_minari("test/nested-infos-v0", info_keys=["stats"])
+    assert err.value.field == "stats"

@@ -114,3 +114,34 @@ def test_root_resolution(tmp_path, monkeypatch):
     assert resolve_minari_path(tmp_path / "a" / "b-v0" / "data") == tmp_path / "a" / "b-v0"
     monkeypatch.delenv("MINARI_DATASETS_PATH")
     assert minari_root().name == "datasets"
+
+
+@pytest.mark.parametrize("data_format", ["hdf5", "arrow"])
+def test_dataset_size_is_measured_once_not_per_episode(
+    tmp_path, make_transitions, data_format, monkeypatch
+):
+    """Regression: Minari's Arrow writer re-measured the whole folder after every episode,
+    so writing many short episodes took time quadratic in their number."""
+    from minari.dataset.minari_storage import MinariStorage
+
+    calls = []
+    real = MinariStorage.get_size
+
+    def counting(self):
+        calls.append(1)
+        return real(self)
+
+    monkeypatch.setattr(MinariStorage, "get_size", counting)
+    td = make_transitions([1] * 12)
+    path = write_minari(
+        td,
+        "toy/many-v0",
+        root=tmp_path,
+        observation_space=BOX,
+        action_space=ACT,
+        data_format=data_format,
+    )
+    assert len(calls) <= 2
+    dataset = minari.MinariDataset(path / "data")
+    assert dataset.total_episodes == 12
+    assert dataset.storage.metadata["dataset_size"] == real(dataset.storage)

@@ -63,3 +63,44 @@ def test_coverage_uses_the_action_space_bounds(make_transitions):
     assert stats.action["coverage_of"] == "action space"
     assert stats.action["coverage"] == 0.5  # half of each dimension's range is used
     assert dataset_stats(td).action["coverage_of"] == "observed range"
+
+
+def _with_action(td, action):
+    td = td.exclude("action")
+    td.set("action", action)
+    return td
+
+
+def test_vector_discrete_actions_are_counted_as_vectors(make_transitions):
+    """Regression: MultiBinary / MultiDiscrete actions were argmax-ed as if one-hot."""
+    td = make_transitions([2, 2])
+    multi = torch.tensor([[1, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 0]])
+    stats = dataset_stats(_with_action(td, multi))
+    assert stats.action["counts"] == {(0, 0, 1): 1, (0, 1, 0): 1, (1, 1, 0): 2}
+    assert stats.as_dict()["action"]["counts"] == {"[0, 0, 1]": 1, "[0, 1, 0]": 1, "[1, 1, 0]": 2}
+    one_hot = torch.tensor([[0, 0, 1], [0, 1, 0], [0, 1, 0], [1, 0, 0]])
+    assert dataset_stats(_with_action(td, one_hot)).action["counts"] == {0: 1, 1: 2, 2: 1}
+    assert dataset_stats(_with_action(td, torch.tensor([2, 0, 2, 2]))).action["counts"] == {
+        0: 1,
+        2: 3,
+    }
+    # a MultiBinary space whose rows happen to be one-hot stays a vector space
+    import gymnasium as gym
+    from minari.serialization import serialize_space
+
+    buffer = make_replay_buffer(
+        _with_action(td, one_hot),
+        metadata={"action_space": serialize_space(gym.spaces.MultiBinary(3))},
+    )
+    assert (0, 1, 0) in dataset_stats(buffer).action["counts"]
+
+
+def test_nested_actions_get_no_coverage(make_transitions):
+    """Regression: a Tuple action space (nested action keys) failed with 'Missing field action'."""
+    td = make_transitions([2, 2])
+    td = td.exclude("action")
+    td.set(("action", "0"), torch.tensor([0, 1, 1, 0]))
+    td.set(("action", "1"), torch.rand(4, 2))
+    stats = dataset_stats(td)
+    assert stats.action == {"kind": "composite", "keys": ["0", "1"]}
+    assert "composite" in str(stats) and stats.episodes == 2

@@ -85,3 +85,28 @@ def test_check_lengths():
     with pytest.raises(DatasetError, match="'b' has 1 rows") as err:
         check_lengths({"a": [1, 2], "b": [3]})
     assert err.value.field == "b" and err.value.index == 1
+
+
+def test_half_bounded_box_still_checks_its_finite_bound():
+    """Regression: the tolerance of a dimension grew with its largest |bound|, so an infinite
+    lower bound made the upper bound unchecked."""
+    space = gym.spaces.Box(low=np.array([-np.inf, 0.0]), high=np.array([1.0, np.inf]))
+    check_action_in_space(torch.tensor([[-1e30, 1e30], [1.0, 0.0]]), space)
+    with pytest.raises(DatasetError, match="index 1") as err:
+        check_action_in_space(torch.tensor([[0.0, 0.0], [1.5, 0.0]]), space)
+    assert err.value.index == 1
+    with pytest.raises(DatasetError, match="index 0"):
+        check_action_in_space(torch.tensor([[0.0, -0.5]]), space)
+
+
+def test_tuple_actions_are_checked_leaf_by_leaf(make_transitions):
+    """Regression: a Tuple / Dict action space was not checked at all."""
+    td = make_transitions([2, 1]).exclude("action")
+    td.set(("action", "0"), torch.tensor([0, 1, 1]))
+    td.set(("action", "1"), torch.tensor([[0.5], [0.0], [-0.5]]))
+    space = gym.spaces.Tuple((gym.spaces.Discrete(2), gym.spaces.Box(-1.0, 1.0, (1,))))
+    validate_transitions(td, action_space=space)
+    td["action", "1"][2] = 3.0
+    with pytest.raises(DatasetError, match="index 7") as err:
+        validate_transitions(td, action_space=space, offset=5)
+    assert err.value.field == "action.1"

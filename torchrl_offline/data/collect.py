@@ -36,6 +36,7 @@ from torchrl_offline.data.keys import (
     DONE,
     EPISODE,
     OBSERVATION,
+    TERMINATED,
     TRUNCATED,
 )
 from torchrl_offline.data.minari_writer import minari_root, write_minari
@@ -77,6 +78,23 @@ def _spec_to_space(spec: TensorSpec) -> gym.Space:
     if isinstance(spec, Unbounded):
         return gym.spaces.Box(-np.inf, np.inf, tuple(spec.shape), dtype)
     raise ValueError(f"Cannot describe a {type(spec).__name__} spec as a gymnasium space")
+
+
+def _check_zero_based(space: gym.Space) -> None:
+    """Refuse integer action spaces that do not start at 0.
+
+    TorchRL's ``GymEnv`` describes ``Discrete(n, start=s)`` as ``Categorical(n)`` and passes the
+    policy's index ``0..n-1`` to the env unchanged, so the env would receive actions outside its
+    space (and the data would not match the space stored with the dataset).
+    """
+    start = getattr(space, "start", None)
+    if isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)) and np.any(start != 0):
+        raise ValueError(
+            f"The env's action space {space} does not start at 0, which TorchRL's GymEnv "
+            "ignores (the env would receive actions outside its space); wrap the gymnasium env "
+            "so its actions start at 0 (e.g. with gymnasium.wrappers.TransformAction) and "
+            "collect from that env"
+        )
 
 
 def _observation_keys(env: EnvBase) -> list[str]:
@@ -177,7 +195,8 @@ def collect_dataset(
     ``action_log_prob`` (and ``action_prob`` for discrete actions), in the Minari
     episode ``infos`` (the entry for ``actions[t]`` is ``infos[key][t + 1]``); a
     :class:`~torchrl_offline.data.behavior.MixturePolicy` also stores ``policy_id``.
-    The last episode, cut by the step budget, is marked truncated.
+    The last episode, cut by the step budget, is marked truncated; a step where the env
+    terminates on its time limit (gymnasium reports both flags) is stored terminated only.
 
     Reproducible: the env is seeded with ``seed`` and the policy's randomness comes from
     torch's generator seeded with ``seed`` (inside :func:`torch.random.fork_rng`, so the
@@ -218,6 +237,8 @@ def collect_dataset(
 
     Raises:
         FileExistsError: the dataset exists and ``overwrite`` is False.
+        ValueError: the env's integer action space does not start at 0 (TorchRL's
+            ``GymEnv`` ignores ``Discrete.start``).
         DatasetError: the policy did not write ``action_log_prob``, or the collected
             data is invalid (e.g. an action outside the action space).
 
@@ -254,6 +275,7 @@ def collect_dataset(
                 "(see EnvBase.add_truncated_keys)"
             )
         obs_space, act_space, env_spec = _spaces(base_env)
+        _check_zero_based(act_space)
         obs_keys = _observation_keys(base_env)
         run_env = base_env
         if IS_INIT not in base_env.observation_spec.keys():
@@ -362,7 +384,15 @@ def _seed_env(run_env: EnvBase, base_env: EnvBase, seed: int) -> None:
 
 
 def _finish_episodes(transitions: TensorDictBase) -> None:
-    """Mark the budget-cut last step truncated and number the episodes from the done flags."""
+    """Resolve doubly-flagged steps, mark the budget-cut last step truncated and number the
+    episodes from the done flags.
+
+    Gymnasium's ``TimeLimit`` reports ``truncated`` on the last allowed step even when the
+    env terminates on that same step; the episode did terminate (nothing to bootstrap), so
+    such a step is stored terminated only (a dataset never has both flags set).
+    """
+    terminated, truncated = transitions.get(TERMINATED), transitions.get(TRUNCATED)
+    truncated &= ~terminated
     done = transitions.get(DONE)
     if not bool(done[-1].all()):
         transitions.get(TRUNCATED)[-1] = True

@@ -10,13 +10,11 @@ The same transitions can also be written as a Minari dataset.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
-import re
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,9 +41,10 @@ from torchrl_offline.data.keys import (
     TERMINATED,
     TRUNCATED,
 )
+from torchrl_offline.data.log_columns import ACCEPTED_NAMES, FLOAT_FIELDS, Column, resolve_columns
+from torchrl_offline.data.log_episodes import Walk, first_index, iter_transitions
 from torchrl_offline.data.log_sources import (
     Name,
-    SourceTable,
     dotted,
     open_source,
 )
@@ -65,521 +64,6 @@ __all__ = ["ACCEPTED_NAMES", "from_logged"]
 
 #: Bumped whenever the stored layout changes, so older cached conversions are not reused.
 _FORMAT_VERSION = 1
-
-
-#: Source names accepted for each field (TorchRL, D4RL and Minari spellings).
-ACCEPTED_NAMES: dict[str, tuple[str, ...]] = {
-    "observation": ("observation", "observations", "obs"),
-    "next_observation": (
-        "next_observation",
-        "next_observations",
-        "next_obs",
-        "next.observation",
-    ),
-    "action": ("action", "actions"),
-    "reward": ("reward", "rewards", "next.reward"),
-    "terminated": ("terminated", "terminals", "terminal", "terminations", "next.terminated"),
-    "truncated": ("truncated", "timeouts", "timeout", "truncations", "next.truncated"),
-    "done": ("done", "dones", "next.done"),
-    "episode": ("episode", "episodes", "episode_id", "episode_ids", "collector.traj_ids"),
-    "action_log_prob": (
-        "action_log_prob",
-        "action_log_probs",
-        "log_prob",
-        "infos.action_log_prob",
-        "infos.action_log_probs",
-    ),
-    "action_prob": ("action_prob", "action_probs", "infos.action_prob", "infos.action_probs"),
-}
-_ALIAS = {alias: field for field, names in ACCEPTED_NAMES.items() for alias in names}
-_NESTABLE = ("observation", "next_observation")
-_FLOAT_FIELDS = ("observation", "next_observation", "reward", "action_log_prob", "action_prob")
-_FLAGS = ("terminated", "truncated", "done")
-# TorchRL rollout bookkeeping that carries no transition data.
-_BOOKKEEPING = {("is_init",), ("step_count",), ("next", "step_count"), ("next", "is_init")}
-_GROUP = re.compile(r"(?P<prefix>.+)_(?P<index>\d+)")
-
-
-# --------------------------------------------------------------------------- columns
-
-
-@dataclass
-class _Column:
-    """How one stored field is read: one source column, or scalar columns stacked."""
-
-    target: Name  # ("observation",), ("observation", "pos"), ("action",), ...
-    sources: tuple[Name, ...]
-    stacked: bool
-
-
-def _canonical(name: str) -> str | None:
-    return _ALIAS.get(name.replace("/", "."))
-
-
-def _accepted_message() -> str:
-    return "; ".join(f"{field}: {', '.join(names)}" for field, names in ACCEPTED_NAMES.items())
-
-
-def _resolve(
-    names: list[Name],
-    columns: Mapping[str, Any] | None,
-    ignore: Sequence[str],
-) -> tuple[list[_Column], list[str]]:
-    """Map source columns to fields. Returns the columns to read and the names ignored."""
-    by_text: dict[str, Name] = {}
-    for name in names:
-        by_text[dotted(name)] = name
-        by_text["/".join(name)] = name
-    ignored_set = {i.replace("/", ".") for i in ignore}
-    for text in ignored_set:
-        if text not in by_text:
-            raise DatasetError(
-                f"Column {text!r} given in ignore= is not in the source; it has "
-                f"{sorted({dotted(n) for n in names})}",
-                field=text,
-            )
-
-    def lookup(text: str, field: str) -> Name:
-        if text not in by_text:
-            raise DatasetError(
-                f"Column {text!r} given in columns= for field {field!r} is not in the source; it "
-                f"has {sorted({dotted(n) for n in names})}",
-                field=text,
-            )
-        return by_text[text]
-
-    resolved: dict[Name, _Column] = {}
-    used: set[Name] = set()
-
-    def add(column: _Column) -> None:
-        if column.target in resolved:
-            others = resolved[column.target].sources + column.sources
-            raise DatasetError(
-                f"Field {dotted(column.target)!r} is given by several columns: "
-                f"{[dotted(n) for n in others]}; keep one (see ignore=) or map it with columns=",
-                field=dotted(column.target),
-            )
-        resolved[column.target] = column
-        used.update(column.sources)
-
-    for field, spec in (columns or {}).items():
-        canon = _canonical(field)
-        if canon is None:
-            raise DatasetError(
-                f"Unknown field {field!r} in columns=; accepted fields: {', '.join(ACCEPTED_NAMES)}",
-                field=field,
-            )
-        entries = spec.items() if isinstance(spec, Mapping) else [(None, spec)]
-        if isinstance(spec, Mapping) and canon not in _NESTABLE:
-            raise DatasetError(
-                f"Field {field!r} cannot be nested; only observations take a mapping in columns=",
-                field=field,
-            )
-        for sub, value in entries:
-            target = (canon,) if sub is None else (canon, *str(sub).split("."))
-            if isinstance(value, str):
-                add(_Column(target, (lookup(value, field),), stacked=False))
-            else:
-                add(_Column(target, tuple(lookup(v, field) for v in value), stacked=True))
-
-    skipped: list[str] = []
-    unknown: list[str] = []
-    groups: dict[str, dict[int, Name]] = {}
-    root_flags: list[Name] = []
-    for name in names:
-        text = dotted(name)
-        if name in used:
-            continue
-        if (
-            text in ignored_set
-            or name in _BOOKKEEPING
-            or (name[0] == "collector" and text != "collector.traj_ids")
-        ):
-            skipped.append(text)
-            continue
-        if len(name) == 1 and name[0] in _FLAGS:
-            root_flags.append(name)  # decided below: TorchRL's root flags or plain logs
-            continue
-        target = _target(name)
-        if target is not None:
-            add(_Column(target, (name,), stacked=False))
-            continue
-        if len(name) == 1 and (m := _GROUP.fullmatch(name[0])):
-            canon = _canonical(m["prefix"])
-            if canon in ("observation", "next_observation", "action"):
-                groups.setdefault(canon, {})[int(m["index"])] = name
-                continue
-        if name[0] == "infos" and len(name) > 1:
-            skipped.append(text)  # D4RL per-step infos other than behaviour probabilities
-            continue
-        unknown.append(text)
-    if unknown:
-        raise DatasetError(
-            f"Unknown column {unknown[0]!r}"
-            + (f" (and {unknown[1:]})" if unknown[1:] else "")
-            + f"; accepted names are {_accepted_message()}; vector fields may also be split in "
-            "scalar columns named like observation_0, observation_1, ...; map other names with "
-            "columns= or skip them with ignore=",
-            field=unknown[0],
-        )
-    for name in root_flags:
-        if (name[0],) in resolved or ("next", name[0]) in [c.sources[0] for c in resolved.values()]:
-            skipped.append(name[0])  # a TorchRL rollout's root flags belong to the previous step
-        else:
-            add(_Column((name[0],), (name,), stacked=False))
-    for canon, members in groups.items():
-        indices = sorted(members)
-        if indices != list(range(len(indices))):
-            missing = next(i for i in range(len(indices)) if i not in members)
-            raise DatasetError(
-                f"Columns {canon}_0, {canon}_1, ...: {canon}_{missing} is missing",
-                field=f"{canon}_{missing}",
-            )
-        add(_Column((canon,), tuple(members[i] for i in indices), stacked=True))
-
-    targets = set(resolved)
-    for canon in _NESTABLE:
-        nested = [t for t in targets if t[0] == canon and len(t) > 1]
-        if (canon,) in targets and nested:
-            raise DatasetError(
-                f"Field {canon!r} is given both as one column and as nested entries "
-                f"{[dotted(t) for t in nested]}",
-                field=canon,
-            )
-    for field in ("observation", "action", "reward"):
-        if not any(t[0] == field for t in targets):
-            raise DatasetError(
-                f"Missing field {field!r}: no column named {' / '.join(ACCEPTED_NAMES[field])} "
-                f"(or {field}_0, {field}_1, ...); map yours with columns={{{field!r}: ...}}",
-                field=field,
-            )
-    obs_subs = {t[1:] for t in targets if t[0] == "observation"}
-    next_subs = {t[1:] for t in targets if t[0] == "next_observation"}
-    if next_subs and next_subs != obs_subs:
-        raise DatasetError(
-            "Fields 'observation' and 'next_observation' have different entries: "
-            f"{sorted(obs_subs)} vs {sorted(next_subs)}",
-            field="next_observation",
-        )
-    return list(resolved.values()), skipped
-
-
-def _target(name: Name) -> Name | None:
-    """The field a (possibly nested) source name stands for, or None."""
-    if name[0] == "next" and len(name) > 1:
-        if name[1] in ACCEPTED_NAMES["observation"]:
-            return ("next_observation", *name[2:])
-        canon = _canonical("next." + name[1])
-        return (canon,) if canon is not None and len(name) == 2 else None
-    for cut in range(len(name), 0, -1):
-        canon = _canonical(".".join(name[:cut]))
-        if canon is not None:
-            rest = name[cut:]
-            if rest and canon not in _NESTABLE:
-                return None
-            return (canon, *rest)
-    return None
-
-
-# --------------------------------------------------------------------------- values
-
-
-def _numeric(values: np.ndarray, field: str, offset: int) -> np.ndarray:
-    """Cells as one numeric array ``[rows, *shape]`` (array-valued or string cells stacked)."""
-    if values.dtype.kind in "biuf":
-        return values
-    if values.dtype.kind in "OUS":
-        cells = []
-        shape = None
-        for i, cell in enumerate(values):
-            if cell is None or (
-                isinstance(cell, float) and np.isnan(cell) and shape not in (None, ())
-            ):
-                raise DatasetError(
-                    f"Field {field!r}: missing value at index {offset + i}",
-                    field=field,
-                    index=offset + i,
-                )
-            if isinstance(cell, (str, bytes)):
-                text = cell.decode() if isinstance(cell, bytes) else cell
-                try:
-                    cell = np.array(text.strip().strip("[]").replace(",", " ").split(), float)
-                except ValueError:
-                    raise DatasetError(
-                        f"Field {field!r}: cannot read {text!r} at index {offset + i} as a "
-                        "number or a vector",
-                        field=field,
-                        index=offset + i,
-                    ) from None
-            cell = np.asarray(cell)
-            if shape is None:
-                shape = cell.shape
-            elif cell.shape != shape:
-                raise DatasetError(
-                    f"Field {field!r}: the value at index {offset + i} has shape "
-                    f"{list(cell.shape)}, earlier values have {list(shape)}",
-                    field=field,
-                    index=offset + i,
-                )
-            cells.append(cell)
-        if not cells:
-            return np.zeros((0,), np.float64)
-        return np.stack(cells)
-    raise DatasetError(
-        f"Field {field!r}: unsupported data type {values.dtype}", field=field, index=offset
-    )
-
-
-def _flag(values: np.ndarray, field: str, offset: int) -> np.ndarray:
-    values = _numeric(values, field, offset)
-    values = values.reshape(values.shape[0], -1)
-    if values.shape[1] != 1:
-        raise DatasetError(
-            f"Field {field!r} must hold one flag per transition, got shape {list(values.shape)}",
-            field=field,
-        )
-    values = values[:, 0]
-    if values.dtype != np.bool_:
-        bad = ~((values == 0) | (values == 1))
-        if bad.any():
-            i = int(bad.nonzero()[0][0])
-            raise DatasetError(
-                f"Field {field!r}: flag at index {offset + i} is {values[i]!r}, expected 0/1 or "
-                "True/False",
-                field=field,
-                index=offset + i,
-            )
-        values = values == 1
-    return values
-
-
-def _assemble(chunk: dict[Name, np.ndarray], columns: list[_Column], offset: int) -> dict:
-    """Source columns of a chunk -> per-field numpy arrays (flags bool ``[n]``, reward ``[n]``)."""
-    out: dict[Name, np.ndarray] = {}
-    for column in columns:
-        field = dotted(column.sources[0]) if not column.stacked else dotted(column.target)
-        if column.stacked:
-            parts = []
-            for source in column.sources:
-                part = _numeric(chunk[source], dotted(source), offset)
-                if part.ndim != 1:
-                    raise DatasetError(
-                        f"Column {dotted(source)!r} (part of {field!r}) must hold scalars, got "
-                        f"shape {list(part.shape[1:])} per row",
-                        field=dotted(source),
-                    )
-                parts.append(part)
-            value = np.stack(parts, axis=-1)
-        elif column.target[0] == "episode":
-            value = chunk[column.sources[0]]
-            if value.ndim > 1 and value.shape[1:] == (1,):
-                value = value[:, 0]
-        elif column.target[0] in _FLAGS:
-            value = _flag(chunk[column.sources[0]], field, offset)
-        else:
-            value = _numeric(chunk[column.sources[0]], field, offset)
-        if column.target[0] in ("reward", "action_log_prob", "action_prob"):
-            if value.shape[1:] not in ((), (1,)):
-                raise DatasetError(
-                    f"Field {field!r} must hold one number per transition, got shape "
-                    f"{list(value.shape[1:])}",
-                    field=field,
-                )
-            value = value.reshape(-1)
-        out[column.target] = value
-    return out
-
-
-def _concat(a: dict | None, b: dict) -> dict:
-    if a is None:
-        return b
-    return {k: np.concatenate([a[k], b[k]]) for k in b}
-
-
-# --------------------------------------------------------------------------- transitions
-
-
-@dataclass
-class _Walk:
-    """State carried from chunk to chunk while turning rows into transitions."""
-
-    episodes_started: int = 0  # episodes begun so far among the kept rows
-    last_end: bool = True  # whether the last kept row ended its episode
-    last_id: Any = None  # the source episode id of the last row seen (id-column mode)
-    seen_ids: set = dataclasses.field(default_factory=set)
-    dropped: int = 0  # transitions dropped for lack of a next observation
-
-
-def _transitions(
-    table: SourceTable,
-    columns: list[_Column],
-    *,
-    chunk_size: int,
-    drop_incomplete: bool,
-    state: _Walk | None = None,
-) -> Iterator[tuple[dict[Name, np.ndarray], np.ndarray]]:
-    """Yield ``(fields, source_rows)`` chunks of finished transitions.
-
-    Each row needs its successor (episode change, derived next observation) and the row
-    after it (whether the successor is dropped), so the last two rows of a chunk wait for
-    the next one.
-    """
-    state = state if state is not None else _Walk()
-    carry: dict | None = None
-    offset = 0  # source index of carry's first row
-    read = 0
-    for chunk in table.chunks(chunk_size):
-        n_chunk = len(next(iter(chunk.values()))) if chunk else 0
-        if n_chunk == 0:
-            continue
-        data = _assemble(chunk, columns, read)
-        read += n_chunk
-        buffer = _concat(carry, data)
-        n = len(next(iter(buffer.values())))
-        if n <= 2:
-            carry = buffer
-            continue
-        ready = n - 2
-        yield _finish(
-            buffer, ready, offset, final=False, state=state, drop_incomplete=drop_incomplete
-        )
-        carry = {k: v[ready:] for k, v in buffer.items()}
-        offset += ready
-    if carry is not None:
-        n = len(next(iter(carry.values())))
-        yield _finish(carry, n, offset, final=True, state=state, drop_incomplete=drop_incomplete)
-
-
-def _finish(
-    buf: dict[Name, np.ndarray],
-    m: int,
-    offset: int,
-    *,
-    final: bool,
-    state: _Walk,
-    drop_incomplete: bool,
-) -> tuple[dict[Name, np.ndarray], np.ndarray]:
-    """Finish rows ``[0, m)`` of ``buf`` (its later rows are only looked at)."""
-    n = len(next(iter(buf.values())))
-    zeros = np.zeros(n, bool)
-    term, trunc, done = (buf.get((f,)) for f in _FLAGS)
-    if term is None and done is not None:
-        term = done & ~(trunc if trunc is not None else zeros)
-    if trunc is None and done is not None and term is not None:
-        trunc = done & ~term
-    if done is not None and (given := [f for f in (term, trunc) if f is not None]):
-        both = given[0] if len(given) == 1 else given[0] | given[1]
-        wrong = both != done if len(given) == 2 else both & ~done
-        if (i := _first(wrong[:m])) is not None:
-            raise DatasetError(
-                f"Field 'done' at index {offset + i} disagrees with 'terminated' / 'truncated'; "
-                "done must be terminated | truncated",
-                field="done",
-                index=offset + i,
-            )
-    term = (term if term is not None else zeros).copy()
-    trunc = (trunc if trunc is not None else zeros).copy()
-    flag_end = term | trunc
-    if done is not None:
-        flag_end = flag_end | done
-
-    # end[i]: row i is the last of its episode (known for i < n - 1, or i = n - 1 if final).
-    ids = buf.get(("episode",))
-    if ids is not None:
-        end = np.ones(n, bool)
-        end[:-1] = ids[1:] != ids[:-1]
-        starts = np.concatenate([[0], np.nonzero(end[:-1])[0] + 1])
-        for s in starts[starts < m]:
-            key = ids[s].item() if hasattr(ids[s], "item") else ids[s]
-            if s == 0 and state.last_id is not None and key == state.last_id:
-                continue  # continues the episode of the previous chunk
-            if key in state.seen_ids:
-                raise DatasetError(
-                    f"Field 'episode': episode {key!r} resumes at index {offset + s} after "
-                    "another episode; each episode's rows must be contiguous and in time order",
-                    field="episode",
-                    index=int(offset + s),
-                )
-            state.seen_ids.add(key)
-        if m:
-            last = ids[m - 1]
-            state.last_id = last.item() if hasattr(last, "item") else last
-        inner = flag_end & ~end
-        if (i := _first(inner[:m])) is not None:
-            raise DatasetError(
-                f"A done flag is set at index {offset + i} but the episode id continues on the "
-                "next row; the episode column and the done flags disagree",
-                field="episode",
-                index=offset + i,
-            )
-    else:
-        end = flag_end.copy()
-        if final:
-            end[-1] = True
-    # An episode that ends in the log without a flag was cut: it is truncated.
-    trunc |= end & ~term & ~trunc
-
-    next_given = any(k[0] == "next_observation" for k in buf)
-    if next_given:
-        missing = np.zeros(n, bool)
-    else:
-        missing = end.copy()
-        if not final:
-            missing[-1] = False  # not known yet: looked at again with the next chunk
-    if (i := _first(missing[:m])) is not None and not drop_incomplete:
-        raise DatasetError(
-            f"Field 'next_observation': the transition at index {offset + i} ends its episode "
-            "and there is no next_observation column to take its next observation from (the "
-            "next row starts another episode or there is none). Add a next_observation column "
-            "or pass drop_incomplete=True to drop such transitions",
-            field="next_observation",
-            index=offset + i,
-        )
-    keep = ~missing
-    same = ~end  # row i + 1 continues row i's episode
-    # A kept row followed by a dropped row of its own episode becomes that episode's end.
-    cut = keep[:-1] & ~end[:-1] & missing[1:]
-    trunc[:-1] |= cut
-    end[:-1] |= cut
-
-    out: dict[Name, np.ndarray] = {}
-    for key, value in buf.items():
-        if key[0] in (
-            "observation",
-            "next_observation",
-            "action",
-            "action_log_prob",
-            "action_prob",
-            "reward",
-        ):
-            out[key] = value[:m]
-    if not next_given:
-        rows = np.nonzero(same[:m])[0]
-        for key, value in buf.items():
-            if key[0] == "observation":
-                nxt = np.zeros_like(value[:m])
-                nxt[rows] = value[rows + 1]
-                out[("next_observation", *key[1:])] = nxt
-    out[("terminated",)] = term[:m]
-    out[("truncated",)] = trunc[:m]
-
-    # Stored episode numbers: dense over kept rows.
-    rows = np.nonzero(keep[:m])[0]
-    episode = np.zeros(len(rows), np.int64)
-    if len(rows):
-        starts = np.concatenate([[state.last_end], end[rows[:-1]]])
-        episode = state.episodes_started + np.cumsum(starts) - 1
-        state.episodes_started += int(starts.sum())
-        state.last_end = bool(end[rows[-1]])
-    state.dropped += m - len(rows)
-    out = {k: v[rows] for k, v in out.items()}
-    out[("episode",)] = episode.astype(np.int64)
-    return out, rows + offset
-
-
-def _first(mask: np.ndarray) -> int | None:
-    hits = np.nonzero(mask)[0]
-    return int(hits[0]) if len(hits) else None
 
 
 # --------------------------------------------------------------------------- spaces
@@ -705,7 +189,7 @@ def _check_space_shape(value: np.ndarray, space: gym.Space, field: str) -> np.nd
 def _check_integral(value: np.ndarray, field: str, rows: np.ndarray) -> None:
     if value.dtype.kind == "f":
         bad = value != np.round(value)
-        if (i := _first(bad.reshape(len(value), -1).any(-1))) is not None:
+        if (i := first_index(bad.reshape(len(value), -1).any(-1))) is not None:
             raise DatasetError(
                 f"Field {field!r}: value {value[i].tolist()} at index {int(rows[i])} is not an "
                 "integer, but its space is discrete",
@@ -770,7 +254,7 @@ def _tensordict(
     return td
 
 
-def _stored_names(columns: list[_Column]) -> dict[str, str]:
+def _stored_names(columns: list[Column]) -> dict[str, str]:
     """Stored key (as validation errors name it) -> the source column it comes from."""
     out: dict[str, str] = {}
     for column in columns:
@@ -954,10 +438,10 @@ def from_logged(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     table = open_source(source, file_format, chunk_size)
-    resolved, skipped = _resolve(table.names, columns, ignore)
+    resolved, skipped = resolve_columns(table.names, columns, ignore)
     table.select(
         {n for c in resolved for n in c.sources},
-        {n for c in resolved if c.target[0] in _FLOAT_FIELDS for n in c.sources},
+        {n for c in resolved if c.target[0] in FLOAT_FIELDS for n in c.sources},
     )
 
     given: dict[Name, gym.Space] = {}
@@ -983,8 +467,8 @@ def from_logged(
     stats: dict[Name, _Stats] = {}
     negative: dict[Name, int] = {}
     total = 0
-    walk = _Walk()
-    for fields, rows in _transitions(
+    walk = Walk()
+    for fields, rows in iter_transitions(
         table, resolved, chunk_size=chunk_size, drop_incomplete=drop_incomplete, state=walk
     ):
         if not len(rows):
@@ -1003,7 +487,7 @@ def from_logged(
                     )
                 if value.dtype.kind in "iu" and target not in negative:
                     bad = (value < 0).reshape(len(value), -1).any(-1)
-                    if (i := _first(bad)) is not None:
+                    if (i := first_index(bad)) is not None:
                         negative[target] = int(rows[i])
         for key in sorted(td.keys(True, True), key=str):
             hasher.update(str(key).encode())
@@ -1095,7 +579,7 @@ def from_logged(
         with atomic_directory(final, overwrite=True) as tmp:
             out = allocate_transitions(spec, total, tmp / "transitions")
             start = 0
-            for fields, rows in _transitions(
+            for fields, rows in iter_transitions(
                 table, resolved, chunk_size=chunk_size, drop_incomplete=drop_incomplete
             ):
                 if not len(rows):

@@ -64,7 +64,8 @@ from torchrl_offline.data.validate import validate_transitions
 __all__ = ["CONVERSION_FORMAT_VERSION", "default_cache_dir", "load_minari", "minari_content_hash"]
 
 #: Bumped whenever the converted layout changes, so older caches are not reused.
-CONVERSION_FORMAT_VERSION = 1
+#: 2: the last step of an episode that ends with neither flag set is stored truncated.
+CONVERSION_FORMAT_VERSION = 2
 
 _METADATA_FILE = "metadata.json"
 _CHUNK_TRANSITIONS = 65_536
@@ -205,6 +206,43 @@ def _find_dataset(
     )
 
 
+def _decode_arrow_info(values: Any) -> dict[str, Any]:
+    """Minari's Arrow ``infos`` decoder, also reading 1-D info arrays.
+
+    Minari 0.5.4 writes the per-step shape of an info array as field metadata and parses
+    it back with ``int()``; the shape of scalar steps is the empty string, so any dataset
+    with an info written as a 1-D numpy array (e.g. ``infos={"x": np.zeros(T + 1)}``)
+    cannot be read back by Minari itself (``invalid literal for int()``).
+    """
+    import pyarrow as pa
+
+    out: dict[str, Any] = {}
+    for i, field in enumerate(values.type):
+        column = values.field(i)
+        if isinstance(column, pa.StructArray):
+            out[field.name] = _decode_arrow_info(column)
+            continue
+        value = np.stack(column.to_numpy(zero_copy_only=False))
+        shape = (field.metadata or {}).get(b"shape")
+        if shape:
+            value = value.reshape(len(value), *(int(d) for d in shape.split(b",")))
+        out[field.name] = value
+    return out
+
+
+@contextlib.contextmanager
+def _tolerant_arrow_infos() -> Iterator[None]:
+    """Use :func:`_decode_arrow_info` in Minari's Arrow reader for the duration of a read."""
+    from minari.dataset._storages import arrow_storage
+
+    previous = arrow_storage._decode_info
+    arrow_storage._decode_info = _decode_arrow_info
+    try:
+        yield
+    finally:
+        arrow_storage._decode_info = previous
+
+
 def _torch_dtype(np_dtype: np.dtype, float_dtype: torch.dtype) -> torch.dtype:
     np_dtype = np.dtype(np_dtype)
     if np.issubdtype(np_dtype, np.floating):
@@ -251,6 +289,22 @@ def _value_leaves(value: Any, space: gym.Space, prefix: Key) -> Iterator[tuple[K
         yield prefix, np.asarray(value)
 
 
+def _info_value(infos: dict, name: str) -> Any:
+    """The ``infos`` entry named ``name`` (``"group/entry"`` for nested infos), or None."""
+    value: Any = infos
+    for part in name.split("/"):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _info_key(name: str) -> Key:
+    """Where an ``infos`` entry is stored: ``"policy_id"`` -> ``("policy_id",)``, a nested
+    ``"group/entry"`` -> ``("group", "entry")``."""
+    return tuple(name.split("/"))
+
+
 def _episode_lengths(storage: Any) -> list[int]:
     """Per-episode step counts from Minari's episode metadata (read in one pass, no step data)."""
     n = int(storage.total_episodes)
@@ -291,8 +345,13 @@ def _read_chunk(
     info_keys: list[str],
     spec: dict[Key, tuple[tuple[int, ...], torch.dtype]],
     start: int,
+    unflagged_ends: list[int],
 ) -> TensorDict:
-    """Read a group of episodes into one in-memory tensordict (TorchRL layout, index actions)."""
+    """Read a group of episodes into one in-memory tensordict (TorchRL layout, index actions).
+
+    The ids of episodes whose last step has neither flag set are appended to
+    ``unflagged_ends`` (their last step is stored truncated).
+    """
     columns: dict[Key, list[np.ndarray]] = defaultdict(list)
     offset = start
     for ep, length, ep_id in zip(episodes, expected, episode_ids):
@@ -325,21 +384,28 @@ def _read_chunk(
         truncations = np.asarray(ep["truncations"]).reshape(-1)
         if len(truncations) != steps:
             fail("truncations", len(truncations), steps)
+        if steps and not (truncations[-1] or columns[TERMINATED][-1][-1]):
+            # An episode that stops without a flag was cut: it is truncated, as Minari's own
+            # DataCollector marks an unfinished episode. Left unflagged, the boundary would
+            # be invisible to anything that follows done flags (n-step returns, GAE, ...).
+            truncations = truncations.astype(bool, copy=True)
+            truncations[-1] = True
+            unflagged_ends.append(ep_id)
         columns[TRUNCATED].append(truncations)
         infos = ep.get("infos") or {}
         for name in info_keys:
-            if name not in infos:
+            if (found := _info_value(infos, name)) is None:
                 raise DatasetError(
                     f"Field 'infos/{name}' is missing from Minari episode {ep_id} (transitions "
                     f"from index {offset}) but present in episode 0",
                     field=name,
                     index=offset,
                 )
-            values = np.asarray(infos[name])
+            values = np.asarray(found)
             if len(values) != steps + 1:
                 fail(f"infos/{name}", len(values), steps + 1)
             # infos hold the reset info first: the entry of actions[t] is at t + 1.
-            columns[(name,)].append(values[1:])
+            columns[_info_key(name)].append(values[1:])
         columns[(EPISODE,)].append(np.full(steps, ep_id, dtype=np.int64))
         offset += steps
     if offset - start != sum(expected):
@@ -397,9 +463,17 @@ def _convert(
     first_infos = first.get("infos") or {}
     behavior_keys = [k for k in BEHAVIOR_INFO_KEYS if k in first_infos and k not in info_keys]
     for name in info_keys:
-        if name not in first_infos:
+        found = _info_value(first_infos, name)
+        if found is None:
             raise DatasetError(
                 f"Field 'infos/{name}' requested by info_keys is not in Minari episode 0",
+                field=name,
+                index=0,
+            )
+        if isinstance(found, dict):
+            raise DatasetError(
+                f"Field 'infos/{name}' requested by info_keys is a group of infos "
+                f"({sorted(found)}); name one of its entries, e.g. '{name}/{next(iter(found))}'",
                 field=name,
                 index=0,
             )
@@ -417,8 +491,8 @@ def _convert(
     for name in behavior_keys:
         spec[(name,)] = ((), dtype)
     for name in info_keys:
-        array = np.asarray(first_infos[name])
-        spec[(name,)] = (tuple(array.shape[1:]), _torch_dtype(array.dtype, dtype))
+        array = np.asarray(_info_value(first_infos, name))
+        spec[_info_key(name)] = (tuple(array.shape[1:]), _torch_dtype(array.dtype, dtype))
     stored_spec = dict(spec)
     if one_hot_actions:
         stored_spec[(ACTION,)] = ((int(action_space.n),), torch.int64)
@@ -450,6 +524,7 @@ def _convert(
 
     # An existing target here is incomplete (damaged by hand): replace it. Otherwise, if
     # another process finishes the same conversion first, its result is kept.
+    unflagged_ends: list[int] = []
     with atomic_directory(target, overwrite=target.exists()) as tmp:
         out = allocate_transitions(stored_spec, total, tmp / "transitions")
         for group, start, stop in _chunks(lengths, chunk_transitions):
@@ -462,12 +537,14 @@ def _convert(
                 info_keys=behavior_keys + info_keys,
                 spec=spec,
                 start=start,
+                unflagged_ends=unflagged_ends,
             )
             validate_transitions(chunk, action_space=action_space, offset=start)
             if one_hot_actions:
                 chunk.set(ACTION, _to_one_hot(chunk.get(ACTION), action_space))
             out[start:stop] = chunk
             del chunk
+        metadata["truncated_unflagged_ends"] = len(unflagged_ends)
         write_complete_marker(tmp, metadata)
 
 
@@ -516,6 +593,10 @@ def load_minari(
     observation spaces become nested keys (Tuple entries are named ``"0"``,
     ``"1"``, ...). Floating data is cast to ``dtype``; integer data keeps its dtype;
     Discrete actions are int64 values of the space (one-hot int64 on request).
+    Flags are Minari's, except that an episode whose last step has neither flag set
+    (an episode cut short) gets its last step truncated, as Minari's own
+    ``DataCollector`` does, so every episode boundary is a ``done`` (the count is
+    ``metadata["truncated_unflagged_ends"]``).
 
     No network is used unless ``download=True``. The converted data is cached under
     ``cache_dir``, keyed by a hash of the files under the dataset's ``data/`` folder,
@@ -542,9 +623,11 @@ def load_minari(
         cache_dir: where conversions are cached; default ``$TORCHRL_OFFLINE_CACHE``,
             else ``~/.cache/torchrl_offline``.
         download: download a dataset id missing locally with Minari's own downloader.
-        info_keys: more per-step fields to read from the episodes' ``infos`` (for
-            example ``"policy_id"``), stored under their own name. As for the behaviour
-            fields, entry ``t + 1`` of ``infos`` belongs to transition ``t``.
+        info_keys: more per-step fields to read from the episodes' ``infos``, stored
+            under their own name (for example ``"policy_id"``; ``"group/entry"`` names an
+            entry of nested infos, stored under the nested key ``("group", "entry")``). As
+            for the behaviour fields, entry ``t + 1`` of ``infos`` belongs to transition
+            ``t``.
         chunk_transitions: about how many transitions are read into memory at once.
         **kwargs: forwarded to :class:`~torchrl.data.TensorDictReplayBuffer` (a
             read-only :class:`~torchrl.data.replay_buffers.ImmutableDatasetWriter` by
@@ -595,7 +678,7 @@ def load_minari(
         raise ValueError(f"chunk_transitions must be positive, got {chunk_transitions}")
     info_keys = [str(k) for k in info_keys]
     reserved = {OBSERVATION, ACTION, EPISODE, "next", "index"}
-    if clash := reserved.intersection(info_keys):
+    if clash := reserved.intersection(k.split("/")[0] for k in info_keys):
         raise ValueError(f"info_keys may not use the reserved key(s) {sorted(clash)}")
     folder = _find_dataset(dataset_id_or_path, root, download)
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -613,7 +696,7 @@ def load_minari(
     target = _cache_entry(cache_root, dataset_id, key)
     if not is_complete(target):
         _remove_abandoned_builds(target)
-        with _one_torch_thread():
+        with _one_torch_thread(), _tolerant_arrow_infos():
             _convert(
                 folder,
                 target,

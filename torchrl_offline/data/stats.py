@@ -65,7 +65,7 @@ class DatasetStats:
             "reward": self.reward,
             "terminated": self.terminated,
             "truncated": self.truncated,
-            "action": self.action,
+            "action": _json_action(self.action),
             "observation_mean": {k: v.tolist() for k, v in self.observation_mean.items()},
             "observation_std": {k: v.tolist() for k, v in self.observation_std.items()},
         }
@@ -84,6 +84,8 @@ class DatasetStats:
         if self.action.get("kind") == "discrete":
             counts = ", ".join(f"{a}: {c}" for a, c in self.action["counts"].items())
             lines.append(f"actions          discrete, counts {{{counts}}}")
+        elif self.action.get("kind") == "composite":
+            lines.append(f"actions          composite, keys {self.action['keys']}")
         else:
             lines.append(
                 f"actions          continuous, dim {self.action['dim']}, "
@@ -99,6 +101,14 @@ class DatasetStats:
         return "\n".join(lines)
 
 
+def _json_action(action: dict[str, Any]) -> dict[str, Any]:
+    """The action summary with tuple count keys (MultiDiscrete actions) as strings."""
+    counts = action.get("counts")
+    if not counts or not any(isinstance(k, tuple) for k in counts):
+        return action
+    return {**action, "counts": {str(list(k)): c for k, c in counts.items()}}
+
+
 def _summary(x: torch.Tensor) -> dict[str, float]:
     x = x.to(torch.float64)
     if x.numel() == 0:
@@ -110,18 +120,41 @@ def _summary(x: torch.Tensor) -> dict[str, float]:
     return out
 
 
-def _box_bounds(data: Any, dim: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Finite bounds of the dataset's Box action space, from ``data.metadata``, if known."""
+def _action_counts(counts: dict[tuple[int, ...], int], *, vector_space: bool) -> dict[Any, int]:
+    """Counts keyed by action: an int for index (or one-hot) actions, else a tuple (MultiDiscrete,
+    MultiBinary). Rows are read as one-hot encodings of indices only when every row is one-hot
+    (one 1, zeros elsewhere) and the action space is not known to be a vector space."""
+    width = len(next(iter(counts)))
+    one_hot = (
+        not vector_space and width > 1 and all(set(v) <= {0, 1} and sum(v) == 1 for v in counts)
+    )
+    if width == 1:
+        out: dict[Any, int] = {v[0]: c for v, c in counts.items()}
+    elif one_hot:
+        out = {v.index(1): c for v, c in counts.items()}
+    else:
+        out = dict(counts)
+    return dict(sorted(out.items()))
+
+
+def _action_space(data: Any) -> Any:
+    """The dataset's gymnasium action space, from ``data.metadata``, if known."""
     serialized = getattr(data, "metadata", {}).get("action_space")
     if not isinstance(serialized, str):
         return None
-    import gymnasium as gym
     from minari.serialization import deserialize_space
 
     try:
-        space = deserialize_space(serialized)
-    except Exception:  # unknown or custom space: fall back to the observed range
+        return deserialize_space(serialized)
+    except Exception:  # unknown or custom space
         return None
+
+
+def _box_bounds(data: Any, dim: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Finite bounds of the dataset's Box action space, from ``data.metadata``, if known."""
+    import gymnasium as gym
+
+    space = _action_space(data)
     if not isinstance(space, gym.spaces.Box) or space.low.size != dim:
         return None
     low = torch.as_tensor(space.low.reshape(-1), dtype=torch.float64)
@@ -152,6 +185,9 @@ def dataset_stats(
             space's bounds when the dataset's metadata gives a bounded Box, else over the
             observed action range (1.0 = every bin of every dimension visited).
         discrete_actions: force the action kind; inferred from the dtype by default.
+            Discrete actions are counted by value: index (or one-hot) actions by index,
+            vector actions (MultiDiscrete, MultiBinary) by their tuple of values. Nested
+            (Tuple / Dict) actions get no coverage measure (kind ``"composite"``).
         chunk_size: transitions read at a time.
 
     Returns:
@@ -176,8 +212,10 @@ def dataset_stats(
         raise DatasetError("The dataset holds no transitions")
     keys = set(td.keys(True, True))
     for required in (ACTION, EPISODE, REWARD):
-        if required not in keys:
+        if required not in keys and required not in td.keys(True):
             raise DatasetError(f"Missing field {key_name(required)!r}", field=key_name(required))
+    # Tuple / Dict action spaces store a nested action: no single coverage measure applies.
+    composite = isinstance(td.get(ACTION), TensorDictBase)
 
     obs_keys = [
         k
@@ -185,8 +223,8 @@ def dataset_stats(
         if (k == OBSERVATION or (isinstance(k, tuple) and k[0] == OBSERVATION))
         and td.get(k).is_floating_point()
     ]
-    action_dtype = td.get(ACTION).dtype
-    discrete = (
+    action_dtype = None if composite else td.get(ACTION).dtype
+    discrete = not composite and (
         discrete_actions
         if discrete_actions is not None
         else not (action_dtype.is_floating_point or action_dtype.is_complex)
@@ -202,7 +240,7 @@ def dataset_stats(
     r_min, r_max = float("inf"), float("-inf")
     term = trunc = 0
     a_min = a_max = None
-    counts: dict[int, int] = {}
+    counts: dict[tuple[int, ...], int] = {}
     for _, chunk in iter_chunks(td, chunk_size):
         for k in obs_keys:
             x = chunk.get(k).to(torch.float64)
@@ -227,12 +265,16 @@ def dataset_stats(
             term += int(chunk.get(("next", "terminated")).sum())
         if ("next", "truncated") in keys:
             trunc += int(chunk.get(("next", "truncated")).sum())
+        if composite:
+            continue
         action = chunk.get(ACTION)
         if discrete:
-            idx = action.argmax(-1) if action.ndim > 1 and action.shape[-1] > 1 else action
-            vals, cnt = torch.unique(idx.reshape(-1), return_counts=True)
+            # Distinct action vectors (one entry for index actions); one-hot rows are turned
+            # into indices at the end, once every row is known to be one-hot.
+            rows = action.reshape(action.shape[0], -1).long()
+            vals, cnt = torch.unique(rows, dim=0, return_counts=True)
             for v, c in zip(vals.tolist(), cnt.tolist()):
-                counts[v] = counts.get(v, 0) + c
+                counts[tuple(v)] = counts.get(tuple(v), 0) + c
         else:
             flat = action.reshape(action.shape[0], -1).to(torch.float64)
             lo, hi = flat.min(0).values, flat.max(0).values
@@ -244,8 +286,21 @@ def dataset_stats(
     mean = {k: (sums[k] / n) for k in obs_keys}
     std = {k: (sq[k] / n - mean[k] ** 2).clamp_min(0).sqrt() for k in obs_keys}
 
-    if discrete:
-        action_info: dict[str, Any] = {"kind": "discrete", "counts": dict(sorted(counts.items()))}
+    if composite:
+        action_info: dict[str, Any] = {
+            "kind": "composite",
+            "keys": [key_name(k) for k in td.get(ACTION).keys(True, True)],
+        }
+    elif discrete:
+        import gymnasium as gym
+
+        vector_space = isinstance(
+            _action_space(data), (gym.spaces.MultiBinary, gym.spaces.MultiDiscrete)
+        )
+        action_info = {
+            "kind": "discrete",
+            "counts": _action_counts(counts, vector_space=vector_space),
+        }
     else:
         # Pass 2 over actions only: histogram occupancy per dimension.
         assert a_min is not None and a_max is not None

@@ -69,9 +69,11 @@ def check_action_in_space(
         low = torch.tensor(np.broadcast_to(space.low, space.shape), dtype=torch.float64)
         high = torch.tensor(np.broadcast_to(space.high, space.shape), dtype=torch.float64)
         a = action.to(torch.float64)
-        # float32 storage may round a bound outward by one ulp.
-        tol = 1e-6 * torch.clamp(torch.maximum(low.abs(), high.abs()), min=1.0)
-        bad = (a < low - tol) | (a > high + tol)
+        # float32 storage may round a bound outward by one ulp. Each bound gets its own
+        # tolerance: one infinite bound must not disable the check of the other.
+        bad = (a < low - 1e-6 * low.abs().clamp(min=1.0)) | (
+            a > high + 1e-6 * high.abs().clamp(min=1.0)
+        )
         if (i := _first_true(bad)) is not None:
             raise DatasetError(
                 f"Field {field!r}: action at index {i + offset} is outside the action space bounds "
@@ -165,5 +167,18 @@ def validate_transitions(
                 field=key_name(DONE),
                 index=i + offset,
             )
-    if action_space is not None and ACTION in keys:
-        check_action_in_space(td.get(ACTION), action_space, offset=offset)
+    if action_space is not None and ACTION in td.keys(True):
+        _check_nested_action(td.get(ACTION), action_space, offset, ACTION)
+
+
+def _check_nested_action(action: Any, space: gym.Space, offset: int, field: str) -> None:
+    """Check each leaf of a Dict / Tuple action (nested keys, Tuple entries "0", "1", ...)."""
+    if isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)) and isinstance(
+        action, TensorDictBase
+    ):
+        subs = space.spaces.items() if isinstance(space, gym.spaces.Dict) else enumerate(space)
+        for name, sub in subs:
+            if str(name) in action.keys():
+                _check_nested_action(action.get(str(name)), sub, offset, f"{field}.{name}")
+    elif isinstance(action, torch.Tensor):
+        check_action_in_space(action, space, offset=offset, field=field)
