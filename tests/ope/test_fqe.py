@@ -436,3 +436,74 @@ def test_fqe_reads_a_memory_mapped_replay_buffer_like_a_tensordict(tmp_path):
     from_td = FQE(_categorical_actor(pi), critic, **kw).estimate(data)
     assert from_buffer.value == pytest.approx(from_td.value, abs=1e-6)
     assert from_buffer.diagnostics["n_episodes"] == 20
+
+
+@pytest.mark.parametrize("space", ["one_hot", "categorical"])
+def test_logged_action_encoding_need_not_match_the_policy(space):
+    # Regression: a one-hot policy (QValueActor with a OneHot spec) on index actions raised
+    # "one-hot key has 64 entries", and a categorical one on one-hot actions (load_minari's
+    # one_hot_actions=True) crashed in gather; IS/WIS accepted both encodings.
+    critic = TensorDictModule(nn.Linear(3, 4), ["observation"], ["state_action_value"])
+    greedy = TensorDictModule(lambda obs: obs[..., 0].gt(0).long(), ["observation"], ["action"])
+    loss = FQELoss(critic, greedy, action_space=space, epsilon=0.2)
+    obs = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+    index = torch.tensor([0, 3, 1, 2, 2, 0, 1, 3])
+    q = critic(TensorDict({"observation": obs}, [8]))["state_action_value"]
+    expected = q.gather(-1, index[:, None]).squeeze(-1)
+    for action in (index, index[:, None], torch.nn.functional.one_hot(index, 4)):
+        td = TensorDict({"observation": obs, "action": action}, [8])
+        torch.testing.assert_close(loss.state_action_value(td), expected)
+    with pytest.raises(OfflineLossError, match="has 3 entries"):
+        bad = TensorDict({"observation": obs, "action": torch.zeros(8, 3, dtype=torch.long)}, [8])
+        loss.state_action_value(bad)
+
+
+def _three_action_data(n_ep: int = 16, steps: int = 4) -> TensorDict:
+    g = torch.Generator().manual_seed(0)
+    n = n_ep * steps
+    obs = torch.randn(n + 1, 2, generator=g)
+    done = torch.zeros(n, 1, dtype=torch.bool)
+    done[steps - 1 :: steps] = True
+    action = torch.randint(3, (n,), generator=g)
+    return TensorDict(
+        {
+            "observation": obs[:-1],
+            "action": action,
+            "episode": torch.arange(n) // steps,
+            ("next", "observation"): obs[1:],
+            ("next", "reward"): (action == 2).float()[:, None],
+            ("next", "done"): done,
+            ("next", "terminated"): done.clone(),
+            ("next", "truncated"): torch.zeros(n, 1, dtype=torch.bool),
+        },
+        [n],
+    )
+
+
+def test_fqe_on_one_hot_and_shifted_discrete_actions_matches_indices():
+    # Regressions: the default critic had max(action) + 1 = 2 outputs for int64 one-hot
+    # actions of any size, and Discrete(n, start) values (load_minari stores values of the
+    # space) were taken as indices.
+    from gymnasium.spaces import Discrete
+    from minari.serialization import serialize_space
+
+    from torchrl_offline.data.storage import make_replay_buffer
+
+    torch.manual_seed(0)
+    actor = ProbabilisticActor(
+        TensorDictModule(nn.Linear(2, 3), ["observation"], ["logits"]),
+        in_keys=["logits"],
+        distribution_class=torch.distributions.Categorical,
+    )
+    kw = dict(gamma=0.9, num_steps=40, batch_size=32, num_cells=(8,), n_bootstrap=20)
+    td = _three_action_data()
+    ref = FQE(actor, **kw).fit(td)
+    one_hot = td.clone()
+    one_hot["action"] = torch.nn.functional.one_hot(td["action"], 3)
+    shifted = td.clone()
+    shifted["action"] = td["action"] + 1
+    meta = {"action_space": serialize_space(Discrete(3, start=1))}
+    for data, probe in ((one_hot, one_hot), (make_replay_buffer(shifted, metadata=meta), shifted)):
+        fqe = FQE(actor, **kw).fit(data)
+        torch.testing.assert_close(fqe.q_values(probe), ref.q_values(td))
+        assert fqe.evaluate(data).value == pytest.approx(ref.evaluate(td).value)

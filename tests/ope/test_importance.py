@@ -426,9 +426,10 @@ def test_evaluation_policy_sampling_and_probabilities(problem):
 def test_wrong_behaviour_probabilities_are_flagged(problem, big):
     td = big[big["episode"] < 1000].clone()
     td["action_log_prob"] = td["action_log_prob"] + math.log(0.8)  # claims mu 20% too small
-    with pytest.warns(OPEWarning, match="mean trajectory weight is .* it should be 1"):
+    with pytest.warns(OPEWarning, match="mean per-step importance ratio .* it should be 1"):
         r = WeightedImportanceSampling(problem.actor(), gamma=0.9, n_bootstrap=20).estimate(td)
     assert r.diagnostics["mean_weight"] > 1.3
+    assert r.diagnostics["mean_step_ratio"] == pytest.approx(1.25, abs=0.05)
 
 
 def test_step_count_marks_initial_states():
@@ -442,3 +443,107 @@ def test_step_count_marks_initial_states():
         to_episodes(td)
     with pytest.warns(OPEWarning, match="1 episode"):
         assert to_episodes(td, on_missing_initial="drop").num_episodes == 3
+
+
+class _FixedBinary:
+    """An evaluation policy choosing action 1 with probability ``p`` everywhere."""
+
+    def __init__(self, p: float):
+        self.p = p
+
+    def log_prob(self, td: TensorDict) -> torch.Tensor:
+        a = td["action"].reshape(-1)
+        return torch.where(a == 1, math.log(self.p), math.log(1 - self.p)).to(torch.float64)
+
+
+def _long_episodes(n_ep: int, steps: int, seed: int = 0) -> TensorDict:
+    """Uniform-random binary actions over long episodes, reward = action."""
+    n = n_ep * steps
+    a = torch.randint(2, (n,), generator=torch.Generator().manual_seed(seed))
+    done = torch.zeros(n, 1, dtype=torch.bool)
+    done[steps - 1 :: steps] = True
+    return TensorDict(
+        {
+            "observation": torch.zeros(n, 1),
+            "action": a,
+            "episode": torch.arange(n_ep).repeat_interleave(steps),
+            "action_log_prob": torch.full((n,), math.log(0.5)),
+            ("next", "observation"): torch.zeros(n, 1),
+            ("next", "reward"): a[:, None].float(),
+            ("next", "done"): done,
+            ("next", "terminated"): done,
+        },
+        [n],
+    )
+
+
+def test_long_episodes_underflow_warns_and_weighted_estimates_survive():
+    # Regression: with ~1e-700 trajectory weights every weight underflowed to 0; IS returned
+    # a silent-looking 0 (blamed on unsupported actions) and WIS raised "every weight is zero".
+    td = _long_episodes(12, 2500)
+    pi = _FixedBinary(0.9)
+    with pytest.warns(OPEWarning, match="underflow"):
+        r = ImportanceSampling(pi, gamma=1.0, n_bootstrap=20).estimate(td)
+    assert r.value == 0.0 and any("underflow" in w for w in r.warnings)
+    assert not any("should be 1" in w for w in r.warnings)
+    # Self-normalised estimators are computed in a rescaled space: finite, and equal to the
+    # formula evaluated with log-sum-exp.
+    log_w = torch.where(td["action"] == 1, math.log(1.8), math.log(0.2)).to(torch.float64)
+    log_w = log_w.reshape(12, 2500).sum(1)
+    returns = td["next", "reward"].reshape(12, 2500).sum(1).to(torch.float64)
+    expected = (torch.softmax(log_w, 0) * returns).sum().item()
+    assert log_w.max() < -700  # the raw weights do underflow
+    with pytest.warns(OPEWarning):
+        r = WeightedImportanceSampling(pi, gamma=1.0, n_bootstrap=20).estimate(td)
+    assert r.value == pytest.approx(expected, rel=1e-5)
+    assert not any("underflow" in w for w in r.warnings)
+    assert r.ci_low <= r.value <= r.ci_high
+    with pytest.warns(OPEWarning):
+        r = WeightedPerDecisionImportanceSampling(pi, gamma=1.0, n_bootstrap=20).estimate(td)
+    assert math.isfinite(r.value) and 0 < r.value <= 2500
+    # With clipping the weights are not rescaled: the error says why.
+    with pytest.raises(OPEError, match="underflow"):
+        WeightedImportanceSampling(pi, gamma=1.0, clip_weight=10.0, n_bootstrap=20).estimate(td)
+
+
+def test_rescaled_weighted_estimates_match_unscaled_formula():
+    td = _long_episodes(30, 20, seed=1)
+    pi = _FixedBinary(0.7)
+    est = WeightedPerDecisionImportanceSampling(pi, gamma=0.9, n_bootstrap=20)
+    iw = est.importance_weights(td)
+    assert iw.log_scale.abs().max() > 0  # rescaled
+    eps = iw.episodes
+    ratio = torch.where(eps.gather("action") == 1, 0.7 / 0.5, 0.3 / 0.5).to(torch.float64)
+    w = torch.where(eps.mask, ratio, 1.0).cumprod(1)
+    disc = eps.discounts(0.9)
+    expected = ((disc * w * eps.rewards).sum(0) / w.sum(0)).sum().item()
+    r = est.estimate(td)
+    assert r.value == pytest.approx(expected, rel=1e-6)  # float32 inputs
+    # Regression: exact behaviour probabilities used to be flagged as wrong here, the
+    # heavy-tailed trajectory weights having a sample mean of 0.4 "4 standard errors" below 1.
+    assert r.diagnostics["mean_weight"] < 0.6
+    assert r.diagnostics["mean_step_ratio"] == pytest.approx(1.0, abs=0.05)
+    assert not any("should be 1" in w for w in r.warnings)
+    torch.testing.assert_close(iw.unscaled_trajectory_weights, w[:, -1], rtol=1e-5, atol=0)
+
+
+def test_discrete_space_with_start_is_read_from_buffer_metadata():
+    # Regression: load_minari stores Discrete(n, start) actions as values start .. start+n-1
+    # while TorchRL policies index actions from 0; the values were taken as indices, so
+    # action 1 of a Discrete(2, start=1) space was scored as the policy's second action.
+    from gymnasium.spaces import Discrete
+    from minari.serialization import serialize_space
+
+    td = _toy(n_ep=20, steps=3)  # actions 0/1 = indices; logged uniform
+    pi = _PreferZero(0.8)
+    expected = ImportanceSampling(pi, gamma=1.0, n_bootstrap=20).estimate(td)
+    shifted = td.clone()
+    shifted["action"] = shifted["action"] + 1  # values of Discrete(2, start=1)
+    meta = {"action_space": serialize_space(Discrete(2, start=1))}
+    rb = make_replay_buffer(shifted, metadata=meta)
+    got = ImportanceSampling(pi, gamma=1.0, n_bootstrap=20).estimate(rb)
+    assert got.value == pytest.approx(expected.value, rel=1e-12)
+    assert (got.ci_low, got.ci_high) == (expected.ci_low, expected.ci_high)
+    # Without the metadata the values are out of the policy's range: a clear error.
+    with pytest.raises(OPEError, match="outside the policy's 2 actions"):
+        ImportanceSampling(pi, gamma=1.0, n_bootstrap=20).estimate(shifted)

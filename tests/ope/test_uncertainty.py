@@ -145,3 +145,27 @@ def test_degenerate_inputs():
         torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[1.0, 0.0], [1.0, 0.0]])
     )
     assert v == 1.0
+
+
+def test_bootstrap_leaves_out_resamples_where_a_weighted_estimate_is_undefined():
+    # Regression: with one episode of non-zero weight among three, a third of the resamples
+    # have all weights 0; they were read as an estimate of 0, so the WIS interval of a value
+    # of -700 reached up to 0.
+    num = torch.tensor([-700.0, 0.0, 0.0], dtype=torch.float64)
+    den = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    samples = bootstrap_samples(num, den, n_bootstrap=300, seed=0)
+    undefined = samples.isnan()
+    assert 0.1 < undefined.float().mean() < 0.5  # about (2/3)^3 of them
+    assert (samples[~undefined] == -700.0).all()
+    for method in ("percentile", "bca"):
+        assert bootstrap_interval(num, den, n_bootstrap=300, method=method) == (-700.0, -700.0)
+        assert lower_bound(num, den, n_bootstrap=300, method=method) == -700.0
+    # BCa's jackknife leaves them out too (leaving out episode 0 used to give 0, not -700).
+    from torchrl_offline.ope.uncertainty import _jackknife
+
+    loo = _jackknife(num[:, None], den[:, None])
+    assert loo[0].isnan() and (loo[1:] == -700.0).all()
+    # Terms whose denominator is 0 on the data as well keep the 0 / 0 = 0 convention.
+    num2 = torch.tensor([[1.0, 0.0], [3.0, 0.0]], dtype=torch.float64)
+    den2 = torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    assert not bootstrap_samples(num2, den2, n_bootstrap=50).isnan().any()

@@ -50,6 +50,8 @@ class EstimatedBehaviorPolicy(nn.Module):
         num_actions: number of discrete actions (categorical).
         num_components: mixture components (mixture).
         nll: final mean negative log-likelihood of the logged actions (per transition).
+        validation_nll: the same on the held-out transitions used to stop the fit early
+            (``None`` without a validation split).
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class EstimatedBehaviorPolicy(nn.Module):
         self.num_states = num_states
         self.act_dim = act_dim
         self.nll = float("nan")
+        self.validation_nll: float | None = None
         self.register_buffer("obs_mean", torch.zeros(obs_dim))
         self.register_buffer("obs_std", torch.ones(obs_dim))
         if kind == "categorical":
@@ -128,7 +131,8 @@ class EstimatedBehaviorPolicy(nn.Module):
             what = "diagonal Gaussian"
         else:
             what = f"mixture of {self.num_components} diagonal Gaussians"
-        return f"{what}, maximum likelihood, mean NLL {self.nll:.4g}"
+        held_out = "" if self.validation_nll is None else f", held-out {self.validation_nll:.4g}"
+        return f"{what}, maximum likelihood, mean NLL {self.nll:.4g}{held_out}"
 
 
 def estimate_behavior_policy(
@@ -142,6 +146,7 @@ def estimate_behavior_policy(
     batch_size: int = 1024,
     lr: float = 3e-3,
     weight_decay: float = 0.0,
+    validation_fraction: float = 0.2,
     observation_key: str = OBSERVATION,
     seed: int = 0,
     max_transitions: int | None = 1_000_000,
@@ -163,6 +168,11 @@ def estimate_behavior_policy(
         batch_size: transitions per step (all of them when fewer).
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
+        validation_fraction: share of the transitions (at most 20,000) held out to stop
+            the fit early: the parameters kept are those with the best held-out likelihood
+            (checked 40 times over the fit). Without it, a flexible model memorises the
+            logged actions of a small dataset (``mu(a|s)`` near 1), which shrinks every
+            importance weight. ``0`` fits on everything for ``steps`` steps.
         observation_key: the observation key (a float tensor, or integer state indices
             ``[N]``, which are one-hot encoded).
         seed: seed of the initialisation and minibatches (global RNG state is untouched).
@@ -272,12 +282,23 @@ def estimate_behavior_policy(
             picks = action[torch.randint(action.shape[0], (k,), generator=gen)]
             last.bias[k : k + k * d] = picks.reshape(-1)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if not 0 <= validation_fraction < 1:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    x_all, action_all = x, action
+    n_valid = min(int(validation_fraction * x.shape[0]), 20_000)
+    x_valid = action_valid = None
+    if n_valid >= 10:
+        order = torch.randperm(x.shape[0], generator=gen)
+        x_valid, action_valid = x[order[:n_valid]], action[order[:n_valid]]
+        x, action = x[order[n_valid:]], action[order[n_valid:]]
+    check_every = max(1, int(steps) // 40)
+    best_nll, best_state = math.inf, None
     m = x.shape[0]
     previous_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(int(num_threads))
     try:
-        for _ in range(int(steps)):
+        for step in range(int(steps)):
             if m > batch_size:
                 idx = torch.randint(m, (batch_size,), generator=gen)
                 xb, ab = x[idx], action[idx]
@@ -287,11 +308,20 @@ def estimate_behavior_policy(
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if x_valid is not None and ((step + 1) % check_every == 0 or step + 1 == steps):
+                with torch.no_grad():
+                    v = -model._log_prob_of(model._dist_from(x_valid), action_valid).mean()
+                if v.item() < best_nll:
+                    best_nll = v.item()
+                    best_state = {k: t.clone() for k, t in model.state_dict().items()}
+        if best_state is not None:
+            model.load_state_dict(best_state)
         with torch.no_grad():
-            nll = -model._log_prob_of(model._dist_from(x), action).mean().item()
+            nll = -model._log_prob_of(model._dist_from(x_all), action_all).mean().item()
     finally:
         torch.set_num_threads(previous_threads)
     if not math.isfinite(nll):
         raise OPEError(f"The behaviour-policy fit diverged (mean NLL {nll}); lower lr", field="lr")
     model.nll = nll
+    model.validation_nll = best_nll if best_state is not None else None
     return model.eval()

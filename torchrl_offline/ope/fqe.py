@@ -56,11 +56,18 @@ from torchrl_offline.objectives.common import (
     module_apply,
 )
 from torchrl_offline.ope.episodes import to_episodes
-from torchrl_offline.ope.policy import EvaluationPolicy
+from torchrl_offline.ope.policy import EvaluationPolicy, discrete_action_start
 from torchrl_offline.ope.result import OPEResult
 from torchrl_offline.ope.uncertainty import bootstrap_interval
 
 __all__ = ["FQE", "FQELoss"]
+
+
+def _is_index(action: Tensor) -> bool:
+    """Whether discrete actions are indices (``[N]`` or ``[N, 1]`` integers), not one-hot."""
+    if action.dtype.is_floating_point or action.dtype == torch.bool:
+        return False
+    return action.ndim == 1 or action.shape[-1] == 1
 
 
 def _next(key: NestedKey) -> tuple:
@@ -415,7 +422,10 @@ class FQELoss(LossModule):
     def _action_value(self, q: Tensor, action: Tensor) -> Tensor:
         """Discrete critic output ``[*batch, n]`` at the logged action -> ``[*batch]``."""
         n_actions = q.shape[-1]
-        if self.discrete_space == "one_hot":
+        # The data's encoding decides, not the policy's: a one-hot policy may be evaluated on
+        # index actions and the other way round (``load_minari(one_hot_actions=...)``).
+        one_hot_data = action.shape[-1] > 1 or (n_actions == 1 and self.discrete_space == "one_hot")
+        if action.ndim == q.ndim and one_hot_data:
             if action.shape[-1] != n_actions:
                 raise OfflineLossError(
                     f"one-hot key {self.tensor_keys.action!r} has {action.shape[-1]} entries but "
@@ -709,6 +719,7 @@ class FQE:
         self._max_abs_reward = math.nan
         #: TD losses of the last fit, one per update.
         self.loss_history: list[float] = []
+        self._action_start = 0
 
     # ------------------------------------------------------------------ fitting
     def _resolve_space(self, td: TensorDictBase) -> str | TensorSpec:
@@ -735,10 +746,10 @@ class FQE:
                 if n_actions is None and spec is not None and hasattr(spec, "space"):
                     n_actions = int(getattr(spec.space, "n", 0)) or None
                 if n_actions is None:
-                    if action.dtype.is_floating_point or action.dtype == torch.bool:
+                    if _is_index(action):
+                        n_actions = int(action.max()) - self._action_start + 1
+                    else:  # one-hot (float, bool or integer)
                         n_actions = int(action.shape[-1])
-                    else:
-                        n_actions = int(action.max()) + 1
             critic = _default_critic(
                 int(obs.shape[-1]),
                 1 if action.ndim == 1 else int(action.shape[-1]),
@@ -768,6 +779,7 @@ class FQE:
         td = stored_transitions(data)
         if td.shape[0] == 0:
             raise ValueError("FQE got an empty dataset")
+        self._action_start = discrete_action_start(data)
         terminated = td.get(("next", "terminated"), None)
         self._bootstrapped = 1.0 if terminated is None else 1.0 - float(terminated.float().mean())
         self._max_abs_reward = float(td.get(("next", "reward")).abs().max())
@@ -789,7 +801,7 @@ class FQE:
                 )
             history = []
             for batch in self._batches(td):
-                out = loss(batch)
+                out = loss(self._shift_actions(batch))
                 optim.zero_grad(set_to_none=True)
                 out["loss_qvalue"].backward()
                 optim.step()
@@ -834,7 +846,15 @@ class FQE:
         """
         loss = self._require_fit()
         with torch.no_grad():
-            return loss.state_action_value(tensordict)
+            return loss.state_action_value(self._shift_actions(tensordict))
+
+    def _shift_actions(self, td: TensorDictBase) -> TensorDictBase:
+        """Discrete action values of a ``Discrete(n, start)`` space (as stored by
+        ``load_minari``) as the indices ``0 .. n - 1`` that policies and critics use."""
+        action = td.get("action", None)
+        if not self._action_start or action is None or not _is_index(action):
+            return td
+        return td.clone(False).set("action", action - self._action_start)
 
     def state_values(self, tensordict: TensorDictBase) -> Tensor:
         """``V^pi(s) = E_{a ~ pi(.|s)} Q(s, a)`` at the states, shaped like the batch.

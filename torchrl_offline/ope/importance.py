@@ -33,7 +33,7 @@ from torchrl.data import ReplayBuffer
 from torchrl_offline.data.keys import ACTION, ACTION_LOG_PROB, ACTION_PROB
 from torchrl_offline.data.stats import iter_chunks
 from torchrl_offline.ope.episodes import Episodes, to_episodes
-from torchrl_offline.ope.policy import as_evaluation_policy
+from torchrl_offline.ope.policy import as_evaluation_policy, discrete_action_start
 from torchrl_offline.ope.result import OPEError, OPEResult
 from torchrl_offline.ope.uncertainty import bootstrap_interval, ratio_statistic
 
@@ -47,6 +47,8 @@ __all__ = [
 
 # exp(700) is close to float64's limit; larger cumulative log-weights are capped there.
 _MAX_LOG_WEIGHT = 700.0
+# exp(x) is 0 or subnormal in float64 below this: such weights have lost their value.
+_MIN_LOG_WEIGHT = math.log(torch.finfo(torch.float64).tiny)
 
 
 @dataclass
@@ -63,6 +65,11 @@ class ImportanceWeights:
         behavior: how the behaviour policy was obtained (``"logged (action_log_prob)"``,
             ``"estimated: ..."``, ``"given: ..."``).
         behavior_estimated: whether the behaviour policy was estimated from the data.
+        log_scale: ``[T]`` float64 log of the factor each step's weights were divided by
+            (self-normalised estimators rescale them so that they cannot underflow; zeros
+            otherwise): the true weights are ``weights * exp(log_scale)``.
+        underflow: ``[E, T]`` bool, supported steps whose weight underflowed float64 (to 0
+            or a subnormal number).
     """
 
     episodes: Episodes
@@ -72,11 +79,21 @@ class ImportanceWeights:
     near_zero: torch.Tensor
     behavior: str
     behavior_estimated: bool
+    log_scale: torch.Tensor | None = None
+    underflow: torch.Tensor | None = None
 
     @property
     def trajectory_weights(self) -> torch.Tensor:
-        """``[E]`` weight of each whole episode."""
+        """``[E]`` weight of each whole episode (up to the factor ``exp(log_scale[-1])``)."""
         return self.weights[:, -1]
+
+    @property
+    def unscaled_trajectory_weights(self) -> torch.Tensor:
+        """``[E]`` weight of each whole episode, without the rescaling (may underflow)."""
+        if self.log_scale is None:
+            return self.trajectory_weights
+        scale = self.log_scale[-1].item()
+        return (self.trajectory_weights.log() + scale).clamp(max=_MAX_LOG_WEIGHT).exp()
 
 
 def _check_behavior_log_prob(lp: torch.Tensor, key: str) -> None:
@@ -223,7 +240,9 @@ class _OPEEstimator:
         )
         td = eps.transitions
         lp_mu, behavior, estimated = self._behavior_log_prob(td)
-        lp_pi = self.policy.log_prob_dataset(td, chunk_size=self.chunk_size)
+        lp_pi = self.policy.log_prob_dataset(
+            td, chunk_size=self.chunk_size, action_start=discrete_action_start(data)
+        )
         log_ratio_flat = lp_pi - lp_mu
         discrete = not td.get(ACTION).dtype.is_floating_point
         if discrete:
@@ -234,16 +253,32 @@ class _OPEEstimator:
         log_ratio_flat = log_ratio_flat.masked_fill(near_zero_flat, -math.inf)
         near_zero = eps.pad(near_zero_flat, False) & eps.mask
         log_ratio = torch.where(eps.mask, eps.pad(log_ratio_flat, 0.0), 0.0)
-        cum = log_ratio.cumsum(1).clamp(max=_MAX_LOG_WEIGHT)
+        cum = log_ratio.cumsum(1)
         if not self.per_decision:
             # Only the whole-trajectory weight is used: broadcast it over the steps.
             cum = cum[:, -1:].expand_as(cum)
-        weights = cum.exp()
+        log_scale = torch.zeros(cum.shape[1], dtype=torch.float64)
+        if self.weighted and self.clip_weight is None:
+            # Self-normalised estimates are unchanged by a common factor on the weights of a
+            # step: dividing each step's weights by their largest keeps long episodes' weights
+            # inside float64's range (they would otherwise all underflow to 0).
+            top = cum.max(0).values
+            log_scale = torch.where(torch.isfinite(top), top, 0.0)
+        shifted = cum - log_scale
+        # Weights that underflow to 0 although their action is supported. After rescaling,
+        # a weight that small is negligible next to its step's largest (the low effective
+        # sample size reports it), so only unscaled weights count.
+        underflow = torch.isfinite(shifted) & (shifted < _MIN_LOG_WEIGHT) & eps.mask
+        if self.weighted and self.clip_weight is None:
+            underflow = torch.zeros_like(underflow)
+        weights = shifted.clamp(max=_MAX_LOG_WEIGHT).exp()
         clipped = torch.zeros_like(eps.mask)
         if self.clip_weight is not None:
             clipped = weights > self.clip_weight
             weights = weights.clamp(max=self.clip_weight)
-        return ImportanceWeights(eps, log_ratio, weights, clipped, near_zero, behavior, estimated)
+        return ImportanceWeights(
+            eps, log_ratio, weights, clipped, near_zero, behavior, estimated, log_scale, underflow
+        )
 
     # ------------------------------------------------------------ estimate
     def _terms(self, iw: ImportanceWeights) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -273,10 +308,17 @@ class _OPEEstimator:
     ) -> OPEResult:
         eps = iw.episodes
         n_ep = eps.num_episodes
-        traj = iw.trajectory_weights
+        traj = iw.unscaled_trajectory_weights
         if self.weighted:
             assert den is not None
             if not (den.sum(0) > 0).any():
+                if not iw.near_zero.any():
+                    raise OPEError(
+                        f"Every importance weight of the {n_ep} episodes underflows float64 "
+                        "(long episodes; clip_weight disables the rescaling that avoids this): "
+                        "a self-normalised estimate is undefined",
+                        field="action",
+                    )
                 raise OPEError(
                     f"Every importance weight is zero: the evaluation policy gives (near-)zero "
                     f"probability to {int(iw.near_zero.sum())} logged action(s), in all {n_ep} "
@@ -300,7 +342,7 @@ class _OPEEstimator:
             method=self.ci_method,
             seed=self.seed,
         )
-        ess_traj = _kish(traj).item()
+        ess_traj = _kish(iw.trajectory_weights).item()
         if self.per_decision:
             # Discount-weighted mean over steps of the per-step ESS (ended episodes keep
             # their last weight): the weights each reward of the estimate actually uses.
@@ -350,19 +392,36 @@ class _OPEEstimator:
                 f"{n_ep_near} of {n_ep} episodes, have near-zero probability under the evaluation "
                 "policy: the data do not cover its actions there and those episodes get ~0 weight"
             )
-        raw = iw.log_ratio.sum(1).clamp(max=_MAX_LOG_WEIGHT).exp()  # unclipped
+        if iw.underflow is not None and iw.underflow.any():
+            n_uf = int(iw.underflow.any(1).sum())
+            result.warn(
+                f"importance weights underflow float64 (below {math.exp(_MIN_LOG_WEIGHT):.0e}) "
+                f"in {n_uf} of {n_ep} episodes: the product of many per-step ratios vanishes in "
+                "long episodes and counts as 0, so the estimate rests on the other episodes; "
+                "prefer a self-normalised estimator (WIS, WPDIS, WDR), gamma < 1 or shorter "
+                "episodes"
+            )
+        # Under the behaviour policy every per-step ratio pi/mu has mean 1 (less the mass pi
+        # puts on actions mu never takes). Unlike the trajectory weight, a product of many
+        # ratios whose sample mean is usually far below 1 even when all is right, the
+        # per-step ratio is light-tailed, so its mean is a reliable check of the data.
+        step_ratio = torch.where(eps.mask, iw.log_ratio.clamp(max=_MAX_LOG_WEIGHT).exp(), 0.0)
+        sums, lengths = step_ratio.sum(1), eps.lengths.to(torch.float64)
+        mean_r = (sums.sum() / lengths.sum()).item()
+        result.diagnostics["mean_step_ratio"] = mean_r
         if n_ep >= 10:
-            mean_w, se_w = raw.mean().item(), raw.std().item() / math.sqrt(n_ep)
-            if abs(mean_w - 1) > max(4 * se_w, 0.05):
+            resid = sums - mean_r * lengths
+            se_r = (resid.pow(2).sum() * n_ep / (n_ep - 1)).sqrt().item() / lengths.sum().item()
+            if abs(mean_r - 1) > max(4 * se_r, 0.05):
                 why = (
                     "wrong behaviour probabilities"
-                    if mean_w > 1
+                    if mean_r > 1
                     else "actions of the evaluation policy that the data never take, or wrong "
                     "behaviour probabilities"
                 )
                 result.warn(
-                    f"the mean trajectory weight is {mean_w:.3g} (standard error {se_w:.2g}); it "
-                    f"should be 1: this points to {why}"
+                    f"the mean per-step importance ratio pi/mu is {mean_r:.3g} (standard error "
+                    f"{se_r:.2g}); it should be 1: this points to {why}"
                 )
         threshold = max(self.min_ess, 0.01 * n_ep)
         if ess < threshold:

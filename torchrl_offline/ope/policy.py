@@ -204,12 +204,17 @@ class EvaluationPolicy:
 
     # ------------------------------------------------------------- public API
     @torch.no_grad()
-    def log_prob(self, td: TensorDictBase, *, offset: int = 0) -> torch.Tensor:
+    def log_prob(
+        self, td: TensorDictBase, *, offset: int = 0, action_start: int = 0
+    ) -> torch.Tensor:
         """Log-probability (density for continuous actions) of ``td[action_key]``, float64 ``[B]``.
 
         Args:
             td: transitions ``[B]`` with the policy's input keys and the logged action.
             offset: index of ``td[0]`` in the dataset (for error messages).
+            action_start: value of the first discrete action in the data (gymnasium's
+                ``Discrete(n, start=...)``): logged integer actions ``start + i`` are the
+                policy's action ``i`` (one-hot actions are left as they are).
 
         Raises:
             OPEError: mismatched action spaces (kind, dimension, index range) or a NaN
@@ -217,6 +222,11 @@ class EvaluationPolicy:
         """
         batch = td.shape[0]
         action = td.get(self.action_key)
+        one_hot = action.ndim >= 2 and action.shape[-1] > 1
+        if action_start and _is_discrete_action(action) and not one_hot:
+            action = action - int(action_start)  # values of Discrete(n, start) -> indices
+            if self.kind == "log_prob":
+                td = td.clone(False).set(self.action_key, action)
         if self.kind == "distribution":
             dist = self._dist(td)
             lp = self._dist_log_prob(dist, action, batch, offset)
@@ -372,9 +382,37 @@ class EvaluationPolicy:
 
         return draw() if num_samples is None else torch.stack([draw() for _ in range(num_samples)])
 
-    def log_prob_dataset(self, td: TensorDictBase, *, chunk_size: int = 65536) -> torch.Tensor:
+    def log_prob_dataset(
+        self, td: TensorDictBase, *, chunk_size: int = 65536, action_start: int = 0
+    ) -> torch.Tensor:
         """:meth:`log_prob` over all transitions ``[N]`` of a (memory-mapped) dataset, chunk by chunk."""
-        return torch.cat([self.log_prob(c, offset=s) for s, c in iter_chunks(td, chunk_size)])
+        return torch.cat(
+            [
+                self.log_prob(c, offset=s, action_start=action_start)
+                for s, c in iter_chunks(td, chunk_size)
+            ]
+        )
+
+
+def discrete_action_start(data: Any) -> int:
+    """``start`` of the dataset's ``Discrete`` action space, from ``data.metadata`` (else 0).
+
+    Datasets loaded by :func:`~torchrl_offline.data.minari.load_minari` store Discrete
+    actions as values of the space (``start .. start + n - 1``), while TorchRL policies
+    index their actions from 0.
+    """
+    serialized = getattr(data, "metadata", None)
+    serialized = serialized.get("action_space") if isinstance(serialized, dict) else None
+    if not isinstance(serialized, str):
+        return 0
+    try:
+        from gymnasium.spaces import Discrete
+        from minari.serialization import deserialize_space
+
+        space = deserialize_space(serialized)
+    except Exception:  # unknown or custom space
+        return 0
+    return int(space.start) if isinstance(space, Discrete) else 0
 
 
 def as_evaluation_policy(policy: Any, **kwargs: Any) -> EvaluationPolicy:

@@ -94,6 +94,11 @@ def bootstrap_samples(
         n_bootstrap: number of resamples.
         seed: seed of the resampling (a private generator; global state is untouched).
         max_elements: bound on the ``[resamples, E]`` count matrix built at a time.
+
+    Returns:
+        The resampled statistics; for a self-normalised statistic, NaN on resamples where
+        it is undefined (a denominator that is non-zero on the data sums to 0 in the
+        resample), which the intervals leave out.
     """
     v, d = _as_2d(values, denominators)
     e = v.shape[0]
@@ -101,6 +106,7 @@ def bootstrap_samples(
     per_chunk = max(1, max_elements // e)
     out = []
     vs = v.sum(-1, keepdim=True) if d is None else v
+    defined = None if d is None else d.sum(0) != 0
     for start in range(0, n_bootstrap, per_chunk):
         b = min(per_chunk, n_bootstrap - start)
         idx = torch.randint(e, (b, e), generator=gen)
@@ -110,8 +116,18 @@ def bootstrap_samples(
         if d is None:
             out.append((counts @ vs)[:, 0] / e)
         else:
-            out.append(_ratio(counts @ v, counts @ d))
+            den = counts @ d
+            stat = _ratio(counts @ v, den)
+            # A term whose denominator vanishes in the resample but not in the data (every
+            # drawn episode has weight 0 there) is undefined: reading it as 0 would drag
+            # the interval towards 0.
+            undefined = ((den == 0) & defined).any(-1)
+            out.append(torch.where(undefined, math.nan, stat))
     return torch.cat(out)
+
+
+def _defined(samples: torch.Tensor) -> torch.Tensor:
+    return samples[~samples.isnan()]
 
 
 def _jackknife(v: torch.Tensor, d: torch.Tensor | None) -> torch.Tensor:
@@ -119,7 +135,10 @@ def _jackknife(v: torch.Tensor, d: torch.Tensor | None) -> torch.Tensor:
     if d is None:
         total = v.sum(-1)
         return (total.sum() - total) / (e - 1)
-    return _ratio(v.sum(0) - v, d.sum(0) - d)
+    den = d.sum(0) - d
+    # Leaving out the only episode with weight at a term makes the statistic undefined.
+    undefined = ((den == 0) & (d.sum(0) != 0)).any(-1)
+    return torch.where(undefined, math.nan, _ratio(v.sum(0) - v, den))
 
 
 def _levels(
@@ -141,6 +160,7 @@ def _levels(
     z0 = torch.special.ndtri(torch.tensor(prop, dtype=torch.float64))
     if v.shape[0] > 2:
         loo = _jackknife(v, d)
+        loo = loo[~loo.isnan()]
         diff = loo.mean() - loo
         denom = 6.0 * diff.pow(2).sum().pow(1.5)
         a = (diff.pow(3).sum() / denom) if denom > 0 else torch.tensor(0.0, dtype=torch.float64)
@@ -189,7 +209,9 @@ def bootstrap_interval(
     theta = ratio_statistic(v, d)
     if v.shape[0] < 2:
         return theta, theta
-    samples = bootstrap_samples(v, d, n_bootstrap=n_bootstrap, seed=seed)
+    samples = _defined(bootstrap_samples(v, d, n_bootstrap=n_bootstrap, seed=seed))
+    if samples.numel() == 0:
+        return theta, theta
     alpha = 1 - confidence
     levels = _levels(
         samples, theta, v, d, torch.tensor([alpha / 2, 1 - alpha / 2], dtype=torch.float64), method
@@ -325,7 +347,9 @@ def lower_bound(
     theta = ratio_statistic(v, d)
     if v.shape[0] < 2:
         return theta
-    samples = bootstrap_samples(v, d, n_bootstrap=n_bootstrap, seed=seed)
+    samples = _defined(bootstrap_samples(v, d, n_bootstrap=n_bootstrap, seed=seed))
+    if samples.numel() == 0:
+        return theta
     level = _levels(
         samples, theta, v, d, torch.tensor([1 - confidence], dtype=torch.float64), method
     )
