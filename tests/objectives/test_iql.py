@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -310,6 +311,101 @@ def test_actions_on_the_bounds_give_finite_losses():
     td["action"][8:] = LOW
     out = loss(td)
     assert torch.isfinite(out["loss_actor"])
+
+
+def test_training_trajectory_matches_plain_torch_iql():
+    """Twenty full updates (losses, Adam, Polyak targets) in lockstep with a plain-torch
+    IQL loop on ReLU networks, from the same initial weights and on the same batches.
+
+    Guards the update as a whole, not only one loss evaluation: a divergence in the
+    targets, the optimiser state or the actor's weights would show up here.
+    """
+    torch.manual_seed(0)
+    hidden, gamma, tau, lr = 16, 0.99, 0.005, 3e-3
+    relu = {"num_cells": [hidden, hidden], "activation_class": torch.nn.ReLU}
+    spec = Bounded(LOW * torch.ones(ACT), HIGH * torch.ones(ACT), (ACT,))
+    actor_mlp = MLP(in_features=OBS, out_features=2 * ACT, **relu)
+    critics = [MLP(in_features=OBS + ACT, out_features=1, **relu) for _ in range(2)]
+    value_mlp = MLP(in_features=OBS, out_features=1, **relu)
+    ref_actor, ref_value = copy.deepcopy(actor_mlp), copy.deepcopy(value_mlp)
+    ref_critics = [copy.deepcopy(c) for c in critics]
+    ref_targets = [copy.deepcopy(c).requires_grad_(False) for c in critics]
+
+    actor = ProbabilisticActor(
+        TensorDictModule(
+            torch.nn.Sequential(actor_mlp, NormalParamExtractor(scale_mapping="exp")),
+            in_keys=["observation"],
+            out_keys=["loc", "scale"],
+        ),
+        in_keys=["loc", "scale"],
+        spec=spec,
+        distribution_class=TanhNormal,
+        distribution_kwargs={"low": spec.space.low, "high": spec.space.high, "tanh_loc": False},
+    )
+    qvalues = [ValueOperator(c, in_keys=["observation", "action"]) for c in critics]
+    value = ValueOperator(value_mlp, in_keys=["observation"])
+    loss = IQLLoss(actor, qvalues, value, action_eps=0.0)
+    loss.make_value_estimator(gamma=gamma)
+    updater = SoftUpdate(loss, tau=tau)
+    optimizer = torch.optim.Adam(loss.parameters(), lr=lr)
+    ref_params = [p for m in (ref_actor, ref_value, *ref_critics) for p in m.parameters()]
+    ref_optimizer = torch.optim.Adam(ref_params, lr=lr)
+
+    half = (HIGH - LOW) / 2
+    for step in range(20):
+        td = make_batch(n=32, seed=100 + step)
+        out = loss(td.clone())
+        optimizer.zero_grad()
+        (out["loss_actor"] + out["loss_qvalue"] + out["loss_value"]).backward()
+        optimizer.step()
+        updater.step()
+
+        obs, act = td["observation"], td["action"]
+        sa = torch.cat([obs, act], -1)
+        with torch.no_grad():
+            q_target = torch.stack([t(sa).squeeze(-1) for t in ref_targets]).min(0).values
+            y = td["next", "reward"].squeeze(-1) + gamma * (
+                1.0 - td["next", "terminated"].float().squeeze(-1)
+            ) * ref_value(td["next", "observation"]).squeeze(-1)
+        v = ref_value(obs).squeeze(-1)
+        u = q_target - v
+        l_v = (torch.abs(0.7 - (u < 0).float()) * u**2).mean()
+        l_q = sum(((c(sa).squeeze(-1) - y) ** 2).mean() for c in ref_critics)
+        loc, log_scale = ref_actor(obs).chunk(2, -1)
+        x = act / half
+        pre = torch.atanh(x)
+        log_pi = (
+            -((pre - loc) ** 2) / (2 * log_scale.exp() ** 2)
+            - log_scale
+            - 0.5 * math.log(2 * math.pi)
+            - torch.log1p(-(x**2))
+            - math.log(half)
+        ).sum(-1)
+        weight = torch.exp(3.0 * u.detach()).clamp(max=100.0)
+        l_pi = -(weight * log_pi).mean()
+        ref_optimizer.zero_grad()
+        (l_v + l_q + l_pi).backward()
+        ref_optimizer.step()
+        with torch.no_grad():
+            for target, online in zip(ref_targets, ref_critics):
+                for pt, p in zip(target.parameters(), online.parameters()):
+                    pt.mul_(1 - tau).add_(tau * p)
+        torch.testing.assert_close(out["loss_qvalue"], l_q, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(out["loss_actor"], l_pi, rtol=1e-4, atol=1e-4)
+
+    probe = make_batch(n=64, seed=999)
+    sa = torch.cat([probe["observation"], probe["action"]], -1)
+    with torch.no_grad():
+        ours_q = loss._qvalues(loss.qvalue_network_params, probe)
+        ours_target = loss._qvalues(loss.target_qvalue_network_params, probe)
+        torch.testing.assert_close(ours_q, torch.stack([c(sa).squeeze(-1) for c in ref_critics]))
+        torch.testing.assert_close(
+            ours_target, torch.stack([t(sa).squeeze(-1) for t in ref_targets])
+        )
+        torch.testing.assert_close(
+            value(probe.clone())["state_value"], ref_value(probe["observation"])
+        )
+        torch.testing.assert_close(actor_mlp(probe["observation"]), ref_actor(probe["observation"]))
 
 
 def test_soft_and_hard_updates_move_targets():

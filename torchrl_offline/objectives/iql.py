@@ -100,6 +100,14 @@ class IQLLoss(LossModule):
       (``value``, ``state_action_value``, ``advantage``, ``weight``,
       ``weight_clip_fraction``) come with the output.
 
+    The actor matters more than any loss detail: with the IQL paper's Gaussian policy
+    (``tanh`` mean in the action box, one state-independent log-std; see
+    :func:`~torchrl_offline.objectives.gaussian_actor.make_tanh_mean_gaussian_actor`)
+    this loss reaches d3rlpy's IQL returns on ``benchmarks/learning_pendulum.py``,
+    while with the ``TanhNormal`` actor of TorchRL's IQL example (state-dependent
+    scale) it ends below the dataset's average return. Build the networks with ReLU
+    hidden units: ``torchrl.modules.MLP`` defaults to ``Tanh``.
+
     Args:
         actor_network (ProbabilisticTensorDictSequential): stochastic actor.
         qvalue_network (TensorDictModule or list of TensorDictModule): ``Q(s, a)``;
