@@ -96,7 +96,8 @@ def test_overrides_reach_the_loss_and_networks():
     assert algo.hyperparameters["hidden_sizes"] == [8, 4]
     assert algo.optimizer.param_groups[0]["lr"] == 1e-3
     linear = [m for m in algo.loss.actor_network.modules() if isinstance(m, torch.nn.Linear)]
-    assert [m.out_features for m in linear] == [8, 4, 2]
+    # The IQL actor outputs the mean only (its log-std is a state-independent parameter).
+    assert [m.out_features for m in linear] == [8, 4, 1]
     assert algo.loss.value_estimator.gamma == pytest.approx(0.9)
 
 

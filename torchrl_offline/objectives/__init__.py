@@ -9,6 +9,10 @@ from torchrl_offline.objectives.awac import AWACLoss, DiscreteAWACLoss
 from torchrl_offline.objectives.bc import BCLoss
 from torchrl_offline.objectives.common import OfflineLossError
 from torchrl_offline.objectives.cql import CQLLoss, DiscreteCQLLoss
+from torchrl_offline.objectives.gaussian_actor import (
+    TanhMeanGaussian,
+    make_tanh_mean_gaussian_actor,
+)
 from torchrl_offline.objectives.iql import IQL_PRESETS, DiscreteIQLLoss, IQLLoss
 from torchrl_offline.objectives.td3_bc import TD3BCLoss
 
@@ -23,4 +27,6 @@ __all__ = [
     "IQLLoss",
     "OfflineLossError",
     "TD3BCLoss",
+    "TanhMeanGaussian",
+    "make_tanh_mean_gaussian_actor",
 ]

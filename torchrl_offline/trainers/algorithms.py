@@ -37,6 +37,7 @@ from torchrl.objectives import LossModule, SoftUpdate
 from torchrl.objectives.utils import TargetNetUpdater
 
 from torchrl_offline import registry
+from torchrl_offline.objectives.gaussian_actor import make_tanh_mean_gaussian_actor
 
 __all__ = [
     "ALGORITHMS",
@@ -407,8 +408,9 @@ def build_algorithm(
 ) -> Algorithm:
     """Builds the standard networks, loss, optimizer and target updater of an algorithm.
 
-    Continuous actions: IQL, CQL and AWAC get a ``ProbabilisticActor`` with a
-    ``TanhNormal`` over the action box, TD3+BC and BC a deterministic tanh actor; the
+    Continuous actions: IQL gets the paper's Gaussian actor (a tanh-bounded mean and a
+    state-independent log-std, :func:`~torchrl_offline.objectives.gaussian_actor.make_tanh_mean_gaussian_actor`),
+    CQL and AWAC a ``ProbabilisticActor`` with a ``TanhNormal`` over the action box, TD3+BC and BC a deterministic tanh actor; the
     critics are ``Q(s, a)`` MLPs (twin, batched inside the loss) and IQL adds ``V(s)``.
     Discrete actions (a ``Categorical`` or ``OneHot`` spec): ``"iql"``, ``"cql"``,
     ``"awac"`` and ``"bc"`` resolve to their discrete variants, with categorical actors
@@ -489,7 +491,10 @@ def build_algorithm(
             qvalue = _q_discrete(n_obs, _n_actions(act_spec), hidden)
             loss_kwargs["action_space"] = act_spec
         else:
-            actor = _tanh_normal_actor(n_obs, act_spec, hidden)
+            # The IQL paper's actor (tanh mean, state-independent log-std): with the
+            # TanhNormal actor IQL stays below the dataset average on mixed data (see
+            # benchmarks/learning_pendulum.py).
+            actor = make_tanh_mean_gaussian_actor(n_obs, act_spec, num_cells=hidden)
             qvalue = _q_continuous(n_obs, int(act_spec.shape[-1]), hidden)
         loss = loss_cls(actor, qvalue, _value(n_obs, hidden), **loss_kwargs)
         groups = [
