@@ -27,10 +27,9 @@ from torchrl.data.utils import _find_action_space
 from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import (
     ValueEstimators,
-    dispatch_value_estimator,
     distance_loss,
 )
-from torchrl.objectives.value import TD0Estimator, ValueEstimatorBase
+from torchrl.objectives.value import TD0Estimator
 
 from torchrl_offline.objectives.common import (
     OfflineLossError,
@@ -38,6 +37,7 @@ from torchrl_offline.objectives.common import (
     check_batch,
     check_finite_losses,
     ensemble_apply,
+    make_loss_value_estimator,
     module_apply,
 )
 
@@ -332,16 +332,9 @@ class AWACLoss(LossModule):
         self._in_keys = values
 
     def make_value_estimator(self, value_type: ValueEstimators = None, **hyperparams):
-        if value_type is None:
-            value_type = self.default_value_estimator
-        if isinstance(value_type, ValueEstimatorBase) or (
-            isinstance(value_type, type) and issubclass(value_type, ValueEstimatorBase)
-        ):
-            return LossModule.make_value_estimator(self, value_type, **hyperparams)
-        dispatch_value_estimator(
+        return make_loss_value_estimator(
             self,
             value_type,
-            supported=self.SUPPORTED_VALUE_ESTIMATORS,
             tensor_keys={
                 "value": self.tensor_keys.state_action_value,
                 "reward": self.tensor_keys.reward,
@@ -351,7 +344,6 @@ class AWACLoss(LossModule):
             value_network=None,
             **hyperparams,
         )
-        return self
 
     # ------------------------------------------------------------------ network calls
     def _split_actor(self):

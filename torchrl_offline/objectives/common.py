@@ -42,6 +42,7 @@ __all__ = [
     "ensemble_forward",
     "find_action_spec",
     "from_unit_interval",
+    "make_loss_value_estimator",
     "module_apply",
     "tanh_normal_log_prob",
     "to_unit_interval",
@@ -804,3 +805,49 @@ def check_output_dim(name: str, got: int, expected: int, what: str = "action") -
         raise OfflineLossError(
             f"{name} produces {got} {what} dims but the {what} spec has {expected}"
         )
+
+
+def make_loss_value_estimator(
+    loss,
+    value_type=None,
+    *,
+    tensor_keys: dict[str, NestedKey],
+    **hyperparams,
+):
+    """The shared body of every loss's ``make_value_estimator``.
+
+    ``value_type`` may be a :class:`~torchrl.objectives.utils.ValueEstimators` member
+    (checked against ``loss.SUPPORTED_VALUE_ESTIMATORS``; ``None`` means
+    ``loss.default_value_estimator``) or a ``ValueEstimatorBase`` instance or subclass,
+    which TorchRL's own ``LossModule.make_value_estimator`` handles. The estimator's keys
+    are set from ``tensor_keys``.
+
+    Args:
+        loss (LossModule): the loss whose estimator to build.
+        value_type: the estimator type.
+
+    Keyword Args:
+        tensor_keys (dict): estimator key name -> the loss's tensordict key.
+        **hyperparams: estimator hyperparameters, e.g. ``gamma``.
+
+    Returns:
+        The loss (TorchRL's convention).
+    """
+    from torchrl.objectives import LossModule
+    from torchrl.objectives.utils import dispatch_value_estimator
+    from torchrl.objectives.value import ValueEstimatorBase
+
+    if value_type is None:
+        value_type = loss.default_value_estimator
+    if isinstance(value_type, ValueEstimatorBase) or (
+        isinstance(value_type, type) and issubclass(value_type, ValueEstimatorBase)
+    ):
+        return LossModule.make_value_estimator(loss, value_type, **hyperparams)
+    dispatch_value_estimator(
+        loss,
+        value_type,
+        supported=loss.SUPPORTED_VALUE_ESTIMATORS,
+        tensor_keys=tensor_keys,
+        **hyperparams,
+    )
+    return loss

@@ -30,10 +30,9 @@ from torchrl.objectives.utils import (
     _GAMMA_LMBDA_DEPREC_ERROR,
     ValueEstimators,
     _cache_values,
-    dispatch_value_estimator,
     distance_loss,
 )
-from torchrl.objectives.value import TD0Estimator, ValueEstimatorBase
+from torchrl.objectives.value import TD0Estimator
 
 from torchrl_offline.objectives.common import (
     OfflineLossError,
@@ -43,6 +42,7 @@ from torchrl_offline.objectives.common import (
     check_finite_losses,
     check_output_dim,
     ensemble_apply,
+    make_loss_value_estimator,
     uniform_actions,
 )
 
@@ -334,16 +334,9 @@ class CQLLoss(LossModule):
         Keyword Args:
             gamma (float): the discount factor.
         """
-        if value_type is None:
-            value_type = self.default_value_estimator
-        if isinstance(value_type, ValueEstimatorBase) or (
-            isinstance(value_type, type) and issubclass(value_type, ValueEstimatorBase)
-        ):
-            return LossModule.make_value_estimator(self, value_type, **hyperparams)
-        dispatch_value_estimator(
+        make_loss_value_estimator(
             self,
             value_type,
-            supported=self.SUPPORTED_VALUE_ESTIMATORS,
             tensor_keys={
                 "value_target": "value_target",
                 "value": self.tensor_keys.value,
@@ -765,16 +758,9 @@ class DiscreteCQLLoss(LossModule):
         Keyword Args:
             gamma (float): the discount factor.
         """
-        if value_type is None:
-            value_type = self.default_value_estimator
-        if isinstance(value_type, ValueEstimatorBase) or (
-            isinstance(value_type, type) and issubclass(value_type, ValueEstimatorBase)
-        ):
-            return LossModule.make_value_estimator(self, value_type, **hyperparams)
-        dispatch_value_estimator(
+        make_loss_value_estimator(
             self,
             value_type,
-            supported=self.SUPPORTED_VALUE_ESTIMATORS,
             tensor_keys={
                 "value_target": self.tensor_keys.value_target,
                 "value": self.tensor_keys.value,

@@ -31,10 +31,9 @@ from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import (
     _GAMMA_LMBDA_DEPREC_ERROR,
     ValueEstimators,
-    dispatch_value_estimator,
     distance_loss,
 )
-from torchrl.objectives.value import TD0Estimator, ValueEstimatorBase
+from torchrl.objectives.value import TD0Estimator
 
 from torchrl_offline.objectives.common import (
     OfflineLossError,
@@ -43,6 +42,7 @@ from torchrl_offline.objectives.common import (
     check_finite_losses,
     ensemble_apply,
     find_action_spec,
+    make_loss_value_estimator,
     module_apply,
     tanh_normal_log_prob,
 )
@@ -367,16 +367,9 @@ class IQLLoss(LossModule):
                 ``TDLambda``, or a ``ValueEstimatorBase`` subclass.
             **hyperparams: e.g. ``gamma`` (default 0.99).
         """
-        if value_type is None:
-            value_type = self.default_value_estimator
-        if isinstance(value_type, ValueEstimatorBase) or (
-            isinstance(value_type, type) and issubclass(value_type, ValueEstimatorBase)
-        ):
-            return LossModule.make_value_estimator(self, value_type, **hyperparams)
-        dispatch_value_estimator(
+        make_loss_value_estimator(
             self,
             value_type,
-            supported=self.SUPPORTED_VALUE_ESTIMATORS,
             tensor_keys={
                 "value_target": "value_target",
                 "value": self.tensor_keys.value,

@@ -19,8 +19,8 @@ from torch import Tensor, nn
 from torchrl.data.tensor_specs import TensorSpec
 from torchrl.modules import MLP, TanhModule
 from torchrl.objectives.common import LossModule
-from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator, distance_loss
-from torchrl.objectives.value import TD0Estimator, ValueEstimatorBase
+from torchrl.objectives.utils import ValueEstimators, distance_loss
+from torchrl.objectives.value import TD0Estimator
 
 from torchrl_offline.objectives.common import (
     OfflineLossError,
@@ -30,6 +30,7 @@ from torchrl_offline.objectives.common import (
     check_finite_losses,
     check_output_dim,
     ensemble_apply,
+    make_loss_value_estimator,
     module_apply,
 )
 
@@ -380,16 +381,9 @@ class TD3BCLoss(LossModule):
         self._in_keys = values
 
     def make_value_estimator(self, value_type: ValueEstimators = None, **hyperparams):
-        if value_type is None:
-            value_type = self.default_value_estimator
-        if isinstance(value_type, ValueEstimatorBase) or (
-            isinstance(value_type, type) and issubclass(value_type, ValueEstimatorBase)
-        ):
-            return LossModule.make_value_estimator(self, value_type, **hyperparams)
-        dispatch_value_estimator(
+        return make_loss_value_estimator(
             self,
             value_type,
-            supported=self.SUPPORTED_VALUE_ESTIMATORS,
             tensor_keys={
                 "value": self.tensor_keys.state_action_value,
                 "reward": self.tensor_keys.reward,
@@ -399,7 +393,6 @@ class TD3BCLoss(LossModule):
             value_network=None,
             **hyperparams,
         )
-        return self
 
     # ------------------------------------------------------------------ network calls
     @property

@@ -42,10 +42,8 @@ from torchrl.objectives.utils import (
     HardUpdate,
     SoftUpdate,
     ValueEstimators,
-    dispatch_value_estimator,
     distance_loss,
 )
-from torchrl.objectives.value import ValueEstimatorBase
 
 from torchrl_offline.data.stats import stored_transitions
 from torchrl_offline.objectives.common import (
@@ -53,6 +51,7 @@ from torchrl_offline.objectives.common import (
     check_batch,
     check_finite_losses,
     find_action_spec,
+    make_loss_value_estimator,
     module_apply,
 )
 from torchrl_offline.ope.episodes import to_episodes
@@ -366,16 +365,9 @@ class FQELoss(LossModule):
                 and only supported type) or a ``ValueEstimatorBase`` subclass.
             **hyperparams: e.g. ``gamma`` (default 0.99).
         """
-        if value_type is None:
-            value_type = self.default_value_estimator
-        if isinstance(value_type, ValueEstimatorBase) or (
-            isinstance(value_type, type) and issubclass(value_type, ValueEstimatorBase)
-        ):
-            return LossModule.make_value_estimator(self, value_type, **hyperparams)
-        dispatch_value_estimator(
+        make_loss_value_estimator(
             self,
             value_type,
-            supported=self.SUPPORTED_VALUE_ESTIMATORS,
             tensor_keys={
                 "value_target": "value_target",
                 "value": self.tensor_keys.value,

@@ -1,4 +1,4 @@
-"""Test-suite-wide isolation: no test writes into the user's home directory."""
+"""Suite-wide isolation (tests and doctests): nothing writes into the user's home directory."""
 
 from __future__ import annotations
 
