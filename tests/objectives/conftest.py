@@ -214,8 +214,11 @@ def train_with_trainer(
     iterations=2,
     optim_steps=3,
     batch_size=32,
+    loss_components=None,
 ):
     """Runs ``loss_module`` inside ``torchrl.trainers.Trainer``.
+
+    ``loss_components`` names the ``loss_*`` entries to sum (all of them by default).
 
     Uses TorchRL's own ``DefaultOptimizationStepper``, ``TargetNetUpdaterHook`` (so the
     given ``SoftUpdate``/``HardUpdate`` is stepped after every optimiser step) and a
@@ -239,7 +242,7 @@ def train_with_trainer(
         optim_steps_per_batch=optim_steps,
         loss_module=loss_module,
         optimizer=optimizer,
-        optimization_stepper=DefaultOptimizationStepper(),
+        optimization_stepper=DefaultOptimizationStepper(loss_components),
         target_net_updater=target_updater,
         progress_bar=False,
         log_interval=10**9,
@@ -257,5 +260,5 @@ def train_with_trainer(
 @pytest.fixture(scope="session")
 def run_trainer():
     """``run_trainer(loss, optimizer, target_updater, data, iterations=2, optim_steps=3,
-    batch_size=32) -> Trainer``: trains inside ``torchrl.trainers.Trainer``."""
+    batch_size=32, loss_components=None) -> Trainer``: trains inside ``torchrl.trainers.Trainer``."""
     return train_with_trainer

@@ -401,26 +401,7 @@ def test_discrete_bad_index_and_size():
 
 
 # ----------------------------------------------------------------------------- torchrl
-class _OfflineCollector:
-    """The Trainer iterates over a collector; offline training has no env steps."""
-
-    init_random_frames = 0
-
-    def __init__(self, iterations: int):
-        self.iterations = iterations
-
-    def __iter__(self):
-        for _ in range(self.iterations):
-            yield TensorDict({"dummy": torch.zeros(1)}, [1])
-
-    def shutdown(self):
-        pass
-
-
-def test_runs_in_torchrl_trainer(cartpole_dataset):
-    from torchrl.trainers import Trainer
-    from torchrl.trainers.trainers import DefaultOptimizationStepper
-
+def test_runs_in_torchrl_trainer(cartpole_dataset, run_trainer):
     torch.manual_seed(0)
     loss = DiscreteAWACLoss(
         make_discrete_actor(4, 2), make_discrete_critic(4, 2), action_space="one-hot"
@@ -428,28 +409,18 @@ def test_runs_in_torchrl_trainer(cartpole_dataset):
     loss.make_value_estimator(gamma=0.99)
     data = cartpole_dataset.data.clone()
     data["action"] = nn.functional.one_hot(data["action"], 2)
-    rb = TensorDictReplayBuffer(storage=LazyTensorStorage(data.numel()), batch_size=32)
-    rb.extend(data)
     updater = SoftUpdate(loss, tau=0.05)
     optim = torch.optim.Adam(loss.parameters(), lr=1e-3)
-    trainer = Trainer(
-        collector=_OfflineCollector(3),
-        total_frames=3,
-        frame_skip=1,
-        optim_steps_per_batch=2,
-        loss_module=loss,
-        optimizer=optim,
-        replay_buffer=rb,
-        target_net_updater=updater,
-        optimization_stepper=DefaultOptimizationStepper(["loss_actor", "loss_qvalue"]),
-        progress_bar=False,
-        save_trainer_file=None,
-        log_interval=10**9,
-    )
-    trainer.register_op("process_optim_batch", lambda _batch: rb.sample())
-    trainer.register_op("post_optim", updater.step)
     target_before = [p.clone() for p in loss.target_qvalue_network_params.values(True, True)]
-    trainer.train()
+    trainer = run_trainer(
+        loss,
+        optim,
+        updater,
+        data,
+        iterations=3,
+        optim_steps=2,
+        loss_components=["loss_actor", "loss_qvalue"],
+    )
     assert trainer._optim_count == 6
     assert any(
         (a != b).any()

@@ -485,55 +485,24 @@ def test_drop_in_like_torchrl_offline_script(pendulum_dataset):
     assert any((a != b).any() for a, b in zip(before, critic_params))
 
 
-class _OfflineCollector:
-    """A stand-in collector: the Trainer needs one, offline training has no env steps."""
-
-    init_random_frames = 0
-
-    def __init__(self, iterations: int):
-        self.iterations = iterations
-
-    def __iter__(self):
-        for _ in range(self.iterations):
-            yield TensorDict({"dummy": torch.zeros(1)}, [1])
-
-    def shutdown(self):
-        pass
-
-
-def test_runs_in_torchrl_trainer(pendulum_dataset):
-    from torchrl.trainers import Trainer
-    from torchrl.trainers.trainers import DefaultOptimizationStepper
-
+def test_runs_in_torchrl_trainer(pendulum_dataset, run_trainer):
     torch.manual_seed(0)
     loss = CQLLoss(
         make_actor(3, 1, torch.tensor([-2.0]), torch.tensor([2.0])), make_critic(3, 1), num_random=4
     )
     loss.make_value_estimator(gamma=0.99)
-    rb = TensorDictReplayBuffer(storage=LazyTensorStorage(2000), batch_size=32)
-    rb.extend(pendulum_dataset.data)
     updater = SoftUpdate(loss, tau=0.05)
     optim = torch.optim.Adam(loss.parameters(), lr=1e-3)
-    trainer = Trainer(
-        collector=_OfflineCollector(3),
-        total_frames=3,
-        frame_skip=1,
-        optim_steps_per_batch=2,
-        loss_module=loss,
-        optimizer=optim,
-        replay_buffer=rb,
-        target_net_updater=updater,
-        optimization_stepper=DefaultOptimizationStepper(
-            ["loss_actor", "loss_qvalue", "loss_cql", "loss_alpha"]
-        ),
-        progress_bar=False,
-        save_trainer_file=None,
-        log_interval=10**9,
-    )
-    trainer.register_op("process_optim_batch", lambda _batch: rb.sample())
-    trainer.register_op("post_optim", updater.step)
     target_before = [p.clone() for p in loss.target_qvalue_network_params.values(True, True)]
-    trainer.train()
+    trainer = run_trainer(
+        loss,
+        optim,
+        updater,
+        pendulum_dataset.data,
+        iterations=3,
+        optim_steps=2,
+        loss_components=["loss_actor", "loss_qvalue", "loss_cql", "loss_alpha"],
+    )
     assert trainer._optim_count == 6
     assert any(
         (a != b).any()

@@ -355,55 +355,26 @@ def test_action_dim_mismatch_and_missing_bounds():
 
 
 # ----------------------------------------------------------------------------- torchrl
-class _OfflineCollector:
-    """The Trainer iterates over a collector; offline training has no env steps."""
-
-    init_random_frames = 0
-
-    def __init__(self, iterations: int):
-        self.iterations = iterations
-
-    def __iter__(self):
-        for _ in range(self.iterations):
-            yield TensorDict({"dummy": torch.zeros(1)}, [1])
-
-    def shutdown(self):
-        pass
-
-
-def test_runs_in_torchrl_trainer(pendulum_dataset):
-    from torchrl.trainers import Trainer
-    from torchrl.trainers.trainers import DefaultOptimizationStepper
-
+def test_runs_in_torchrl_trainer(pendulum_dataset, run_trainer):
     torch.manual_seed(0)
     low, high = torch.tensor([-2.0]), torch.tensor([2.0])
     loss = TD3BCLoss(
         make_actor(3, 1, low, high), make_critic(3, 1), action_spec=Bounded(low, high, (1,))
     )
     loss.make_value_estimator(gamma=0.99)
-    rb = TensorDictReplayBuffer(storage=LazyTensorStorage(2000), batch_size=32)
-    rb.extend(pendulum_dataset.data)
     updater = SoftUpdate(loss, tau=0.05)
     optim = torch.optim.Adam(loss.parameters(), lr=1e-3)
-    trainer = Trainer(
-        collector=_OfflineCollector(3),
-        total_frames=3,
-        frame_skip=1,
-        optim_steps_per_batch=2,
-        loss_module=loss,
-        optimizer=optim,
-        replay_buffer=rb,
-        target_net_updater=updater,
-        optimization_stepper=DefaultOptimizationStepper(["loss_actor", "loss_qvalue"]),
-        progress_bar=False,
-        save_trainer_file=None,
-        log_interval=10**9,
-    )
-    trainer.register_op("process_optim_batch", lambda _batch: rb.sample())
-    trainer.register_op("post_optim", updater.step)
     actor_before = [p.clone() for p in loss.actor_network_params.values(True, True)]
     target_before = [p.clone() for p in loss.target_qvalue_network_params.values(True, True)]
-    trainer.train()
+    trainer = run_trainer(
+        loss,
+        optim,
+        updater,
+        pendulum_dataset.data,
+        iterations=3,
+        optim_steps=2,
+        loss_components=["loss_actor", "loss_qvalue"],
+    )
     assert trainer._optim_count == 6
     assert loss.get_extra_state()["num_calls"] == 6
     assert any(
