@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +52,7 @@ from torchrl_offline.data.storage import (
     OfflineReplayBuffer,
     allocate_transitions,
     atomic_directory,
+    default_cache_dir,
     is_complete,
     load_transitions,
     make_replay_buffer,
@@ -293,10 +293,8 @@ def _validate(
 
 
 def _default_root() -> Path:
-    """``$TORCHRL_OFFLINE_CACHE/logged`` (the cache of :func:`load_minari`), else a temp dir."""
-    env = os.environ.get("TORCHRL_OFFLINE_CACHE")
-    base = Path(env).expanduser() if env else Path(tempfile.gettempdir()) / "torchrl_offline"
-    return base / "logged"
+    """``<conversion cache>/logged``, beside :func:`load_minari`'s conversions."""
+    return default_cache_dir() / "logged"
 
 
 def _float_np(dtype: torch.dtype) -> np.dtype:
@@ -369,7 +367,7 @@ def from_logged(
         source: the log (see above).
         path: the dataset directory to write. By default a directory keyed by the
             data's content under ``$TORCHRL_OFFLINE_CACHE/logged`` (or
-            ``<system temp dir>/torchrl_offline/logged``), reused when the same data
+            ``~/.cache/torchrl_offline/logged``), reused when the same data
             and options are loaded again. An existing ``path`` holding the same data
             is reused too; one holding other data is an error unless ``overwrite``.
         columns: field -> source column name, list of scalar column names (stacked

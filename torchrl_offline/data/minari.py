@@ -54,6 +54,7 @@ from torchrl_offline.data.storage import (
     OfflineReplayBuffer,
     allocate_transitions,
     atomic_directory,
+    default_cache_dir,
     is_complete,
     load_transitions,
     make_replay_buffer,
@@ -72,12 +73,6 @@ _CHUNK_TRANSITIONS = 65_536
 _HASH_BLOCK = 1 << 20
 
 Key = tuple[str, ...]
-
-
-def default_cache_dir() -> Path:
-    """The conversion cache: ``$TORCHRL_OFFLINE_CACHE``, else ``~/.cache/torchrl_offline``."""
-    env = os.environ.get("TORCHRL_OFFLINE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "torchrl_offline"
 
 
 def minari_content_hash(data_path: str | os.PathLike) -> str:

@@ -30,6 +30,7 @@ __all__ = [
     "OfflineTensorStorage",
     "allocate_transitions",
     "atomic_directory",
+    "default_cache_dir",
     "is_complete",
     "load_transitions",
     "make_replay_buffer",
@@ -86,6 +87,13 @@ class OfflineTensorStorage(TensorStorage):
                 lambda t: t.index_select(0, index), batch_size=[index.numel()]
             )
         return super().get(index)
+
+
+def default_cache_dir() -> Path:
+    """Where adapters keep their conversions: ``$TORCHRL_OFFLINE_CACHE``, else
+    ``~/.cache/torchrl_offline``."""
+    env = os.environ.get("TORCHRL_OFFLINE_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "torchrl_offline"
 
 
 @contextlib.contextmanager
