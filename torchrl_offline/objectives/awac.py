@@ -39,13 +39,10 @@ from torchrl_offline.objectives.common import (
     ensemble_apply,
     make_loss_value_estimator,
     module_apply,
+    next_key,
 )
 
 __all__ = ["AWACLoss", "DiscreteAWACLoss"]
-
-
-def _next(key: NestedKey) -> NestedKey:
-    return unravel_key(("next", key))
 
 
 _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
@@ -307,13 +304,13 @@ class AWACLoss(LossModule):
     def _set_in_keys(self) -> None:
         keys = [
             self.tensor_keys.action,
-            _next(self.tensor_keys.reward),
-            _next(self.tensor_keys.done),
-            _next(self.tensor_keys.terminated),
+            next_key(self.tensor_keys.reward),
+            next_key(self.tensor_keys.done),
+            next_key(self.tensor_keys.terminated),
             *self.actor_network.in_keys,
-            *[_next(key) for key in self.actor_network.in_keys],
+            *[next_key(key) for key in self.actor_network.in_keys],
             *self.qvalue_network.in_keys,
-            *[_next(key) for key in self._critic_obs_keys()],
+            *[next_key(key) for key in self._critic_obs_keys()],
         ]
         self._in_keys = list(dict.fromkeys(unravel_key(k) for k in keys))
 
@@ -443,16 +440,16 @@ class AWACLoss(LossModule):
             if unravel_key(key) == action_key:
                 inputs.append(action)
             else:
-                inputs.append(tensordict.get(_next(key) if nxt else key))
+                inputs.append(tensordict.get(next_key(key) if nxt else key))
         return inputs
 
     def _td_target(self, tensordict: TensorDictBase, next_value: Tensor) -> Tensor:
         estimator = self.value_estimator
         if type(estimator) is TD0Estimator and not estimator.average_rewards:
-            reward = tensordict.get(_next(self.tensor_keys.reward))
-            terminated = tensordict.get(_next(self.tensor_keys.terminated), None)
+            reward = tensordict.get(next_key(self.tensor_keys.reward))
+            terminated = tensordict.get(next_key(self.tensor_keys.terminated), None)
             if terminated is None:
-                terminated = tensordict.get(_next(self.tensor_keys.done))
+                terminated = tensordict.get(next_key(self.tensor_keys.done))
             gamma = estimator.gamma.to(reward.device)
             steps = tensordict.get(estimator.tensor_keys.steps_to_next_obs, None)
             if steps is not None:
@@ -460,7 +457,7 @@ class AWACLoss(LossModule):
             target = reward + gamma * (~terminated.bool()) * next_value.reshape(reward.shape)
             return target.reshape(next_value.shape)
         td = tensordict.clone(False)
-        td.set(_next(self.tensor_keys.state_action_value), next_value.unsqueeze(-1))
+        td.set(next_key(self.tensor_keys.state_action_value), next_value.unsqueeze(-1))
         return estimator.value_estimate(td).squeeze(-1)
 
     @staticmethod

@@ -44,6 +44,7 @@ __all__ = [
     "from_unit_interval",
     "make_loss_value_estimator",
     "module_apply",
+    "next_key",
     "tanh_normal_log_prob",
     "to_unit_interval",
     "uniform_actions",
@@ -851,3 +852,14 @@ def make_loss_value_estimator(
         **hyperparams,
     )
     return loss
+
+
+def next_key(key: NestedKey) -> tuple[str, ...]:
+    """The key of ``key`` under ``"next"``, flattened: ``"reward"`` -> ``("next", "reward")``.
+
+    Examples:
+        >>> from torchrl_offline.objectives.common import next_key
+        >>> next_key("reward"), next_key(("agent", "obs"))
+        (('next', 'reward'), ('next', 'agent', 'obs'))
+    """
+    return ("next", *key) if isinstance(key, tuple) else ("next", key)

@@ -43,6 +43,7 @@ from torchrl_offline.objectives.common import (
     check_output_dim,
     ensemble_apply,
     make_loss_value_estimator,
+    next_key,
     uniform_actions,
 )
 
@@ -50,10 +51,6 @@ __all__ = ["CQLLoss", "DiscreteCQLLoss"]
 
 _CQL_VARIANTS = ("H", "rho")
 _SCALAR_MODES = (None, "exclude", "non_tensor")
-
-
-def _next(key: NestedKey) -> NestedKey:
-    return unravel_key(("next", key))
 
 
 class CQLLoss(LossModule):
@@ -352,11 +349,11 @@ class CQLLoss(LossModule):
     def in_keys(self) -> list[NestedKey]:
         keys = [
             self.tensor_keys.action,
-            _next(self.tensor_keys.reward),
-            _next(self.tensor_keys.done),
-            _next(self.tensor_keys.terminated),
+            next_key(self.tensor_keys.reward),
+            next_key(self.tensor_keys.done),
+            next_key(self.tensor_keys.terminated),
             *self.actor_network.in_keys,
-            *[_next(key) for key in self.actor_network.in_keys],
+            *[next_key(key) for key in self.actor_network.in_keys],
             *self.qvalue_network.in_keys,
         ]
         return list(dict.fromkeys(unravel_key(k) for k in keys))
@@ -453,7 +450,7 @@ class CQLLoss(LossModule):
         # Policy at s and s' in one actor call.
         actor_keys = [unravel_key(k) for k in self.actor_network.in_keys]
         obs_both = TensorDict(
-            {k: torch.cat([td.get(k), td.get(_next(k))], 0) for k in actor_keys},
+            {k: torch.cat([td.get(k), td.get(next_key(k))], 0) for k in actor_keys},
             [2 * bsz],
         )
         dist = self._policy(obs_both)
@@ -478,7 +475,7 @@ class CQLLoss(LossModule):
         loss_alpha = -self.log_alpha * (logp_pi.detach() + self.target_entropy)
 
         # Bellman target.
-        next_obs = {k: td.get(_next(k)) for k in critic_obs_keys}
+        next_obs = {k: td.get(next_key(k)) for k in critic_obs_keys}
         with torch.no_grad():
             if self.max_q_backup:
                 q_next = self._q(self.target_qvalue_network_params, next_obs, a_samples[:, bsz:])
@@ -557,10 +554,10 @@ class CQLLoss(LossModule):
         keys = self.tensor_keys
         estimator = self.value_estimator
         if type(estimator) is TD0Estimator and not estimator.average_rewards:
-            reward = td.get(_next(keys.reward))
-            terminated = td.get(_next(keys.terminated), None)
+            reward = td.get(next_key(keys.reward))
+            terminated = td.get(next_key(keys.terminated), None)
             if terminated is None:
-                terminated = td.get(_next(keys.done))
+                terminated = td.get(next_key(keys.done))
             gamma = estimator.gamma.to(reward.device)
             steps = td.get(estimator.tensor_keys.steps_to_next_obs, None)
             if steps is not None:
@@ -569,9 +566,9 @@ class CQLLoss(LossModule):
             target = reward + gamma * not_term * next_value.unsqueeze(-1)
             return target.squeeze(-1)
         td_v = td.select(
-            _next(keys.reward), _next(keys.done), _next(keys.terminated), strict=False
+            next_key(keys.reward), next_key(keys.done), next_key(keys.terminated), strict=False
         ).clone(False)
-        td_v.set(_next(keys.value), next_value.unsqueeze(-1))
+        td_v.set(next_key(keys.value), next_value.unsqueeze(-1))
         return estimator.value_estimate(td_v).squeeze(-1)
 
     def _pack(self, losses: dict, diagnostics: dict, alpha: Tensor, batch_shape) -> TensorDict:
@@ -776,11 +773,11 @@ class DiscreteCQLLoss(LossModule):
     def in_keys(self) -> list[NestedKey]:
         keys = [
             self.tensor_keys.action,
-            _next(self.tensor_keys.reward),
-            _next(self.tensor_keys.done),
-            _next(self.tensor_keys.terminated),
+            next_key(self.tensor_keys.reward),
+            next_key(self.tensor_keys.done),
+            next_key(self.tensor_keys.terminated),
             *self.value_network.in_keys,
-            *[_next(k) for k in self.value_network.in_keys],
+            *[next_key(k) for k in self.value_network.in_keys],
         ]
         return list(dict.fromkeys(unravel_key(k) for k in keys))
 
@@ -887,10 +884,10 @@ class DiscreteCQLLoss(LossModule):
 
     def _target(self, td: TensorDictBase, next_value: Tensor) -> Tensor:
         keys = self.tensor_keys
-        reward = td.get(_next(keys.reward))
-        terminated = td.get(_next(keys.terminated), None)
+        reward = td.get(next_key(keys.reward))
+        terminated = td.get(next_key(keys.terminated), None)
         if terminated is None:
-            terminated = td.get(_next(keys.done))
+            terminated = td.get(next_key(keys.done))
         gamma = self.value_estimator.gamma.to(reward.device)
         not_term = (~terminated.bool()).to(reward.dtype)
         # reward and flags are [B, 1]; next_value is [B] or [B, K]

@@ -44,6 +44,7 @@ from torchrl_offline.objectives.common import (
     find_action_spec,
     make_loss_value_estimator,
     module_apply,
+    next_key,
     tanh_normal_log_prob,
 )
 
@@ -389,7 +390,7 @@ class IQLLoss(LossModule):
             *self.actor_network.in_keys,
             *self.qvalue_network.in_keys,
             *self.value_network.in_keys,
-            *[_next(key) for key in self.value_network.in_keys],
+            *[next_key(key) for key in self.value_network.in_keys],
         ]
         self._in_keys = list(dict.fromkeys(keys))
 
@@ -456,7 +457,7 @@ class IQLLoss(LossModule):
     def _critic_target(self, tensordict: TensorDictBase) -> Tensor:
         estimator = self.value_estimator
         if type(estimator) is TD0Estimator:
-            next_inputs = [tensordict.get(_next(k)) for k in self.value_network.in_keys]
+            next_inputs = [tensordict.get(next_key(k)) for k in self.value_network.in_keys]
             next_value = self._value(self.value_network_params, next_inputs)  # under no_grad
             reward = tensordict.get(("next", self.tensor_keys.reward)).squeeze(-1)
             terminated = tensordict.get(("next", self.tensor_keys.terminated)).squeeze(-1)
@@ -690,7 +691,3 @@ class DiscreteIQLLoss(IQLLoss):
             if len(event) == 0 and action.ndim > len(dist.batch_shape):
                 action = action.squeeze(-1)
         return dist.log_prob(action)
-
-
-def _next(key: NestedKey) -> tuple:
-    return ("next", *key) if isinstance(key, tuple) else ("next", key)

@@ -32,15 +32,12 @@ from torchrl_offline.objectives.common import (
     ensemble_apply,
     make_loss_value_estimator,
     module_apply,
+    next_key,
 )
 
 __all__ = ["TD3BCLoss"]
 
 _EXTRA_STATE = "_extra_state"
-
-
-def _next(key: NestedKey) -> NestedKey:
-    return unravel_key(("next", key))
 
 
 def _tanh_head(actor: TensorDictModuleBase, action_key: NestedKey):
@@ -360,13 +357,13 @@ class TD3BCLoss(LossModule):
         action = unravel_key(self.tensor_keys.action)
         keys = [
             self.tensor_keys.action,
-            _next(self.tensor_keys.reward),
-            _next(self.tensor_keys.done),
-            _next(self.tensor_keys.terminated),
+            next_key(self.tensor_keys.reward),
+            next_key(self.tensor_keys.done),
+            next_key(self.tensor_keys.terminated),
             *self.actor_network.in_keys,
-            *[_next(key) for key in self.actor_network.in_keys],
+            *[next_key(key) for key in self.actor_network.in_keys],
             *self.qvalue_network.in_keys,
-            *[_next(k) for k in self.qvalue_network.in_keys if unravel_key(k) != action],
+            *[next_key(k) for k in self.qvalue_network.in_keys if unravel_key(k) != action],
         ]
         self._in_keys = list(dict.fromkeys(unravel_key(k) for k in keys))
 
@@ -475,16 +472,16 @@ class TD3BCLoss(LossModule):
             if unravel_key(key) == action_key:
                 inputs.append(action)
             else:
-                inputs.append(tensordict.get(_next(key) if nxt else key))
+                inputs.append(tensordict.get(next_key(key) if nxt else key))
         return inputs
 
     def _td_target(self, tensordict: TensorDictBase, next_value: Tensor) -> Tensor:
         estimator = self.value_estimator
         if type(estimator) is TD0Estimator and not estimator.average_rewards:
-            reward = tensordict.get(_next(self.tensor_keys.reward))
-            terminated = tensordict.get(_next(self.tensor_keys.terminated), None)
+            reward = tensordict.get(next_key(self.tensor_keys.reward))
+            terminated = tensordict.get(next_key(self.tensor_keys.terminated), None)
             if terminated is None:
-                terminated = tensordict.get(_next(self.tensor_keys.done))
+                terminated = tensordict.get(next_key(self.tensor_keys.done))
             gamma = estimator.gamma.to(reward.device)
             steps = tensordict.get(estimator.tensor_keys.steps_to_next_obs, None)
             if steps is not None:
@@ -493,7 +490,7 @@ class TD3BCLoss(LossModule):
             target = reward + gamma * (~terminated.bool()) * next_value
             return target.reshape(next_value.shape[: tensordict.ndim])
         td = tensordict.clone(False)
-        td.set(_next(self.tensor_keys.state_action_value), next_value.unsqueeze(-1))
+        td.set(next_key(self.tensor_keys.state_action_value), next_value.unsqueeze(-1))
         return estimator.value_estimate(td).squeeze(-1)
 
     # ------------------------------------------------------------------ losses

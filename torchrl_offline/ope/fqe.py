@@ -53,6 +53,7 @@ from torchrl_offline.objectives.common import (
     find_action_spec,
     make_loss_value_estimator,
     module_apply,
+    next_key,
 )
 from torchrl_offline.ope.episodes import to_episodes
 from torchrl_offline.ope.policy import EvaluationPolicy, discrete_action_start
@@ -67,10 +68,6 @@ def _is_index(action: Tensor) -> bool:
     if action.dtype.is_floating_point or action.dtype == torch.bool:
         return False
     return action.ndim == 1 or action.shape[-1] == 1
-
-
-def _next(key: NestedKey) -> tuple:
-    return ("next", *key) if isinstance(key, tuple) else ("next", key)
 
 
 def _discrete_space(action_space: str | TensorSpec | None, policy) -> str | None:
@@ -388,7 +385,7 @@ class FQELoss(LossModule):
             keys = [
                 self.tensor_keys.action,
                 *self._critic_obs_keys(),
-                *[_next(k) for k in obs],
+                *[next_key(k) for k in obs],
                 ("next", self.tensor_keys.reward),
                 ("next", self.tensor_keys.done),
                 ("next", self.tensor_keys.terminated),
