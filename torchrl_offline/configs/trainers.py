@@ -1,0 +1,284 @@
+"""Hydra config of :class:`~torchrl_offline.trainers.offline.OfflineTrainer` (group ``trainer``).
+
+The trainer takes TorchRL's own configs for what TorchRL already has (``optimizer``,
+``target_net_updater``, ``logger``, ``hook`` groups) and ours or TorchRL's for the loss
+and the replay buffer, referenced by interpolation as in TorchRL's trainer configs::
+
+    trainer:
+      loss_module: ${loss}
+      replay_buffer: ${dataset}      # or ${replay_buffer}
+      optimizer: ${optimizer}        # a partial optimizer config (TorchRL's adam ...)
+      total_steps: 1000
+
+Examples:
+    >>> import torch
+    >>> from hydra.utils import instantiate
+    >>> from tensordict import TensorDict
+    >>> from torchrl.data import Bounded, Unbounded
+    >>> from torchrl.trainers.algorithms.configs import AdamConfig
+    >>> from torchrl_offline.configs.trainers import OfflineTrainerConfig
+    >>> from torchrl_offline.data.storage import make_replay_buffer
+    >>> from torchrl_offline.trainers.algorithms import build_algorithm
+    >>> n = 32
+    >>> rb = make_replay_buffer(TensorDict({
+    ...     "observation": torch.randn(n, 3), "action": torch.rand(n, 1) * 2 - 1,
+    ...     ("next", "observation"): torch.randn(n, 3), ("next", "reward"): torch.randn(n, 1),
+    ...     ("next", "done"): torch.zeros(n, 1, dtype=torch.bool),
+    ...     ("next", "terminated"): torch.zeros(n, 1, dtype=torch.bool)}, [n]), batch_size=8)
+    >>> loss = build_algorithm("iql", Unbounded(shape=(3,)), Bounded(-1.0, 1.0, (1,)),
+    ...                        hidden_sizes=(8,)).loss
+    >>> trainer = instantiate(OfflineTrainerConfig(total_steps=3, optimizer=AdamConfig(lr=3e-4)),
+    ...                       loss_module=loss, replay_buffer=rb)
+    >>> trainer.train()
+    >>> trainer.step
+    3
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import MISSING
+from torchrl.objectives import LossModule, SoftUpdate
+from torchrl.objectives.utils import TargetNetUpdater
+from torchrl.trainers.algorithms.configs.trainers import TrainerConfig
+
+from torchrl_offline import registry
+from torchrl_offline.configs.common import ConfigError, plain
+from torchrl_offline.trainers.checkpoint import latest_checkpoint, load_checkpoint
+from torchrl_offline.trainers.hooks import CheckpointHook, EvaluationHook
+from torchrl_offline.trainers.offline import OfflineTrainer
+
+__all__ = ["OfflineTrainerConfig", "default_loss_components"]
+
+
+@dataclass
+class OfflineTrainerConfig(TrainerConfig):
+    """Hydra config of :class:`~torchrl_offline.trainers.offline.OfflineTrainer`
+    (store name ``offline`` in group ``trainer``).
+
+    Fields not in ``OfflineTrainer``: ``optimizer`` may be a partial optimizer config
+    (called with the loss's parameters) and defaults to Adam at ``lr`` 3e-4;
+    ``target_net_updater`` may be a partial updater config (TorchRL's ``soft`` /
+    ``hard``, called with the loss) and defaults to a soft update at rate ``tau`` when
+    the loss has target networks; ``loss_components`` defaults to the loss's own terms
+    (:func:`default_loss_components`).
+
+    As in :func:`~torchrl_offline.trainers.offline.train`: ``eval_env`` (a gymnasium id)
+    adds an :class:`~torchrl_offline.trainers.hooks.EvaluationHook` of the loss's policy
+    (its ``actor_network``, or the Q-value actor of discrete CQL) with the dataset's
+    reference returns, ``checkpoint_dir`` a
+    :class:`~torchrl_offline.trainers.hooks.CheckpointHook`, and ``resume`` loads the
+    newest checkpoint there. ``hooks`` (TorchRL or ours, any object with
+    ``register(trainer)``) are registered after the evaluation hook, so
+    ``EarlyStopping`` can monitor ``eval/return_mean``.
+
+    Networks are built when the loss is instantiated, before the trainer seeds the
+    generators: seed torch first (``torch.manual_seed(cfg.seed)``) for a reproducible
+    run.
+    """
+
+    loss_module: Any = MISSING
+    replay_buffer: Any = MISSING
+    total_steps: int = MISSING
+    optimizer: Any = None
+    lr: float = 3e-4
+    batch_size: int | None = None
+    loss_components: list[str] | None = None
+    target_net_updater: Any = None
+    tau: float = 0.005
+    logger: Any = None
+    log_interval: int = 1000
+    clip_norm: float | None = None
+    seed: int | None = None
+    metadata: Any = None
+    optimization_stepper: Any = None
+    eval_env: str | None = None
+    eval_interval: int = 5000
+    eval_episodes: int = 10
+    eval_max_steps: int = 1000
+    checkpoint_dir: str | None = None
+    checkpoint_interval: int = 5000
+    keep_checkpoints: int = 2
+    resume: bool = False
+    hooks: list[Any] | None = None
+    _target_: str = "torchrl_offline.configs.trainers._make_offline_trainer"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+
+
+def default_loss_components(loss_module: LossModule) -> tuple[str, ...] | None:
+    """The loss terms summed for the backward pass of a registered offline loss.
+
+    Diagnostic entries (``loss_actor_bc`` of CQL, ...) are left out. ``None`` for other
+    losses (TorchRL's trainer then sums every ``loss*`` entry).
+
+    Examples:
+        >>> from torchrl.data import Bounded, Unbounded
+        >>> from torchrl_offline.configs.trainers import default_loss_components
+        >>> from torchrl_offline.trainers.algorithms import build_algorithm
+        >>> algo = build_algorithm("cql", Unbounded(shape=(3,)), Bounded(-1.0, 1.0, (1,)),
+        ...                        hidden_sizes=(8,))
+        >>> default_loss_components(algo.loss)
+        ('loss_actor', 'loss_qvalue', 'loss_cql', 'loss_alpha')
+    """
+    from torchrl_offline.trainers.algorithms import _LOSS_KEYS
+
+    for name in _LOSS_KEYS:
+        if name == "discrete_bc":
+            continue
+        if type(loss_module) is registry.get("loss", name):
+            return _LOSS_KEYS[name]
+    return None
+
+
+def _call_partial(value: Any, field: str, expected: type, *args: Any) -> Any:
+    if isinstance(value, expected):
+        return value
+    if isinstance(value, functools.partial) or (callable(value) and not isinstance(value, type)):
+        value = value(*args)
+    if not isinstance(value, expected):
+        raise ConfigError(
+            f"trainer.{field} must build a {expected.__name__}, got {type(value).__name__}"
+        )
+    return value
+
+
+def _make_offline_trainer(
+    *,
+    loss_module: Any,
+    replay_buffer: Any,
+    total_steps: int,
+    optimizer: Any,
+    lr: float,
+    batch_size: int | None,
+    loss_components: Sequence[str] | None,
+    target_net_updater: Any,
+    tau: float,
+    logger: Any,
+    log_interval: int,
+    clip_norm: float | None,
+    seed: int | None,
+    metadata: Any,
+    optimization_stepper: Any,
+    eval_env: str | None,
+    eval_interval: int,
+    eval_episodes: int,
+    eval_max_steps: int,
+    checkpoint_dir: str | None,
+    checkpoint_interval: int,
+    keep_checkpoints: int,
+    resume: bool,
+    hooks: Sequence[Any] | None,
+) -> OfflineTrainer:
+    loss_module = _call_partial(loss_module, "loss_module", LossModule)
+    if optimizer is None:
+        optimizer = torch.optim.Adam(loss_module.parameters(), lr=float(lr))
+    optimizer = _call_partial(
+        optimizer, "optimizer", torch.optim.Optimizer, loss_module.parameters()
+    )
+    if target_net_updater is None:
+        has_targets = any(
+            name.startswith("target_") and name.endswith("_params")
+            for name, _ in loss_module.named_children()
+        )
+        if has_targets:
+            target_net_updater = SoftUpdate(loss_module, tau=float(tau))
+    else:
+        target_net_updater = _call_partial(
+            target_net_updater, "target_net_updater", TargetNetUpdater, loss_module
+        )
+    components = plain(loss_components)
+    if components is None:
+        components = default_loss_components(loss_module)
+    extra = {}
+    if optimization_stepper is not None:
+        extra["optimization_stepper"] = optimization_stepper
+    trainer = OfflineTrainer(
+        replay_buffer=replay_buffer,
+        loss_module=loss_module,
+        optimizer=optimizer,
+        total_steps=int(total_steps),
+        batch_size=batch_size,
+        loss_components=components,
+        target_net_updater=target_net_updater,
+        logger=logger,
+        log_interval=int(log_interval),
+        clip_norm=clip_norm,
+        seed=seed,
+        metadata=plain(metadata),
+        **extra,
+    )
+    if eval_env:
+        _add_evaluation(
+            trainer,
+            eval_env,
+            interval=int(eval_interval),
+            num_episodes=int(eval_episodes),
+            max_steps=int(eval_max_steps),
+            seed=0 if seed is None else int(seed),
+        )
+    for index, hook in enumerate(hooks or ()):
+        if not hasattr(hook, "register"):
+            raise ConfigError(
+                f"trainer.hooks[{index}] must be a trainer hook with a register(trainer) "
+                f"method, got {type(hook).__name__}"
+            )
+        hook.register(trainer)
+    if checkpoint_dir is not None:
+        checkpointer = CheckpointHook(
+            checkpoint_dir, interval=int(checkpoint_interval), keep=int(keep_checkpoints)
+        )
+        checkpointer.register(trainer)
+        if resume:
+            path = latest_checkpoint(checkpointer.directory)
+            if path is not None:
+                trainer.load_checkpoint_state(load_checkpoint(path))
+                checkpointer.last_path = path
+    elif resume:
+        raise ConfigError("trainer.resume needs trainer.checkpoint_dir")
+    return trainer
+
+
+def _policy_of(loss_module: LossModule) -> Any:
+    for name in ("actor_network", "value_network"):
+        module = getattr(loss_module, name, None)
+        if module is not None:
+            return module
+    raise ConfigError(
+        f"trainer.eval_env: {type(loss_module).__name__} has no actor_network or "
+        "value_network to evaluate"
+    )
+
+
+def _add_evaluation(
+    trainer: OfflineTrainer,
+    env_id: str,
+    *,
+    interval: int,
+    num_episodes: int,
+    max_steps: int,
+    seed: int,
+) -> None:
+    from torchrl.envs import GymEnv
+
+    meta = getattr(trainer.replay_buffer, "metadata", None) or {}
+    reference = None
+    if meta.get("ref_min_score") is not None and meta.get("ref_max_score") is not None:
+        reference = (float(meta["ref_min_score"]), float(meta["ref_max_score"]))
+    env = GymEnv(env_id, categorical_action_encoding=True)
+    EvaluationHook(
+        env,
+        _policy_of(trainer.loss_module),
+        interval=interval,
+        num_episodes=num_episodes,
+        seed=seed,
+        max_steps=max_steps,
+        reference=reference,
+    ).register(trainer)
+    trainer.register_op("shutdown", env.close)
