@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from torchrl.envs import GymEnv, StepCounter, TransformedEnv
 
-from tests.trainers.conftest import make_dataset
+from tests.trainers.conftest import StopAt, make_dataset
 from torchrl_offline.trainers.algorithms import AlgorithmError, build_algorithm, specs_from_dataset
-from torchrl_offline.trainers.finetune import finetune
+from torchrl_offline.trainers.checkpoint import CheckpointError, list_checkpoints
+from torchrl_offline.trainers.finetune import _env_state, _set_env_state, finetune
+from torchrl_offline.trainers.offline import train
 
 
 class _Record:
@@ -95,3 +100,132 @@ def test_bad_settings_and_mismatched_env():
         finetune(algo, data, "Pendulum-v1", total_steps=2, offline_fraction=1.0, progress=False)
     with pytest.raises(AlgorithmError, match="does not match the dataset"):
         finetune(algo, data, "CartPole-v1", total_steps=2, progress=False)
+
+
+def _finetune(name, data, out_dir, *, env="Pendulum-v1", total=12, hooks=(), resume=False, **kw):
+    return finetune(
+        _algo(name, data),
+        data,
+        env,
+        total_steps=total,
+        seed=5,
+        out_dir=out_dir,
+        resume=resume,
+        batch_size=16,
+        frames_per_batch=3,
+        checkpoint_interval=4,
+        progress=False,
+        hooks=hooks,
+        **kw,
+    )
+
+
+def _tensors(algo):
+    return {k: v for k, v in algo.loss.state_dict().items() if torch.is_tensor(v)}
+
+
+@pytest.mark.parametrize(
+    ("name", "env", "kw"),
+    [
+        ("iql", "Pendulum-v1", {"anneal_steps": 10}),
+        ("td3_bc", "Pendulum-v1", {"online_capacity": 5}),  # the ring buffer wraps
+        ("cql", "CartPole-v1", {}),
+        ("awac", "Pendulum-v1 with a StepCounter", {}),  # a TorchRL TransformedEnv
+    ],
+)
+def test_interrupted_and_resumed_finetuning_equals_uninterrupted(tmp_path, name, env, kw):
+    discrete = env == "CartPole-v1"
+    shape = {"discrete": True, "obs_dim": 4, "n_actions": 2} if discrete else {}
+    data = make_dataset(**shape)
+
+    def make_env():
+        if env.endswith("StepCounter"):
+            return TransformedEnv(GymEnv("Pendulum-v1"), StepCounter())
+        return env
+
+    full = _finetune(name, data, tmp_path / "full", env=make_env(), **kw)
+    part = _finetune(name, data, tmp_path / "part", env=make_env(), hooks=[StopAt(7)], **kw)
+    assert (part.step, part.stop_reason) == (7, "interrupted")
+    record = _Record()
+    resumed = _finetune(
+        name, data, tmp_path / "part", env=make_env(), resume=True, hooks=[record], **kw
+    )
+    assert resumed.step == 12 and resumed.stop_reason is None
+    assert len(record.online) == 5  # steps 8 to 12 only: the run continued from step 7
+    a, b = _tensors(full.algorithm), _tensors(resumed.algorithm)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_online_buffer_is_saved_in_chunks_and_pruned(tmp_path):
+    data = make_dataset()
+    # 3 env steps every 3 updates; a checkpoint every 4 updates; room for 5 transitions
+    _finetune("td3_bc", data, tmp_path, total=20, online_capacity=5)
+    checkpoints = tmp_path / "checkpoints"
+    assert [p.name for p in list_checkpoints(checkpoints)] == [
+        "checkpoint_000000016.pt",
+        "checkpoint_000000020.pt",
+    ]
+    store = checkpoints / "online_buffer"
+    index = json.loads((store / "index.json").read_text())
+    chunks = sorted(p.name for p in store.iterdir() if p.is_dir())
+    # each checkpoint wrote only the transitions collected since the previous one (from
+    # the 5 newest at most): steps 4, 8, 12, 16, 20 wrote transitions 1-5, 6-8, 9-11,
+    # 13-17, 18-20; the first chunk, needed by no checkpoint still on disk, is deleted
+    spans = [[int(x) for x in c.split("_")[1:3]] for c in chunks]
+    assert spans == [[6, 9], [9, 12], [13, 18], [18, 21]]
+    assert sorted(index["20"]) == chunks[2:]
+    assert sorted(index["16"]) == chunks[2:3]
+
+
+def test_resume_refuses_offline_checkpoints_and_other_settings(tmp_path):
+    data = make_dataset()
+    train("iql", data, total_steps=2, batch_size=16, out_dir=tmp_path / "offline",
+          overrides={"hidden_sizes": (16,)}, progress=False, logger=None)  # fmt: skip
+    with pytest.raises(CheckpointError, match="from offline training, not fine-tuning"):
+        _finetune("iql", data, tmp_path / "offline", total=4, resume=True)
+    _finetune("iql", data, tmp_path / "online", total=4)
+    with pytest.raises(CheckpointError, match="other fine-tuning settings"):
+        _finetune("iql", data, tmp_path / "online", total=8, resume=True, offline_fraction=0.3)
+    with pytest.raises(CheckpointError, match="iql fine-tuning run with other algorithm"):
+        _finetune("td3_bc", data, tmp_path / "online", total=8, resume=True)
+
+
+def test_mujoco_env_state_round_trip(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes its warnings to ./MUJOCO_LOG.TXT
+    env = GymEnv("Hopper-v5")
+    env.set_seed(0)
+    td = env.reset()
+    actions = [env.action_spec.rand() for _ in range(8)]
+    for action in actions[:3]:
+        td = env.step(td.set("action", action))["next"]
+    state = _env_state(env)
+    assert state is not None
+    expected = []
+    for action in actions[3:]:
+        td = env.step(td.set("action", action))["next"]
+        expected.append(td["observation"].clone())
+    other = GymEnv("Hopper-v5")
+    other.set_seed(123)
+    td = other.reset()
+    _set_env_state(other, state)
+    for action, obs in zip(actions[3:], expected):
+        td = other.step(td.set("action", action))["next"]
+        assert torch.equal(td["observation"], obs)
+    env.close()
+    other.close()
+
+
+def test_env_without_readable_state_resumes_with_a_new_episode(tmp_path, monkeypatch):
+    import sys
+
+    module = sys.modules["torchrl_offline.trainers.finetune"]
+    monkeypatch.setattr(module, "_env_state", lambda env: None)  # e.g. a Box2D env
+    data = make_dataset()
+    _finetune("td3_bc", data, tmp_path, hooks=[StopAt(7)])
+    record = _Record()
+    with pytest.warns(UserWarning, match="starts a new online episode"):
+        resumed = _finetune("td3_bc", data, tmp_path, resume=True, hooks=[record])
+    assert resumed.step == 12 and len(record.online) == 5
+    assert record.online[0] == 9  # the online buffer (3 collections of 3) was restored

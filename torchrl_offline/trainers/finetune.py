@@ -7,27 +7,47 @@ fraction optionally annealed linearly to zero. The training loop is an
 :class:`~torchrl_offline.trainers.offline.OfflineTrainer`, so every hook of offline
 training (evaluation, logging, checkpoints, TorchRL's hooks) works here too, and steps
 are gradient steps.
+
+A fine-tuning run is resumable. Its checkpoints hold, besides what offline checkpoints
+hold, the online replay buffer (written incrementally next to the checkpoints as
+memory-mapped chunks, so a checkpoint writes only the transitions collected since the
+previous one), the collector's carried observation and counters, and the simulator state
+of gymnasium environments whose state is plain numbers and arrays (classic control, MuJoCo
+through ``mj_getState``). For those, a run interrupted and resumed gives bitwise the same
+parameters as an uninterrupted one; for other environments the resumed run starts a new
+episode (a warning says so) and everything else is restored exactly.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import random
+import shutil
+import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase, TensorDictSequential
 from torchrl.collectors import Collector
 from torchrl.data import Bounded, OfflineToOnlineReplayBuffer, ReplayBuffer
-from torchrl.envs import EnvBase
+from torchrl.envs import EnvBase, TransformedEnv
 from torchrl.modules import AdditiveGaussianModule, EGreedyModule, ProbabilisticActor
 from torchrl.record.loggers import Logger
 from torchrl.trainers import TrainerHookBase
 
 from torchrl_offline.trainers.algorithms import Algorithm, AlgorithmError
+from torchrl_offline.trainers.checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+)
 from torchrl_offline.trainers.hooks import (
     CheckpointHook,
     EvaluationHook,
@@ -42,6 +62,7 @@ from torchrl_offline.trainers.offline import (
     _algorithm_metadata,
     _check_env,
     _make_env,
+    _read_metadata,
     _reference,
 )
 
@@ -56,6 +77,9 @@ TRAINING_KEYS = (
     ("next", "done"),
     ("next", "terminated"),
 )
+
+#: Name of the folder, inside the checkpoint folder, holding the online buffer's chunks.
+ONLINE_BUFFER_DIR = "online_buffer"
 
 
 class _Selected:
@@ -74,12 +98,191 @@ class _Selected:
         return len(self.buffer)
 
 
+# ----------------------------------------------------------------------------- env state
+# A gymnasium env's state is read from the attributes of its wrappers and of the unwrapped
+# env: numbers, strings, NumPy arrays and generators, and lists, tuples and str-keyed dicts
+# of them (MuJoCo's MjData through mj_getState).
+# Spaces, specs, rendering objects and the MuJoCo model are constants and skipped. Any
+# other attribute (a Box2D world, say) makes the state unsaveable: None.
+_SKIPPED_NAMES = ("env", "spec", "metadata", "model", "render_mode")
+_SKIPPED_PARTS = ("render", "screen", "clock", "viewer", "space", "ezpickle", "saved_kwargs")
+
+
+def _gym_chain(env: EnvBase) -> list[Any] | None:
+    """The gymnasium wrappers and env behind a TorchRL ``GymEnv``, outermost first."""
+    inner = getattr(getattr(env, "base_env", env), "_env", None)  # through a TransformedEnv
+    if inner is None or not hasattr(inner, "unwrapped"):
+        return None
+    chain = [inner]
+    while chain[-1] is not chain[-1].unwrapped and hasattr(chain[-1], "env"):
+        chain.append(chain[-1].env)
+    return chain
+
+
+def _encode(value: Any) -> Any:
+    """A weights-only-loadable form of one attribute, or raises TypeError."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.random.Generator):
+        return {"generator": value.bit_generator.state}
+    if isinstance(value, (np.ndarray, np.generic)) and np.asarray(value).dtype.kind in "biuf":
+        return {"array": torch.from_numpy(np.array(value)), "scalar": np.ndim(value) == 0}
+    if isinstance(value, (tuple, list)):
+        return {"sequence": [_encode(v) for v in value], "tuple": isinstance(value, tuple)}
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {"mapping": {k: _encode(v) for k, v in value.items()}}
+    raise TypeError(type(value).__name__)
+
+
+def _decode(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    if "generator" in value:
+        state = value["generator"]
+        generator = np.random.Generator(getattr(np.random, state["bit_generator"])())
+        generator.bit_generator.state = state
+        return generator
+    if "array" in value:
+        array = value["array"].numpy().copy()
+        return array[()] if value["scalar"] else array
+    if "mapping" in value:
+        return {k: _decode(v) for k, v in value["mapping"].items()}
+    items = [_decode(v) for v in value["sequence"]]
+    return tuple(items) if value["tuple"] else items
+
+
+def _mujoco_state(data: Any, model: Any) -> torch.Tensor:
+    import mujoco
+
+    kind = mujoco.mjtState.mjSTATE_INTEGRATION
+    state = np.empty(mujoco.mj_stateSize(model, kind))
+    mujoco.mj_getState(model, data, state, kind)
+    return torch.from_numpy(state)
+
+
+def _env_state(env: EnvBase) -> list[dict[str, Any]] | None:
+    """The simulator state of a gymnasium env, one dict per wrapper, or ``None`` when the
+    env is not a gymnasium env or holds state of an unsupported type."""
+    chain = _gym_chain(env)
+    if chain is None:
+        return None
+    states = []
+    for layer in chain:
+        state: dict[str, Any] = {}
+        for name, value in vars(layer).items():
+            if name in _SKIPPED_NAMES or any(p in name for p in _SKIPPED_PARTS):
+                continue
+            if type(value).__name__ == "MjData":
+                state[name] = {"mujoco": _mujoco_state(value, layer.model)}
+                continue
+            try:
+                state[name] = _encode(value)
+            except TypeError:
+                return None
+        states.append(state)
+    return states
+
+
+def _set_env_state(env: EnvBase, states: Sequence[Mapping[str, Any]]) -> None:
+    chain = _gym_chain(env)
+    if chain is None or len(chain) != len(states):
+        raise CheckpointError(
+            "the checkpoint's environment state does not fit this environment "
+            f"({len(states)} gymnasium layers saved)"
+        )
+    for layer, state in zip(chain, states):
+        for name, value in state.items():
+            if isinstance(value, dict) and "mujoco" in value:
+                import mujoco
+
+                mujoco.mj_setState(
+                    layer.model,
+                    getattr(layer, name),
+                    value["mujoco"].numpy().copy(),
+                    mujoco.mjtState.mjSTATE_INTEGRATION,
+                )
+                mujoco.mj_forward(layer.model, getattr(layer, name))
+            else:
+                setattr(layer, name, _decode(value))
+
+
+# ----------------------------------------------------------------------------- online buffer
+class _ChunkStore:
+    """The online buffer's transitions on disk, as memory-mapped chunks.
+
+    Each checkpoint writes one chunk, ``chunk_<start>_<end>_<id>``: the transitions
+    numbered ``start`` to ``end - 1`` in insertion order (only those added since the
+    previous checkpoint), to a temporary folder renamed into place. ``index.json`` maps
+    each checkpoint's step to the chunks it needs; chunks needed by no checkpoint left on
+    disk are deleted.
+    """
+
+    def __init__(self, checkpoint_dir: Path) -> None:
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.directory = self.checkpoint_dir / ONLINE_BUFFER_DIR
+
+    def write(self, data: TensorDictBase, start: int) -> str:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"chunk_{start:012d}_{start + len(data):012d}_{uuid.uuid4().hex[:8]}"
+        tmp = self.directory / f".{name}.tmp"
+        data.memmap(prefix=tmp)
+        for path in tmp.rglob("*"):  # on disk before a checkpoint refers to it
+            if path.is_file():
+                with open(path, "rb+") as f:
+                    os.fsync(f.fileno())
+        os.replace(tmp, self.directory / name)
+        return name
+
+    def read(self, name: str) -> TensorDictBase:
+        path = self.directory / name
+        if not path.is_dir():
+            raise CheckpointError(
+                f"the online buffer chunk {str(path)!r} of this checkpoint is missing"
+            )
+        try:
+            return TensorDict.load_memmap(path)
+        except Exception as err:
+            raise CheckpointError(
+                f"the online buffer chunk {str(path)!r} cannot be read ({err})"
+            ) from err
+
+    def _index(self) -> dict[str, list[str]]:
+        try:
+            return json.loads((self.directory / "index.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def commit(self, step: int, names: list[str]) -> None:
+        """Records the chunks of the checkpoint of ``step`` and prunes unneeded ones."""
+        index = {
+            s: chunks
+            for s, chunks in self._index().items()
+            if checkpoint_path(self.checkpoint_dir, int(s)).exists()
+        }
+        index[str(step)] = list(names)
+        tmp = self.directory / f".index.{uuid.uuid4().hex}.tmp"
+        tmp.write_text(json.dumps(index))
+        os.replace(tmp, self.directory / "index.json")
+        needed = {name for chunks in index.values() for name in chunks}
+        for path in self.directory.iterdir():
+            if path.is_dir() and path.name not in needed:
+                shutil.rmtree(path, ignore_errors=True)
+
+
 class OnlineSource:
     """Collects from an env every ``collect_every`` iterations, then yields mixed batches.
 
     It stands where a collector stands in an :class:`OfflineTrainer`: each iteration
     first runs the collector when due (``frames_per_batch`` env steps, added to the
     online part of ``buffer``), anneals the offline fraction, then yields one batch.
+
+    Its ``state_dict`` (saved in the trainer's checkpoints) holds the online buffer, the
+    collector's carried observation and counters, the env's simulator state when it can
+    be read (see the module's description), the exploration noise and the offline
+    sampler's state, so a resumed run continues the same online experience. With
+    ``checkpoint_dir`` the online transitions go to memory-mapped chunks in
+    ``checkpoint_dir/online_buffer`` (each checkpoint writes only the new ones);
+    without it they are stored inside the checkpoint.
 
     Args:
         collector: a TorchRL collector over the env with the exploration policy.
@@ -92,10 +295,31 @@ class OnlineSource:
             linearly to zero; ``None`` keeps it constant.
         exploration (module, optional): an exploration module with ``step(frames)``
             (its noise is annealed by the collected frames).
+        checkpoint_dir (path, optional): the trainer's checkpoint folder.
 
     Attributes:
         episode_returns (list of float): returns of the online episodes finished so far.
         frames (int): env steps collected.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.collectors import Collector
+        >>> from torchrl.data import LazyTensorStorage, OfflineToOnlineReplayBuffer, ReplayBuffer
+        >>> from torchrl.envs import GymEnv
+        >>> from torchrl.envs.utils import RandomPolicy
+        >>> from torchrl_offline.trainers.finetune import TRAINING_KEYS, OnlineSource
+        >>> env = GymEnv("Pendulum-v1")
+        >>> offline = ReplayBuffer(storage=LazyTensorStorage(20))
+        >>> _ = offline.extend(env.rollout(20).select(*TRAINING_KEYS))
+        >>> collector = Collector(env, RandomPolicy(env.action_spec), frames_per_batch=5,
+        ...                       total_frames=-1)
+        >>> mixed = OfflineToOnlineReplayBuffer(offline, online_capacity=100, batch_size=8)
+        >>> source = OnlineSource(collector, mixed, batch_size=8, collect_every=5)
+        >>> batch = next(iter(source))
+        >>> batch.batch_size, len(mixed.online_buffer)
+        (torch.Size([8]), 5)
+        >>> collector.shutdown()
     """
 
     init_random_frames = 0
@@ -109,6 +333,7 @@ class OnlineSource:
         collect_every: int,
         anneal_steps: int | None = None,
         exploration: Any = None,
+        checkpoint_dir: str | os.PathLike | None = None,
     ) -> None:
         self.collector = collector
         self.buffer = buffer
@@ -121,6 +346,9 @@ class OnlineSource:
         self._running = 0.0
         self._iterations = 0
         self._iterator: Iterator[TensorDictBase] | None = None
+        self._store = _ChunkStore(Path(checkpoint_dir)) if checkpoint_dir is not None else None
+        self._chunks: list[tuple[str, int, int]] = []  # (name, start, end) on disk
+        self._saved_total = 0  # transitions already in a chunk
 
     def _collect(self) -> None:
         if self._iterator is None:
@@ -156,24 +384,144 @@ class OnlineSource:
         """Shuts the collector down."""
         self.collector.shutdown()
 
+    # -------------------------------------------------------------------- state
+    @property
+    def _online(self) -> ReplayBuffer:
+        return self.buffer.online_buffer
+
+    def _transitions(self, start: int, end: int) -> TensorDictBase:
+        """Online transitions ``start`` to ``end - 1`` (insertion order) from the ring."""
+        capacity = self._online._storage.max_size
+        index = torch.arange(start, end) % capacity
+        return self._online._storage[index].clone()
+
+    def _buffer_state(self) -> dict[str, Any]:
+        writer = self._online._writer
+        total = int(writer._write_count)
+        capacity = int(self._online._storage.max_size)
+        low = max(0, total - capacity)
+        state: dict[str, Any] = {"total": total, "capacity": capacity}
+        if self._store is None:
+            state["data"] = self._transitions(low, total).to_dict() if total > low else None
+            return state
+        start = max(self._saved_total, low)
+        if total > start:
+            name = self._store.write(self._transitions(start, total), start)
+            self._chunks.append((name, start, total))
+        self._chunks = [c for c in self._chunks if c[2] > low]
+        self._saved_total = total
+        state["chunks"] = [list(c) for c in self._chunks]
+        self._store.commit(self._iterations, [c[0] for c in self._chunks])
+        return state
+
+    def _load_buffer(self, state: Mapping[str, Any]) -> None:
+        total, capacity = int(state["total"]), int(state["capacity"])
+        if capacity != int(self._online._storage.max_size):
+            raise CheckpointError(
+                f"the checkpoint's online buffer holds {capacity} transitions, this run "
+                f"{int(self._online._storage.max_size)} (online_capacity differs)"
+            )
+        low = max(0, total - capacity)
+        if "data" in state:
+            data = state["data"]
+            data = None if data is None else TensorDict(data, batch_size=[total - low])
+            self._chunks = []
+        else:
+            if self._store is None:
+                raise CheckpointError(
+                    "the checkpoint keeps its online buffer in chunks; pass checkpoint_dir"
+                )
+            self._chunks = [(str(n), int(s), int(e)) for n, s, e in state["chunks"]]
+            self._chunks = [c for c in self._chunks if c[2] > low]
+            pieces = [self._store.read(n)[max(low - s, 0) :] for n, s, e in self._chunks]
+            data = torch.cat(pieces) if pieces else None
+        writer = self._online._writer
+        writer._cursor = low % capacity
+        writer._write_count = low
+        if data is not None:
+            self._online.extend(data)
+        if int(writer._write_count) != total:
+            raise CheckpointError(
+                f"the checkpoint's online buffer is incomplete: {int(writer._write_count)} "
+                f"of {total} transitions"
+            )
+        self._saved_total = total
+
     def state_dict(self) -> dict[str, Any]:
-        return {
+        collector = self.collector
+        env_state = _env_state(collector.env)
+        state: dict[str, Any] = {
             "frames": self.frames,
             "iterations": self._iterations,
             "episode_returns": list(self.episode_returns),
+            "running": self._running,
+            "buffer": self._buffer_state(),
+            "offline_fraction": float(self.buffer.offline_fraction),
+            "collector": {"frames": int(collector._frames), "iter": int(collector._iter)},
+            "env": env_state,
         }
+        if env_state is not None:  # the carried observation is only valid with its env state
+            state["collector"]["carrier"] = collector._carrier.to_dict()
+        if isinstance(collector.env, TransformedEnv):  # e.g. a StepCounter's or ObservationNorm's
+            state["collector"]["transform"] = collector.env.transform.state_dict()
+        pool = getattr(collector, "_traj_pool", None)
+        if pool is not None:
+            state["collector"]["traj_pool"] = pool.state_dict()
+        if isinstance(self.exploration, torch.nn.Module):
+            state["exploration"] = self.exploration.state_dict()
+        offline = self.buffer.offline_buffer
+        offline = getattr(offline, "buffer", offline)
+        state["offline_sampler"] = offline._sampler.state_dict()
+        rng = getattr(offline, "_rng", None)
+        if rng is not None:
+            state["offline_rng"] = rng.get_state()
+        return state
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         self.frames = int(state_dict.get("frames", 0))
         self._iterations = int(state_dict.get("iterations", 0))
         self.episode_returns = list(state_dict.get("episode_returns", []))
+        self._running = float(state_dict.get("running", 0.0))
+        if "buffer" in state_dict:
+            self._load_buffer(state_dict["buffer"])
+        if "offline_fraction" in state_dict:
+            self.buffer._offline_fraction = float(state_dict["offline_fraction"])
+        collector = self.collector
+        saved = state_dict.get("collector", {})
+        collector._frames = int(saved.get("frames", 0))
+        collector._iter = int(saved.get("iter", -1))
+        if "transform" in saved and isinstance(collector.env, TransformedEnv):
+            collector.env.transform.load_state_dict(saved["transform"])
+        if "traj_pool" in saved and getattr(collector, "_traj_pool", None) is not None:
+            collector._traj_pool.load_state_dict(saved["traj_pool"])
+        if state_dict.get("env") is not None and "carrier" in saved:
+            _set_env_state(collector.env, state_dict["env"])
+            carrier = collector._carrier
+            carrier.update(TensorDict(saved["carrier"], batch_size=carrier.batch_size))
+        elif "buffer" in state_dict:
+            warnings.warn(
+                "the environment's state could not be saved with the checkpoint: the "
+                "resumed fine-tuning starts a new online episode",
+                UserWarning,
+                stacklevel=2,
+            )
+        if "exploration" in state_dict and isinstance(self.exploration, torch.nn.Module):
+            self.exploration.load_state_dict(state_dict["exploration"])
+        offline = self.buffer.offline_buffer
+        offline = getattr(offline, "buffer", offline)
+        if "offline_sampler" in state_dict:
+            offline._sampler.load_state_dict(state_dict["offline_sampler"])
+        rng = getattr(offline, "_rng", None)
+        if rng is not None and "offline_rng" in state_dict:
+            rng.set_state(state_dict["offline_rng"])
 
 
 def _exploration_policy(algo: Algorithm, noise: float) -> tuple[TensorDictModuleBase, Any]:
     """The policy that acts in the env: stochastic actors sample; deterministic ones add
     Gaussian noise (a fraction ``noise`` of the action half-range) or act epsilon-greedily."""
     policy = algo.policy
-    if isinstance(policy, ProbabilisticActor):
+    inner = getattr(policy, "policy", policy)  # a NormalizedPolicy wraps the actor
+    if isinstance(inner, ProbabilisticActor):
         return policy, None
     spec = algo.action_spec
     if isinstance(spec, Bounded):
@@ -194,6 +542,7 @@ def finetune(
     total_steps: int,
     seed: int = 0,
     out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
     batch_size: int = 256,
     offline_fraction: float = 0.5,
     anneal_steps: int | None = None,
@@ -206,6 +555,7 @@ def finetune(
     eval_episodes: int = 10,
     eval_max_steps: int = 1000,
     checkpoint_interval: int = 5000,
+    keep_checkpoints: int = 2,
     log_interval: int = 1000,
     logger: str | Logger | None = "csv",
     progress: bool = True,
@@ -222,6 +572,13 @@ def finetune(
     zero over ``anneal_steps`` updates when given). Online episode returns are logged as
     ``online/episode_return``.
 
+    Checkpoints (in ``out_dir/checkpoints``) hold the online buffer (memory-mapped
+    chunks in ``out_dir/checkpoints/online_buffer``), the collector's and env's state
+    and everything an offline checkpoint holds. With ``resume=True`` the newest one is
+    loaded and the run continues to ``total_steps``; on classic-control and MuJoCo envs
+    the result is bitwise that of an uninterrupted run (same machine). Ctrl-C ends the
+    current update, writes a checkpoint and returns.
+
     Args:
         algorithm: the algorithm to fine-tune, e.g. ``train(...).algorithm`` or
             ``load_algorithm(checkpoint)[0]``.
@@ -230,8 +587,11 @@ def finetune(
 
     Keyword Args:
         total_steps: gradient steps of fine-tuning.
-        seed: seeds torch and the env.
+        seed: seeds torch, NumPy, Python and the env.
         out_dir: run directory for logs and checkpoints (``None`` writes nothing).
+        resume: continue from the newest fine-tuning checkpoint in ``out_dir`` (a fresh
+            start when there is none); ``algorithm``'s weights are replaced by the
+            checkpoint's.
         batch_size: transitions per update.
         offline_fraction: share of each batch drawn from the offline data, in ``(0, 1)``.
         anneal_steps: updates over which the share decays to zero (``None``: constant).
@@ -241,12 +601,17 @@ def finetune(
         exploration_noise: Gaussian noise (fraction of the action half-range) for
             deterministic actors, epsilon for discrete greedy ones.
         eval_env, eval_interval, eval_episodes, eval_max_steps, checkpoint_interval,
-        log_interval, logger, progress, hooks: as in
+        keep_checkpoints, log_interval, logger, progress, hooks: as in
             :func:`~torchrl_offline.trainers.offline.train`.
 
     Returns:
         A :class:`~torchrl_offline.trainers.offline.TrainResult` (its ``evaluations``
         come from ``eval_env``; the online episode returns are in the logs).
+
+    Raises:
+        AlgorithmError: bad settings, or an env not matching the algorithm's specs.
+        CheckpointError: ``resume`` with a corrupt checkpoint, an offline-training
+            checkpoint, or one of another algorithm or fine-tuning settings.
 
     Examples:
         >>> import torch
@@ -272,10 +637,23 @@ def finetune(
         raise AlgorithmError(f"utd_ratio must be > 0, got {utd_ratio}")
     if frames_per_batch < 1:
         raise AlgorithmError(f"frames_per_batch must be >= 1, got {frames_per_batch}")
+    if online_capacity < 1:
+        raise AlgorithmError(f"online_capacity must be >= 1, got {online_capacity}")
+    if anneal_steps is not None and anneal_steps < 1:
+        raise AlgorithmError(f"anneal_steps must be >= 1 or None, got {anneal_steps}")
+    if resume and out_dir is None:
+        raise ValueError("resume=True needs out_dir")
     torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
     algo = algorithm
     train_env = _make_env(env)
-    _check_env(train_env, algo)
+    try:
+        _check_env(train_env, algo)
+    except AlgorithmError:
+        if train_env is not env:
+            train_env.close()
+        raise
     train_env.set_seed(seed)
     policy, exploration = _exploration_policy(algo, exploration_noise)
     collector = Collector(
@@ -291,6 +669,7 @@ def finetune(
         offline_fraction=float(offline_fraction),
         batch_size=int(batch_size),
     )
+    out = Path(out_dir) if out_dir is not None else None
     source = OnlineSource(
         collector,
         mixed,
@@ -298,8 +677,8 @@ def finetune(
         collect_every=round(frames_per_batch / utd_ratio),
         anneal_steps=anneal_steps,
         exploration=exploration,
+        checkpoint_dir=out / "checkpoints" if out is not None else None,
     )
-    out = Path(out_dir) if out_dir is not None else None
     log_dir = None
     if isinstance(logger, Logger):
         the_logger: Logger | None = logger
@@ -309,6 +688,16 @@ def finetune(
     else:
         the_logger = None
 
+    settings = {
+        "batch_size": int(batch_size),
+        "offline_fraction": float(offline_fraction),
+        "anneal_steps": anneal_steps,
+        "online_capacity": int(online_capacity),
+        "frames_per_batch": int(frames_per_batch),
+        "utd_ratio": float(utd_ratio),
+        "exploration_noise": float(exploration_noise),
+    }
+    metadata = {**_algorithm_metadata(algo), "finetune": settings}
     trainer = OfflineTrainer(
         replay_buffer=dataset,
         loss_module=algo.loss,
@@ -319,7 +708,7 @@ def finetune(
         target_net_updater=algo.target_updater,
         logger=the_logger,
         log_interval=log_interval,
-        metadata={**_algorithm_metadata(algo), "finetune": True},
+        metadata=metadata,
     )
     trainer.collector = source
     trainer.replay_buffer = mixed
@@ -330,28 +719,32 @@ def finetune(
     LogLosses(log_interval).register(trainer)
     evaluation = None
     eval_env_arg = eval_env
-    if eval_env is not None:
-        eval_env = _make_env(eval_env)
-        _check_env(eval_env, algo)
-        evaluation = EvaluationHook(
-            eval_env,
-            algo.policy,
-            interval=eval_interval,
-            num_episodes=eval_episodes,
-            seed=seed + 1,
-            max_steps=eval_max_steps,
-            reference=_reference(dataset),
-        )
-        evaluation.register(trainer)
-    for hook in hooks:
-        hook.register(trainer)
-    if progress:
-        ProgressBar().register(trainer)
-    checkpointer = None
-    if out is not None:
-        checkpointer = CheckpointHook(out / "checkpoints", interval=checkpoint_interval)
-        checkpointer.register(trainer)
     try:
+        if eval_env is not None:
+            eval_env = _make_env(eval_env)
+            evaluation = EvaluationHook(
+                eval_env,
+                algo.policy,
+                interval=eval_interval,
+                num_episodes=eval_episodes,
+                seed=seed + 1,
+                max_steps=eval_max_steps,
+                reference=_reference(dataset),
+            )
+            _check_env(eval_env, algo)
+            evaluation.register(trainer)
+        for hook in hooks:
+            hook.register(trainer)
+        if progress:
+            ProgressBar().register(trainer)
+        checkpointer = None
+        if out is not None:
+            checkpointer = CheckpointHook(
+                out / "checkpoints", interval=checkpoint_interval, keep=keep_checkpoints
+            )
+            checkpointer.register(trainer)
+            if resume:
+                _resume(trainer, checkpointer, metadata)
         trainer.train()
     finally:
         collector.shutdown()
@@ -367,6 +760,33 @@ def finetune(
         log_dir=log_dir,
         stop_reason=trainer.stop_reason,
     )
+
+
+def _resume(
+    trainer: OfflineTrainer, checkpointer: CheckpointHook, metadata: Mapping[str, Any]
+) -> None:
+    """Loads the newest checkpoint of ``checkpointer``'s folder, if it is a fine-tuning
+    checkpoint of the same algorithm and settings."""
+    path = latest_checkpoint(checkpointer.directory)
+    if path is None:
+        return
+    state = load_checkpoint(path)
+    saved = _read_metadata(state, path)
+    current = json.loads(json.dumps(metadata))
+    if not saved.get("finetune"):
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} is from offline training, not fine-tuning; give "
+            "fine-tuning another out_dir (the offline run is its starting point)"
+        )
+    for key in ("algorithm", "hyperparameters", "observation_norm", "finetune"):
+        if saved.get(key) != current.get(key):
+            raise CheckpointError(
+                f"Checkpoint {str(path)!r} is a {saved['algorithm']} fine-tuning run with "
+                f"other {key.replace('finetune', 'fine-tuning settings')} than this "
+                f"{metadata['algorithm']} run; use another out_dir or the same settings"
+            )
+    trainer.load_checkpoint_state(state)
+    checkpointer.last_path = path
 
 
 _LR_KEYS = {"actor": "actor_lr", "qvalue": "critic_lr", "value": "value_lr", "alpha": "alpha_lr"}

@@ -1,0 +1,295 @@
+"""``torchrl-offline finetune``: fine-tune a trained checkpoint online in an environment."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from torchrl_offline.cli.common import CLIError, open_dataset
+
+__all__ = ["add_parser", "run"]
+
+_EPILOG = """\
+examples:
+  torchrl-offline finetune runs/iql --dataset pendulum/mixed-v0 --steps 20000 \\
+      --out runs/iql-online --eval-env auto --eval-every 5000
+  torchrl-offline finetune runs/iql --dataset pendulum/mixed-v0 --steps 20000 \\
+      --out runs/iql-online --offline-fraction 0.75 --anneal-steps 10000
+  torchrl-offline finetune runs/iql --dataset pendulum/mixed-v0 --steps 40000 \\
+      --out runs/iql-online --resume         # continue the same run up to 40000 steps
+"""
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a trained checkpoint online in an environment",
+        description="Fine-tune the algorithm of a `train` checkpoint online: a TorchRL "
+        "collector runs its policy in the environment (with exploration noise) and every "
+        "update trains the same loss on a batch mixing offline data and the new online "
+        "data, at a ratio that can be annealed to all-online. Checkpoints hold the online "
+        "replay buffer, the collector's and the env's state: Ctrl-C writes one and "
+        "--resume continues the same run.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "checkpoint", help="checkpoint of `train`, or its run directory (newest checkpoint)"
+    )
+    parser.add_argument(
+        "--dataset", metavar="ID_OR_PATH", required=True, help="the offline dataset to mix in"
+    )
+    parser.add_argument(
+        "--env", help="gymnasium id to fine-tune in (default: the env recorded with --dataset)"
+    )
+    parser.add_argument("--steps", type=int, required=True, help="total gradient steps")
+    parser.add_argument("--out", metavar="DIR", required=True, help="run directory of this run")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the run")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint in --out"
+    )
+    parser.add_argument(
+        "--algo", metavar="NAME", help="refuse a checkpoint of another algorithm than NAME"
+    )
+    mixing = parser.add_argument_group("online data")
+    mixing.add_argument(
+        "--offline-fraction",
+        type=float,
+        default=0.5,
+        metavar="F",
+        help="share of each batch drawn from the offline data, in (0, 1) (default 0.5)",
+    )
+    mixing.add_argument(
+        "--anneal-steps",
+        type=int,
+        metavar="N",
+        help="decay the offline share linearly to 0 over N updates (default: constant)",
+    )
+    mixing.add_argument(
+        "--online-capacity",
+        type=int,
+        default=1_000_000,
+        metavar="N",
+        help="transitions kept in the online buffer",
+    )
+    mixing.add_argument(
+        "--frames-per-batch", type=int, default=100, metavar="N", help="env steps per collection"
+    )
+    mixing.add_argument(
+        "--utd-ratio", type=float, default=1.0, metavar="R", help="updates per env step"
+    )
+    mixing.add_argument(
+        "--exploration-noise",
+        type=float,
+        default=0.1,
+        metavar="X",
+        help="Gaussian noise (share of the action half-range) of deterministic actors, "
+        "epsilon of discrete greedy ones",
+    )
+    parser.add_argument("--batch-size", type=int, default=256, help="transitions per update")
+    parser.add_argument(
+        "--eval-env",
+        metavar="ENV",
+        help="gymnasium id to evaluate in, or 'auto' for the fine-tuning env",
+    )
+    parser.add_argument("--eval-every", type=int, default=5000, metavar="N", help="steps")
+    parser.add_argument("--eval-episodes", type=int, default=10, metavar="N")
+    parser.add_argument(
+        "--eval-max-steps", type=int, default=1000, metavar="N", help="step cap per episode"
+    )
+    parser.add_argument("--checkpoint-every", type=int, default=5000, metavar="N", help="steps")
+    parser.add_argument(
+        "--keep-checkpoints", type=int, default=2, metavar="N", help="newest checkpoints kept"
+    )
+    parser.add_argument("--log-every", type=int, default=1000, metavar="N", help="steps")
+    parser.add_argument(
+        "--logger",
+        default="csv",
+        choices=("csv", "tensorboard", "wandb", "mlflow", "none"),
+        help="TorchRL logger (default csv, in DIR/logs)",
+    )
+    parser.add_argument(
+        "--root", help="Minari datasets root (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)"
+    )
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    positive = (
+        "steps",
+        "batch_size",
+        "online_capacity",
+        "frames_per_batch",
+        "eval_every",
+        "eval_episodes",
+        "eval_max_steps",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "log_every",
+    )
+    for option in positive:
+        if getattr(args, option) < 1:
+            raise CLIError(f"--{option.replace('_', '-')} must be positive")
+    if not 0.0 < args.offline_fraction < 1.0:
+        raise CLIError(f"--offline-fraction must be in (0, 1), got {args.offline_fraction}")
+    if args.anneal_steps is not None and args.anneal_steps < 1:
+        raise CLIError("--anneal-steps must be positive")
+    if args.utd_ratio <= 0:
+        raise CLIError("--utd-ratio must be positive")
+    if args.exploration_noise < 0:
+        raise CLIError("--exploration-noise must be >= 0")
+
+
+def _check_out(out: Path, checkpoint: Path) -> None:
+    """Refuse an --out that holds the offline checkpoint being fine-tuned."""
+    folder = checkpoint.resolve().parent
+    if folder in (out.resolve(), (out / "checkpoints").resolve()):
+        raise CLIError(
+            f"--out {str(out)!r} holds the checkpoint being fine-tuned; give the online run "
+            "its own directory"
+        )
+
+
+def _env_id(args: argparse.Namespace, buffer: Any) -> str:
+    from torchrl_offline.cli.envs import dataset_env_id
+
+    if args.env is not None:
+        return args.env
+    env_id = dataset_env_id(buffer)
+    if env_id is None:
+        raise CLIError(f"the dataset {args.dataset!r} records no env id; pass --env")
+    return env_id
+
+
+def run(args: argparse.Namespace) -> int:
+    """Fine-tune, then print the checkpoint, logs, online returns and evaluations."""
+    from torchrl_offline.cli.checkpoints import load_trained
+    from torchrl_offline.cli.envs import check_env_matches, check_specs_match, make_env
+    from torchrl_offline.trainers.algorithms import specs_from_dataset
+    from torchrl_offline.trainers.finetune import finetune
+
+    _check_options(args)
+    algorithm, step, file = load_trained(args.checkpoint)
+    if args.algo is not None and args.algo not in (
+        algorithm.name,
+        algorithm.name.removeprefix("discrete_"),
+    ):
+        raise CLIError(f"the checkpoint {str(file)!r} is a {algorithm.name} run, not {args.algo}")
+    out = Path(args.out)
+    _check_out(out, file)
+    buffer = open_dataset(args.dataset, root=args.root, batch_size=args.batch_size)
+    check_specs_match(
+        algorithm.observation_spec,
+        algorithm.action_spec,
+        *specs_from_dataset(buffer),
+        ours="the checkpoint",
+        theirs=f"the dataset {args.dataset!r}",
+    )
+    env_id = _env_id(args, buffer)
+    eval_id = env_id if args.eval_env == "auto" else args.eval_env
+    envs = []
+    run_state = _RunState()
+    try:
+        for name in (env_id, eval_id):
+            if name is not None:
+                envs.append(make_env(name))
+                check_env_matches(algorithm.observation_spec, algorithm.action_spec, envs[-1], name)
+        result = finetune(
+            algorithm,
+            buffer,
+            envs[0],
+            total_steps=args.steps,
+            seed=args.seed,
+            out_dir=out,
+            resume=args.resume,
+            batch_size=args.batch_size,
+            offline_fraction=args.offline_fraction,
+            anneal_steps=args.anneal_steps,
+            online_capacity=args.online_capacity,
+            frames_per_batch=args.frames_per_batch,
+            utd_ratio=args.utd_ratio,
+            exploration_noise=args.exploration_noise,
+            eval_env=envs[1] if eval_id is not None else None,
+            eval_interval=args.eval_every,
+            eval_episodes=args.eval_episodes,
+            eval_max_steps=args.eval_max_steps,
+            checkpoint_interval=args.checkpoint_every,
+            keep_checkpoints=args.keep_checkpoints,
+            log_interval=args.log_every,
+            logger=None if args.logger == "none" else args.logger,
+            progress=args.progress,
+            hooks=[run_state],
+        )
+    finally:
+        for env in envs:
+            env.close()
+    online = run_state.online_returns()
+    print(f"{result.algorithm.name}: {result.step} fine-tuning steps in {env_id} from {file}")
+    if online:
+        last = online[-10:]
+        print(
+            f"online episodes: {len(online)}, mean return of the last {len(last)}: "
+            f"{sum(last) / len(last):.2f}"
+        )
+    if result.checkpoint is not None:
+        print(f"checkpoint: {result.checkpoint}")
+    if result.log_dir is not None:
+        print(f"logs: {result.log_dir}")
+    for label, entry in _first_and_last(result.evaluations):
+        score = entry.get("normalized_score")
+        norm = f", normalized score {score:.1f}" if score is not None else ""
+        print(
+            f"evaluation in {eval_id} {label} (step {entry['step']}): return "
+            f"{entry['return_mean']:.2f} +- {entry['return_std']:.2f}{norm}"
+        )
+    _write_summary(out, result, file, step, online)
+    if result.stop_reason == "interrupted":
+        print("interrupted: resume with the same command plus --resume", file=sys.stderr)
+        return 130
+    if result.stop_reason:
+        print(f"stopped early: {result.stop_reason}")
+    return 0
+
+
+class _RunState:
+    """A hook keeping a handle on the trainer, to read the online episode returns after."""
+
+    def __init__(self) -> None:
+        self.trainer: Any = None
+
+    def register(self, trainer: Any) -> None:
+        self.trainer = trainer
+
+    def online_returns(self) -> list[float]:
+        source = getattr(self.trainer, "collector", None)
+        return [float(r) for r in getattr(source, "episode_returns", [])]
+
+
+def _first_and_last(evaluations: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    if not evaluations:
+        return []
+    if len(evaluations) == 1:
+        return [("", evaluations[0])]
+    return [("before", evaluations[0]), ("after", evaluations[-1])]
+
+
+def _write_summary(
+    out: Path, result: Any, checkpoint: Path, offline_step: int, online: list[float]
+) -> None:
+    """``DIR/summary.json``: the starting checkpoint, steps, online returns, evaluations."""
+    summary = {
+        "algorithm": result.algorithm.name,
+        "from_checkpoint": str(checkpoint),
+        "offline_step": offline_step,
+        "step": result.step,
+        "stop_reason": result.stop_reason,
+        "checkpoint": None if result.checkpoint is None else str(result.checkpoint),
+        "online_episode_returns": online,
+        "evaluations": result.evaluations,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
