@@ -166,7 +166,7 @@ def test_module_entry_point_error_is_one_line(tmp_path):
     assert proc.stderr.count("\n") == 1
 
 
-@pytest.mark.parametrize("command", ["collect", "info", "train", "evaluate", "ope"])
+@pytest.mark.parametrize("command", ["collect", "info", "train", "evaluate", "ope", "finetune"])
 def test_help_everywhere(capsys, command):
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])
