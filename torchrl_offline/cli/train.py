@@ -21,6 +21,8 @@ examples:
   torchrl-offline train --algo cql --dataset data.parquet --steps 1000 --out runs/cql \\
       --set hidden_sizes=(64,64) --set min_q_weight=5.0
   torchrl-offline train --algo iql --list-hyperparameters
+  torchrun --nproc-per-node 2 -m torchrl_offline train --algo iql --dataset pendulum/mixed-v0 \\
+      --steps 20000 --out runs/iql-ddp          # data-parallel (see docs/distributed.md)
 """
 
 
@@ -79,6 +81,28 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--root", help="Minari datasets root (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)"
+    )
+    dist = parser.add_argument_group("data-parallel training (launch with torchrun)")
+    dist.add_argument(
+        "--distributed",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train data-parallel over torch.distributed; on by default under torchrun "
+        "(--batch-size is then per process)",
+    )
+    dist.add_argument(
+        "--dist-backend",
+        choices=("gloo", "nccl"),
+        default=None,
+        help="process-group backend (default: nccl with CUDA, else gloo)",
+    )
+    dist.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long a rank waits for the others (start-up, each collective, rank 0's "
+        "evaluations) before failing (default 600)",
     )
     parser.set_defaults(run=run)
     return parser
@@ -176,14 +200,28 @@ def run(args: argparse.Namespace) -> int:
     for option in positive:
         if getattr(args, option) < 1:
             raise CLIError(f"--{option.replace('_', '-')} must be positive")
+    if getattr(args, "dist_timeout", 600.0) <= 0:
+        raise CLIError("--dist-timeout must be positive")
     overrides = parse_overrides(args.overrides)
     from torchrl_offline.trainers.offline import train
 
-    # An unknown --set key is refused by build_algorithm (its message lists the valid keys
-    # of the resolved algorithm, e.g. discrete_iql for iql on a discrete dataset).
-    buffer = open_dataset(args.dataset, root=args.root, batch_size=args.batch_size)
-    env, env_id = _eval_env(args, buffer)
+    context = _distributed_context(args)
+    env = None
     try:
+        # An unknown --set key is refused by build_algorithm (its message lists the valid
+        # keys of the resolved algorithm, e.g. discrete_iql for iql on a discrete dataset).
+        if context is None:
+            buffer = open_dataset(args.dataset, root=args.root, batch_size=args.batch_size)
+            env, env_id = _eval_env(args, buffer)
+        else:  # every rank opens the (memory-mapped) dataset; rank 0 alone evaluates
+            buffer = context.call(
+                "opening the dataset",
+                open_dataset,
+                args.dataset,
+                root=args.root,
+                batch_size=args.batch_size,
+            )
+            env, env_id = _main_rank_eval_env(context, args, buffer)
         result = train(
             args.algo,
             buffer,
@@ -202,10 +240,15 @@ def run(args: argparse.Namespace) -> int:
             log_interval=args.log_every,
             logger=None if args.logger == "none" else args.logger,
             progress=args.progress,
+            distributed=False if context is None else context,
         )
     finally:
         if env is not None:
             env.close()
+        if context is not None:
+            context.close()
+    if context is not None and not context.is_main:
+        return 130 if result.stop_reason == "interrupted" else 0  # rank 0 reports
     print(f"{result.algorithm.name}: {result.step} gradient steps")
     if result.checkpoint is not None:
         print(f"checkpoint: {result.checkpoint}")
@@ -226,6 +269,29 @@ def run(args: argparse.Namespace) -> int:
     if result.stop_reason:
         print(f"stopped early: {result.stop_reason}")
     return 0
+
+
+def _distributed_context(args: argparse.Namespace) -> Any:
+    """The data-parallel context (``--distributed``, or auto under torchrun), or ``None``."""
+    from torchrl_offline.trainers.distributed import init_distributed, torchrun_environment
+
+    wanted = getattr(args, "distributed", None)
+    if wanted is False or (wanted is None and torchrun_environment() is None):
+        return None
+    return init_distributed(backend=args.dist_backend, timeout=args.dist_timeout)
+
+
+def _main_rank_eval_env(context: Any, args: argparse.Namespace, buffer: Any) -> tuple[Any, Any]:
+    """The evaluation env on rank 0 (``(None, None)`` elsewhere); a failure to make it
+    stops every rank."""
+    env, env_id, error = None, None, None
+    if context.is_main:
+        try:
+            env, env_id = _eval_env(args, buffer)
+        except Exception as err:
+            error = err
+    context.check("making the evaluation env", error)
+    return env, env_id
 
 
 def _write_summary(out: str, result: Any) -> None:

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from torchrl.record.loggers import Logger
 from torchrl.trainers import (
     DefaultOptimizationStepper,
     LRSchedulerHook,
+    OptimizationStepper,
     TargetNetUpdaterHook,
     Trainer,
     TrainerHookBase,
@@ -60,6 +61,9 @@ from torchrl_offline.trainers.hooks import (
     make_logger,
 )
 from torchrl_offline.trainers.normalization import NormalizeObservations, observation_moments
+
+if TYPE_CHECKING:
+    from torchrl_offline.trainers.distributed import DistributedContext
 
 __all__ = ["OfflineSource", "OfflineTrainer", "TrainResult", "load_algorithm", "train"]
 
@@ -173,6 +177,10 @@ class OfflineTrainer(Trainer):
         clip_norm (float, optional): gradient-norm clipping. Defaults to ``None``.
         seed (int, optional): seeds the global generators (through the source).
         metadata (dict, optional): JSON-able description stored in checkpoints.
+        optimization_stepper (OptimizationStepper, optional): replaces the default step
+            (e.g. :class:`~torchrl_offline.trainers.distributed.AllReduceStepper`, which
+            averages gradients over data-parallel ranks); it should return detached
+            losses.
 
     Examples:
         >>> import torch
@@ -213,6 +221,7 @@ class OfflineTrainer(Trainer):
         clip_norm: float | None = None,
         seed: int | None = None,
         metadata: Mapping[str, Any] | None = None,
+        optimization_stepper: OptimizationStepper | None = None,
     ) -> None:
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
@@ -223,7 +232,7 @@ class OfflineTrainer(Trainer):
             optim_steps_per_batch=1,
             loss_module=loss_module,
             optimizer=optimizer,
-            optimization_stepper=_DetachedStepper(loss_components),
+            optimization_stepper=optimization_stepper or _DetachedStepper(loss_components),
             replay_buffer=replay_buffer,
             target_net_updater=target_net_updater,
             logger=logger,
@@ -527,6 +536,7 @@ def train(
     logger: str | Logger | None = "csv",
     progress: bool = True,
     hooks: Sequence[TrainerHookBase] = (),
+    distributed: bool | DistributedContext | None = None,
 ) -> TrainResult:
     """Trains an offline algorithm on a dataset, with evaluation, logs and checkpoints.
 
@@ -570,6 +580,13 @@ def train(
         progress: show a progress bar.
         hooks: more TorchRL trainer hooks (e.g. ``EarlyStopping``, an OPE hook),
             registered with ``hook.register(trainer)`` after evaluation.
+        distributed: data-parallel training over ``torch.distributed``
+            (:mod:`~torchrl_offline.trainers.distributed`): ``None`` (default) when the
+            process was started by ``torchrun``, ``True`` always, ``False`` never, or a
+            :class:`~torchrl_offline.trainers.distributed.DistributedContext`. Every rank
+            calls ``train`` with the same arguments; ``batch_size`` is per rank; each rank
+            samples its own shard of ``dataset``; evaluation, ``hooks``, progress, logs
+            and checkpoints are on rank 0 only. See ``docs/distributed.md``.
 
     Returns:
         A :class:`TrainResult`.
@@ -596,15 +613,68 @@ def train(
         >>> result.step, result.stop_reason
         (3, None)
     """
+    args = dict(locals())
+    from torchrl_offline.trainers.distributed import context_for
+
+    context, owned = context_for(args.pop("distributed"))
+    try:
+        return _train(context=context, **args)
+    finally:
+        if owned:
+            context.close()
+
+
+def _train(
+    algorithm: str | Algorithm,
+    dataset: ReplayBuffer,
+    *,
+    context: DistributedContext | None,
+    total_steps: int,
+    seed: int,
+    out_dir: str | os.PathLike | None,
+    resume: bool,
+    batch_size: int,
+    overrides: Mapping[str, Any] | None,
+    normalize_observations: bool,
+    eval_env: EnvBase | str | None,
+    eval_interval: int,
+    eval_episodes: int,
+    eval_max_steps: int,
+    checkpoint_interval: int,
+    keep_checkpoints: int,
+    log_interval: int,
+    logger: str | Logger | None,
+    progress: bool,
+    hooks: Sequence[TrainerHookBase],
+) -> TrainResult:
+    """The body of :func:`train`; ``context`` is the data-parallel run, if any."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+    if context is not None:
+        from torchrl_offline.trainers import distributed as dist_mod
+
+        dataset = dist_mod.prepare_dataset(context, dataset, seed=seed)
+        if not context.is_main:  # rank 0 alone evaluates, runs hooks, logs and shows progress
+            eval_env, hooks, logger, progress = None, (), None, False
     if isinstance(algorithm, str):
         obs_spec, act_spec = specs_from_dataset(dataset)
         norm = observation_moments(dataset) if normalize_observations else None
-        algo = build_algorithm(
-            algorithm, obs_spec, act_spec, observation_norm=norm, **dict(overrides or {})
-        )
+        if context is not None:
+            norm = context.broadcast_object(norm, what="broadcasting observation statistics")
+            algo = context.call(
+                "building the algorithm",
+                build_algorithm,
+                algorithm,
+                obs_spec,
+                act_spec,
+                observation_norm=norm,
+                **dict(overrides or {}),
+            )
+        else:
+            algo = build_algorithm(
+                algorithm, obs_spec, act_spec, observation_norm=norm, **dict(overrides or {})
+            )
     else:
         if overrides or normalize_observations:
             raise AlgorithmError(
@@ -626,7 +696,27 @@ def train(
         the_logger = None
 
     metadata = _algorithm_metadata(algo)
+    stepper = None
+    if context is not None:
+        dist_mod.check_settings(
+            context,
+            {
+                "algorithm": metadata,
+                "seed": seed,
+                "batch_size": batch_size,
+                "total_steps": total_steps,
+                "resume": resume,
+                "checkpointing": out is not None,
+                "checkpoint_interval": checkpoint_interval,
+                "dataset": dist_mod.dataset_fingerprint(dataset),
+            },
+        )
+        dist_mod.seed_rank(context, seed)
+        if context.device.type != "cpu":
+            algo.loss.to(context.device)
+        stepper = dist_mod.AllReduceStepper(context, algo.loss_keys)
     trainer = OfflineTrainer(
+        optimization_stepper=stepper,
         replay_buffer=dataset,
         loss_module=algo.loss,
         optimizer=algo.optimizer,
@@ -662,7 +752,10 @@ def train(
             keep_checkpoints=keep_checkpoints,
             progress=progress,
             hooks=hooks,
+            context=context,
         )
+        if context is not None:  # last hook: shares stop requests between ranks
+            dist_mod.DistributedSync(context).register(trainer)
         trainer.train()
     finally:
         if owned_env is not None:
@@ -694,6 +787,7 @@ def _setup_hooks(
     keep_checkpoints: int,
     progress: bool,
     hooks: Sequence[TrainerHookBase],
+    context: DistributedContext | None = None,
 ) -> tuple[EvaluationHook | None, CheckpointHook | None, EnvBase | None]:
     """Registers evaluation, user hooks, progress bar and checkpoints; loads the newest
     checkpoint when resuming. Returns the evaluation hook, the checkpointer and the env
@@ -702,26 +796,53 @@ def _setup_hooks(
     owned_env = None
     checkpointer = None
     try:
-        if eval_env is not None:
-            env = _make_env(eval_env)
-            if env is not eval_env:
-                owned_env = env
-            _check_env(env, algo)
-            evaluation = EvaluationHook(
-                env,
-                algo.policy,
-                interval=eval_interval,
-                num_episodes=eval_episodes,
-                seed=seed,
-                max_steps=eval_max_steps,
-                reference=_reference(dataset),
+        error = None
+        try:
+            if eval_env is not None:
+                env = _make_env(eval_env)
+                if env is not eval_env:
+                    owned_env = env
+                _check_env(env, algo)
+                evaluation = EvaluationHook(
+                    env,
+                    algo.policy,
+                    interval=eval_interval,
+                    num_episodes=eval_episodes,
+                    seed=seed,
+                    max_steps=eval_max_steps,
+                    reference=_reference(dataset),
+                )
+                evaluation.register(trainer)
+            for hook in hooks:
+                hook.register(trainer)
+            if progress:
+                ProgressBar().register(trainer)
+        except Exception as err:
+            if context is None:
+                raise
+            error = err
+        if context is not None:  # rank 0 did this alone: a failure there stops every rank
+            context.check("setting up evaluation and hooks", error)
+        if out is not None and context is not None:
+            from torchrl_offline.trainers import distributed as dist_mod
+
+            checkpointer = dist_mod.DistributedCheckpointHook(
+                out / "checkpoints",
+                context,
+                interval=checkpoint_interval,
+                keep=keep_checkpoints,
+                num_items=len(dataset),
             )
-            evaluation.register(trainer)
-        for hook in hooks:
-            hook.register(trainer)
-        if progress:
-            ProgressBar().register(trainer)
-        if out is not None:
+            checkpointer.register(trainer)
+            if resume:
+                directory = checkpointer.directory
+                dist_mod.resume_distributed(
+                    trainer,
+                    checkpointer,
+                    lambda: _find_resumable(directory, metadata, algo.name),
+                    seed=seed,
+                )
+        elif out is not None:
             checkpointer = CheckpointHook(
                 out / "checkpoints", interval=checkpoint_interval, keep=keep_checkpoints
             )
@@ -740,9 +861,26 @@ def _setup_hooks(
 def _resume(
     trainer: OfflineTrainer, checkpointer: CheckpointHook, metadata: Mapping[str, Any], name: str
 ) -> None:
-    path = latest_checkpoint(checkpointer.directory)
-    if path is None:
+    found = _find_resumable(checkpointer.directory, metadata, name)
+    if found is None:
         return
+    path, state = found
+    if "distributed" in state:  # written by a data-parallel run
+        from torchrl_offline.trainers.distributed import single_process_state
+
+        state = single_process_state(trainer, state, path)
+    trainer.load_checkpoint_state(state)
+    checkpointer.last_path = path
+
+
+def _find_resumable(
+    directory: Path, metadata: Mapping[str, Any], name: str
+) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint in ``directory`` and its state, checked to be of this run
+    (same algorithm, hyperparameters, normalisation), or ``None`` when there is none."""
+    path = latest_checkpoint(directory)
+    if path is None:
+        return None
     state = load_checkpoint(path)
     saved = _read_metadata(state, path)
     current = json.loads(json.dumps(metadata))
@@ -754,5 +892,4 @@ def _resume(
             f"settings than this {name} run; use another out_dir or the same "
             "algorithm and overrides"
         )
-    trainer.load_checkpoint_state(state)
-    checkpointer.last_path = path
+    return path, state
