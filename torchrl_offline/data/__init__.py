@@ -15,6 +15,7 @@ from torchrl_offline.data.logged import from_logged
 from torchrl_offline.data.minari import load_minari
 from torchrl_offline.data.minari_writer import write_minari
 from torchrl_offline.data.normalize import normalized_score, observation_norm, reward_scaling
+from torchrl_offline.data.sharding import ShardedRandomSampler, ShardedSampler, shard_replay_buffer
 from torchrl_offline.data.stats import DatasetStats, dataset_stats
 from torchrl_offline.data.storage import OfflineReplayBuffer, make_replay_buffer
 from torchrl_offline.data.validate import validate_transitions
@@ -29,6 +30,8 @@ __all__ = [
     "MixturePolicy",
     "OfflineReplayBuffer",
     "ProbabilisticActorPolicy",
+    "ShardedRandomSampler",
+    "ShardedSampler",
     "UniformRandomPolicy",
     "as_behavior_policy",
     "collect_dataset",
@@ -39,6 +42,7 @@ __all__ = [
     "normalized_score",
     "observation_norm",
     "reward_scaling",
+    "shard_replay_buffer",
     "validate_transitions",
     "write_minari",
 ]

@@ -11,7 +11,10 @@ Public names live in their modules:
 * :mod:`torchrl_offline.trainers.hooks`: ``EvaluationHook``, ``CheckpointHook``,
   ``LogLosses``, ``ProgressBar``, ``evaluate_policy``, ``make_logger``;
 * :mod:`torchrl_offline.trainers.checkpoint`: ``save_checkpoint``, ``load_checkpoint``,
-  ``latest_checkpoint``, ``CheckpointError``.
+  ``latest_checkpoint``, ``CheckpointError``;
+* :mod:`torchrl_offline.trainers.distributed`: ``init_distributed``, ``DistributedContext``,
+  ``DistributedError``, ``AllReduceStepper``, ``DistributedSync``,
+  ``DistributedCheckpointHook`` (data-parallel training, see ``docs/distributed.md``).
 """
 
 from torchrl_offline.trainers.algorithms import (
@@ -22,6 +25,14 @@ from torchrl_offline.trainers.algorithms import (
     build_algorithm,
 )
 from torchrl_offline.trainers.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from torchrl_offline.trainers.distributed import (
+    AllReduceStepper,
+    DistributedCheckpointHook,
+    DistributedContext,
+    DistributedError,
+    DistributedSync,
+    init_distributed,
+)
 from torchrl_offline.trainers.finetune import OnlineSource, finetune
 from torchrl_offline.trainers.hooks import (
     CheckpointHook,
@@ -45,8 +56,13 @@ __all__ = [
     "ALGORITHMS",
     "Algorithm",
     "AlgorithmError",
+    "AllReduceStepper",
     "CheckpointError",
     "CheckpointHook",
+    "DistributedCheckpointHook",
+    "DistributedContext",
+    "DistributedError",
+    "DistributedSync",
     "EvaluationHook",
     "EvaluationResult",
     "LogLosses",
@@ -59,6 +75,7 @@ __all__ = [
     "build_algorithm",
     "evaluate_policy",
     "finetune",
+    "init_distributed",
     "load_algorithm",
     "load_checkpoint",
     "make_logger",
