@@ -13,6 +13,33 @@ from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torchrl.data import Bounded
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 
+#: Keyword arguments of every Adam in every case: ours, TorchRL's and plain torch use the
+#: same optimizer. ``loss_throughput.py --adam`` changes it (``fused`` is the default:
+#: on CPU it is about 3x faster than the per-tensor loop and 2.5x faster than
+#: ``foreach``, a gain every implementation gets alike).
+ADAM_KWARGS: dict = {"fused": True}
+
+#: Target updater of the ``ours`` cases: ``"fused"`` (torchrl_offline's
+#: ``FusedSoftUpdate``) or ``"torchrl"`` (TorchRL's ``SoftUpdate``). TorchRL's cases
+#: always use TorchRL's ``SoftUpdate``; the plain-torch cases ``torch._foreach_lerp_``.
+OURS_UPDATER: str = "fused"
+
+
+def adam(params, lr: float = 3e-4) -> torch.optim.Adam:
+    """An Adam with the shared :data:`ADAM_KWARGS` over ``params``."""
+    return torch.optim.Adam(list(params), lr=lr, **ADAM_KWARGS)
+
+
+def ours_soft_update(loss_module, tau: float):
+    """The target updater of an ``ours`` case, per :data:`OURS_UPDATER`."""
+    if OURS_UPDATER == "fused":
+        from torchrl_offline.objectives.target_update import FusedSoftUpdate
+
+        return FusedSoftUpdate(loss_module, tau=tau)
+    from torchrl.objectives import SoftUpdate
+
+    return SoftUpdate(loss_module, tau=tau)
+
 
 def action_spec(act_dim: int) -> Bounded:
     return Bounded(-torch.ones(act_dim), torch.ones(act_dim), (act_dim,))

@@ -4,8 +4,8 @@ TorchRL has no AWAC loss, so there is no ``awac/torchrl`` case. Each case does o
 full update on a fixed random batch: the critic TD loss (next action sampled from the
 policy, twin target critics) and the advantage-weighted log-likelihood of the data
 actions (one policy sample for V(s), weights ``exp(A / lambda)`` clipped at 100), one
-backward of the summed losses, an Adam step (``foreach=True``) and a soft target
-update. Both use the same networks: ``hidden x hidden`` ReLU MLPs, twin critics, a
+backward of the summed losses, an Adam step (``_nets.adam``, the same for both) and a
+soft target update. Both use the same networks: ``hidden x hidden`` ReLU MLPs, twin critics, a
 TanhNormal actor whose scale is ``softplus(x + softplus^-1(1)) + 1e-4``
 (tensordict's ``NormalParamExtractor``).
 """
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import pathlib
+import sys
 from collections.abc import Callable
 
 import torch
@@ -22,7 +24,9 @@ from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torch import nn
 from torchrl.data import Bounded
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
-from torchrl.objectives import SoftUpdate
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _nets
 
 from torchrl_offline.objectives.awac import AWACLoss
 
@@ -32,7 +36,7 @@ LAMBDA = 1.0 / 3.0
 
 
 def _adam(params) -> torch.optim.Adam:
-    return torch.optim.Adam(list(params), lr=LR, foreach=True)
+    return _nets.adam(params, lr=LR)
 
 
 def _networks(obs_dim: int, act_dim: int, hidden: int):
@@ -84,7 +88,7 @@ def _batch(obs_dim: int, act_dim: int, batch_size: int) -> TensorDict:
 
 def _ours(loss_module: AWACLoss, data: TensorDict) -> Callable[[], None]:
     loss_module.make_value_estimator(gamma=0.99)
-    updater = SoftUpdate(loss_module, tau=TAU)
+    updater = _nets.ours_soft_update(loss_module, TAU)
     optim = _adam(loss_module.parameters())
 
     def update() -> None:
@@ -119,9 +123,6 @@ def _plain_torch(obs_dim: int, act_dim: int, hidden: int, data: TensorDict):
         nn.Linear(hidden, 2 * act_dim),
     )
     optim = _adam([*critic, *actor.parameters()])
-    obs, act = data["observation"], data["action"]
-    next_obs, reward = data["next", "observation"], data["next", "reward"].squeeze(-1)
-    not_done = (~data["next", "terminated"]).float().squeeze(-1)
     scale_bias = math.log(math.expm1(1.0))
     half_log_2pi = 0.5 * math.log(2 * math.pi)
 
@@ -147,6 +148,9 @@ def _plain_torch(obs_dim: int, act_dim: int, hidden: int, data: TensorDict):
         return (logp - torch.log1p(-(a**2))).sum(-1)
 
     def update() -> None:
+        obs, act = data["observation"], data["action"]
+        next_obs, reward = data["next", "observation"], data["next", "reward"].squeeze(-1)
+        not_done = (~data["next", "terminated"]).float().squeeze(-1)
         with torch.no_grad():
             next_act = tanh_sample(*gaussian(next_obs))
             y = reward + 0.99 * not_done * q(target, next_obs, next_act).min(0).values

@@ -21,7 +21,7 @@ def _det_actor(obs_dim, act_dim, hidden):
 
 def _loss_case(loss_cls, actor, obs_dim, act_dim, batch_size, **kwargs) -> Callable[[], None]:
     loss = loss_cls(actor, **kwargs)
-    optimizer = torch.optim.Adam(list(loss.actor_network_params.values(True, True)), lr=3e-4)
+    optimizer = _nets.adam(loss.actor_network_params.values(True, True))
     return _nets.loss_update(
         loss, [optimizer], None, _nets.random_batch(obs_dim, act_dim, batch_size)
     )
@@ -36,11 +36,11 @@ def _plain_det(obs_dim, act_dim, batch_size, hidden) -> Callable[[], None]:
         nn.ReLU(),
         nn.Linear(hidden, act_dim),
     )
-    optimizer = torch.optim.Adam(net.parameters(), lr=3e-4)
+    optimizer = _nets.adam(net.parameters())
     batch = _nets.random_batch(obs_dim, act_dim, batch_size)
-    obs, act = batch["observation"], batch["action"]
 
     def step() -> None:
+        obs, act = batch["observation"], batch["action"]
         loss = (net(obs) - act).square().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -58,13 +58,17 @@ def _plain_stoch(obs_dim, act_dim, batch_size, hidden) -> Callable[[], None]:
         nn.ReLU(),
         nn.Linear(hidden, 2 * act_dim),
     )
-    optimizer = torch.optim.Adam(net.parameters(), lr=3e-4)
+    optimizer = _nets.adam(net.parameters())
     batch = _nets.random_batch(obs_dim, act_dim, batch_size)
-    act = batch["action"].clamp(-1 + 1e-4, 1 - 1e-4)
-    obs, pre, log_det = batch["observation"], torch.atanh(act), torch.log1p(-act.square()).sum(-1)
     bias = math.log(math.e - 1.0)
 
     def step() -> None:
+        act = batch["action"].clamp(-1 + 1e-4, 1 - 1e-4)
+        obs, pre, log_det = (
+            batch["observation"],
+            torch.atanh(act),
+            torch.log1p(-act.square()).sum(-1),
+        )
         loc, raw = net(obs).chunk(2, -1)
         scale = nn.functional.softplus(raw + bias) + 0.1
         log_prob = torch.distributions.Normal(loc, scale).log_prob(pre).sum(-1) - log_det

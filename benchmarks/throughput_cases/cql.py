@@ -32,12 +32,12 @@ TAU = 0.005
 
 
 def _adam(params) -> torch.optim.Adam:
-    return torch.optim.Adam(list(params), lr=LR, foreach=True)
+    return _nets.adam(params, lr=LR)
 
 
-def _loss_update(loss_module, data: TensorDict) -> Callable[[], None]:
+def _loss_update(loss_module, data: TensorDict, *, ours: bool) -> Callable[[], None]:
     loss_module.make_value_estimator(gamma=0.99)
-    updater = SoftUpdate(loss_module, tau=TAU)
+    updater = _nets.ours_soft_update(loss_module, TAU) if ours else SoftUpdate(loss_module, tau=TAU)
     optim = _adam(loss_module.parameters())
     keys = ["loss_actor", "loss_qvalue", "loss_cql", "loss_alpha"]
 
@@ -77,9 +77,6 @@ def _plain_torch(obs_dim: int, act_dim: int, batch_size: int, hidden: int, data:
     )
     log_alpha = nn.Parameter(torch.zeros(()))
     optim = _adam([*critic, *actor.parameters(), log_alpha])
-    obs, act = data["observation"], data["action"]
-    next_obs, reward = data["next", "observation"], data["next", "reward"].squeeze(-1)
-    not_done = (~data["next", "terminated"]).float().squeeze(-1)
     n = NUM_RANDOM
     log_uniform = -act_dim * math.log(2.0)
 
@@ -102,6 +99,9 @@ def _plain_torch(obs_dim: int, act_dim: int, batch_size: int, hidden: int, data:
         return torch.tanh(u), logp
 
     def update() -> None:
+        obs, act = data["observation"], data["action"]
+        next_obs, reward = data["next", "observation"], data["next", "reward"].squeeze(-1)
+        not_done = (~data["next", "terminated"]).float().squeeze(-1)
         alpha = log_alpha.detach().exp()
         both = torch.cat([obs, next_obs])
         a_both, logp_both = policy(both)
@@ -161,8 +161,8 @@ def cases(
     theirs = TorchRLCQLLoss(*nets[1], **common)
     torch.manual_seed(0)
     return {
-        "cql/ours": _loss_update(ours, data.clone()),
-        "cql/torchrl": _loss_update(theirs, data.clone()),
+        "cql/ours": _loss_update(ours, data.clone(), ours=True),
+        "cql/torchrl": _loss_update(theirs, data.clone(), ours=False),
         "cql/plain_torch": _plain_torch(obs_dim, act_dim, batch_size, hidden, data.clone()),
     }
 

@@ -17,10 +17,10 @@ import _nets
 
 def _optimizers(loss):
     groups = (loss.actor_network_params, loss.qvalue_network_params, loss.value_network_params)
-    return [torch.optim.Adam(list(g.values(True, True)), lr=3e-4) for g in groups]
+    return [_nets.adam(g.values(True, True)) for g in groups]
 
 
-def _loss_case(loss_cls, obs_dim, act_dim, batch_size, hidden) -> Callable[[], None]:
+def _loss_case(loss_cls, obs_dim, act_dim, batch_size, hidden, ours) -> Callable[[], None]:
     from torchrl.objectives import SoftUpdate
 
     torch.manual_seed(0)
@@ -33,7 +33,7 @@ def _loss_case(loss_cls, obs_dim, act_dim, batch_size, hidden) -> Callable[[], N
         loss_function="l2",
     )
     loss.make_value_estimator(gamma=0.99)
-    updater = SoftUpdate(loss, tau=0.005)
+    updater = _nets.ours_soft_update(loss, 0.005) if ours else SoftUpdate(loss, tau=0.005)
     batch = _nets.random_batch(obs_dim, act_dim, batch_size)
     return _nets.loss_update(loss, _optimizers(loss), updater, batch)
 
@@ -59,21 +59,21 @@ def _plain_torch_case(obs_dim, act_dim, batch_size, hidden) -> Callable[[], None
     critic_params = [*q1.parameters(), *q2.parameters()]
     target_params = [*q1_t.parameters(), *q2_t.parameters()]
     optimizers = [
-        torch.optim.Adam(actor.parameters(), lr=3e-4),
-        torch.optim.Adam(critic_params, lr=3e-4),
-        torch.optim.Adam(value.parameters(), lr=3e-4),
+        _nets.adam(actor.parameters()),
+        _nets.adam(critic_params),
+        _nets.adam(value.parameters()),
     ]
     batch = _nets.random_batch(obs_dim, act_dim, batch_size)
-    obs, act = batch["observation"], batch["action"]
-    next_obs = batch["next", "observation"]
-    reward = batch["next", "reward"].squeeze(-1)
-    not_done = 1.0 - batch["next", "terminated"].float().squeeze(-1)
     bias = math.log(math.e - 1.0)  # biased softplus: scale = softplus(x + bias) + 0.1 ~ 1 at 0
-    act_c = act.clamp(-1 + 1e-4, 1 - 1e-4)
-    pre_tanh = torch.atanh(act_c)
-    log_det = torch.log1p(-act_c.square()).sum(-1)
 
     def step() -> None:
+        obs, act = batch["observation"], batch["action"]
+        next_obs = batch["next", "observation"]
+        reward = batch["next", "reward"].squeeze(-1)
+        not_done = 1.0 - batch["next", "terminated"].float().squeeze(-1)
+        act_c = act.clamp(-1 + 1e-4, 1 - 1e-4)
+        pre_tanh = torch.atanh(act_c)
+        log_det = torch.log1p(-act_c.square()).sum(-1)
         sa = torch.cat([obs, act], -1)
         with torch.no_grad():
             target_q = torch.min(q1_t(sa), q2_t(sa)).squeeze(-1)
@@ -108,7 +108,7 @@ def cases(
     from torchrl_offline.objectives.iql import IQLLoss
 
     return {
-        "iql/ours": _loss_case(IQLLoss, obs_dim, act_dim, batch_size, hidden),
-        "iql/torchrl": _loss_case(TorchRLIQLLoss, obs_dim, act_dim, batch_size, hidden),
+        "iql/ours": _loss_case(IQLLoss, obs_dim, act_dim, batch_size, hidden, True),
+        "iql/torchrl": _loss_case(TorchRLIQLLoss, obs_dim, act_dim, batch_size, hidden, False),
         "iql/plain_torch": _plain_torch_case(obs_dim, act_dim, batch_size, hidden),
     }

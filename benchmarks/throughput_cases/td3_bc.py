@@ -3,7 +3,7 @@
 Each case does one full update on a fixed random batch. Every case follows the
 paper's schedule: a critic step on every call and an actor step on every second
 call. All use the same networks (``hidden x hidden`` ReLU MLPs, a tanh actor, twin
-critics), Adam (``foreach=True``) and a soft target update:
+critics), the same Adam (``_nets.adam``) and a soft target update:
 
 * ``td3_bc/ours``: the loss's own ``forward`` (which skips the actor on odd calls),
   one backward of the summed losses, one optimizer, ``SoftUpdate`` on every call, i.e.
@@ -20,6 +20,8 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import pathlib
+import sys
 from collections.abc import Callable
 
 import torch
@@ -31,6 +33,9 @@ from torchrl.modules import MLP, TanhModule, ValueOperator
 from torchrl.objectives import SoftUpdate
 from torchrl.objectives import TD3BCLoss as TorchRLTD3BCLoss
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _nets
+
 from torchrl_offline.objectives.td3_bc import TD3BCLoss
 
 LR = 3e-4
@@ -39,7 +44,7 @@ DELAY = 2
 
 
 def _adam(params) -> torch.optim.Adam:
-    return torch.optim.Adam(list(params), lr=LR, foreach=True)
+    return _nets.adam(params, lr=LR)
 
 
 def _networks(obs_dim: int, act_dim: int, hidden: int):
@@ -88,7 +93,7 @@ def _batch(obs_dim: int, act_dim: int, batch_size: int) -> TensorDict:
 
 def _ours(loss_module: TD3BCLoss, data: TensorDict, *, every_step: bool) -> Callable[[], None]:
     loss_module.make_value_estimator(gamma=0.99)
-    updater = SoftUpdate(loss_module, tau=TAU)
+    updater = _nets.ours_soft_update(loss_module, TAU)
     optim = _adam(loss_module.parameters())
 
     def update() -> None:
@@ -151,9 +156,6 @@ def _plain_torch(obs_dim: int, act_dim: int, hidden: int, data: TensorDict):
     actor_params, actor_target_params = list(actor.parameters()), list(actor_target.parameters())
     optim_critic = _adam(critic)
     optim_actor = _adam(actor_params)
-    obs, act = data["observation"], data["action"]
-    next_obs, reward = data["next", "observation"], data["next", "reward"].squeeze(-1)
-    not_done = (~data["next", "terminated"]).float().squeeze(-1)
     counter = [0]
 
     def q(params, o, a):
@@ -166,6 +168,9 @@ def _plain_torch(obs_dim: int, act_dim: int, hidden: int, data: TensorDict):
 
     def update() -> None:
         counter[0] += 1
+        obs, act = data["observation"], data["action"]
+        next_obs, reward = data["next", "observation"], data["next", "reward"].squeeze(-1)
+        not_done = (~data["next", "terminated"]).float().squeeze(-1)
         with torch.no_grad():
             noise = (torch.randn_like(act) * 0.2).clamp(-0.5, 0.5)
             next_act = (actor_target(next_obs) + noise).clamp(-1.0, 1.0)

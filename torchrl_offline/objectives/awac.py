@@ -35,7 +35,7 @@ from torchrl_offline.objectives.common import (
     OfflineLossError,
     _mlp_plan,
     check_batch,
-    check_finite_losses,
+    count_update,
     ensemble_apply,
     make_loss_value_estimator,
     module_apply,
@@ -595,14 +595,13 @@ class AWACLoss(LossModule):
         ``tensordict`` and returns the ``loss_*`` terms with detached diagnostics.
         """
         check_batch(tensordict, self.in_keys)
-        self._num_calls += 1
         loss_qvalue, metadata, pred = self._qvalue_loss(tensordict)
         loss_actor, actor_metadata = self._actor_loss(tensordict, pred)
         tensordict.set(self.tensor_keys.priority, metadata.pop("td_error").max(0).values)
         out = TensorDict(
             {"loss_actor": loss_actor, "loss_qvalue": loss_qvalue, **actor_metadata, **metadata}
         )
-        check_finite_losses(out, step=self._num_calls)
+        count_update(self, "_num_calls", out)
         return out
 
 

@@ -29,7 +29,7 @@ from torchrl_offline.objectives.common import (
     _mlp_plan,
     actor_distribution,
     check_batch,
-    check_finite_losses,
+    count_update,
     module_apply,
     tanh_normal_log_prob,
 )
@@ -318,7 +318,5 @@ class BCLoss(LossModule):
             td_out = TensorDict({"loss_bc": loss}, batch_size=loss.shape[: tensordict.batch_dims])
         else:
             td_out = TensorDict({"loss_bc": loss, **diagnostics})
-        self._num_updates += 1
-        if self.check_inputs:
-            check_finite_losses(td_out, self._num_updates)
+        count_update(self, "_num_updates", td_out, check=self.check_inputs)
         return td_out

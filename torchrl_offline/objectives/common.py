@@ -21,12 +21,13 @@ This module holds what every loss in :mod:`torchrl_offline.objectives` needs:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 from collections.abc import Iterable, Sequence
 
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
 from torch import Tensor, nn
@@ -38,6 +39,7 @@ __all__ = [
     "check_batch",
     "check_finite_losses",
     "check_output_dim",
+    "count_update",
     "ensemble_apply",
     "ensemble_forward",
     "find_action_spec",
@@ -81,6 +83,21 @@ def _first_bad_index(bad: Tensor, batch_ndim: int) -> tuple[int, ...]:
     return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), bad.shape))
 
 
+def _probably_all_finite(tensors: Sequence[Tensor]) -> bool:
+    """``True`` if every entry of every tensor is finite, with one reduction per tensor.
+
+    The sum of all entries is NaN or inf whenever one entry is (NaN propagates,
+    ``inf - inf`` is NaN), so a finite sum proves the whole batch finite. A non-finite
+    sum only means "look closer": large finite values can also overflow it, so callers
+    then check tensor by tensor. This is one reduction per tensor and one host read per
+    update instead of an ``isfinite`` pass, an ``all`` and a stack per tensor.
+    """
+    sums = [t.sum() for t in tensors]
+    total = sums[0] if len(sums) == 1 else torch.stack(sums).sum()
+    return math.isfinite(total.item())
+
+
+@torch.compiler.disable
 def check_batch(tensordict: TensorDictBase, keys: Iterable[NestedKey]) -> None:
     """Checks that ``tensordict`` holds every key in ``keys`` with finite values.
 
@@ -118,20 +135,18 @@ def check_batch(tensordict: TensorDictBase, keys: Iterable[NestedKey]) -> None:
             )
         if isinstance(value, Tensor) and value.is_floating_point():
             floats.append((key, value))
-    if not floats:
+    if not floats or _probably_all_finite([v for _, v in floats]):
         return
-    # One synchronisation for the common (all finite) case.
-    finite = torch.stack([torch.isfinite(v).all() for _, v in floats])
-    if bool(finite.all()):
-        return
-    for (key, value), ok in zip(floats, finite.tolist()):
-        if not ok:
-            index = _first_bad_index(~torch.isfinite(value), tensordict.batch_dims)
+    for key, value in floats:
+        bad = ~torch.isfinite(value)
+        if bool(bad.any()):
+            index = _first_bad_index(bad, tensordict.batch_dims)
             raise OfflineLossError(
                 f"batch key {_key_str(key)} holds NaN/inf (first at batch index {index})"
             )
 
 
+@torch.compiler.disable
 def check_finite_losses(losses: TensorDictBase, step: int | None = None) -> None:
     """Raises if any ``loss_*`` entry of ``losses`` is NaN or inf.
 
@@ -154,15 +169,50 @@ def check_finite_losses(losses: TensorDictBase, step: int | None = None) -> None
         non-finite loss term 'loss_actor' at update step 3
     """
     items = [(k, v) for k, v in losses.items() if k.startswith("loss_") and isinstance(v, Tensor)]
-    if not items:
+    if not items or _probably_all_finite([v.detach() for _, v in items]):
         return
-    finite = torch.stack([torch.isfinite(v.detach()).all() for _, v in items])
-    if bool(finite.all()):
-        return
-    for (key, _), ok in zip(items, finite.tolist()):
-        if not ok:
+    for key, value in items:
+        if not bool(torch.isfinite(value.detach()).all()):
             where = "" if step is None else f" at update step {step}"
             raise OfflineLossError(f"non-finite loss term {key!r}{where}")
+
+
+@torch.compiler.disable
+def count_update(
+    loss: nn.Module, counter: str, losses: TensorDictBase, *, check: bool = True
+) -> int:
+    """Adds one to the integer attribute ``counter`` of ``loss``, then checks ``losses``.
+
+    Kept out of ``torch.compile`` graphs (like the checks themselves, which read one
+    value back to the host): a traced ``self.n += 1`` would make the compiled loss
+    guard on, and recompile for, every new value of the counter.
+
+    Args:
+        loss (nn.Module): the loss module holding the counter.
+        counter (str): the attribute name, e.g. ``"_num_updates"``.
+        losses (TensorDictBase): the loss output, checked with
+            :func:`check_finite_losses` when ``check`` is true.
+
+    Keyword Args:
+        check (bool, optional): run the finiteness check. Defaults to ``True``.
+
+    Returns:
+        int: the new counter value.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl_offline.objectives.common import count_update
+        >>> module = torch.nn.Module()
+        >>> module._num_updates = 0
+        >>> count_update(module, "_num_updates", TensorDict({"loss_a": torch.tensor(1.0)}))
+        1
+    """
+    step = getattr(loss, counter) + 1
+    setattr(loss, counter, step)
+    if check:
+        check_finite_losses(losses, step)
+    return step
 
 
 # ----------------------------------------------------------------------------- networks
@@ -350,11 +400,30 @@ def actor_distribution(actor, params: TensorDictBase, tensordict: TensorDictBase
         return actor.get_dist(td)
 
 
+def _leaf(params: TensorDictBase, key: tuple) -> Tensor:
+    """``params.get(key)`` without tensordict's per-call dispatch (hot path).
+
+    The parameters are read afresh on every call (nothing is cached), straight from the
+    nested dicts of a ``TensorDict`` or of the ``TensorDict`` a ``TensorDictParams``
+    wraps: about 0.5 us instead of 3.5 us per tensor. Anything else goes through ``get``.
+    """
+    td = params._param_td if type(params) is TensorDictParams else params
+    if type(td) is TensorDict:
+        try:
+            for k in key:
+                td = td._tensordict[k]
+        except (AttributeError, KeyError):
+            return params.get(key)
+        if isinstance(td, Tensor):
+            return td
+    return params.get(key)
+
+
 def _plan_apply_single(plan: _Plan, params: TensorDictBase, x: Tensor) -> Tensor:
     for step in plan:
         if step[0] == "linear":
-            bias = None if step[2] is None else params.get(step[2])
-            x = torch.nn.functional.linear(x, params.get(step[1]), bias)
+            bias = None if step[2] is None else _leaf(params, step[2])
+            x = torch.nn.functional.linear(x, _leaf(params, step[1]), bias)
         else:
             x = step[1](x)
     return x
@@ -371,13 +440,13 @@ def _plan_apply_stacked(plan: _Plan, params: TensorDictBase, x: Tensor) -> Tenso
     fresh = False  # x is the output of a (b)addbmm, which its backward does not need
     for step in plan:
         if step[0] == "linear":
-            weight = params.get(step[1])  # [E, out, in]
+            weight = _leaf(params, step[1])  # [E, out, in]
             if x.ndim == 2:
                 x = x.expand(weight.shape[0], *x.shape)
             if step[2] is None:
                 x = torch.bmm(x, weight.transpose(1, 2))
             else:
-                x = torch.baddbmm(params.get(step[2]).unsqueeze(1), x, weight.transpose(1, 2))
+                x = torch.baddbmm(_leaf(params, step[2]).unsqueeze(1), x, weight.transpose(1, 2))
             fresh = True
         elif fresh and type(step[1]) is nn.ReLU:
             x = torch.relu_(x)
@@ -642,12 +711,17 @@ def tanh_normal_log_prob(
         loc = upscale * torch.tanh(loc / upscale)
     low = torch.as_tensor(kwargs.get("low", -1.0), dtype=loc.dtype, device=loc.device)
     high = torch.as_tensor(kwargs.get("high", 1.0), dtype=loc.dtype, device=loc.device)
-    half = (high - low) / 2
     eps = max(float(action_eps), torch.finfo(loc.dtype).eps)
-    x = ((action - (high + low) / 2) / half).clamp(-1.0 + eps, 1.0 - eps)
-    pre = torch.atanh(x)
-    log_normal = -((pre - loc) ** 2) / (2 * scale**2) - scale.log() - 0.5 * math.log(2 * math.pi)
-    return (log_normal - torch.log1p(-(x**2)) - torch.log(half).expand_as(x)).sum(-1)
+    with contextlib.nullcontext() if action.requires_grad else torch.no_grad():
+        # What depends on the action only (no graph for a logged action): the pre-tanh
+        # action and the log-Jacobian of the squashing and affine maps, summed over dims.
+        half = (high - low) / 2
+        x = ((action - (high + low) / 2) / half).clamp(-1.0 + eps, 1.0 - eps)
+        pre = torch.atanh(x)
+        log_jacobian = (torch.log1p(-x.square()) + torch.log(half).expand_as(x)).sum(-1)
+    z = (pre - loc) / scale
+    log_normal = (z.square() * -0.5 - scale.log()).sum(-1)
+    return log_normal - (log_jacobian + 0.5 * math.log(2 * math.pi) * loc.shape[-1])
 
 
 # ----------------------------------------------------------------------------- actions

@@ -39,8 +39,8 @@ from torchrl_offline.objectives.common import (
     action_bounds,
     actor_distribution,
     check_batch,
-    check_finite_losses,
     check_output_dim,
+    count_update,
     ensemble_apply,
     make_loss_value_estimator,
     next_key,
@@ -546,8 +546,7 @@ class CQLLoss(LossModule):
             "cql_gap": gap.detach().mean(0),
         }
         result = self._pack(out, diagnostics, alpha, batch_shape)
-        self._num_updates += 1
-        check_finite_losses(result, step=self._num_updates)
+        count_update(self, "_num_updates", result)
         return result
 
     def _target(self, td: TensorDictBase, next_value: Tensor) -> Tensor:
@@ -867,8 +866,7 @@ class DiscreteCQLLoss(LossModule):
             out = {k: self._reduce_loss(v) for k, v in losses.items()}
             out.update({k: v.mean() for k, v in diagnostics.items()})
             result = TensorDict(out)
-        self._num_updates += 1
-        check_finite_losses(result, step=self._num_updates)
+        count_update(self, "_num_updates", result)
         return result
 
     def _quantile_huber(self, theta: Tensor, target: Tensor) -> Tensor:

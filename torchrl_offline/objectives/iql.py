@@ -39,7 +39,7 @@ from torchrl_offline.objectives.common import (
     OfflineLossError,
     actor_distribution,
     check_batch,
-    check_finite_losses,
+    count_update,
     ensemble_apply,
     find_action_spec,
     make_loss_value_estimator,
@@ -583,9 +583,7 @@ class IQLLoss(LossModule):
         else:
             out.update(scalars)
             td_out = TensorDict(out)
-        self._num_updates += 1
-        if self.check_inputs:
-            check_finite_losses(td_out, self._num_updates)
+        count_update(self, "_num_updates", td_out, check=self.check_inputs)
         return td_out
 
 

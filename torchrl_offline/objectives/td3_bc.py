@@ -581,11 +581,7 @@ class TD3BCLoss(LossModule):
         ``tensordict`` and returns the ``loss_*`` terms with detached diagnostics.
         """
         check_batch(tensordict, self.in_keys)
-        if self.training:
-            self._num_calls += 1
-            update_actor = self._num_calls % self.policy_update_delay == 0
-        else:
-            update_actor = True
+        update_actor = self._advance_schedule() if self.training else True
         loss_qvalue, metadata = self._qvalue_loss(tensordict)
         if update_actor:
             loss_actor, actor_metadata = self._actor_loss(tensordict)
@@ -612,5 +608,16 @@ class TD3BCLoss(LossModule):
         out = TensorDict(
             {"loss_actor": loss_actor, "loss_qvalue": loss_qvalue, **actor_metadata, **metadata}
         )
-        check_finite_losses(out, step=self._num_calls)
+        self._check_losses(out)
         return out
+
+    # Kept out of torch.compile graphs: a traced ``self._num_calls`` would make the
+    # compiled loss guard on (and recompile for) every value of the counter.
+    @torch.compiler.disable
+    def _advance_schedule(self) -> bool:
+        self._num_calls += 1
+        return self._num_calls % self.policy_update_delay == 0
+
+    @torch.compiler.disable
+    def _check_losses(self, out: TensorDictBase) -> None:
+        check_finite_losses(out, step=self._num_calls)
