@@ -14,6 +14,7 @@ from torchrl_offline.objectives.gaussian_actor import (
     make_tanh_mean_gaussian_actor,
 )
 from torchrl_offline.objectives.iql import IQL_PRESETS, DiscreteIQLLoss, IQLLoss
+from torchrl_offline.objectives.target_update import FusedSoftUpdate
 from torchrl_offline.objectives.td3_bc import TD3BCLoss
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "DiscreteAWACLoss",
     "DiscreteCQLLoss",
     "DiscreteIQLLoss",
+    "FusedSoftUpdate",
     "IQLLoss",
     "OfflineLossError",
     "TD3BCLoss",
