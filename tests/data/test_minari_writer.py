@@ -116,6 +116,16 @@ def test_root_resolution(tmp_path, monkeypatch):
     assert minari_root().name == "datasets"
 
 
+def test_relative_root_is_made_absolute(tmp_path, monkeypatch, make_transitions):
+    monkeypatch.chdir(tmp_path)
+    assert minari_root("rel") == tmp_path / "rel"
+    path = write_minari(
+        make_transitions([2, 3]), "toy/rel-v0", root="rel", observation_space=BOX, action_space=ACT
+    )
+    assert path == tmp_path / "rel" / "toy" / "rel-v0"
+    assert minari.MinariDataset(path / "data").total_steps == 5
+
+
 @pytest.mark.parametrize("data_format", ["hdf5", "arrow"])
 def test_dataset_size_is_measured_once_not_per_episode(
     tmp_path, make_transitions, data_format, monkeypatch

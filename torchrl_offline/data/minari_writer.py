@@ -38,11 +38,16 @@ BEHAVIOR_INFO_KEYS = (ACTION_LOG_PROB, ACTION_PROB)
 
 
 def minari_root(root: str | os.PathLike | None = None) -> Path:
-    """The Minari datasets root: ``root``, else ``$MINARI_DATASETS_PATH``, else ``~/.minari/datasets``."""
+    """The Minari datasets root: ``root``, else ``$MINARI_DATASETS_PATH``, else ``~/.minari/datasets``.
+
+    The path is made absolute: Minari 0.5.4 joins a relative root to itself when it
+    measures a dataset's size.
+    """
     if root is not None:
-        return Path(root).expanduser()
+        return Path(root).expanduser().absolute()
     env = os.environ.get("MINARI_DATASETS_PATH")
-    return Path(env).expanduser() if env else Path.home() / ".minari" / "datasets"
+    base = Path(env).expanduser() if env else Path.home() / ".minari" / "datasets"
+    return base.absolute()
 
 
 def resolve_minari_path(
