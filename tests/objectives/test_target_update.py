@@ -77,6 +77,46 @@ def test_fused_soft_update_is_bitwise_torchrl_soft_update():
     assert all(torch.equal(a, b) for a, b in zip(src_ours, src_theirs))
 
 
+def test_fused_soft_update_after_a_forward_that_swaps_target_params():
+    # DiscreteCQLLoss evaluates its target with ``params.to_module``, after which tensordict
+    # holds the targets as leaf Parameters flagged requires_grad (same storage, no graph).
+    from torchrl.modules import QValueActor
+
+    from torchrl_offline.objectives.cql import DiscreteCQLLoss
+
+    torch.manual_seed(0)
+    net = QValueActor(
+        MLP(in_features=3, out_features=2, num_cells=[8]),
+        in_keys=["observation"],
+        action_space="categorical",
+    )
+    ours = DiscreteCQLLoss(net, action_space="categorical")
+    theirs = copy.deepcopy(ours)
+    fused, reference = FusedSoftUpdate(ours, tau=0.1), SoftUpdate(theirs, tau=0.1)
+    batch = TensorDict(
+        {
+            "observation": torch.randn(4, 3),
+            "action": torch.tensor([0, 1, 1, 0]),
+            ("next", "observation"): torch.randn(4, 3),
+            ("next", "reward"): torch.randn(4, 1),
+            ("next", "done"): torch.zeros(4, 1, dtype=torch.bool),
+            ("next", "terminated"): torch.zeros(4, 1, dtype=torch.bool),
+        },
+        [4],
+    )
+    for loss, updater in ((ours, fused), (theirs, reference)):
+        loss(batch.clone())
+        with torch.no_grad():
+            for p in loss.value_network_params.values(True, True):
+                p.add_(1.0)
+        updater.step()
+    for a, b in zip(
+        ours.target_value_network_params.values(True, True),
+        theirs.target_value_network_params.values(True, True),
+    ):
+        assert torch.equal(a, b)
+
+
 def test_fused_soft_update_follows_replaced_parameters():
     loss = _iql()
     updater = FusedSoftUpdate(loss, tau=0.5)

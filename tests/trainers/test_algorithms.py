@@ -66,6 +66,25 @@ def test_each_algorithm_trains_through_the_trainer(name):
         assert action.shape == (5, 1) and (action.abs() <= 2.0).all()
 
 
+def test_cql_lagrange_multiplier_is_trained():
+    torch.manual_seed(0)
+    data = make_dataset()
+    obs_spec, act_spec = specs_from_dataset(data)
+    algo = build_algorithm("cql", obs_spec, act_spec, hidden_sizes=(16,), with_lagrange=True)
+    assert "loss_alpha_prime" in algo.loss_keys
+    before = algo.loss.log_alpha_prime.detach().clone()
+    trainer = OfflineTrainer(
+        replay_buffer=data,
+        loss_module=algo.loss,
+        optimizer=algo.optimizer,
+        total_steps=3,
+        loss_components=algo.loss_keys,
+        target_net_updater=algo.target_updater,
+    )
+    trainer.train()
+    assert not torch.equal(algo.loss.log_alpha_prime.detach(), before)
+
+
 def test_continuous_names_resolve_to_discrete_variants():
     for name in ("iql", "cql", "awac", "bc"):
         algo = build_algorithm(name, OBS, Categorical(3), hidden_sizes=(8,))
@@ -81,7 +100,7 @@ def test_paper_defaults():
     cql = build_algorithm("cql", OBS, BOX)
     assert cql.loss.min_q_weight == 10.0
     lrs = {g["name"]: g["lr"] for g in cql.optimizer.param_groups}
-    assert lrs == {"actor": 1e-4, "qvalue": 3e-4, "alpha": 3e-4}
+    assert lrs == {"actor": 1e-4, "qvalue": 3e-4, "alpha": 1e-4}
     td3 = build_algorithm("td3_bc", OBS, BOX)
     assert (td3.loss.alpha, td3.loss.policy_update_delay) == (2.5, 2)
     assert build_algorithm("awac", OBS, BOX).loss.awac_lambda == pytest.approx(1 / 3)

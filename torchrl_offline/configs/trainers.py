@@ -127,13 +127,13 @@ def default_loss_components(loss_module: LossModule) -> tuple[str, ...] | None:
         >>> default_loss_components(algo.loss)
         ('loss_actor', 'loss_qvalue', 'loss_cql', 'loss_alpha')
     """
-    from torchrl_offline.trainers.algorithms import _LOSS_KEYS
+    from torchrl_offline.trainers.algorithms import LOSS_KEYS, loss_keys
 
-    for name in _LOSS_KEYS:
+    for name in LOSS_KEYS:
         if name == "discrete_bc":
             continue
         if type(loss_module) is registry.get("loss", name):
-            return _LOSS_KEYS[name]
+            return loss_keys(name, loss_module)
     return None
 
 

@@ -77,9 +77,11 @@ class FusedSoftUpdate(SoftUpdate):
             target_params = getattr(self.loss_module, key[0])
             source_params = getattr(self.loss_module, key[0][len("target_") :])
             target = target_params.get(key[1:]) if len(key) > 1 else target_params
-            if target.requires_grad:
+            if target.grad_fn is not None:
                 raise RuntimeError("the target parameter is part of a graph.")
-            targets.append(target)
+            # A leaf that merely carries requires_grad (tensordict's ``to_module`` can re-wrap
+            # targets as Parameters) is updated through its data, shared with the original.
+            targets.append(target.data)
             sources.append(source_params.get(key[1:]) if len(key) > 1 else source_params)
         return targets, sources
 

@@ -33,18 +33,21 @@ from torchrl.modules import (
     TanhNormal,
     ValueOperator,
 )
-from torchrl.objectives import LossModule, SoftUpdate
+from torchrl.objectives import LossModule
 from torchrl.objectives.utils import TargetNetUpdater
 
 from torchrl_offline import registry
 from torchrl_offline.objectives.gaussian_actor import make_tanh_mean_gaussian_actor
+from torchrl_offline.objectives.target_update import FusedSoftUpdate
 
 __all__ = [
     "ALGORITHMS",
+    "LOSS_KEYS",
     "Algorithm",
     "AlgorithmError",
     "algorithm_defaults",
     "build_algorithm",
+    "loss_keys",
     "make_lr_scheduler",
     "specs_from_dataset",
 ]
@@ -68,27 +71,45 @@ _COMMON = {"hidden_sizes": (256, 256), "gamma": 0.99, "tau": 0.005}
 
 # Per-algorithm defaults (papers / CORL, MuJoCo settings).
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "iql": {"actor_lr": 3e-4, "critic_lr": 3e-4, "value_lr": 3e-4, "actor_lr_schedule": "cosine"},
+    "iql": {
+        "actor": "gaussian",
+        "actor_lr": 3e-4,
+        "critic_lr": 3e-4,
+        "value_lr": 3e-4,
+        "actor_lr_schedule": "cosine",
+    },
     "discrete_iql": {"actor_lr": 3e-4, "critic_lr": 3e-4, "value_lr": 3e-4},
     "cql": {
         "hidden_sizes": (256, 256, 256),
         "actor_lr": 1e-4,
         "critic_lr": 3e-4,
-        "alpha_lr": 3e-4,
+        # the entropy temperature at the policy's rate, as in the CQL authors' code and
+        # CORL (3e-4 made the policy unstable: benchmarks/learning_algos.py --algo cql)
+        "alpha_lr": 1e-4,
     },
     "discrete_cql": {"critic_lr": 3e-4},
-    "awac": {"hidden_sizes": (256, 256, 256), "actor_lr": 3e-4, "critic_lr": 3e-4},
+    "awac": {
+        "actor": "gaussian",
+        "hidden_sizes": (256, 256, 256),
+        "actor_lr": 3e-4,
+        "critic_lr": 3e-4,
+    },
     "discrete_awac": {"hidden_sizes": (256, 256, 256), "actor_lr": 3e-4, "critic_lr": 3e-4},
     "td3_bc": {"actor_lr": 3e-4, "critic_lr": 3e-4},
     "bc": {"actor_lr": 3e-4},
     "discrete_bc": {"actor_lr": 3e-4},
 }
 
+# Continuous stochastic actors ("actor" hyperparameter of iql and awac): the paper's
+# Gaussian (tanh mean, state-independent log-std) or TorchRL's TanhNormal.
+_ACTORS = ("gaussian", "tanh_normal")
+
 # Loss entries summed for the backward pass (diagnostic "loss_*" entries are left out).
-_LOSS_KEYS = {
+#: The loss entries each algorithm sums for its backward pass (see :func:`loss_keys`).
+LOSS_KEYS = {
     "iql": ("loss_actor", "loss_qvalue", "loss_value"),
     "discrete_iql": ("loss_actor", "loss_qvalue", "loss_value"),
-    "cql": ("loss_actor", "loss_qvalue", "loss_cql", "loss_alpha"),
+    "cql": ("loss_actor", "loss_qvalue", "loss_cql", "loss_alpha", "loss_alpha_prime"),
     "discrete_cql": ("loss_qvalue", "loss_cql"),
     "awac": ("loss_actor", "loss_qvalue"),
     "discrete_awac": ("loss_actor", "loss_qvalue"),
@@ -96,6 +117,25 @@ _LOSS_KEYS = {
     "bc": ("loss_bc",),
     "discrete_bc": ("loss_bc",),
 }
+
+
+def loss_keys(name: str, loss: LossModule) -> tuple[str, ...]:
+    """The loss entries summed for the backward pass of algorithm ``name``'s ``loss``.
+
+    The algorithm's terms (:data:`LOSS_KEYS`) that this loss module writes: CQL's
+    ``loss_alpha_prime`` only with ``with_lagrange=True``.
+
+    Examples:
+        >>> from torchrl.data import Bounded, Unbounded
+        >>> from torchrl_offline.trainers.algorithms import build_algorithm, loss_keys
+        >>> algo = build_algorithm("cql", Unbounded(shape=(3,)), Bounded(-1.0, 1.0, (1,)),
+        ...                        hidden_sizes=(8,), with_lagrange=True)
+        >>> loss_keys("cql", algo.loss)
+        ('loss_actor', 'loss_qvalue', 'loss_cql', 'loss_alpha', 'loss_alpha_prime')
+    """
+    written = getattr(loss, "out_keys", None)
+    return tuple(k for k in LOSS_KEYS[name] if written is None or k in written)
+
 
 # Constructor arguments the builder sets itself (or that are deprecated), never overrides.
 _RESERVED = {
@@ -281,13 +321,15 @@ def algorithm_defaults(name: str) -> dict[str, Any]:
     """The hyperparameters of ``name`` and their defaults: the valid override keys.
 
     Network and optimizer settings (``hidden_sizes``, ``gamma``, ``tau``, learning
-    rates) come first, then the loss module's own keyword arguments.
+    rates; for continuous IQL and AWAC ``actor``, ``"gaussian"`` for the papers'
+    Gaussian with a tanh-bounded mean or ``"tanh_normal"`` for TorchRL's ``TanhNormal``)
+    come first, then the loss module's own keyword arguments.
 
     Examples:
         >>> from torchrl_offline.trainers.algorithms import algorithm_defaults
         >>> d = algorithm_defaults("iql")
-        >>> d["expectile"], d["temperature"], d["hidden_sizes"]
-        (0.7, 3.0, (256, 256))
+        >>> d["expectile"], d["temperature"], d["hidden_sizes"], d["actor"]
+        (0.7, 3.0, (256, 256), 'gaussian')
     """
     _check_name(name)
     return {**_COMMON, **_DEFAULTS[name], **_loss_kwargs_defaults(name)}
@@ -314,6 +356,10 @@ def _resolve(name: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in hp.items():
         if key.endswith("_lr") and not (isinstance(value, (int, float)) and value > 0):
             raise AlgorithmError(f"{key} must be a positive number, got {value!r}")
+    if "actor" in hp and hp["actor"] not in _ACTORS:
+        raise AlgorithmError(
+            f"actor must be one of {', '.join(_ACTORS)} for {name}, got {hp['actor']!r}"
+        )
     if not 0.0 <= float(hp["gamma"]) <= 1.0:
         raise AlgorithmError(f"gamma must be in [0, 1], got {hp['gamma']!r}")
     if not 0.0 < float(hp["tau"]) <= 1.0:
@@ -351,6 +397,14 @@ def _tanh_normal_actor(n_obs: int, spec: TensorSpec, hidden: tuple[int, ...]) ->
         distribution_kwargs={"low": spec.space.low, "high": spec.space.high},
         return_log_prob=False,
     )
+
+
+def _stochastic_actor(
+    kind: str, n_obs: int, spec: TensorSpec, hidden: tuple[int, ...]
+) -> ProbabilisticActor:
+    if kind == "gaussian":
+        return make_tanh_mean_gaussian_actor(n_obs, spec, num_cells=hidden)
+    return _tanh_normal_actor(n_obs, spec, hidden)
 
 
 def _deterministic_actor(n_obs: int, spec: TensorSpec, hidden: tuple[int, ...]):
@@ -408,10 +462,13 @@ def build_algorithm(
 ) -> Algorithm:
     """Builds the standard networks, loss, optimizer and target updater of an algorithm.
 
-    Continuous actions: IQL gets the paper's Gaussian actor (a tanh-bounded mean and a
-    state-independent log-std, :func:`~torchrl_offline.objectives.gaussian_actor.make_tanh_mean_gaussian_actor`),
-    CQL and AWAC a ``ProbabilisticActor`` with a ``TanhNormal`` over the action box, TD3+BC and BC a deterministic tanh actor; the
-    critics are ``Q(s, a)`` MLPs (twin, batched inside the loss) and IQL adds ``V(s)``.
+    Continuous actions: IQL and AWAC get their papers' Gaussian actor (a tanh-bounded
+    mean and a state-independent log-std,
+    :func:`~torchrl_offline.objectives.gaussian_actor.make_tanh_mean_gaussian_actor`;
+    ``actor="tanh_normal"`` selects TorchRL's ``TanhNormal`` instead), CQL a
+    ``ProbabilisticActor`` with a ``TanhNormal`` over the action box (SAC's actor),
+    TD3+BC and BC a deterministic tanh actor; the critics are ``Q(s, a)`` MLPs (twin,
+    batched inside the loss) and IQL adds ``V(s)``.
     Discrete actions (a ``Categorical`` or ``OneHot`` spec): ``"iql"``, ``"cql"``,
     ``"awac"`` and ``"bc"`` resolve to their discrete variants, with categorical actors
     and ``Q(s, .)`` critics (DQN-style ``QValueActor`` for CQL).
@@ -494,7 +551,7 @@ def build_algorithm(
             # The IQL paper's actor (tanh mean, state-independent log-std): with the
             # TanhNormal actor IQL stays below the dataset average on mixed data (see
             # benchmarks/learning_pendulum.py).
-            actor = make_tanh_mean_gaussian_actor(n_obs, act_spec, num_cells=hidden)
+            actor = _stochastic_actor(hp["actor"], n_obs, act_spec, hidden)
             qvalue = _q_continuous(n_obs, int(act_spec.shape[-1]), hidden)
         loss = loss_cls(actor, qvalue, _value(n_obs, hidden), **loss_kwargs)
         groups = [
@@ -527,7 +584,10 @@ def build_algorithm(
             qvalue = _q_discrete(n_obs, _n_actions(act_spec), hidden)
             loss = loss_cls(actor, qvalue, action_space=act_spec, **loss_kwargs)
         else:
-            actor = _tanh_normal_actor(n_obs, act_spec, hidden)
+            # The AWAC paper's (and CORL's) actor, tanh mean and state-independent
+            # log-std; with TanhNormal AWAC ends below the dataset average on mixed
+            # data (benchmarks/learning_algos.py --algo awac).
+            actor = _stochastic_actor(hp["actor"], n_obs, act_spec, hidden)
             qvalue = _q_continuous(n_obs, int(act_spec.shape[-1]), hidden)
             loss = loss_cls(actor, qvalue, **loss_kwargs)
         groups = [
@@ -566,19 +626,22 @@ def build_algorithm(
             raise AlgorithmError("observation_norm scale must be positive")
         observation_norm = (loc, scale)
         policy = NormalizedPolicy(policy, loc, scale)
+    # fused: one kernel over all parameters (about 3x faster than Adam's per-tensor loop on
+    # CPU, see docs/benchmarks.md); same update rule.
     optimizer = torch.optim.Adam(
-        [{"params": params, "lr": float(lr), "name": gname} for gname, params, lr in groups]
+        [{"params": params, "lr": float(lr), "name": gname} for gname, params, lr in groups],
+        fused=True,
     )
     target_updater = None
     if not name.endswith("bc") or name == "td3_bc":
         loss.make_value_estimator(gamma=float(hp["gamma"]))
-        target_updater = SoftUpdate(loss, tau=float(hp["tau"]))
+        target_updater = FusedSoftUpdate(loss, tau=float(hp["tau"]))
     return Algorithm(
         name=name,
         loss=loss,
         policy=policy,
         optimizer=optimizer,
-        loss_keys=_LOSS_KEYS[name],
+        loss_keys=loss_keys(name, loss),
         target_updater=target_updater,
         hyperparameters={k: _jsonable(v) for k, v in hp.items()},
         observation_spec=obs_spec,
