@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 __all__ = [
     "LOG_SUFFIXES",
     "CLIError",
+    "add_run_options",
     "local_datasets",
     "open_dataset",
     "parse_scalar",
@@ -82,6 +84,38 @@ def open_dataset(
             f"log file ({', '.join(LOG_SUFFIXES)}); datasets under {minari_root(root)}: "
             f"{listing}"
         ) from None
+
+
+def add_run_options(parser: argparse.ArgumentParser, *, auto_env: str) -> None:
+    """Adds the options ``train`` and ``finetune`` share: batch, evaluation, checkpoints, logs.
+
+    Args:
+        parser: the subcommand's parser.
+        auto_env: what ``--eval-env auto`` means for this subcommand, for ``--help``.
+    """
+    parser.add_argument("--batch-size", type=int, default=256, help="transitions per update")
+    parser.add_argument(
+        "--eval-env", metavar="ENV", help=f"gymnasium id to evaluate in, or 'auto' for {auto_env}"
+    )
+    parser.add_argument("--eval-every", type=int, default=5000, metavar="N", help="steps")
+    parser.add_argument("--eval-episodes", type=int, default=10, metavar="N")
+    parser.add_argument(
+        "--eval-max-steps", type=int, default=1000, metavar="N", help="step cap per episode"
+    )
+    parser.add_argument("--checkpoint-every", type=int, default=5000, metavar="N", help="steps")
+    parser.add_argument(
+        "--keep-checkpoints", type=int, default=2, metavar="N", help="newest checkpoints kept"
+    )
+    parser.add_argument("--log-every", type=int, default=1000, metavar="N", help="steps")
+    parser.add_argument(
+        "--logger",
+        default="csv",
+        choices=("csv", "tensorboard", "wandb", "mlflow", "none"),
+        help="TorchRL logger (default csv, in DIR/logs)",
+    )
+    parser.add_argument(
+        "--root", help="Minari datasets root (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)"
+    )
 
 
 def parse_scalar(text: str) -> Any:

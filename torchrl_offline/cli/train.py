@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from torchrl_offline.cli.common import CLIError, open_dataset
+from torchrl_offline.cli.common import CLIError, add_run_options, open_dataset
 
 __all__ = ["add_parser", "parse_overrides", "run"]
 
@@ -57,31 +57,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="print the algorithm's hyperparameters and defaults, then exit",
     )
-    parser.add_argument("--batch-size", type=int, default=256, help="transitions per update")
-    parser.add_argument(
-        "--eval-env",
-        metavar="ENV",
-        help="gymnasium id to evaluate in, or 'auto' for the env recorded with the dataset",
-    )
-    parser.add_argument("--eval-every", type=int, default=5000, metavar="N", help="steps")
-    parser.add_argument("--eval-episodes", type=int, default=10, metavar="N")
-    parser.add_argument(
-        "--eval-max-steps", type=int, default=1000, metavar="N", help="step cap per episode"
-    )
-    parser.add_argument("--checkpoint-every", type=int, default=5000, metavar="N", help="steps")
-    parser.add_argument(
-        "--keep-checkpoints", type=int, default=2, metavar="N", help="newest checkpoints kept"
-    )
-    parser.add_argument("--log-every", type=int, default=1000, metavar="N", help="steps")
-    parser.add_argument(
-        "--logger",
-        default="csv",
-        choices=("csv", "tensorboard", "wandb", "mlflow", "none"),
-        help="TorchRL logger (default csv, in DIR/logs)",
-    )
-    parser.add_argument(
-        "--root", help="Minari datasets root (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)"
-    )
+    add_run_options(parser, auto_env="the env recorded with the dataset")
     dist = parser.add_argument_group("data-parallel training (launch with torchrun)")
     dist.add_argument(
         "--distributed",
