@@ -75,6 +75,18 @@ VARIANTS: dict[str, dict[str, tuple[str, dict]]] = {
             "ours",
             {"min_q_weight": 5.0, "with_lagrange": True, "lagrange_thresh": 10.0},
         ),
+        "ours_torchrl_settings": (
+            # the hyperparameters of TorchRL's offline CQL example (without its BC warm-up)
+            "ours",
+            {
+                "min_q_weight": 1.0,
+                "with_lagrange": True,
+                "lagrange_thresh": 5.0,
+                "deterministic_backup": False,
+                "actor_lr": 3e-4,
+                "alpha_lr": 3e-4,
+            },
+        ),
         "torchrl_defaults": (
             # CQLLoss's constructor defaults instead of the example's config
             "torchrl",
