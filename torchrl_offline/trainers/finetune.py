@@ -752,14 +752,7 @@ def finetune(
             train_env.close()
         if evaluation is not None and evaluation.env is not eval_env_arg:
             evaluation.env.close()
-    return TrainResult(
-        algorithm=algo,
-        step=trainer.step,
-        evaluations=list(evaluation.history) if evaluation is not None else [],
-        checkpoint=checkpointer.last_path if checkpointer is not None else None,
-        log_dir=log_dir,
-        stop_reason=trainer.stop_reason,
-    )
+    return TrainResult.of_run(algo, trainer, evaluation, checkpointer, log_dir)
 
 
 def _resume(

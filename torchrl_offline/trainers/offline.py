@@ -472,6 +472,25 @@ class TrainResult:
     log_dir: Path | None = None
     stop_reason: str | None = None
 
+    @classmethod
+    def of_run(
+        cls,
+        algorithm: Algorithm,
+        trainer: OfflineTrainer,
+        evaluation: EvaluationHook | None,
+        checkpointer: CheckpointHook | None,
+        log_dir: Path | None,
+    ) -> TrainResult:
+        """The result of a finished ``trainer`` run with these (optional) hooks."""
+        return cls(
+            algorithm=algorithm,
+            step=trainer.step,
+            evaluations=list(evaluation.history) if evaluation is not None else [],
+            checkpoint=checkpointer.last_path if checkpointer is not None else None,
+            log_dir=log_dir,
+            stop_reason=trainer.stop_reason,
+        )
+
 
 def _make_env(env: EnvBase | str) -> EnvBase:
     if isinstance(env, EnvBase):
@@ -760,14 +779,7 @@ def _train(
     finally:
         if owned_env is not None:
             owned_env.close()
-    return TrainResult(
-        algorithm=algo,
-        step=trainer.step,
-        evaluations=list(evaluation.history) if evaluation is not None else [],
-        checkpoint=checkpointer.last_path if checkpointer is not None else None,
-        log_dir=log_dir,
-        stop_reason=trainer.stop_reason,
-    )
+    return TrainResult.of_run(algo, trainer, evaluation, checkpointer, log_dir)
 
 
 def _setup_hooks(
