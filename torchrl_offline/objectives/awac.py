@@ -594,14 +594,14 @@ class AWACLoss(LossModule):
         Writes the per-sample TD error (max over critics) to the ``priority`` key of
         ``tensordict`` and returns the ``loss_*`` terms with detached diagnostics.
         """
-        check_batch(tensordict, self.in_keys)
+        check_batch(tensordict, self.in_keys, finite=False)
         loss_qvalue, metadata, pred = self._qvalue_loss(tensordict)
         loss_actor, actor_metadata = self._actor_loss(tensordict, pred)
         tensordict.set(self.tensor_keys.priority, metadata.pop("td_error").max(0).values)
         out = TensorDict(
             {"loss_actor": loss_actor, "loss_qvalue": loss_qvalue, **actor_metadata, **metadata}
         )
-        count_update(self, "_num_calls", out)
+        count_update(self, "_num_calls", out, batch=tensordict, batch_keys=self.in_keys)
         return out
 
 

@@ -276,7 +276,7 @@ class BCLoss(LossModule):
             forms, ``action_error`` (mean absolute error) in the deterministic form.
         """
         if self.check_inputs:
-            check_batch(tensordict, self.in_keys)
+            check_batch(tensordict, self.in_keys, finite=False)
         action = tensordict.get(self.tensor_keys.action)
         td = self._actor_input(tensordict)
         mode = self.mode
@@ -318,5 +318,12 @@ class BCLoss(LossModule):
             td_out = TensorDict({"loss_bc": loss}, batch_size=loss.shape[: tensordict.batch_dims])
         else:
             td_out = TensorDict({"loss_bc": loss, **diagnostics})
-        count_update(self, "_num_updates", td_out, check=self.check_inputs)
+        count_update(
+            self,
+            "_num_updates",
+            td_out,
+            check=self.check_inputs,
+            batch=tensordict,
+            batch_keys=self.in_keys,
+        )
         return td_out

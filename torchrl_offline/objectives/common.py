@@ -5,7 +5,8 @@ This module holds what every loss in :mod:`torchrl_offline.objectives` needs:
 * :class:`OfflineLossError`, the exception raised for bad input (missing keys,
   non-finite values, specs that do not match the networks, non-finite losses);
 * :func:`check_batch`, which names the first missing key or the first key holding
-  NaN/inf together with the first bad index;
+  NaN/inf together with the first bad index (the losses check presence up front and
+  values only when a loss comes out non-finite);
 * :func:`ensemble_forward` / :func:`ensemble_apply`, one batched evaluation of an
   ensemble of critics whose parameters are stacked along a leading dimension (a
   ``torch.baddbmm`` fast path for plain MLP critics, ``torch.vmap`` otherwise);
@@ -98,15 +99,28 @@ def _probably_all_finite(tensors: Sequence[Tensor]) -> bool:
 
 
 @torch.compiler.disable
-def check_batch(tensordict: TensorDictBase, keys: Iterable[NestedKey]) -> None:
+def check_batch(
+    tensordict: TensorDictBase, keys: Iterable[NestedKey], *, finite: bool = True
+) -> None:
     """Checks that ``tensordict`` holds every key in ``keys`` with finite values.
 
     Integer and boolean entries are only checked for presence. Floating entries must
     hold no NaN or inf.
 
+    The losses call this with ``finite=False`` before computing anything (presence
+    only: no tensor work) and hand the batch to :func:`check_finite_losses` (via
+    :func:`count_update`), which checks the values only when a loss term came out
+    non-finite. A NaN or inf that reaches a loss is thus still reported under the
+    batch key it came from, at the cost of one host read per update instead of two
+    and no reduction over the batch on healthy updates.
+
     Args:
         tensordict (TensorDictBase): the batch to check.
         keys (iterable of NestedKey): keys the loss reads.
+
+    Keyword Args:
+        finite (bool, optional): also check that floating entries are finite.
+            Defaults to ``True``.
 
     Raises:
         OfflineLossError: naming the first missing key, or the first key holding a
@@ -133,7 +147,7 @@ def check_batch(tensordict: TensorDictBase, keys: Iterable[NestedKey]) -> None:
                 f"batch is missing the key {_key_str(key)} "
                 f"(present: {sorted(map(str, tensordict.keys(True, True)))})"
             )
-        if isinstance(value, Tensor) and value.is_floating_point():
+        if finite and isinstance(value, Tensor) and value.is_floating_point():
             floats.append((key, value))
     if not floats or _probably_all_finite([v for _, v in floats]):
         return
@@ -147,15 +161,29 @@ def check_batch(tensordict: TensorDictBase, keys: Iterable[NestedKey]) -> None:
 
 
 @torch.compiler.disable
-def check_finite_losses(losses: TensorDictBase, step: int | None = None) -> None:
+def check_finite_losses(
+    losses: TensorDictBase,
+    step: int | None = None,
+    *,
+    batch: TensorDictBase | None = None,
+    batch_keys: Iterable[NestedKey] = (),
+) -> None:
     """Raises if any ``loss_*`` entry of ``losses`` is NaN or inf.
 
     Args:
         losses (TensorDictBase): the output of a loss module.
         step (int, optional): the update counter, quoted in the message.
 
+    Keyword Args:
+        batch (TensorDictBase, optional): the batch the losses were computed from.
+            When a loss term is non-finite, ``batch_keys`` of ``batch`` are checked
+            first (:func:`check_batch`), so that bad input is reported as such.
+        batch_keys (iterable of NestedKey, optional): the keys the loss read.
+
     Raises:
-        OfflineLossError: naming the first non-finite loss term and the step.
+        OfflineLossError: naming the batch key holding the first NaN/inf (when
+            ``batch`` is given and holds one), else the first non-finite loss term
+            and the step.
 
     Examples:
         >>> import torch
@@ -171,6 +199,8 @@ def check_finite_losses(losses: TensorDictBase, step: int | None = None) -> None
     items = [(k, v) for k, v in losses.items() if k.startswith("loss_") and isinstance(v, Tensor)]
     if not items or _probably_all_finite([v.detach() for _, v in items]):
         return
+    if batch is not None:
+        check_batch(batch, batch_keys)
     for key, value in items:
         if not bool(torch.isfinite(value.detach()).all()):
             where = "" if step is None else f" at update step {step}"
@@ -179,7 +209,13 @@ def check_finite_losses(losses: TensorDictBase, step: int | None = None) -> None
 
 @torch.compiler.disable
 def count_update(
-    loss: nn.Module, counter: str, losses: TensorDictBase, *, check: bool = True
+    loss: nn.Module,
+    counter: str,
+    losses: TensorDictBase,
+    *,
+    check: bool = True,
+    batch: TensorDictBase | None = None,
+    batch_keys: Iterable[NestedKey] = (),
 ) -> int:
     """Adds one to the integer attribute ``counter`` of ``loss``, then checks ``losses``.
 
@@ -195,6 +231,9 @@ def count_update(
 
     Keyword Args:
         check (bool, optional): run the finiteness check. Defaults to ``True``.
+        batch (TensorDictBase, optional): the batch, checked for NaN/inf when a loss
+            is non-finite (see :func:`check_finite_losses`).
+        batch_keys (iterable of NestedKey, optional): the keys the loss read.
 
     Returns:
         int: the new counter value.
@@ -211,7 +250,7 @@ def count_update(
     step = getattr(loss, counter) + 1
     setattr(loss, counter, step)
     if check:
-        check_finite_losses(losses, step)
+        check_finite_losses(losses, step, batch=batch, batch_keys=batch_keys)
     return step
 
 
@@ -464,6 +503,9 @@ def _inputs(module, tensordict: TensorDictBase) -> list[Tensor]:
 def _cat_inputs(inputs: Sequence[Tensor]) -> Tensor:
     if len(inputs) == 1:
         return inputs[0]
+    batch = inputs[0].shape[:-1]
+    if all(t.shape[:-1] == batch for t in inputs):  # the usual case: no broadcasting
+        return torch.cat(inputs, -1)
     shape = torch.broadcast_shapes(*(t.shape[:-1] for t in inputs))
     return torch.cat([t.expand(*shape, t.shape[-1]) for t in inputs], -1)
 

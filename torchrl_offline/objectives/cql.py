@@ -441,7 +441,7 @@ class CQLLoss(LossModule):
             ``target_value``, ``cql_gap`` (and ``alpha_prime``).
         """
         keys = self.tensor_keys
-        check_batch(tensordict, self.in_keys)
+        check_batch(tensordict, self.in_keys, finite=False)
         batch_shape = tensordict.batch_size
         td = tensordict.reshape(-1) if len(batch_shape) != 1 else tensordict
         bsz = td.shape[0]
@@ -546,7 +546,7 @@ class CQLLoss(LossModule):
             "cql_gap": gap.detach().mean(0),
         }
         result = self._pack(out, diagnostics, alpha, batch_shape)
-        count_update(self, "_num_updates", result)
+        count_update(self, "_num_updates", result, batch=tensordict, batch_keys=self.in_keys)
         return result
 
     def _target(self, td: TensorDictBase, next_value: Tensor) -> Tensor:
@@ -819,7 +819,7 @@ class DiscreteCQLLoss(LossModule):
             ``cql_gap``.
         """
         keys = self.tensor_keys
-        check_batch(tensordict, self.in_keys)
+        check_batch(tensordict, self.in_keys, finite=False)
         batch_shape = tensordict.batch_size
         td = tensordict.reshape(-1) if len(batch_shape) != 1 else tensordict
         values = self._values(self.value_network_params, td)
@@ -866,7 +866,7 @@ class DiscreteCQLLoss(LossModule):
             out = {k: self._reduce_loss(v) for k, v in losses.items()}
             out.update({k: v.mean() for k, v in diagnostics.items()})
             result = TensorDict(out)
-        count_update(self, "_num_updates", result)
+        count_update(self, "_num_updates", result, batch=tensordict, batch_keys=self.in_keys)
         return result
 
     def _quantile_huber(self, theta: Tensor, target: Tensor) -> Tensor:

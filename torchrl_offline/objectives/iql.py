@@ -560,7 +560,7 @@ class IQLLoss(LossModule):
             error (max over critics) is written to the batch under the ``priority`` key.
         """
         if self.check_inputs:
-            check_batch(tensordict, self.in_keys)
+            check_batch(tensordict, self.in_keys, finite=False)
             self._check_action(tensordict)
         loss_value, meta_v = self.value_loss(tensordict)
         loss_actor, meta_a = self.actor_loss(tensordict, _cache=meta_v)
@@ -583,7 +583,14 @@ class IQLLoss(LossModule):
         else:
             out.update(scalars)
             td_out = TensorDict(out)
-        count_update(self, "_num_updates", td_out, check=self.check_inputs)
+        count_update(
+            self,
+            "_num_updates",
+            td_out,
+            check=self.check_inputs,
+            batch=tensordict,
+            batch_keys=self.in_keys,
+        )
         return td_out
 
 

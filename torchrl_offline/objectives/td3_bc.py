@@ -580,7 +580,7 @@ class TD3BCLoss(LossModule):
         Writes the per-sample TD error (max over critics) to the ``priority`` key of
         ``tensordict`` and returns the ``loss_*`` terms with detached diagnostics.
         """
-        check_batch(tensordict, self.in_keys)
+        check_batch(tensordict, self.in_keys, finite=False)
         update_actor = self._advance_schedule() if self.training else True
         loss_qvalue, metadata = self._qvalue_loss(tensordict)
         if update_actor:
@@ -608,7 +608,7 @@ class TD3BCLoss(LossModule):
         out = TensorDict(
             {"loss_actor": loss_actor, "loss_qvalue": loss_qvalue, **actor_metadata, **metadata}
         )
-        self._check_losses(out)
+        self._check_losses(out, tensordict)
         return out
 
     # Kept out of torch.compile graphs: a traced ``self._num_calls`` would make the
@@ -619,5 +619,5 @@ class TD3BCLoss(LossModule):
         return self._num_calls % self.policy_update_delay == 0
 
     @torch.compiler.disable
-    def _check_losses(self, out: TensorDictBase) -> None:
-        check_finite_losses(out, step=self._num_calls)
+    def _check_losses(self, out: TensorDictBase, batch: TensorDictBase) -> None:
+        check_finite_losses(out, step=self._num_calls, batch=batch, batch_keys=self.in_keys)
