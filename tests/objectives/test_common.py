@@ -249,7 +249,9 @@ def test_losses_check_batch_values_only_when_a_loss_is_non_finite():
     healthy = TensorDict({"loss_a": torch.tensor(1.0)})
     check_finite_losses(healthy, 7, batch=batch, batch_keys=["obs", "r"])
     broken = TensorDict({"loss_a": torch.tensor(float("nan"))})
-    with pytest.raises(OfflineLossError, match=r"'r' holds NaN/inf \(first at batch index \(2,\)\)"):
+    with pytest.raises(
+        OfflineLossError, match=r"'r' holds NaN/inf \(first at batch index \(2,\)\)"
+    ):
         check_finite_losses(broken, 7, batch=batch, batch_keys=["obs", "r"])
     with pytest.raises(OfflineLossError, match="'loss_a' at update step 7"):
         check_finite_losses(broken, 7, batch=batch, batch_keys=["obs"])
