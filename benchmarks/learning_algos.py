@@ -87,6 +87,17 @@ VARIANTS: dict[str, dict[str, tuple[str, dict]]] = {
                 "alpha_lr": 3e-4,
             },
         ),
+        "ours_lagrange5": (
+            # CQL_PRESETS["lagrange"]: weight 1, Lagrange threshold 5, stochastic backup,
+            # with build_algorithm's learning rates
+            "ours",
+            {
+                "min_q_weight": 1.0,
+                "with_lagrange": True,
+                "lagrange_thresh": 5.0,
+                "deterministic_backup": False,
+            },
+        ),
         "torchrl_defaults": (
             # CQLLoss's constructor defaults instead of the example's config
             "torchrl",
