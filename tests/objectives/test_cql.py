@@ -18,7 +18,7 @@ from torchrl.objectives import CQLLoss as TorchRLCQLLoss
 from torchrl.objectives import SoftUpdate
 
 from torchrl_offline.objectives.common import OfflineLossError
-from torchrl_offline.objectives.cql import CQLLoss, DiscreteCQLLoss
+from torchrl_offline.objectives.cql import CQL_PRESETS, CQLLoss, DiscreteCQLLoss
 
 pytestmark = pytest.mark.filterwarnings("ignore:No target network updater")
 
@@ -696,3 +696,16 @@ def test_discrete_drop_in_like_torchrl_script(cartpole_dataset):
         optim.zero_grad()
         target_net_updater.step()
         assert torch.isfinite(loss)
+
+
+def test_presets_are_named_and_overridable():
+    defaults = make_loss()
+    mujoco = CQLLoss.from_preset("mujoco", make_actor(), make_critic())
+    for attr in ("min_q_weight", "with_lagrange", "deterministic_backup"):
+        assert getattr(mujoco, attr) == getattr(defaults, attr)  # "mujoco" is the default
+    lagrange = CQLLoss.from_preset("lagrange", make_actor(), make_critic(), lagrange_thresh=2.0)
+    assert (lagrange.min_q_weight, lagrange.with_lagrange) == (1.0, True)
+    assert (lagrange.deterministic_backup, lagrange.target_action_gap) == (False, 2.0)
+    assert CQL_PRESETS["lagrange"]["lagrange_thresh"] == 5.0
+    with pytest.raises(KeyError, match="unknown CQL preset 'nope'.*'lagrange'"):
+        CQLLoss.from_preset("nope", make_actor(), make_critic())

@@ -8,7 +8,7 @@ replacement) with the paper's defaults.
 from torchrl_offline.objectives.awac import AWACLoss, DiscreteAWACLoss
 from torchrl_offline.objectives.bc import BCLoss
 from torchrl_offline.objectives.common import OfflineLossError
-from torchrl_offline.objectives.cql import CQLLoss, DiscreteCQLLoss
+from torchrl_offline.objectives.cql import CQL_PRESETS, CQLLoss, DiscreteCQLLoss
 from torchrl_offline.objectives.gaussian_actor import (
     TanhMeanGaussian,
     make_tanh_mean_gaussian_actor,
@@ -18,6 +18,7 @@ from torchrl_offline.objectives.target_update import FusedSoftUpdate
 from torchrl_offline.objectives.td3_bc import TD3BCLoss
 
 __all__ = [
+    "CQL_PRESETS",
     "IQL_PRESETS",
     "AWACLoss",
     "BCLoss",

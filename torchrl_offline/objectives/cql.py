@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
@@ -47,7 +48,27 @@ from torchrl_offline.objectives.common import (
     uniform_actions,
 )
 
-__all__ = ["CQLLoss", "DiscreteCQLLoss"]
+__all__ = ["CQL_PRESETS", "CQLLoss", "DiscreteCQLLoss"]
+
+#: Named settings of the conservative term, by use (:meth:`CQLLoss.from_preset`).
+#:
+#: * ``"mujoco"``: the constructor defaults, the D4RL Gym-MuJoCo setting (CQL weight 10,
+#:   fixed, no entropy bonus in the target; CORL's values).
+#: * ``"lagrange"``: CQL(H) with the weight tuned by dual descent so that the gap
+#:   between sampled and data actions' Q stays at the threshold 5, weight 1 and the
+#:   entropy bonus in the target (the configuration of TorchRL's offline CQL example).
+#:   On the small mixed-quality Pendulum dataset of ``benchmarks/learning_algos.py``
+#:   (5,000 steps) the fixed weight 10 is too conservative and this preset reaches the
+#:   peers' score; see ``docs/benchmarks.md``.
+CQL_PRESETS: dict[str, dict[str, float | bool]] = {
+    "mujoco": {"min_q_weight": 10.0, "with_lagrange": False, "deterministic_backup": True},
+    "lagrange": {
+        "min_q_weight": 1.0,
+        "with_lagrange": True,
+        "lagrange_thresh": 5.0,
+        "deterministic_backup": False,
+    },
+}
 
 _CQL_VARIANTS = ("H", "rho")
 _SCALAR_MODES = (None, "exclude", "non_tensor")
@@ -210,6 +231,7 @@ class CQLLoss(LossModule):
     default_keys = _AcceptedKeys
     default_value_estimator = ValueEstimators.TD0
     SUPPORTED_VALUE_ESTIMATORS = (ValueEstimators.TD0,)
+    PRESETS: ClassVar[dict[str, dict[str, float | bool]]] = CQL_PRESETS
 
     actor_network: TensorDictModule
     qvalue_network: TensorDictModule
@@ -314,6 +336,46 @@ class CQLLoss(LossModule):
         self.register_buffer("target_entropy", torch.tensor(float(target_entropy), device=device))
         self._checked_shapes = False
         self._num_updates = 0
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_preset(
+        cls,
+        preset: str,
+        actor_network: TensorDictModule,
+        qvalue_network: TensorDictModule | list[TensorDictModule],
+        **kwargs: Any,
+    ) -> CQLLoss:
+        """Builds the loss with a named setting of :data:`CQL_PRESETS`.
+
+        Args:
+            preset (str): ``"mujoco"`` (the defaults: weight 10, fixed, deterministic
+                backup) or ``"lagrange"`` (weight 1 tuned by dual descent to a gap of
+                5, entropy bonus in the target).
+            actor_network, qvalue_network: as in the constructor.
+            **kwargs: other keyword arguments; they override the preset.
+
+        Examples:
+            >>> import torch
+            >>> from tensordict.nn import TensorDictModule
+            >>> from torchrl.data import Bounded
+            >>> from torchrl.modules import MLP, NormalParamExtractor, ProbabilisticActor
+            >>> from torchrl.modules import TanhNormal, ValueOperator
+            >>> actor = ProbabilisticActor(
+            ...     TensorDictModule(torch.nn.Sequential(torch.nn.Linear(3, 2),
+            ...                      NormalParamExtractor()),
+            ...                      in_keys=["observation"], out_keys=["loc", "scale"]),
+            ...     in_keys=["loc", "scale"], spec=Bounded(-1.0, 1.0, (1,)),
+            ...     distribution_class=TanhNormal)
+            >>> q = ValueOperator(MLP(in_features=4, out_features=1, num_cells=[8]),
+            ...                   in_keys=["observation", "action"])
+            >>> loss = CQLLoss.from_preset("lagrange", actor, q)
+            >>> loss.min_q_weight, loss.with_lagrange, loss.target_action_gap
+            (1.0, True, 5.0)
+        """
+        if preset not in cls.PRESETS:
+            raise KeyError(f"unknown CQL preset {preset!r}; choose from {sorted(cls.PRESETS)}")
+        return cls(actor_network, qvalue_network, **{**cls.PRESETS[preset], **kwargs})
 
     # ----------------------------------------------------------------- keys / estimator
     def _forward_value_estimator_keys(self, **kwargs) -> None:
