@@ -27,6 +27,7 @@ def make_dataset(
     seed: int = 0,
     obs_dim: int = OBS_DIM,
     n_actions: int = N_ACTIONS,
+    action_bound: float = 2.0,
 ) -> OfflineReplayBuffer:
     """Random transitions with Pendulum's spaces (or an ``n_actions`` discrete space)."""
     g = torch.Generator().manual_seed(seed)
@@ -34,8 +35,8 @@ def make_dataset(
         action = torch.randint(n_actions, (n,), generator=g)
         action_space = gym.spaces.Discrete(n_actions)
     else:
-        action = torch.rand(n, 1, generator=g) * 4 - 2
-        action_space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
+        action = (torch.rand(n, 1, generator=g) * 2 - 1) * action_bound
+        action_space = gym.spaces.Box(-action_bound, action_bound, (1,), np.float32)
     obs = torch.randn(n + 1, obs_dim, generator=g)
     done = torch.zeros(n, 1, dtype=torch.bool)
     done[-1] = True

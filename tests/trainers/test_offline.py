@@ -145,6 +145,21 @@ def test_eval_env_must_match_the_dataset(tmp_path):
         _run("iql", None, total=2, eval_env="CartPole-v1")
 
 
+def test_mujoco_eval_env_gets_float32_observations():
+    """MuJoCo envs emit float64 observations; the datasets and networks are float32."""
+    data = make_dataset(obs_dim=4, action_bound=3.0)  # InvertedPendulum-v5's spaces
+    kw = {"total_steps": 2, "batch_size": 16, "overrides": TINY, "progress": False}
+    result = train("td3_bc", data, eval_env="InvertedPendulum-v5", eval_episodes=1, **kw)
+    assert [e["step"] for e in result.evaluations] == [0, 2]
+    from torchrl.envs import GymEnv
+
+    raw = GymEnv("InvertedPendulum-v5")
+    assert raw.observation_spec["observation"].dtype == torch.float64
+    with pytest.raises(AlgorithmError, match="observation dtype torch.float64.*DoubleToFloat"):
+        train("td3_bc", data, eval_env=raw, **kw)
+    raw.close()
+
+
 def test_source_needs_a_batch_size_and_data():
     data = make_dataset()
     data._batch_size = None

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     if target.exists() and not args.overwrite:
         raise CLIError(f"a dataset already exists at {target}; pass --overwrite to replace it")
     specs = [parse_policy_spec(text) for text in args.policy or ["random"]]
-    env = make_env(args.env)
+    env = make_env(args.env, float32=False)
     try:
         behavior = build_behavior_policy(specs, env, env_id=args.env, per=args.per)
         ref_min, ref_max = _reference_returns(args, env)

@@ -10,8 +10,14 @@ from torchrl_offline.cli.common import CLIError
 __all__ = ["check_env_matches", "check_specs_match", "dataset_env_id", "make_env"]
 
 
-def make_env(env_id: str) -> Any:
+def make_env(env_id: str, *, float32: bool = True) -> Any:
     """A TorchRL :class:`~torchrl.envs.GymEnv` for a gymnasium id (integer discrete actions).
+
+    Args:
+        env_id: the gymnasium id.
+        float32: cast float64 observations (MuJoCo's) to float32, the dtype the
+            datasets are loaded in and the networks use. ``collect`` keeps the env's own
+            dtype in the files it writes.
 
     Raises:
         CLIError: gymnasium does not know the id.
@@ -19,11 +25,14 @@ def make_env(env_id: str) -> Any:
     import gymnasium as gym
     from torchrl.envs import GymEnv
 
+    from torchrl_offline.trainers.offline import float32_observations
+
     try:
         gym.spec(env_id)
     except gym.error.Error as err:
         raise CLIError(f"unknown environment {env_id!r}: {err}") from None
-    return GymEnv(env_id, categorical_action_encoding=True)
+    env = GymEnv(env_id, categorical_action_encoding=True)
+    return float32_observations(env) if float32 else env
 
 
 def dataset_env_id(buffer: Any) -> str | None:

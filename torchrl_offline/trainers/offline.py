@@ -65,7 +65,14 @@ from torchrl_offline.trainers.normalization import NormalizeObservations, observ
 if TYPE_CHECKING:
     from torchrl_offline.trainers.distributed import DistributedContext
 
-__all__ = ["OfflineSource", "OfflineTrainer", "TrainResult", "load_algorithm", "train"]
+__all__ = [
+    "OfflineSource",
+    "OfflineTrainer",
+    "TrainResult",
+    "float32_observations",
+    "load_algorithm",
+    "train",
+]
 
 
 # ----------------------------------------------------------------------------- source
@@ -493,17 +500,47 @@ class TrainResult:
 
 
 def _make_env(env: EnvBase | str) -> EnvBase:
+    """``env`` itself, or a ``GymEnv`` for a gymnasium id with float64 observations (as
+    MuJoCo's) cast to float32, the dtype the datasets are loaded in."""
     if isinstance(env, EnvBase):
         return env
     from torchrl.envs import GymEnv
 
-    return GymEnv(env, categorical_action_encoding=True)
+    return float32_observations(GymEnv(env, categorical_action_encoding=True))
+
+
+def float32_observations(env: EnvBase) -> EnvBase:
+    """``env`` with its float64 observation entries cast to float32 (``DoubleToFloat``).
+
+    The datasets are loaded with float32 observations and the networks are float32, while
+    gymnasium's MuJoCo envs emit float64; ``env`` is returned unchanged when it has no
+    float64 observation entry.
+
+    Examples:
+        >>> from torchrl.envs import GymEnv
+        >>> float32_observations(GymEnv("Hopper-v5")).observation_spec["observation"].dtype
+        torch.float32
+    """
+    from torchrl.envs import DoubleToFloat, TransformedEnv
+
+    doubles = [
+        key for key, spec in env.observation_spec.items(True, True) if spec.dtype == torch.float64
+    ]
+    if not doubles:
+        return env
+    return TransformedEnv(env, DoubleToFloat(in_keys=doubles))
 
 
 def _check_env(env: EnvBase, algo: Algorithm) -> None:
     obs = env.observation_spec["observation"]
     act = env.action_spec
     problems = []
+    want = next((p.dtype for p in algo.policy.parameters() if p.is_floating_point()), None)
+    if want is not None and obs.dtype.is_floating_point and obs.dtype != want:
+        problems.append(
+            f"observation dtype {obs.dtype} vs the networks' {want} (wrap the env as "
+            "TransformedEnv(env, DoubleToFloat()), or pass its gymnasium id, which does this)"
+        )
     if tuple(obs.shape) != tuple(algo.observation_spec.shape):
         problems.append(
             f"observation shape {tuple(obs.shape)} vs dataset {tuple(algo.observation_spec.shape)}"
