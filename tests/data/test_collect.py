@@ -249,6 +249,28 @@ def test_probabilistic_actor_used_as_is():
     assert "action_prob" not in episodes[0].infos
 
 
+@pytest.mark.parametrize("kind", ["gaussian_noise", "probabilistic"])
+def test_float32_policy_on_a_float64_mujoco_env(kind):
+    """MuJoCo emits float64 observations; a float32 network acts on them, and the dataset
+    keeps the env's own float64 values."""
+    torch.manual_seed(0)
+    if kind == "gaussian_noise":
+        actor = TensorDictModule(torch.nn.Linear(4, 1), ["observation"], ["action"])
+        policy = GaussianNoisePolicy(actor, gym.spaces.Box(-3.0, 3.0, (1,)), sigma=0.3)
+    else:
+        net = torch.nn.Sequential(torch.nn.Linear(4, 2), NormalParamExtractor())
+        policy = ProbabilisticActor(
+            TensorDictModule(net, ["observation"], ["loc", "scale"]),
+            in_keys=["loc", "scale"],
+            distribution_class=TanhNormal,
+            distribution_kwargs={"low": -3.0, "high": 3.0},
+        )
+    path = collect_dataset("InvertedPendulum-v5", policy, 40, dataset_id=f"ip/{kind}-v0", seed=2)
+    episodes = _episodes(path)
+    assert episodes[0].observations.dtype == np.float64
+    _replay_in_gymnasium("InvertedPendulum-v5", episodes, seed=2)
+
+
 @pytest.mark.parametrize(
     "env_id, n_log", [("CartPole-v1", math.log(2)), ("Pendulum-v1", math.log(4))]
 )

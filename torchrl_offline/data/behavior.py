@@ -29,6 +29,7 @@ import gymnasium as gym
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
+from tensordict.utils import NestedKey
 from torch import distributions as d
 from torchrl.data import Bounded, Categorical, Composite, OneHot, TensorSpec, Unbounded
 from torchrl.envs.utils import ExplorationType, set_exploration_type
@@ -283,6 +284,19 @@ class UniformRandomPolicy(BehaviorPolicy):
         return torch.where(inside, -space.log_volume(), -math.inf)
 
 
+def _actor_inputs(
+    actor: TensorDictModuleBase, tensordict: TensorDictBase, keys: Sequence[NestedKey]
+) -> TensorDictBase:
+    """``keys`` of ``tensordict`` (a new tensordict), floating entries cast to the dtype of
+    the actor's parameters: MuJoCo envs emit float64 observations, networks are float32.
+    The collected data keeps the env's own dtype."""
+    inputs = tensordict.select(*keys, strict=False)
+    dtype = next((p.dtype for p in actor.parameters() if p.is_floating_point()), None)
+    if dtype is None:
+        return inputs
+    return inputs.apply(lambda t: t.to(dtype) if t.is_floating_point() else t)
+
+
 class _NoisyActor(BehaviorPolicy):
     """Shared machinery: run a TorchRL actor deterministically to get the centre of the noise."""
 
@@ -294,7 +308,7 @@ class _NoisyActor(BehaviorPolicy):
 
     def _actor_action(self, tensordict: TensorDictBase) -> torch.Tensor:
         with set_exploration_type(ExplorationType.DETERMINISTIC), torch.no_grad():
-            out = self.actor(tensordict.select(*self.actor.in_keys, strict=False))
+            out = self.actor(_actor_inputs(self.actor, tensordict, self.actor.in_keys))
         return out.get(ACTION)
 
     def _set_sigma(self, sigma: float | Sequence[float] | torch.Tensor) -> None:
@@ -529,7 +543,7 @@ class ProbabilisticActorPolicy(BehaviorPolicy):
 
     def _dist_params(self, tensordict: TensorDictBase) -> d.Distribution:
         with torch.no_grad():
-            return self.actor.get_dist(tensordict.select(*self.in_keys, strict=False).copy())
+            return self.actor.get_dist(_actor_inputs(self.actor, tensordict, self.in_keys))
 
     def _draw(self, dist: d.Distribution, batch_shape: torch.Size) -> torch.Tensor:
         with torch.no_grad():
