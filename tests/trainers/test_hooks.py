@@ -100,6 +100,35 @@ def test_log_losses_means_over_the_interval(tmp_path):
     assert steps_values[1][1] == pytest.approx(sum(seen[3:]) / 3, rel=1e-5)
 
 
+def test_log_losses_sums_on_device_survive_key_changes_and_resume():
+    """Sums equal float accumulation in order, across a change of keys and a state_dict."""
+    from tensordict import TensorDict
+
+    steps = [
+        {"loss_a": 0.1, "loss_b": 1.5},
+        {"loss_a": 0.2, "loss_b": 2.5},
+        {"loss_a": 0.3},  # a step without loss_b (e.g. no actor update)
+        {"loss_a": 0.4, "loss_b": 3.5, "loss_c": 7.0},
+    ]
+    batches = [TensorDict({k: torch.tensor(v) for k, v in d.items()}) for d in steps]
+    expected: dict[str, float] = {}
+    for d in steps:
+        for k, v in d.items():
+            expected[k] = expected.get(k, 0.0) + float(torch.tensor(v))
+    whole = LogLosses(interval=100)
+    for i, td in enumerate(batches):
+        whole(i + 1, td)
+    assert whole.state_dict() == {"sums": expected, "count": 4}
+    part = LogLosses(interval=100)
+    part(1, batches[0])
+    part(2, batches[1])
+    resumed = LogLosses(interval=100)
+    resumed.load_state_dict(part.state_dict())
+    resumed(3, batches[2])
+    resumed(4, batches[3])
+    assert resumed.state_dict() == whole.state_dict()
+
+
 def test_progress_bar_shows_steps_per_second_and_losses():
     trainer, _ = _trainer(20)
     out = io.StringIO()

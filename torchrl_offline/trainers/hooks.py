@@ -335,7 +335,9 @@ class LogLosses(TrainerHookBase):
 
     Values go to the trainer's logger as ``train/<key>`` at steps that are multiples of
     ``interval`` (and are appended to ``trainer._log_dict`` for TorchRL hooks such as
-    ``EarlyStopping``). Non-scalar entries are skipped.
+    ``EarlyStopping``). Non-scalar entries are skipped. The sums stay on the losses'
+    device (one stacked float64 accumulator) and are read back once per logged point,
+    not once per step and entry.
 
     Args:
         interval (int): steps per logged point. Defaults to ``1000``.
@@ -347,27 +349,50 @@ class LogLosses(TrainerHookBase):
             raise ValueError(f"interval must be >= 1, got {interval}")
         self.interval = int(interval)
         self.prefix = prefix
-        self._sums: dict[str, float] = {}
+        self._sums: dict[str, float] = {}  # read-back sums of keys no longer in _keys
+        self._keys: tuple[str, ...] = ()
+        self._acc: torch.Tensor | None = None  # float64 sums of _keys, on the device
         self._count = 0
         self._trainer: Any = None
 
     def __call__(self, optim_steps: int, losses: TensorDictBase | None) -> None:
         if losses is not None:
-            for key, value in losses.items():
-                if isinstance(value, torch.Tensor) and value.numel() == 1:
-                    self._sums[key] = self._sums.get(key, 0.0) + float(value)
+            scalars = [
+                (key, value)
+                for key, value in losses.items()
+                if isinstance(value, torch.Tensor) and value.numel() == 1
+            ]
+            if scalars:
+                keys = tuple(key for key, _ in scalars)
+                values = torch.stack([v.detach().reshape(()).to(torch.float64) for _, v in scalars])
+                if keys != self._keys or self._acc is None:
+                    # (re)start the accumulator from the sums so far: the additions happen
+                    # in the same order as without the change (or the resume)
+                    self._sums = self._totals()
+                    start = [self._sums.pop(key, 0.0) for key in keys]
+                    self._keys = keys
+                    self._acc = torch.tensor(start, dtype=torch.float64, device=values.device)
+                self._acc.add_(values)
             self._count += 1
         step = int(getattr(self._trainer, "collected_frames", optim_steps))
         if step % self.interval == 0 and self._count:
-            for key, total in self._sums.items():
+            for key, total in self._totals().items():
                 _log_scalar(self._trainer, f"{self.prefix}/{key}", total / self._count, step)
-            self._sums, self._count = {}, 0
+            self._sums, self._keys, self._acc, self._count = {}, (), None, 0
+
+    def _totals(self) -> dict[str, float]:
+        totals = dict(self._sums)
+        if self._acc is not None:
+            for key, value in zip(self._keys, self._acc.tolist()):
+                totals[key] = totals.get(key, 0.0) + value
+        return totals
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": dict(self._sums), "count": self._count}
+        return {"sums": self._totals(), "count": self._count}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         self._sums = dict(state_dict.get("sums", {}))
+        self._keys, self._acc = (), None
         self._count = int(state_dict.get("count", 0))
 
     def register(self, trainer: Any, name: str = "log_losses") -> None:
