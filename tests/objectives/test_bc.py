@@ -182,6 +182,15 @@ def test_bad_input():
         loss(batch(act_dim=3))
     with pytest.raises(OfflineLossError, match="shape"):
         BCLoss(stoch_actor())(batch(act_dim=3))
+    # a NaN in a padded (masked-out) row never reaches loss_bc but would reach gradients
+    masked = BCLoss(det_actor())
+    masked.set_keys(pad_mask="pad")
+    padded = td.clone()
+    padded["pad"] = torch.zeros(padded.shape[0], dtype=torch.bool)
+    padded["pad"][3] = True
+    padded["action"][3, 0] = float("nan")
+    with pytest.raises(OfflineLossError, match=r"'action'.*\(3,\)"):
+        masked(padded)
 
 
 def test_runs_inside_torchrl_trainer(pendulum_dataset, run_trainer):

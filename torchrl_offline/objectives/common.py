@@ -6,7 +6,7 @@ This module holds what every loss in :mod:`torchrl_offline.objectives` needs:
   non-finite values, specs that do not match the networks, non-finite losses);
 * :func:`check_batch`, which names the first missing key or the first key holding
   NaN/inf together with the first bad index (the losses check presence up front and
-  values only when a loss comes out non-finite);
+  values together with the losses, in one host read per update);
 * :func:`ensemble_forward` / :func:`ensemble_apply`, one batched evaluation of an
   ensemble of critics whose parameters are stacked along a leading dimension (a
   ``torch.baddbmm`` fast path for plain MLP critics, ``torch.vmap`` otherwise);
@@ -109,10 +109,9 @@ def check_batch(
 
     The losses call this with ``finite=False`` before computing anything (presence
     only: no tensor work) and hand the batch to :func:`check_finite_losses` (via
-    :func:`count_update`), which checks the values only when a loss term came out
-    non-finite. A NaN or inf that reaches a loss is thus still reported under the
-    batch key it came from, at the cost of one host read per update instead of two
-    and no reduction over the batch on healthy updates.
+    :func:`count_update`), which sums the batch's floating entries together with the
+    loss terms and reads the total back once per update; only when it is not finite
+    are the batch (first) and the loss terms searched for the culprit.
 
     Args:
         tensordict (TensorDictBase): the batch to check.
@@ -176,8 +175,9 @@ def check_finite_losses(
 
     Keyword Args:
         batch (TensorDictBase, optional): the batch the losses were computed from.
-            When a loss term is non-finite, ``batch_keys`` of ``batch`` are checked
-            first (:func:`check_batch`), so that bad input is reported as such.
+            Its floating ``batch_keys`` are checked in the same single host read, and
+            reported first (:func:`check_batch`), so that bad input is reported as such
+            even where the losses do not show it (masked rows, saturating activations).
         batch_keys (iterable of NestedKey, optional): the keys the loss read.
 
     Raises:
@@ -197,7 +197,15 @@ def check_finite_losses(
         non-finite loss term 'loss_actor' at update step 3
     """
     items = [(k, v) for k, v in losses.items() if k.startswith("loss_") and isinstance(v, Tensor)]
-    if not items or _probably_all_finite([v.detach() for _, v in items]):
+    values = [v.detach() for _, v in items]
+    if batch is not None:
+        # the batch goes into the same single read: a NaN/inf can be hidden from the losses
+        # (masked rows, saturating activations, casts to int) and still poison gradients
+        for key in batch_keys:
+            value = batch.get(key, None)
+            if isinstance(value, Tensor) and value.is_floating_point():
+                values.append(value)
+    if not values or _probably_all_finite(values):
         return
     if batch is not None:
         check_batch(batch, batch_keys)

@@ -417,6 +417,7 @@ class CQLLoss(LossModule):
             *self.actor_network.in_keys,
             *[next_key(key) for key in self.actor_network.in_keys],
             *self.qvalue_network.in_keys,
+            *[next_key(key) for key in self._critic_obs_keys()],
         ]
         return list(dict.fromkeys(unravel_key(k) for k in keys))
 
