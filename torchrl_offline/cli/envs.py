@@ -25,14 +25,13 @@ def make_env(env_id: str, *, float32: bool = True) -> Any:
     import gymnasium as gym
     from torchrl.envs import GymEnv
 
-    from torchrl_offline.trainers.offline import float32_observations
+    from torchrl_offline.trainers.offline import as_env
 
     try:
         gym.spec(env_id)
     except gym.error.Error as err:
         raise CLIError(f"unknown environment {env_id!r}: {err}") from None
-    env = GymEnv(env_id, categorical_action_encoding=True)
-    return float32_observations(env) if float32 else env
+    return as_env(env_id) if float32 else GymEnv(env_id, categorical_action_encoding=True)
 
 
 def dataset_env_id(buffer: Any) -> str | None:

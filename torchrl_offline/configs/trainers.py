@@ -265,13 +265,13 @@ def _add_evaluation(
     max_steps: int,
     seed: int,
 ) -> None:
-    from torchrl_offline.trainers.offline import _make_env
+    from torchrl_offline.trainers.offline import as_env
 
     meta = getattr(trainer.replay_buffer, "metadata", None) or {}
     reference = None
     if meta.get("ref_min_score") is not None and meta.get("ref_max_score") is not None:
         reference = (float(meta["ref_min_score"]), float(meta["ref_max_score"]))
-    env = _make_env(env_id)  # a GymEnv, MuJoCo's float64 observations cast to float32
+    env = as_env(env_id)  # a GymEnv, MuJoCo's float64 observations cast to float32
     EvaluationHook(
         env,
         _policy_of(trainer.loss_module),

@@ -239,8 +239,9 @@ def count_update(
 
     Keyword Args:
         check (bool, optional): run the finiteness check. Defaults to ``True``.
-        batch (TensorDictBase, optional): the batch, checked for NaN/inf when a loss
-            is non-finite (see :func:`check_finite_losses`).
+        batch (TensorDictBase, optional): the batch, whose floating ``batch_keys`` are
+            checked for NaN/inf in the same host read as the losses (see
+            :func:`check_finite_losses`).
         batch_keys (iterable of NestedKey, optional): the keys the loss read.
 
     Returns:

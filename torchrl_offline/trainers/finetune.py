@@ -61,9 +61,9 @@ from torchrl_offline.trainers.offline import (
     TrainResult,
     _algorithm_metadata,
     _check_env,
-    _make_env,
     _read_metadata,
     _reference,
+    as_env,
 )
 
 __all__ = ["TRAINING_KEYS", "OnlineSource", "finetune"]
@@ -647,7 +647,7 @@ def finetune(
     np.random.seed(seed % 2**32)
     random.seed(seed)
     algo = algorithm
-    train_env = _make_env(env)
+    train_env = as_env(env)
     try:
         _check_env(train_env, algo)
     except AlgorithmError:
@@ -721,7 +721,7 @@ def finetune(
     eval_env_arg = eval_env
     try:
         if eval_env is not None:
-            eval_env = _make_env(eval_env)
+            eval_env = as_env(eval_env)
             evaluation = EvaluationHook(
                 eval_env,
                 algo.policy,

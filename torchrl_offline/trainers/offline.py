@@ -69,6 +69,7 @@ __all__ = [
     "OfflineSource",
     "OfflineTrainer",
     "TrainResult",
+    "as_env",
     "float32_observations",
     "load_algorithm",
     "train",
@@ -499,9 +500,15 @@ class TrainResult:
         )
 
 
-def _make_env(env: EnvBase | str) -> EnvBase:
-    """``env`` itself, or a ``GymEnv`` for a gymnasium id with float64 observations (as
-    MuJoCo's) cast to float32, the dtype the datasets are loaded in."""
+def as_env(env: EnvBase | str) -> EnvBase:
+    """``env`` itself, or a ``GymEnv`` for a gymnasium id (integer discrete actions) with
+    float64 observations (as MuJoCo's) cast to float32, the dtype the datasets are loaded
+    in: the environment behind ``train(eval_env=...)`` and fine-tuning.
+
+    Examples:
+        >>> as_env("Hopper-v5").observation_spec["observation"].dtype
+        torch.float32
+    """
     if isinstance(env, EnvBase):
         return env
     from torchrl.envs import GymEnv
@@ -848,7 +855,7 @@ def _setup_hooks(
         error = None
         try:
             if eval_env is not None:
-                env = _make_env(eval_env)
+                env = as_env(eval_env)
                 if env is not eval_env:
                     owned_env = env
                 _check_env(env, algo)
