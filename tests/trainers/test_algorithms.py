@@ -66,6 +66,31 @@ def test_each_algorithm_trains_through_the_trainer(name):
         assert action.shape == (5, 1) and (action.abs() <= 2.0).all()
 
 
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_check_inputs_false_removes_the_per_update_host_read(name, monkeypatch):
+    """Every loss checks batch and losses by default (one host read per update, a device
+    sync on GPU); ``check_inputs=False`` removes the read and the error with it."""
+    from torchrl_offline.objectives import common
+
+    torch.manual_seed(0)
+    data = make_dataset(discrete=name.startswith("discrete_"))
+    obs_spec, act_spec = specs_from_dataset(data)
+    batch = data.sample().clone()
+    batch["observation"][3, 0] = float("nan")
+    checked = build_algorithm(name, obs_spec, act_spec, hidden_sizes=(8,))
+    assert checked.loss.check_inputs
+    with pytest.raises(
+        ValueError, match=r"'observation' holds NaN/inf \(first at batch index \(3,\)\)"
+    ):
+        checked.loss(batch.clone())
+    unchecked = build_algorithm(name, obs_spec, act_spec, hidden_sizes=(8,), check_inputs=False)
+    reads = []
+    monkeypatch.setattr(common, "_probably_all_finite", lambda t: reads.append(t) or True)
+    out = unchecked.loss(batch.clone())
+    assert reads == []
+    assert any(k.startswith("loss_") for k in out.keys())
+
+
 def test_cql_lagrange_multiplier_is_trained():
     torch.manual_seed(0)
     data = make_dataset()
@@ -89,6 +114,14 @@ def test_continuous_names_resolve_to_discrete_variants():
     for name in ("iql", "cql", "awac", "bc"):
         algo = build_algorithm(name, OBS, Categorical(3), hidden_sizes=(8,))
         assert algo.name == f"discrete_{name}"
+
+
+def test_discrete_variants_take_the_hyperparameters_they_forward():
+    """DiscreteIQLLoss forwards **kwargs to IQLLoss: expectile and temperature are valid
+    overrides (AlgorithmError before)."""
+    algo = build_algorithm("iql", OBS, Categorical(3), hidden_sizes=(8,), expectile=0.9)
+    assert (algo.loss.expectile, algo.loss.temperature) == (0.9, 3.0)
+    assert {"expectile", "temperature", "max_weight"} <= set(algorithm_defaults("discrete_iql"))
 
 
 def test_paper_defaults():

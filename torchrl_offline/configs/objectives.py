@@ -129,6 +129,7 @@ class OfflineCQLLossConfig(LossConfig):
     scalar_output_mode: str | None = None
     cql_variant: str = "H"
     num_qvalue_nets: int = 2
+    check_inputs: bool = True
     _target_: str = _MAKERS + "_make_cql_loss"
 
     def __post_init__(self) -> None:
@@ -150,6 +151,7 @@ class OfflineDiscreteCQLLossConfig(LossConfig):
     alpha: float = 1.0
     num_quantiles: int | None = None
     kappa: float = 1.0
+    check_inputs: bool = True
     _target_: str = _MAKERS + "_make_discrete_cql_loss"
 
     def __post_init__(self) -> None:
@@ -172,6 +174,7 @@ class OfflineAWACLossConfig(LossConfig):
     reduction: str | None = None
     deactivate_vmap: bool = False
     use_prioritized_weights: Any = "auto"
+    check_inputs: bool = True
     gamma: float | None = None
     _target_: str = _MAKERS + "_make_awac_loss"
 
@@ -210,6 +213,7 @@ class OfflineTD3BCLossConfig(LossConfig):
     deactivate_vmap: bool = False
     use_prioritized_weights: Any = "auto"
     policy_update_delay: int = 2
+    check_inputs: bool = True
     gamma: float | None = None
     _target_: str = _MAKERS + "_make_td3_bc_loss"
 

@@ -150,6 +150,9 @@ class AWACLoss(LossModule):
             a Python loop instead of ``torch.vmap``. Defaults to ``False``.
         use_prioritized_weights (str or bool, optional): weight the losses by the
             ``priority_weight`` entry when present (``"auto"``). Defaults to ``"auto"``.
+        check_inputs (bool, optional): check the batch for missing keys and NaN/inf
+            and the losses for NaN/inf. The check reads one value back to the host per
+            update (a device sync on GPU); ``False`` removes it. Defaults to ``True``.
 
     Examples:
         >>> import torch
@@ -256,6 +259,7 @@ class AWACLoss(LossModule):
         reduction: str | None = None,
         deactivate_vmap: bool = False,
         use_prioritized_weights: str | bool = "auto",
+        check_inputs: bool = True,
     ) -> None:
         if reduction is None:
             reduction = "mean"
@@ -277,6 +281,7 @@ class AWACLoss(LossModule):
         self.max_weight = max_weight
         self.normalize_weights = normalize_weights
         self.deactivate_vmap = deactivate_vmap
+        self.check_inputs = check_inputs
         self.reduction = reduction
         self.convert_to_functional(actor_network, "actor_network", create_target_params=False)
         policy_params = list(actor_network.parameters()) if separate_losses else None
@@ -594,14 +599,15 @@ class AWACLoss(LossModule):
         Writes the per-sample TD error (max over critics) to the ``priority`` key of
         ``tensordict`` and returns the ``loss_*`` terms with detached diagnostics.
         """
-        check_batch(tensordict, self.in_keys, finite=False)
+        if self.check_inputs:
+            check_batch(tensordict, self.in_keys, finite=False)
         loss_qvalue, metadata, pred = self._qvalue_loss(tensordict)
         loss_actor, actor_metadata = self._actor_loss(tensordict, pred)
         tensordict.set(self.tensor_keys.priority, metadata.pop("td_error").max(0).values)
         out = TensorDict(
             {"loss_actor": loss_actor, "loss_qvalue": loss_qvalue, **actor_metadata, **metadata}
         )
-        count_update(self, "_num_calls", out, batch=tensordict, batch_keys=self.in_keys)
+        count_update(self, "_num_calls", out, batch=tensordict)
         return out
 
 
@@ -631,7 +637,7 @@ class DiscreteAWACLoss(AWACLoss):
             matching spec), the encoding of the action in the batch. Required.
         num_qvalue_nets, loss_function, awac_lambda, max_weight, normalize_weights,
         priority_key, separate_losses, reduction, deactivate_vmap,
-        use_prioritized_weights: as in :class:`AWACLoss`.
+        use_prioritized_weights, check_inputs: as in :class:`AWACLoss`.
 
     Examples:
         >>> import torch
@@ -676,6 +682,7 @@ class DiscreteAWACLoss(AWACLoss):
         reduction: str | None = None,
         deactivate_vmap: bool = False,
         use_prioritized_weights: str | bool = "auto",
+        check_inputs: bool = True,
     ) -> None:
         super().__init__(
             actor_network,
@@ -690,6 +697,7 @@ class DiscreteAWACLoss(AWACLoss):
             reduction=reduction,
             deactivate_vmap=deactivate_vmap,
             use_prioritized_weights=use_prioritized_weights,
+            check_inputs=check_inputs,
         )
         self.action_space = _find_action_space(action_space)
         if self.action_space not in ("one_hot", "categorical"):
@@ -717,7 +725,7 @@ class DiscreteAWACLoss(AWACLoss):
         if index.ndim == q.ndim - 1:  # a trailing singleton dim
             index = index.squeeze(-1)
         bad = (index < 0) | (index >= q.shape[-1])
-        if bool(bad.any()):
+        if self.check_inputs and bool(bad.any()):
             first = int(bad.reshape(-1).nonzero()[0, 0])
             raise OfflineLossError(
                 f"batch key {self.tensor_keys.action!r} holds an action index outside "

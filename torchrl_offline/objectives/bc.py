@@ -318,12 +318,5 @@ class BCLoss(LossModule):
             td_out = TensorDict({"loss_bc": loss}, batch_size=loss.shape[: tensordict.batch_dims])
         else:
             td_out = TensorDict({"loss_bc": loss, **diagnostics})
-        count_update(
-            self,
-            "_num_updates",
-            td_out,
-            check=self.check_inputs,
-            batch=tensordict,
-            batch_keys=self.in_keys,
-        )
+        count_update(self, "_num_updates", td_out, batch=tensordict)
         return td_out

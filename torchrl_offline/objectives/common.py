@@ -221,9 +221,9 @@ def count_update(
     counter: str,
     losses: TensorDictBase,
     *,
-    check: bool = True,
+    check: bool | None = None,
     batch: TensorDictBase | None = None,
-    batch_keys: Iterable[NestedKey] = (),
+    batch_keys: Iterable[NestedKey] | None = None,
 ) -> int:
     """Adds one to the integer attribute ``counter`` of ``loss``, then checks ``losses``.
 
@@ -238,11 +238,13 @@ def count_update(
             :func:`check_finite_losses` when ``check`` is true.
 
     Keyword Args:
-        check (bool, optional): run the finiteness check. Defaults to ``True``.
+        check (bool, optional): run the finiteness check. Defaults to the loss's
+            ``check_inputs`` attribute, ``True`` if it has none.
         batch (TensorDictBase, optional): the batch, whose floating ``batch_keys`` are
             checked for NaN/inf in the same host read as the losses (see
             :func:`check_finite_losses`).
-        batch_keys (iterable of NestedKey, optional): the keys the loss read.
+        batch_keys (iterable of NestedKey, optional): the keys the loss read. Defaults
+            to the loss's ``in_keys`` when ``batch`` is given.
 
     Returns:
         int: the new counter value.
@@ -258,8 +260,12 @@ def count_update(
     """
     step = getattr(loss, counter) + 1
     setattr(loss, counter, step)
+    if check is None:
+        check = getattr(loss, "check_inputs", True)
     if check:
-        check_finite_losses(losses, step, batch=batch, batch_keys=batch_keys)
+        if batch is not None and batch_keys is None:
+            batch_keys = loss.in_keys
+        check_finite_losses(losses, step, batch=batch, batch_keys=batch_keys or ())
     return step
 
 

@@ -159,6 +159,9 @@ class CQLLoss(LossModule):
             ``entropy``, ``"non_tensor"`` stores them as non-tensor scalars.
         cql_variant (str, optional): ``"H"`` (default) or ``"rho"``.
         num_qvalue_nets (int, optional): number of critics. Defaults to 2.
+        check_inputs (bool, optional): check the batch for missing keys and NaN/inf
+            and the losses for NaN/inf. The check reads one value back to the host per
+            update (a device sync on GPU); ``False`` removes it. Defaults to ``True``.
 
     Examples:
         >>> import torch
@@ -267,6 +270,7 @@ class CQLLoss(LossModule):
         scalar_output_mode: str | None = None,
         cql_variant: str = "H",
         num_qvalue_nets: int = 2,
+        check_inputs: bool = True,
     ) -> None:
         if gamma is not None:
             raise TypeError(_GAMMA_LMBDA_DEPREC_ERROR)
@@ -285,6 +289,7 @@ class CQLLoss(LossModule):
         self.reduction = "mean" if reduction is None else reduction
         self.scalar_output_mode = scalar_output_mode
         self.deactivate_vmap = deactivate_vmap
+        self.check_inputs = check_inputs
 
         self.delay_actor = delay_actor
         self.convert_to_functional(actor_network, "actor_network", create_target_params=delay_actor)
@@ -504,7 +509,8 @@ class CQLLoss(LossModule):
             ``target_value``, ``cql_gap`` (and ``alpha_prime``).
         """
         keys = self.tensor_keys
-        check_batch(tensordict, self.in_keys, finite=False)
+        if self.check_inputs:
+            check_batch(tensordict, self.in_keys, finite=False)
         batch_shape = tensordict.batch_size
         td = tensordict.reshape(-1) if len(batch_shape) != 1 else tensordict
         bsz = td.shape[0]
@@ -609,7 +615,7 @@ class CQLLoss(LossModule):
             "cql_gap": gap.detach().mean(0),
         }
         result = self._pack(out, diagnostics, alpha, batch_shape)
-        count_update(self, "_num_updates", result, batch=tensordict, batch_keys=self.in_keys)
+        count_update(self, "_num_updates", result, batch=tensordict)
         return result
 
     def _target(self, td: TensorDictBase, next_value: Tensor) -> Tensor:
@@ -691,6 +697,9 @@ class DiscreteCQLLoss(LossModule):
         num_quantiles (int, optional): QR-DQN quantiles per action. Defaults to
             ``None`` (plain DQN critic).
         kappa (float, optional): Huber threshold of the quantile loss. Defaults to 1.0.
+        check_inputs (bool, optional): check the batch for missing keys and NaN/inf
+            and the losses for NaN/inf. The check reads one value back to the host per
+            update (a device sync on GPU); ``False`` removes it. Defaults to ``True``.
 
     Examples:
         >>> import torch
@@ -768,6 +777,7 @@ class DiscreteCQLLoss(LossModule):
         alpha: float = 1.0,
         num_quantiles: int | None = None,
         kappa: float = 1.0,
+        check_inputs: bool = True,
     ) -> None:
         if gamma is not None:
             raise TypeError(_GAMMA_LMBDA_DEPREC_ERROR)
@@ -799,6 +809,7 @@ class DiscreteCQLLoss(LossModule):
         self.alpha = float(alpha)
         self.num_quantiles = num_quantiles
         self.kappa = float(kappa)
+        self.check_inputs = check_inputs
         self._num_updates = 0
 
     def _forward_value_estimator_keys(self, **kwargs) -> None:
@@ -882,7 +893,8 @@ class DiscreteCQLLoss(LossModule):
             ``cql_gap``.
         """
         keys = self.tensor_keys
-        check_batch(tensordict, self.in_keys, finite=False)
+        if self.check_inputs:
+            check_batch(tensordict, self.in_keys, finite=False)
         batch_shape = tensordict.batch_size
         td = tensordict.reshape(-1) if len(batch_shape) != 1 else tensordict
         values = self._values(self.value_network_params, td)
@@ -929,7 +941,7 @@ class DiscreteCQLLoss(LossModule):
             out = {k: self._reduce_loss(v) for k, v in losses.items()}
             out.update({k: v.mean() for k, v in diagnostics.items()})
             result = TensorDict(out)
-        count_update(self, "_num_updates", result, batch=tensordict, batch_keys=self.in_keys)
+        count_update(self, "_num_updates", result, batch=tensordict)
         return result
 
     def _quantile_huber(self, theta: Tensor, target: Tensor) -> Tensor:

@@ -583,14 +583,7 @@ class IQLLoss(LossModule):
         else:
             out.update(scalars)
             td_out = TensorDict(out)
-        count_update(
-            self,
-            "_num_updates",
-            td_out,
-            check=self.check_inputs,
-            batch=tensordict,
-            batch_keys=self.in_keys,
-        )
+        count_update(self, "_num_updates", td_out, batch=tensordict)
         return td_out
 
 

@@ -301,14 +301,24 @@ def _loss_class(name: str) -> type[LossModule]:
 
 
 def _loss_kwargs_defaults(name: str) -> dict[str, Any]:
-    sig = inspect.signature(_loss_class(name).__init__)
-    out = {}
-    for pname, param in sig.parameters.items():
-        if pname in _RESERVED or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+    """Keyword arguments (with defaults) of the loss's constructor, following ``**kwargs``
+    up the class hierarchy (``DiscreteIQLLoss(..., **kwargs)`` forwards to ``IQLLoss``)."""
+    out: dict[str, Any] = {}
+    for cls in _loss_class(name).__mro__:
+        if "__init__" not in vars(cls) or cls.__init__ is object.__init__:
             continue
-        if param.default is inspect.Parameter.empty:
-            continue
-        out[pname] = param.default
+        forwards = False
+        for pname, param in inspect.signature(cls.__init__).parameters.items():
+            if param.kind is param.VAR_KEYWORD:
+                forwards = True
+            elif (
+                pname not in _RESERVED
+                and param.kind is not param.VAR_POSITIONAL
+                and param.default is not inspect.Parameter.empty
+            ):
+                out.setdefault(pname, param.default)
+        if not forwards:
+            break
     return out
 
 
