@@ -28,6 +28,9 @@ Default budget (``Budget``; the reasons and measured updates/s are in
 ``docs/benchmarks.md``): 5,000 gradient steps per run, batch 256, evaluation every 1,000
 steps over 5 episodes, seeds 0 1 2, every network 2x64 (``--hidden 0`` gives the papers'
 2x256 / 3x256, ``--steps 1000000 --eval-every 5000 --episodes 10`` the papers' budget).
+Variants are tables of their own, stored and reported apart from the plain one:
+``--set awac_lambda=1.0`` passes hyperparameters to our rows (with ``--algos awac``),
+``--reward-scale`` scales every row's rewards to a return range of 1000.
 Usage::
 
     python benchmarks/learning_table.py --speed --only pendulum/medium   # updates/s
@@ -108,6 +111,10 @@ class Budget:
         hidden: hidden sizes of every network, or ``None`` for each algorithm's own
             default (2x256; 3x256 for CQL and AWAC).
         normalize: train on normalised observations.
+        overrides: ``(name, value)`` hyperparameters passed to ``build_algorithm`` for
+            our rows (a variant such as ``awac_lambda=1.0``); TorchRL's rows take none.
+        reward_scale: multiply rewards by 1000 / (max - min episode return) of the
+            dataset (the IQL paper's locomotion recipe), for every row.
     """
 
     steps: int = 5_000
@@ -116,10 +123,20 @@ class Budget:
     batch_size: int = 256
     hidden: tuple[int, ...] | None = (64, 64)
     normalize: bool = True
+    overrides: tuple[tuple[str, Any], ...] = ()
+    reward_scale: bool = False
 
     def key(self) -> dict[str, Any]:
+        """The settings as stored with each run; the variant fields only when set, so
+        that runs of the plain table keep matching."""
         d = asdict(self)
         d["hidden"] = list(self.hidden) if self.hidden is not None else None
+        if self.overrides:
+            d["overrides"] = {k: v for k, v in self.overrides}
+        else:
+            del d["overrides"]
+        if not self.reward_scale:
+            del d["reward_scale"]
         return d
 
 
@@ -314,6 +331,16 @@ def load_dataset(task: str, level: str, root: Path, *, make_missing: bool = True
     return md.load_dataset(task, level, root=Path(root), make_missing=make_missing)
 
 
+def training_dataset(task: str, level: str, root: Path, budget: Budget):
+    """:func:`load_dataset`, with the budget's reward scaling appended as a transform."""
+    dataset = load_dataset(task, level, root)
+    if budget.reward_scale:
+        from torchrl_offline.data import reward_scaling
+
+        dataset.append_transform(reward_scaling(dataset))
+    return dataset
+
+
 def build(algo: str, dataset, budget: Budget):
     """The :class:`~torchrl_offline.trainers.algorithms.Algorithm` of a table row."""
     from torchrl_offline.trainers.algorithms import build_algorithm, specs_from_dataset
@@ -322,8 +349,11 @@ def build(algo: str, dataset, budget: Budget):
     obs_spec, act_spec = specs_from_dataset(dataset)
     norm = observation_moments(dataset) if budget.normalize else None
     if algo.startswith("torchrl_"):
+        if budget.overrides:
+            raise ValueError(f"{algo}: hyperparameter overrides (--set) apply to our rows only")
         return build_torchrl(algo, obs_spec, act_spec, hidden=budget.hidden, observation_norm=norm)
     overrides = {} if budget.hidden is None else {"hidden_sizes": budget.hidden}
+    overrides.update(budget.overrides)
     return build_algorithm(algo, obs_spec, act_spec, observation_norm=norm, **overrides)
 
 
@@ -342,7 +372,7 @@ def run_one(
 
     md = datasets_module()
     if dataset is None:
-        dataset = load_dataset(task, level, root)
+        dataset = training_dataset(task, level, root, budget)
     info = dataset_info(task, level, root)
     torch.manual_seed(seed)  # the networks' initial weights
     algorithm = build(algo, dataset, budget)
@@ -465,7 +495,7 @@ def run_table(
             break
         if (task, level) not in datasets:
             datasets.clear()
-            datasets[(task, level)] = load_dataset(task, level, root)
+            datasets[(task, level)] = training_dataset(task, level, root, budget)
         record = run_one(algo, task, level, seed, budget, root=root,
                          dataset=datasets[(task, level)])  # fmt: skip
         _append(out, record)
@@ -652,7 +682,7 @@ def measure_speed(
     """Gradient updates per second of each algorithm on a dataset (no evaluation)."""
     from torchrl_offline.trainers.offline import train
 
-    dataset = load_dataset(task, level, root)
+    dataset = training_dataset(task, level, root, budget)
     out = {}
     for algo in algos_for(task, algos):
         torch.manual_seed(0)
@@ -670,6 +700,17 @@ def measure_speed(
 
 
 # ----------------------------------------------------------------------------- main
+def _parse_setting(text: str) -> tuple[str, Any]:
+    """``"key=value"`` with a JSON value (``1.0``, ``true``, ``"x"``), else the string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--set expects KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     md = datasets_module()
     d = Budget()
@@ -691,6 +732,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="hidden sizes of all networks; 0 for each algorithm's default (the papers')",
     )
     p.add_argument("--no-normalize", action="store_true")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="hyperparameters of our rows (JSON values), e.g. awac_lambda=1.0; a variant "
+        "table, stored and reported apart from the plain one",
+    )
+    p.add_argument(
+        "--reward-scale",
+        action="store_true",
+        help="rewards times 1000 / (return range), every row (IQL's locomotion recipe)",
+    )
     p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="Minari datasets root")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results (JSON lines)")
     p.add_argument("--threads", type=int, default=1)
@@ -709,6 +763,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         batch_size=args.batch_size,
         hidden=None if args.hidden == [0] else tuple(args.hidden),
         normalize=not args.no_normalize,
+        overrides=tuple(_parse_setting(x) for x in args.set),
+        reward_scale=args.reward_scale,
     )
     runs = plan(args.tasks, args.levels, args.algos, args.seeds, args.only)
     if args.speed:

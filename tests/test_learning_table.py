@@ -77,6 +77,39 @@ def test_runs_table_and_resume(root: Path, tmp_path: Path) -> None:
     assert (tmp_path / "img" / "learning_pendulum_random.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_variants_are_tables_of_their_own(root: Path, tmp_path: Path) -> None:
+    """--set reaches our loss and --reward-scale the sampled rewards; both are part of
+    the settings, while the plain table's key is unchanged by their existence."""
+    assert "overrides" not in BUDGET.key() and "reward_scale" not in BUDGET.key()
+    variant = lt.Budget(**{**vars(BUDGET), "overrides": (("awac_lambda", 1.0),)})
+    assert variant.key()["overrides"] == {"awac_lambda": 1.0}
+    assert lt._parse_setting("awac_lambda=1.0") == ("awac_lambda", 1.0)
+    assert lt._parse_setting("actor=tanh_normal") == ("actor", "tanh_normal")
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        lt._parse_setting("awac_lambda")
+
+    dataset = lt.training_dataset("pendulum", "random", root, variant)
+    assert lt.build("awac", dataset, variant).loss.awac_lambda == 1.0
+    with pytest.raises(ValueError, match="our rows only"):
+        lt.build("torchrl_iql", dataset, variant)
+
+    scaled = lt.Budget(**{**vars(BUDGET), "reward_scale": True})
+    assert scaled.key()["reward_scale"] is True
+    plain_rewards = lt.training_dataset("pendulum", "random", root, BUDGET)
+    scaled_rewards = lt.training_dataset("pendulum", "random", root, scaled)
+    index = torch.arange(8)
+    plain = plain_rewards[index]["next", "reward"]
+    factor = scaled_rewards[index]["next", "reward"] / plain
+    torch.testing.assert_close(factor, torch.full_like(factor, factor[0].item()))
+    assert factor[0].item() != pytest.approx(1.0)
+
+    out = tmp_path / "runs.jsonl"
+    runs = lt.plan(["pendulum"], ["random"], ["awac"], [0])
+    assert len(lt.run_table(runs, BUDGET, out=out, root=root)) == 1
+    assert len(lt.run_table(runs, variant, out=out, root=root)) == 1  # not the same run
+    assert "awac" in lt.report(lt.read_records(out), variant)
+
+
 def test_only_filters() -> None:
     runs = lt.plan(["pendulum", "cartpole"], ["medium", "expert"], lt.ALGOS, [0, 1],
                    only=["iql,torchrl_td3_bc", "medium"])  # fmt: skip
