@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torchrl.trainers import EarlyStopping, LogScalar
 
 from tests.trainers.conftest import StopAt, make_dataset
 from torchrl_offline.trainers.algorithms import AlgorithmError, build_algorithm, specs_from_dataset
-from torchrl_offline.trainers.checkpoint import CheckpointError, list_checkpoints
+from torchrl_offline.trainers.checkpoint import (
+    CheckpointError,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from torchrl_offline.trainers.offline import OfflineSource, OfflineTrainer, load_algorithm, train
 
 TINY = {"hidden_sizes": (16,)}
@@ -77,6 +84,30 @@ def test_resume_refuses_another_algorithm(tmp_path):
     _run("iql", tmp_path, total=4)
     with pytest.raises(CheckpointError, match="iql run with other settings than this td3_bc"):
         _run("td3_bc", tmp_path, total=8, resume=True)
+
+
+def test_resume_accepts_a_checkpoint_written_before_a_setting_was_added(tmp_path):
+    """A checkpoint whose hyperparameters lack a setting added since (``check_inputs``)
+    resumes when the setting is at its default, and is refused when it is not."""
+    _run("td3_bc", tmp_path, total=4)
+    path = list_checkpoints(tmp_path / "checkpoints")[-1]
+    state = load_checkpoint(path)
+    meta = json.loads(state["metadata"]["json"])
+    del meta["hyperparameters"]["check_inputs"]
+    state["metadata"]["json"] = json.dumps(meta)
+    save_checkpoint(path, state)
+    with pytest.raises(CheckpointError, match="other settings"):
+        train(
+            "td3_bc",
+            make_dataset(),
+            total_steps=8,
+            out_dir=tmp_path,
+            resume=True,
+            batch_size=16,
+            overrides={**TINY, "check_inputs": False},
+            progress=False,
+        )
+    assert _run("td3_bc", tmp_path, total=8, resume=True).step == 8
 
 
 def test_resume_from_a_corrupt_checkpoint_is_an_error_and_keeps_the_previous(tmp_path):

@@ -63,6 +63,7 @@ from torchrl_offline.trainers.offline import (
     _check_env,
     _read_metadata,
     _reference,
+    _with_new_defaults,
     as_env,
 )
 
@@ -764,7 +765,7 @@ def _resume(
     if path is None:
         return
     state = load_checkpoint(path)
-    saved = _read_metadata(state, path)
+    saved = _with_new_defaults(_read_metadata(state, path))
     current = json.loads(json.dumps(metadata))
     if not saved.get("finetune"):
         raise CheckpointError(

@@ -42,6 +42,8 @@ from torchrl.trainers import (
 from torchrl_offline.trainers.algorithms import (
     Algorithm,
     AlgorithmError,
+    _jsonable,
+    algorithm_defaults,
     build_algorithm,
     make_lr_scheduler,
     specs_from_dataset,
@@ -412,6 +414,21 @@ def _read_metadata(state: Mapping[str, Any], path: Path) -> dict[str, Any]:
             f"Checkpoint {str(path)!r} has no algorithm description; it was not written by train()"
         ) from None
     return meta
+
+
+def _with_new_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """``saved`` metadata with the hyperparameters its algorithm has gained since the
+    checkpoint was written filled in at their defaults, so that a checkpoint of an older
+    version still resumes when the run's settings are otherwise the same (a new setting
+    such as ``check_inputs`` is not a change of settings)."""
+    try:
+        defaults = algorithm_defaults(saved["algorithm"])
+    except (AlgorithmError, KeyError):
+        return dict(saved)
+    hp = dict(saved["hyperparameters"])
+    for key, value in defaults.items():
+        hp.setdefault(key, json.loads(json.dumps(_jsonable(value))))
+    return {**saved, "hyperparameters": hp}
 
 
 def load_algorithm(checkpoint: str | os.PathLike) -> tuple[Algorithm, int]:
@@ -938,7 +955,7 @@ def _find_resumable(
     if path is None:
         return None
     state = load_checkpoint(path)
-    saved = _read_metadata(state, path)
+    saved = _with_new_defaults(_read_metadata(state, path))
     current = json.loads(json.dumps(metadata))
     if any(
         saved.get(k) != current.get(k) for k in ("algorithm", "hyperparameters", "observation_norm")
