@@ -767,6 +767,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         reward_scale=args.reward_scale,
     )
     runs = plan(args.tasks, args.levels, args.algos, args.seeds, args.only)
+    if budget.overrides and any(r[0].startswith("torchrl_") for r in runs):
+        raise SystemExit("--set applies to our rows only: pick them with --algos (no torchrl_*)")
     if args.speed:
         for task, level in dict.fromkeys((t, lv) for _, t, lv, _ in runs):
             algos = [a for a in args.algos if any(r[:3] == (a, task, level) for r in runs)]

@@ -87,6 +87,8 @@ def test_variants_are_tables_of_their_own(root: Path, tmp_path: Path) -> None:
     assert lt._parse_setting("actor=tanh_normal") == ("actor", "tanh_normal")
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         lt._parse_setting("awac_lambda")
+    with pytest.raises(SystemExit, match="our rows only"):  # before any run starts
+        lt.main(["--tasks", "pendulum", "--set", "awac_lambda=1.0", "--root", str(root)])
 
     dataset = lt.training_dataset("pendulum", "random", root, variant)
     assert lt.build("awac", dataset, variant).loss.awac_lambda == 1.0
