@@ -724,13 +724,14 @@ class DiscreteAWACLoss(AWACLoss):
         index = action.long()
         if index.ndim == q.ndim - 1:  # a trailing singleton dim
             index = index.squeeze(-1)
-        bad = (index < 0) | (index >= q.shape[-1])
-        if self.check_inputs and bool(bad.any()):
-            first = int(bad.reshape(-1).nonzero()[0, 0])
-            raise OfflineLossError(
-                f"batch key {self.tensor_keys.action!r} holds an action index outside "
-                f"[0, {q.shape[-1]}) (first at flat index {first})"
-            )
+        if self.check_inputs:
+            bad = (index < 0) | (index >= q.shape[-1])
+            if bool(bad.any()):
+                first = int(bad.reshape(-1).nonzero()[0, 0])
+                raise OfflineLossError(
+                    f"batch key {self.tensor_keys.action!r} holds an action index outside "
+                    f"[0, {q.shape[-1]}) (first at flat index {first})"
+                )
         index = index.expand(q.shape[0], *index.shape).unsqueeze(-1)
         return q.gather(-1, index).squeeze(-1)
 

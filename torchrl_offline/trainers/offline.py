@@ -427,7 +427,7 @@ def _with_new_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
         return dict(saved)
     hp = dict(saved["hyperparameters"])
     for key, value in defaults.items():
-        hp.setdefault(key, json.loads(json.dumps(_jsonable(value))))
+        hp.setdefault(key, _jsonable(value))  # as Algorithm.hyperparameters stores it
     return {**saved, "hyperparameters": hp}
 
 
