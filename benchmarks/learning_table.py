@@ -56,7 +56,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tensordict import TensorDict, TensorDictBase
 from torchrl.objectives import TD3BCLoss
 
 HERE = Path(__file__).resolve().parent
@@ -242,7 +241,7 @@ def build_torchrl(
     elif base == "td3_bc" and not discrete:
         actor = A._deterministic_actor(n_obs, act_spec, h)
         qvalue = A._q_continuous(n_obs, n_act, h)
-        loss = _DelayedTD3BCLoss(
+        loss = TD3BCLoss(
             actor,
             qvalue,
             action_spec=act_spec,
@@ -250,7 +249,6 @@ def build_torchrl(
             alpha=hp["alpha"],
             policy_noise=hp["policy_noise"],
             noise_clip=hp["noise_clip"],
-            policy_update_delay=hp["policy_update_delay"],
         )
         groups = [
             ("actor", loss.actor_network_params, hp["actor_lr"]),
@@ -280,30 +278,13 @@ def build_torchrl(
         optimizer=optimizer,
         loss_keys=keys,
         target_updater=target_updater,
+        # the trainer's delayed policy update (TD3+BC), as in TorchRL's example script
+        policy_update_delay=int(hp.get("policy_update_delay", 1)),
         hyperparameters={k: A._jsonable(v) for k, v in hp.items()},
         observation_spec=obs_spec,
         action_spec=act_spec,
         observation_norm=observation_norm,
     )
-
-
-class _DelayedTD3BCLoss(TD3BCLoss):
-    """TorchRL's ``TD3BCLoss`` with the actor loss on every ``policy_update_delay``-th call
-    only (what TorchRL's example script does with two optimizers): on the other calls the
-    actor gets no gradient, so Adam leaves it untouched."""
-
-    def __init__(self, *args: Any, policy_update_delay: int = 2, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.policy_update_delay = int(policy_update_delay)
-        self._calls = 0
-
-    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        loss_q, _ = self.qvalue_loss(tensordict)
-        out = {"loss_qvalue": loss_q}
-        if self._calls % self.policy_update_delay == 0:
-            out["loss_actor"], _ = self.actor_loss(tensordict)
-        self._calls += 1
-        return TensorDict(out, [])
 
 
 # ----------------------------------------------------------------------------- runs

@@ -3,7 +3,7 @@
 TD3 with a behaviour-cloning term: the actor maximises ``lambda * Q(s, pi(s)) -
 (pi(s) - a)^2`` with ``lambda = alpha / mean|Q|`` (alpha 2.5); target policy smoothing
 noise 0.2 clipped at 0.5 (times the action range); the actor and the targets are
-updated every 2 critic updates (the loss counts its calls). TorchRL networks, our
+updated every 2 critic updates (the loop schedules them, as in TorchRL). TorchRL networks, our
 ``TD3BCLoss``, ``SoftUpdate`` and a plain update loop.
 ``python examples/td3_bc.py --help`` lists the options.
 """
@@ -42,27 +42,32 @@ def main() -> None:
                            in_keys=["observation", "action"])  # fmt: skip
 
     loss = TD3BCLoss(actor, qvalue, action_spec=spec, alpha=2.5, policy_noise=0.2,
-                     noise_clip=0.5, policy_update_delay=2)  # fmt: skip
+                     noise_clip=0.5)  # fmt: skip
     loss.make_value_estimator(gamma=0.99)
     actor_opt = torch.optim.Adam(loss.actor_network_params.values(True, True), lr=3e-4)
     critic_opt = torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=3e-4)
     target = SoftUpdate(loss, tau=0.005)
+    policy_update_delay = 2  # the paper's delayed policy update: the actor every 2nd step
 
     untrained = evaluate(env, actor, episodes=1)
     print(f"dataset: {len(data)} transitions; untrained policy return {untrained:.1f}")
+    loss_actor = torch.zeros(())
     for step in range(1, args.steps + 1):
-        out = loss(data.sample())  # loss_actor has no graph on the delayed steps
-        actor_opt.zero_grad()
+        batch = data.sample()
+        loss_qvalue, _ = loss.qvalue_loss(batch)
         critic_opt.zero_grad()
-        (out["loss_actor"] + out["loss_qvalue"]).backward()
+        loss_qvalue.backward()
         critic_opt.step()
-        if loss.actor_updated:
+        if step % policy_update_delay == 0:
+            loss_actor, _ = loss.actor_loss(batch)
+            actor_opt.zero_grad()
+            loss_actor.backward()
             actor_opt.step()
             target.step()
         if step % args.eval_every == 0 or step == args.steps:
             ret = evaluate(env, actor, episodes=args.eval_episodes)
-            print(f"step {step}: loss_actor {out['loss_actor'].item():.3f}, "
-                  f"loss_qvalue {out['loss_qvalue'].item():.3f}, return {ret:.1f}")  # fmt: skip
+            print(f"step {step}: loss_actor {loss_actor.item():.3f}, "
+                  f"loss_qvalue {loss_qvalue.item():.3f}, return {ret:.1f}")  # fmt: skip
     env.close()
 
 

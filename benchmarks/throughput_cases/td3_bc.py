@@ -5,9 +5,9 @@ paper's schedule: a critic step on every call and an actor step on every second
 call. All use the same networks (``hidden x hidden`` ReLU MLPs, a tanh actor, twin
 critics), the same Adam (``_nets.adam``) and a soft target update:
 
-* ``td3_bc/ours``: the loss's own ``forward`` (which skips the actor on odd calls),
-  one backward of the summed losses, one optimizer, ``SoftUpdate`` on every call, i.e.
-  the loop a user writes with no scheduling code at all;
+* ``td3_bc/ours``: what ``OfflineTrainer(policy_update_delay=2)`` does: the critic
+  term alone (``qvalue_loss``) on odd calls, the loss's ``forward`` (both terms) on
+  even calls, one backward of the summed losses, one optimizer;
 * ``td3_bc/torchrl``: ``torchrl.objectives.TD3BCLoss`` driven exactly like TorchRL's
   ``sota-implementations/td3_bc``: ``qvalue_loss`` + critic optimizer on every call,
   ``actor_loss`` + actor optimizer + ``SoftUpdate`` on every second call;
@@ -96,12 +96,19 @@ def _ours(loss_module: TD3BCLoss, data: TensorDict, *, every_step: bool) -> Call
     updater = _nets.ours_soft_update(loss_module, TAU)
     optim = _adam(loss_module.parameters())
 
+    counter = [0]
+
     def update() -> None:
-        out = loss_module(data)
-        (out["loss_actor"] + out["loss_qvalue"]).backward()
+        counter[0] += 1
+        actor_step = counter[0] % DELAY == 0
+        if actor_step:
+            out = loss_module(data)
+            (out["loss_actor"] + out["loss_qvalue"]).backward()
+        else:
+            loss_module.qvalue_loss(data)[0].backward()
         optim.step()
         optim.zero_grad(set_to_none=True)
-        if every_step or loss_module.actor_updated:
+        if every_step or actor_step:
             updater.step()
 
     return update

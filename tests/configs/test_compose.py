@@ -172,7 +172,7 @@ def test_bad_overrides_are_clear_composition_errors(compose_example, override, m
 
 def test_bad_values_are_clear_instantiation_errors(tmp_path, compose_example):
     cfg = compose_example([*_logged(tmp_path), *TINY_NETWORKS, "loss.expectile=1.5"])
-    with pytest.raises(InstantiationException, match=r"expectile must be in \(0, 1\), got 1.5"):
+    with pytest.raises(InstantiationException, match=r"expectile must be in \[0, 1\], got 1.5"):
         instantiate(cfg.trainer)
     cfg = compose_example([*_logged(tmp_path), "dataset.dtype=int32"])
     with pytest.raises(InstantiationException, match="dataset.dtype must name a floating"):

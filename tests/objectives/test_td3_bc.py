@@ -1,4 +1,4 @@
-"""Tests of TD3BCLoss: equations, gradients, delayed updates, keys, TorchRL integration."""
+"""Tests of TD3BCLoss: equations, gradients, call semantics, keys, TorchRL integration."""
 
 from __future__ import annotations
 
@@ -203,34 +203,17 @@ def test_gradient_routing():
         assert not any(p.requires_grad for p in getattr(loss, name).values(True, True))
 
 
-def test_delayed_policy_update_inside_forward():
+def test_forward_computes_both_terms_on_every_call():
+    # TorchRL's contract: the policy delay belongs to the training loop, not to forward
     loss = make_loss()
     batch = make_batch()
-    optim = torch.optim.Adam(loss.parameters(), lr=1e-3)
-    actor_before = [p.clone() for p in loss.actor_network_params.values(True, True)]
-    updated = []
-    for _ in range(4):
-        out = loss(batch)
-        updated.append(loss.actor_updated)
-        (out["loss_actor"] + out["loss_qvalue"]).backward()
-        if not loss.actor_updated:
-            assert all(g is None for g in _grads(loss.actor_network_params))
-            assert out["loss_actor"] == 0 and not out["loss_actor"].requires_grad
-        optim.step()
-        optim.zero_grad()
-        if len(updated) == 1:  # actor untouched by the first (critic-only) step
-            for a, b in zip(actor_before, loss.actor_network_params.values(True, True)):
-                assert torch.equal(a, b)
-    assert updated == [False, True, False, True]
-    # direct calls are never gated
-    assert loss.actor_loss(batch)[0].requires_grad
-
-
-def test_policy_update_delay_one_updates_every_call():
-    loss = make_loss(policy_update_delay=1)
     for _ in range(3):
-        out = loss(make_batch())
-        assert loss.actor_updated and out["loss_actor"].requires_grad
+        out = loss(batch)
+        assert out["loss_actor"].requires_grad and out["loss_qvalue"].requires_grad
+        (out["loss_actor"] + out["loss_qvalue"]).backward()
+        assert all(g is not None for g in _grads(loss.actor_network_params))
+        loss.zero_grad(set_to_none=True)
+    assert not hasattr(loss, "policy_update_delay")
 
 
 # ----------------------------------------------------------------------------- api
@@ -317,10 +300,8 @@ def test_state_dict_round_trip():
     for a, b in zip(loss.state_dict().values(), other.state_dict().values()):
         if isinstance(a, torch.Tensor):
             assert torch.equal(a, b)
-    # the delay counter is restored: the next call updates the actor in both
-    loss(batch)
-    other(batch)
-    assert loss.actor_updated and other.actor_updated
+    # the update counter (quoted in non-finite loss errors) is restored
+    assert other._num_calls == loss._num_calls == 1
 
 
 def test_loads_torchrl_state_dict():

@@ -135,7 +135,7 @@ def test_paper_defaults():
     lrs = {g["name"]: g["lr"] for g in cql.optimizer.param_groups}
     assert lrs == {"actor": 1e-4, "qvalue": 3e-4, "alpha": 1e-4}
     td3 = build_algorithm("td3_bc", OBS, BOX)
-    assert (td3.loss.alpha, td3.loss.policy_update_delay) == (2.5, 2)
+    assert (td3.loss.alpha, td3.policy_update_delay) == (2.5, 2)
     assert build_algorithm("awac", OBS, BOX).loss.awac_lambda == pytest.approx(1 / 3)
     assert build_algorithm("bc", OBS, BOX).target_updater is None
 

@@ -171,6 +171,48 @@ def test_torchrl_hooks_work_in_the_offline_trainer():
     assert any(v.max() > 0 for v in moved.values(True, True))
 
 
+def test_policy_update_delay_updates_the_actor_on_every_second_step_only():
+    """TD3+BC's delayed policy update is the trainer's: the critic alone on odd steps
+    (the actor gets no gradient and stays as it is), the whole loss on even steps."""
+    data = make_dataset()
+    torch.manual_seed(0)
+    algo = build_algorithm("td3_bc", *specs_from_dataset(data), **TINY)
+    assert algo.policy_update_delay == 2
+    trainer = OfflineTrainer(
+        replay_buffer=data,
+        loss_module=algo.loss,
+        optimizer=algo.optimizer,
+        total_steps=1,
+        loss_components=algo.loss_keys,
+        policy_update_delay=algo.policy_update_delay,
+    )
+    losses = []
+    trainer.register_op("post_optim_complete_log", lambda steps, td: losses.append(td))
+    actor, critic = algo.loss.actor_network_params, algo.loss.qvalue_network_params
+    for step in (1, 2, 3, 4):
+        actor_before, critic_before = actor.clone(), critic.clone()
+        trainer.total_frames = step
+        trainer.train()
+        actor_moved = any((actor - actor_before).abs().max().values(True, True))
+        critic_moved = any((critic - critic_before).abs().max().values(True, True))
+        assert critic_moved
+        assert actor_moved == (step % 2 == 0), step
+        assert ("loss_actor" in losses[-1].keys()) == (step % 2 == 0)
+
+
+def test_policy_update_delay_needs_a_critic_only_loss():
+    data = make_dataset()
+    algo = build_algorithm("bc", *specs_from_dataset(data), **TINY)
+    with pytest.raises(ValueError, match="qvalue_loss"):
+        OfflineTrainer(
+            replay_buffer=data,
+            loss_module=algo.loss,
+            optimizer=algo.optimizer,
+            total_steps=2,
+            policy_update_delay=2,
+        )
+
+
 def test_eval_env_must_match_the_dataset(tmp_path):
     with pytest.raises(AlgorithmError, match="does not match the dataset.*observation shape"):
         _run("iql", None, total=2, eval_env="CartPole-v1")

@@ -212,7 +212,6 @@ class OfflineTD3BCLossConfig(LossConfig):
     reduction: str | None = None
     deactivate_vmap: bool = False
     use_prioritized_weights: Any = "auto"
-    policy_update_delay: int = 2
     check_inputs: bool = True
     gamma: float | None = None
     _target_: str = _MAKERS + "_make_td3_bc_loss"

@@ -66,7 +66,8 @@ class OfflineTrainerConfig(TrainerConfig):
     ``target_net_updater`` may be a partial updater config (TorchRL's ``soft`` /
     ``hard``, called with the loss) and defaults to a soft update at rate ``tau`` when
     the loss has target networks; ``loss_components`` defaults to the loss's own terms
-    (:func:`default_loss_components`).
+    (:func:`default_loss_components`); ``policy_update_delay`` defaults to the
+    algorithm's (2 for TD3+BC, :func:`default_policy_update_delay`).
 
     As in :func:`~torchrl_offline.trainers.offline.train`: ``eval_env`` (a gymnasium id)
     adds an :class:`~torchrl_offline.trainers.hooks.EvaluationHook` of the loss's policy
@@ -97,6 +98,7 @@ class OfflineTrainerConfig(TrainerConfig):
     seed: int | None = None
     metadata: Any = None
     optimization_stepper: Any = None
+    policy_update_delay: int | None = None
     eval_env: str | None = None
     eval_interval: int = 5000
     eval_episodes: int = 10
@@ -110,6 +112,35 @@ class OfflineTrainerConfig(TrainerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+
+
+def _algorithm_of(loss_module: LossModule) -> str | None:
+    """The registered algorithm whose loss class ``loss_module`` is, if any."""
+    from torchrl_offline.trainers.algorithms import LOSS_KEYS
+
+    for name in LOSS_KEYS:
+        if name != "discrete_bc" and type(loss_module) is registry.get("loss", name):
+            return name
+    return None
+
+
+def default_policy_update_delay(loss_module: LossModule) -> int:
+    """The delayed-policy-update period of a registered offline loss's algorithm (TD3+BC:
+    2), ``1`` for other losses.
+
+    Examples:
+        >>> from torchrl.data import Bounded, Unbounded
+        >>> from torchrl_offline.configs.trainers import default_policy_update_delay
+        >>> from torchrl_offline.trainers.algorithms import build_algorithm
+        >>> algo = build_algorithm("td3_bc", Unbounded(shape=(3,)), Bounded(-1.0, 1.0, (1,)),
+        ...                        hidden_sizes=(8,))
+        >>> default_policy_update_delay(algo.loss)
+        2
+    """
+    from torchrl_offline.trainers.algorithms import algorithm_defaults
+
+    name = _algorithm_of(loss_module)
+    return 1 if name is None else int(algorithm_defaults(name).get("policy_update_delay", 1))
 
 
 def default_loss_components(loss_module: LossModule) -> tuple[str, ...] | None:
@@ -127,14 +158,10 @@ def default_loss_components(loss_module: LossModule) -> tuple[str, ...] | None:
         >>> default_loss_components(algo.loss)
         ('loss_actor', 'loss_qvalue', 'loss_cql', 'loss_alpha')
     """
-    from torchrl_offline.trainers.algorithms import LOSS_KEYS, loss_keys
+    from torchrl_offline.trainers.algorithms import loss_keys
 
-    for name in LOSS_KEYS:
-        if name == "discrete_bc":
-            continue
-        if type(loss_module) is registry.get("loss", name):
-            return loss_keys(name, loss_module)
-    return None
+    name = _algorithm_of(loss_module)
+    return None if name is None else loss_keys(name, loss_module)
 
 
 def _call_partial(value: Any, field: str, expected: type, *args: Any) -> Any:
@@ -166,6 +193,7 @@ def _make_offline_trainer(
     seed: int | None,
     metadata: Any,
     optimization_stepper: Any,
+    policy_update_delay: int | None,
     eval_env: str | None,
     eval_interval: int,
     eval_episodes: int,
@@ -196,6 +224,8 @@ def _make_offline_trainer(
     components = plain(loss_components)
     if components is None:
         components = default_loss_components(loss_module)
+    if policy_update_delay is None:
+        policy_update_delay = default_policy_update_delay(loss_module)
     extra = {}
     if optimization_stepper is not None:
         extra["optimization_stepper"] = optimization_stepper
@@ -212,6 +242,7 @@ def _make_offline_trainer(
         clip_norm=clip_norm,
         seed=seed,
         metadata=plain(metadata),
+        policy_update_delay=int(policy_update_delay),
         **extra,
     )
     if eval_env:

@@ -428,13 +428,21 @@ class AWACLoss(LossModule):
 
     def _critics(self, params: TensorDictBase, inputs: Sequence[Tensor]) -> Tensor:
         """All critics at once: ``[E, *batch, *out]`` with the trailing singleton dropped."""
+        key = self.tensor_keys.state_action_value
         if self.deactivate_vmap:
             out = torch.stack(
-                [module_apply(self.qvalue_network, params[i], *inputs) for i in range(len(params))]
+                [
+                    module_apply(self.qvalue_network, params[i], *inputs, out_key=key)
+                    for i in range(len(params))
+                ]
             )
         else:
             out = ensemble_apply(
-                self.qvalue_network, params, *inputs, randomness=self.vmap_randomness
+                self.qvalue_network,
+                params,
+                *inputs,
+                out_key=key,
+                randomness=self.vmap_randomness,
             )
         return out.squeeze(-1) if out.shape[-1] == 1 else out
 

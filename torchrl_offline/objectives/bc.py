@@ -204,7 +204,7 @@ class BCLoss(LossModule):
             )
         if self._direct_actor:
             return fn(td)
-        with self.actor_network_params.to_module(actor):
+        with self.actor_network_params.to_module(actor, preserve_module_state=False):
             return fn(td)
 
     def _prediction_key(self) -> NestedKey:

@@ -450,7 +450,7 @@ def actor_distribution(actor, params: TensorDictBase, tensordict: TensorDictBase
         if len(out) == len(out_keys):
             return prob.get_dist(dict(zip(out_keys, out)))
     td = TensorDict({k: tensordict.get(k) for k in actor.in_keys}, batch_size=tensordict.batch_size)
-    with params.to_module(actor):
+    with params.to_module(actor, preserve_module_state=False):
         return actor.get_dist(td)
 
 
@@ -533,7 +533,7 @@ def _vmap_call(
     vectorize: bool = True,
 ) -> TensorDictBase:
     def call(params, td):
-        with params.to_module(module):
+        with params.to_module(module, preserve_module_state=False):
             return module(td)
 
     if not vectorize:
@@ -695,7 +695,7 @@ def module_apply(
     td = TensorDict(
         {k: t.expand(*batch, t.shape[-1]) for k, t in zip(module.in_keys, inputs)}, batch
     )
-    with params.to_module(module):
+    with params.to_module(module, preserve_module_state=False):
         return module(td).get(module.out_keys[0] if out_key is None else out_key)
 
 

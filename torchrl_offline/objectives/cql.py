@@ -474,6 +474,7 @@ class CQLLoss(LossModule):
             self.qvalue_network,
             params,
             *self._critic_inputs(obs, action),
+            out_key=self.tensor_keys.state_action_value,
             randomness=self.vmap_randomness,
         )
         return out.squeeze(-1)
@@ -858,7 +859,7 @@ class DiscreteCQLLoss(LossModule):
         net = self.value_network
         head = net[0] if self.num_quantiles is not None and isinstance(net, QValueActor) else net
         inputs = td.select(*head.in_keys, strict=False)
-        with params.to_module(net):
+        with params.to_module(net, preserve_module_state=False):
             values = head(inputs).get(self.tensor_keys.action_value)
         if self.num_quantiles is not None:
             values = values.unflatten(-1, (-1, self.num_quantiles))  # [B, A, K]

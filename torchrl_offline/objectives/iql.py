@@ -251,8 +251,8 @@ class IQLLoss(LossModule):
             reduction = "mean"
         if reduction not in ("none", "mean", "sum"):
             raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
-        if not 0.0 < expectile < 1.0:
-            raise ValueError(f"expectile must be in (0, 1), got {expectile}")
+        if not 0.0 <= expectile <= 1.0:
+            raise ValueError(f"expectile must be in [0, 1], got {expectile}")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if value_network is None:
@@ -269,6 +269,7 @@ class IQLLoss(LossModule):
         self.deactivate_vmap = deactivate_vmap
         self.check_inputs = check_inputs
         self.num_qvalue_nets = num_qvalue_nets
+        self.delay_qvalue = True  # the critics always have target copies (TorchRL's attribute)
         self.reduction = reduction
         self._num_updates = 0
 
@@ -471,7 +472,7 @@ class IQLLoss(LossModule):
         )
 
     # ------------------------------------------------------------------ losses
-    def _reduce(self, loss: Tensor, tensordict: TensorDictBase) -> Tensor:
+    def _reduce(self, loss: Tensor, tensordict: TensorDictBase | None) -> Tensor:
         return self._reduce_loss(loss, tensordict=tensordict)
 
     def _min_target_q(self, tensordict: TensorDictBase) -> Tensor:
@@ -543,7 +544,9 @@ class IQLLoss(LossModule):
             per_critic = distance_loss(q, target, loss_function=self.loss_function)
         loss = per_critic.sum(0)
         td_error = (q.detach() - target).abs().max(0)[0]
-        return self._reduce(loss, tensordict), {
+        # TorchRL's IQL reduces the critic term without the batch's validity masks
+        # (("collector", "mask"), "shifted_valid"); the actor and value terms use them.
+        return self._reduce(loss, None), {
             "td_error": td_error,
             "state_action_value": q.detach(),
         }

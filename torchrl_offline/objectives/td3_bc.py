@@ -2,8 +2,9 @@
 
 A drop-in replacement for :class:`torchrl.objectives.TD3BCLoss` that follows the
 paper where TorchRL 0.14.1 does not: the target-policy noise is scaled to the action
-range, policy updates are delayed inside the loss, ``reduction="none"`` is truly
-per-sample and the critic regression is the paper's squared error.
+range, ``reduction="none"`` is truly per-sample and the critic regression is the
+paper's squared error. As in TorchRL, :meth:`~TD3BCLoss.forward` computes both terms
+on every call; the delayed policy update belongs to the training loop.
 """
 
 from __future__ import annotations
@@ -100,23 +101,12 @@ class TD3BCLoss(LossModule):
     * ``policy_noise`` and ``noise_clip`` are fractions of the action half-range
       ``(high - low) / 2`` read from ``action_spec`` (the paper's ``0.2 * max_action``
       and ``0.5 * max_action``); TorchRL adds them unscaled.
-    * Delayed policy updates live in :meth:`forward`: calls are counted while the
-      module is in training mode and the actor term is computed only on every
-      ``policy_update_delay``-th call (the 2nd, 4th, ... as in the paper's code). On
-      the other calls ``loss_actor`` is a zero tensor with no graph, so backward
-      leaves the actor's ``.grad`` at ``None`` and ``torch.optim`` optimizers skip the
-      actor (Adam's moments are not touched provided ``zero_grad()`` keeps its
-      default ``set_to_none=True``); the actor diagnostics repeat the last update's
-      values (zeros before the first one). :meth:`actor_loss` and
-      :meth:`qvalue_loss` called directly are never gated, so a script that already
-      schedules the actor itself (TorchRL's ``sota-implementations/td3_bc``) behaves
-      as before. In ``eval()`` mode every call computes both terms. The counter is
-      saved in ``state_dict``. Target networks follow whatever updater the user
-      steps: TorchRL's :class:`~torchrl.objectives.SoftUpdate` stepped after every
-      optimizer step moves them on every update (the paper moves them on policy
-      updates only, so the paper's ``tau`` per policy update is matched by
-      ``tau / policy_update_delay`` per step to first order); to follow the paper
-      exactly, step the updater only when :attr:`actor_updated` is ``True``.
+    * Delayed policy updates (the paper's actor step on every 2nd update) are the
+      training loop's choice, as in TorchRL: call :meth:`qvalue_loss` on every
+      update and :meth:`actor_loss` on every ``d``-th one, as TorchRL's
+      ``sota-implementations/td3_bc`` script does, or let
+      :class:`~torchrl_offline.trainers.offline.OfflineTrainer` do it
+      (``policy_update_delay``, 2 for ``build_algorithm("td3_bc", ...)``).
     * ``reduction="none"`` returns per-sample actor and critic losses: the BC term is
       the per-sample mean of squared errors over action dimensions, whose batch mean
       is the paper's ``F.mse_loss(pi, a)``.
@@ -153,9 +143,6 @@ class TD3BCLoss(LossModule):
             a Python loop instead of ``torch.vmap``. Defaults to ``False``.
         use_prioritized_weights (str or bool, optional): weight the losses by the
             ``priority_weight`` entry when present (``"auto"``). Defaults to ``"auto"``.
-        policy_update_delay (int, optional): the actor is updated on every
-            ``policy_update_delay``-th :meth:`forward` call. ``1`` disables the delay.
-            Defaults to ``2``.
         check_inputs (bool, optional): check the batch for missing keys and NaN/inf
             and the losses for NaN/inf. The check reads one value back to the host per
             update (a device sync on GPU); ``False`` removes it. Defaults to ``True``.
@@ -182,12 +169,13 @@ class TD3BCLoss(LossModule):
         ...     ("next", "reward"): torch.randn(8, 1),
         ...     ("next", "done"): torch.zeros(8, 1, dtype=torch.bool),
         ...     ("next", "terminated"): torch.zeros(8, 1, dtype=torch.bool)}, [8])
-        >>> out = loss(data)  # 1st call: critic only
-        >>> out["loss_actor"].requires_grad, loss.actor_updated
-        (False, False)
-        >>> out = loss(data)  # 2nd call: critic and actor
-        >>> out["loss_actor"].requires_grad, loss.actor_updated
+        >>> _ = loss.make_value_estimator(gamma=0.99)
+        >>> out = loss(data)
+        >>> out["loss_actor"].requires_grad, out["loss_qvalue"].requires_grad
         (True, True)
+        >>> # the paper's delayed policy update, done by the training loop:
+        >>> loss_qvalue, _ = loss.qvalue_loss(data)  # every update
+        >>> loss_actor, _ = loss.actor_loss(data)    # every 2nd update
     """
 
     @dataclass
@@ -263,15 +251,12 @@ class TD3BCLoss(LossModule):
         reduction: str | None = None,
         deactivate_vmap: bool = False,
         use_prioritized_weights: str | bool = "auto",
-        policy_update_delay: int = 2,
         check_inputs: bool = True,
     ) -> None:
         if reduction is None:
             reduction = "mean"
         if reduction not in ("none", "mean", "sum"):
             raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
-        if policy_update_delay < 1:
-            raise ValueError(f"policy_update_delay must be >= 1, got {policy_update_delay}")
         if loss_function not in ("l2", "l1", "smooth_l1"):
             raise ValueError(f"unknown loss_function {loss_function!r}")
         super().__init__()
@@ -286,7 +271,6 @@ class TD3BCLoss(LossModule):
         self.noise_clip = noise_clip
         self.alpha = alpha
         self.loss_function = loss_function
-        self.policy_update_delay = policy_update_delay
         self.check_inputs = check_inputs
         self.reduction = reduction
 
@@ -314,8 +298,6 @@ class TD3BCLoss(LossModule):
             check_output_dim("actor_network", out_dim, low.shape[-1])
 
         self._num_calls = 0
-        self.actor_updated = False
-        self._last_actor_metadata: dict[str, Tensor] | None = None
         self._register_load_state_dict_pre_hook(self._fill_missing_extra_state)
         self.register_load_state_dict_post_hook(self._drop_caches)
 
@@ -323,7 +305,7 @@ class TD3BCLoss(LossModule):
     def _read_bounds(self, action_spec, bounds) -> tuple[Tensor, Tensor]:
         if (action_spec is None) == (bounds is None):
             raise ValueError(
-                "exactly one of 'action_spec' and 'bounds' must be given "
+                "give one of 'action_spec' and 'bounds', but not both or none "
                 f"(got action_spec={action_spec}, bounds={bounds})"
             )
         if action_spec is not None:
@@ -447,7 +429,9 @@ class TD3BCLoss(LossModule):
             return low + (high - low) * (x + 1) / 2
         td = tensordict.select(*self.actor_network.in_keys, strict=False)
         if target and self.delay_actor:
-            with self.target_actor_network_params.to_module(self.actor_network):
+            with self.target_actor_network_params.to_module(
+                self.actor_network, preserve_module_state=False
+            ):
                 td = self.actor_network(td)
         else:
             td = self.actor_network(td)
@@ -462,12 +446,16 @@ class TD3BCLoss(LossModule):
 
     def _critics(self, params: TensorDictBase, inputs: Sequence[Tensor]) -> Tensor:
         """All critics at once: ``[E, *batch]``."""
+        key = self.tensor_keys.state_action_value
         if self.deactivate_vmap:
             return torch.stack(
-                [module_apply(self.qvalue_network, params[i], *inputs) for i in range(len(params))]
+                [
+                    module_apply(self.qvalue_network, params[i], *inputs, out_key=key)
+                    for i in range(len(params))
+                ]
             ).squeeze(-1)
         return ensemble_apply(
-            self.qvalue_network, params, *inputs, randomness=self.vmap_randomness
+            self.qvalue_network, params, *inputs, out_key=key, randomness=self.vmap_randomness
         ).squeeze(-1)
 
     def _q_inputs(self, tensordict: TensorDictBase, action: Tensor, *, nxt: bool) -> list[Tensor]:
@@ -518,6 +506,7 @@ class TD3BCLoss(LossModule):
             self.qvalue_network,
             self._cache_q1_detached,
             *self._q_inputs(tensordict, action, nxt=False),
+            out_key=self.tensor_keys.state_action_value,
         ).squeeze(-1)
         data_action = tensordict.get(self.tensor_keys.action)
         self._check_action(action, data_action)
@@ -580,31 +569,16 @@ class TD3BCLoss(LossModule):
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """Critic loss on every call, actor loss on every ``policy_update_delay``-th call.
+        """Computes the critic and actor losses (both, on every call, as TorchRL does).
 
         Writes the per-sample TD error (max over critics) to the ``priority`` key of
         ``tensordict`` and returns the ``loss_*`` terms with detached diagnostics.
         """
         if self.check_inputs:
             check_batch(tensordict, self.in_keys, finite=False)
-        update_actor = self._advance_schedule() if self.training else True
+        self._count_call()
         loss_qvalue, metadata = self._qvalue_loss(tensordict)
-        if update_actor:
-            loss_actor, actor_metadata = self._actor_loss(tensordict)
-            if self.training:
-                self._last_actor_metadata = actor_metadata
-        else:
-            loss_actor = torch.zeros_like(loss_qvalue.detach())
-            actor_metadata = self._last_actor_metadata
-            if actor_metadata is None:
-                batch = loss_qvalue.new_zeros(metadata["target_value"].shape)
-                bc = batch if self.reduction == "none" else batch.new_zeros(())
-                actor_metadata = {
-                    "bc_loss": bc,
-                    "lmbd": batch.new_zeros(()),
-                    "state_action_value_actor": batch,
-                }
-        self.actor_updated = update_actor
+        loss_actor, actor_metadata = self._actor_loss(tensordict)
         if loss_actor.shape != loss_qvalue.shape:
             raise RuntimeError(
                 f"actor and critic losses have different shapes: "
@@ -620,9 +594,8 @@ class TD3BCLoss(LossModule):
     # Kept out of torch.compile graphs: a traced ``self._num_calls`` would make the
     # compiled loss guard on (and recompile for) every value of the counter.
     @torch.compiler.disable
-    def _advance_schedule(self) -> bool:
+    def _count_call(self) -> None:
         self._num_calls += 1
-        return self._num_calls % self.policy_update_delay == 0
 
     @torch.compiler.disable
     def _check_losses(self, out: TensorDictBase, batch: TensorDictBase) -> None:

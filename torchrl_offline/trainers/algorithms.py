@@ -95,7 +95,9 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "critic_lr": 3e-4,
     },
     "discrete_awac": {"hidden_sizes": (256, 256, 256), "actor_lr": 3e-4, "critic_lr": 3e-4},
-    "td3_bc": {"actor_lr": 3e-4, "critic_lr": 3e-4},
+    # the paper's delayed policy update: the actor on every 2nd update (the trainer's
+    # job, as in TorchRL: the loss computes both terms on every call)
+    "td3_bc": {"actor_lr": 3e-4, "critic_lr": 3e-4, "policy_update_delay": 2},
     "bc": {"actor_lr": 3e-4},
     "discrete_bc": {"actor_lr": 3e-4},
 }
@@ -180,6 +182,9 @@ class Algorithm:
             and ``LRSchedulerHook`` expect.
         loss_keys: the loss entries summed for the backward pass.
         target_updater: the soft target updater to step after each update, or ``None``.
+        policy_update_delay: the actor term enters every ``policy_update_delay``-th
+            update only (TD3+BC: 2); pass it to
+            :class:`~torchrl_offline.trainers.offline.OfflineTrainer`.
         hyperparameters: every effective setting (defaults and overrides), JSON-able.
         observation_spec: the observation spec the networks were built for.
         action_spec: the action spec the networks were built for.
@@ -193,6 +198,7 @@ class Algorithm:
     optimizer: torch.optim.Optimizer
     loss_keys: tuple[str, ...]
     target_updater: TargetNetUpdater | None
+    policy_update_delay: int = 1
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     observation_spec: TensorSpec | None = None
     action_spec: TensorSpec | None = None
@@ -374,6 +380,9 @@ def _resolve(name: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
         raise AlgorithmError(f"gamma must be in [0, 1], got {hp['gamma']!r}")
     if not 0.0 < float(hp["tau"]) <= 1.0:
         raise AlgorithmError(f"tau must be in (0, 1], got {hp['tau']!r}")
+    delay = hp.get("policy_update_delay", 1)
+    if isinstance(delay, bool) or not isinstance(delay, int) or delay < 1:
+        raise AlgorithmError(f"policy_update_delay must be an int >= 1, got {delay!r}")
     return hp
 
 
@@ -653,6 +662,7 @@ def build_algorithm(
         optimizer=optimizer,
         loss_keys=loss_keys(name, loss),
         target_updater=target_updater,
+        policy_update_delay=int(hp.get("policy_update_delay", 1)),
         hyperparameters={k: _jsonable(v) for k, v in hp.items()},
         observation_spec=obs_spec,
         action_spec=act_spec,

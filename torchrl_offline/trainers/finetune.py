@@ -707,6 +707,7 @@ def finetune(
         batch_size=batch_size,
         loss_components=algo.loss_keys,
         target_net_updater=algo.target_updater,
+        policy_update_delay=algo.policy_update_delay,
         logger=the_logger,
         log_interval=log_interval,
         metadata=metadata,

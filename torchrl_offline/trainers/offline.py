@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Bounded, Categorical, OneHot, ReplayBuffer, TensorSpec, Unbounded
 from torchrl.envs import EnvBase
 from torchrl.objectives import LossModule
@@ -191,6 +191,11 @@ class OfflineTrainer(Trainer):
             (e.g. :class:`~torchrl_offline.trainers.distributed.AllReduceStepper`, which
             averages gradients over data-parallel ranks); it should return detached
             losses.
+        policy_update_delay (int, optional): delayed policy updates (TD3's): the full
+            loss (actor included) on every ``policy_update_delay``-th step, the critic
+            term alone (the loss's ``qvalue_loss``) on the others, so the actor's
+            parameters get no gradient and the optimizer leaves them as they are.
+            Defaults to ``1`` (every step is a full update).
 
     Examples:
         >>> import torch
@@ -232,9 +237,17 @@ class OfflineTrainer(Trainer):
         seed: int | None = None,
         metadata: Mapping[str, Any] | None = None,
         optimization_stepper: OptimizationStepper | None = None,
+        policy_update_delay: int = 1,
     ) -> None:
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        if int(policy_update_delay) < 1:
+            raise ValueError(f"policy_update_delay must be >= 1, got {policy_update_delay}")
+        if policy_update_delay > 1 and not callable(getattr(loss_module, "qvalue_loss", None)):
+            raise ValueError(
+                f"policy_update_delay={policy_update_delay} needs a loss with a qvalue_loss "
+                f"method (the critic-only step); {type(loss_module).__name__} has none"
+            )
         super().__init__(
             collector=OfflineSource(replay_buffer, batch_size=batch_size),
             total_frames=int(total_steps),
@@ -254,6 +267,7 @@ class OfflineTrainer(Trainer):
             auto_log_optim_steps=False,
         )
         self.metadata: dict[str, Any] = dict(metadata or {})
+        self.policy_update_delay = int(policy_update_delay)
         self._checkpointers: list[CheckpointHook] = []
         self._interrupted = False
         if target_net_updater is not None:
@@ -322,6 +336,16 @@ class OfflineTrainer(Trainer):
             hook.maybe_save(self, force=force_save)
 
     # -------------------------------------------------------------------- loop
+    def compute_loss(
+        self, sub_batch: TensorDictBase, method: str | None = None
+    ) -> TensorDictBase | tuple[Any, ...]:
+        """The loss of this step: the whole loss, or the critic term alone on the steps a
+        ``policy_update_delay`` skips (update ``t`` is full when ``t % delay == 0``)."""
+        if method is None and self._optim_count % self.policy_update_delay:
+            loss_qvalue, _ = super().compute_loss(sub_batch, "qvalue_loss")
+            return TensorDict({"loss_qvalue": loss_qvalue})
+        return super().compute_loss(sub_batch, method)
+
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if self._interrupted:
             raise KeyboardInterrupt
@@ -804,6 +828,7 @@ def _train(
         batch_size=batch_size,
         loss_components=algo.loss_keys,
         target_net_updater=algo.target_updater,
+        policy_update_delay=algo.policy_update_delay,
         logger=the_logger,
         log_interval=log_interval,
         metadata=metadata,
