@@ -14,7 +14,9 @@ with :func:`runpy.run_path` as ``__main__``:
   ``MinariExperienceReplay``) becomes a function that returns a local Minari dataset
   (made here with ``benchmarks/make_datasets.py``) loaded by
   :func:`torchrl_offline.data.load_minari` as a ``TensorDictReplayBuffer`` with TorchRL's
-  keys, honouring the script's ``batch_size``, ``sampler`` and ``prefetch``. The dataset
+  keys, honouring the script's ``batch_size`` and ``sampler``, and its ``prefetch`` only
+  with ``--prefetch``: background sampling makes the batch order depend on thread timing,
+  so two runs with the same seed would no longer see the same batches. The dataset
   named by the script's ``replay_buffer.dataset`` (overridden on the command line to the
   local id) is looked up in the local root. ``discrete_cql_offline.py`` builds its dataset
   itself (random CartPole episodes recorded with Minari's ``DataCollector``, which needs
@@ -50,7 +52,12 @@ invocations), one folder per run ``runs/<script>-<impl>-s<seed>/`` with ``losses
 class, error traceback) and ``output.log`` (the script's stdout and stderr), and
 ``summary.json`` / ``summary.md``: per script and loss term, the mean over the last 100
 steps for each implementation (averaged over seeds), their difference, and the
-seed-to-seed spread (max - min over seeds) of each implementation.
+seed-to-seed spread (max - min over seeds) of each implementation; and, for each seed, how
+far apart the two implementations are at step 0 and the first step where their curves
+part. With the same seed both start from the same weights and see the same batches for as
+long as both losses draw the same random numbers, so equal equations give equal curves
+(up to float rounding, which grows over training); a gap at step 0 or an early split
+points at a difference in the loss itself, or in its use of randomness.
 
 Usage::
 
@@ -496,6 +503,7 @@ def run_one(
         "OMP_NUM_THREADS": str(args.threads),
         "MKL_NUM_THREADS": str(args.threads),
     }
+    source = source_state() if impl == "ours" else None
     t0 = time.perf_counter()
     with open(run_dir / "output.log", "w") as log:
         try:
@@ -516,6 +524,9 @@ def run_one(
         tail = (run_dir / "output.log").read_text(errors="replace").splitlines()[-40:]
         record = {k: cfg[k] for k in ("script", "impl", "seed", "steps", "overrides")}
         record.update(status=f"no record (exit {rc})", error="\n".join(tail), losses=[])
+        record_path.write_text(json.dumps(record))
+    if source:
+        record["torchrl_offline_at_start"] = source
         record_path.write_text(json.dumps(record))
     write_csv(record, run_dir / "losses.csv")
     done = completed(record)
@@ -682,10 +693,33 @@ def summary_markdown(summary: Mapping[str, Any], tail: int = TAIL) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(out: Path, records: list[dict[str, Any]]) -> str:
+def source_state() -> dict[str, Any]:
+    """The torchrl_offline commit and its uncommitted changes (the losses under test)."""
+    repo = HERE.parent
+
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(repo), *cmd], capture_output=True, text=True, timeout=30).stdout.strip()  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "uncommitted": git("status", "--porcelain", "--", "torchrl_offline").splitlines(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def write_summary(out: Path, records: list[dict[str, Any]], sources: list[dict[str, Any]] | None = None) -> str:  # fmt: skip
     summary = summarize(records)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    payload = {"sources": sources, **summary} if sources else summary
+    (out / "summary.json").write_text(json.dumps(payload, indent=1))
     text = summary_markdown(summary)
+    for label, src in zip(("start", "end"), sources or []):
+        dirty = ", ".join(src["uncommitted"]) or "none"
+        text += (
+            f"\ntorchrl_offline at {label} ({src['time']}): {src['commit']}, uncommitted: {dirty}\n"
+        )
     (out / "summary.md").write_text(text)
     return text
 
@@ -747,6 +781,7 @@ def main(argv: list[str] | None = None) -> int:
     impls = IMPLS if args.impl == "both" else (args.impl,)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    sources = [source_state()]
     datasets: dict[bool, tuple[str, str]] = {}
     for discrete in sorted({SCRIPTS[n].discrete for n in args.which}):
         task = "cartpole" if discrete else args.task
@@ -765,7 +800,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(jobs)} runs in {time.perf_counter() - t0:.0f}s", flush=True)
     # Summarize every run on disk for these scripts (earlier invocations' other impls too).
     records = [json.loads(p.read_text()) for p in sorted(out.glob("runs/*/run.json"))]
-    print(write_summary(out, records))
+    print(write_summary(out, records, [*sources, source_state()]))
     return 0
 
 

@@ -124,12 +124,13 @@ def test_discrete_cross_entropy_and_categorical_likelihood():
     torch.testing.assert_close(out2["loss_bc"], expected, atol=1e-6, rtol=1e-6)
 
 
-def test_reduction_none_is_per_sample():
+def test_reduction_none_is_per_sample_and_per_element_when_deterministic():
+    # TorchRL's shapes: [B, A] for the deterministic form, [B] for a log-likelihood
     actor = det_actor()
     td = batch()
     mean = BCLoss(actor)(td.clone())["loss_bc"]
     per = BCLoss(actor, reduction="none")(td.clone())
-    assert per["loss_bc"].shape == (12,)
+    assert per["loss_bc"].shape == td["action"].shape
     torch.testing.assert_close(per["loss_bc"].mean(), mean)
     per_s = BCLoss(stoch_actor(), reduction="none")(td.clone())["loss_bc"]
     assert per_s.shape == (12,)

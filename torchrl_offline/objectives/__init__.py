@@ -6,7 +6,7 @@ replacement) with the paper's defaults.
 """
 
 from torchrl_offline.objectives.awac import AWACLoss, DiscreteAWACLoss
-from torchrl_offline.objectives.bc import BCLoss
+from torchrl_offline.objectives.bc import ActorOutputError, BCLoss
 from torchrl_offline.objectives.common import OfflineLossError
 from torchrl_offline.objectives.cql import CQL_PRESETS, CQLLoss, DiscreteCQLLoss
 from torchrl_offline.objectives.gaussian_actor import (
@@ -21,6 +21,7 @@ __all__ = [
     "CQL_PRESETS",
     "IQL_PRESETS",
     "AWACLoss",
+    "ActorOutputError",
     "BCLoss",
     "CQLLoss",
     "DiscreteAWACLoss",

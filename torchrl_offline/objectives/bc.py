@@ -12,6 +12,7 @@ and, for integer (discrete) actions, the cross-entropy of the actor's logits.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -34,7 +35,16 @@ from torchrl_offline.objectives.common import (
     tanh_normal_log_prob,
 )
 
-__all__ = ["BCLoss"]
+__all__ = ["ActorOutputError", "BCLoss"]
+
+
+class ActorOutputError(OfflineLossError, RuntimeError):
+    """The actor wrote no prediction under the loss's action key.
+
+    Both an :class:`~torchrl_offline.objectives.common.OfflineLossError` (our
+    ``ValueError`` for bad input) and the ``RuntimeError`` TorchRL's ``BCLoss`` raises.
+    """
+
 
 _ELEMENTWISE = {
     "l1": F.l1_loss,
@@ -53,14 +63,20 @@ class BCLoss(LossModule):
       clamped inside the open support (``action_eps``), so actions logged exactly on
       the bounds give finite losses.
     * ``mode="deterministic"`` (default otherwise): the squared error between the
-      actor's action and the logged one, averaged over action dimensions (or
-      ``loss_function``: ``"l1"``, ``"l2"``/``"mse"``, ``"smooth_l1"``, a callable).
+      actor's action and the logged one, per action element (or ``loss_function``:
+      ``"l1"``, ``"l2"``/``"mse"``, ``"smooth_l1"``, a callable). The actor writes its
+      action under the ``action`` key; an actor writing ``"action"`` while the key is
+      another one still works, with TorchRL's ``FutureWarning``, and one writing
+      neither is an :class:`ActorOutputError` (a ``RuntimeError``, as in TorchRL).
     * integer logged actions (``mode="discrete"``, picked automatically): the
       cross-entropy of the actor's logits (a ``ProbabilisticActor`` over a categorical
       distribution is trained by its log-likelihood instead).
 
-    With ``reduction="none"`` the loss is per sample, shaped like the batch (TorchRL's
-    returns per action element for the deterministic case).
+    With ``reduction="none"`` the loss is per sample, shaped like the batch, and per
+    action element in the deterministic form (as in TorchRL). Padded entries (the
+    ``pad_mask`` key, when the batch holds it) and rows masked by ``("collector",
+    "mask")`` are left out of the reduction; a configured ``pad_mask`` absent from the
+    batch means no padding.
 
     Args:
         actor_network (TensorDictModule): the policy.
@@ -212,12 +228,20 @@ class BCLoss(LossModule):
         if self.tensor_keys.action in out_keys:
             return self.tensor_keys.action
         if "action" in out_keys:
+            warnings.warn(
+                "The actor writes its prediction at 'action' while the loss's action key "
+                f"is {self.tensor_keys.action!r}; reading the prediction from the "
+                "hardcoded 'action' key is deprecated in TorchRL (removed in v0.16): make "
+                "the actor's out_keys match the loss's action key.",
+                FutureWarning,
+                stacklevel=4,
+            )
             return "action"
-        if len(out_keys) == 1:
+        if self.mode == "discrete" and len(out_keys) == 1:  # the logits of a plain module
             return out_keys[0]
-        raise OfflineLossError(
-            f"the actor writes {out_keys}, none of which is the action key "
-            f"{self.tensor_keys.action!r}: make the actor's out_keys match the loss's action key"
+        raise ActorOutputError(
+            f"The actor did not write a prediction at {self.tensor_keys.action!r} (it writes "
+            f"{out_keys}): make the actor's out_keys match the loss's action key"
         )
 
     # ------------------------------------------------------------------ loss
@@ -275,8 +299,9 @@ class BCLoss(LossModule):
             log-likelihood of the logged action) in the stochastic and discrete
             forms, ``action_error`` (mean absolute error) in the deterministic form.
         """
-        if self.check_inputs:
-            check_batch(tensordict, self.in_keys, finite=False)
+        pad_key = self.tensor_keys.pad_mask
+        if self.check_inputs:  # an absent pad mask means no padding
+            check_batch(tensordict, [k for k in self.in_keys if k != pad_key], finite=False)
         action = tensordict.get(self.tensor_keys.action)
         td = self._actor_input(tensordict)
         mode = self.mode
@@ -303,17 +328,16 @@ class BCLoss(LossModule):
             else:
                 loss = fn(pred, action)
             diagnostics["action_error"] = (pred.detach() - action).abs().mean()
-            if self.tensor_keys.pad_mask is not None:
-                pad = tensordict.get(self.tensor_keys.pad_mask, None)
-                if pad is not None:
-                    mask = ~pad.bool()
-            if loss.ndim > tensordict.batch_dims and mask is None:
-                loss = loss.flatten(tensordict.batch_dims).mean(-1)
-        if mask is None and self.tensor_keys.pad_mask is not None:
-            pad = tensordict.get(self.tensor_keys.pad_mask, None)
-            if pad is not None:
-                mask = ~pad.bool()
-        loss = self._reduce_loss(loss, mask=mask)
+        pad = None if pad_key is None else tensordict.get(pad_key, None)
+        if pad is not None:
+            mask = ~pad.bool()
+            if mask.ndim > loss.ndim:
+                raise RuntimeError(
+                    f"pad_mask {pad_key!r} has more dimensions ({mask.ndim}) than the loss "
+                    f"({loss.ndim}): per-element masking needs an elementwise loss (e.g. "
+                    "loss_function='l1'), not a log-likelihood or cross-entropy"
+                )
+        loss = self._reduce_loss(loss, tensordict=tensordict, mask=mask)
         if self.reduction == "none":
             td_out = TensorDict({"loss_bc": loss}, batch_size=loss.shape[: tensordict.batch_dims])
         else:

@@ -37,6 +37,7 @@ __all__ = [
     "OfflineLossError",
     "action_bounds",
     "actor_distribution",
+    "bootstrap_target",
     "check_batch",
     "check_finite_losses",
     "check_output_dim",
@@ -983,6 +984,68 @@ def make_loss_value_estimator(
         **hyperparams,
     )
     return loss
+
+
+def bootstrap_target(
+    estimator,
+    tensordict: TensorDictBase,
+    next_value: Tensor,
+    *,
+    reward_key: NestedKey = "reward",
+    done_key: NestedKey = "done",
+    terminated_key: NestedKey = "terminated",
+) -> Tensor:
+    """The critics' regression target from the value of the next states.
+
+    TD(0) (the default of every loss) is computed directly, ``r + gamma (1 - terminated)
+    next_value`` (``gamma ** steps_to_next_obs`` for n-step data); any other TorchRL
+    estimator (TD(1), TD(lambda)) gets ``next_value`` through ``value_estimate``, over the
+    batch as given (keep the time dimension of trajectory batches for TD(lambda)).
+
+    Args:
+        estimator (ValueEstimatorBase): the loss's ``value_estimator``.
+        tensordict (TensorDictBase): the batch, with ``("next", reward/done/terminated)``.
+        next_value (Tensor): the value of the next states, shaped like the batch
+            (``[*batch]``) or with trailing values (``[*batch, K]``, e.g. quantiles).
+
+    Keyword Args:
+        reward_key, done_key, terminated_key (NestedKey): the entries under ``"next"``.
+
+    Returns:
+        Tensor: shaped like ``next_value``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.objectives.value import TD0Estimator
+        >>> from torchrl_offline.objectives.common import bootstrap_target
+        >>> td = TensorDict({("next", "reward"): torch.ones(2, 1),
+        ...                  ("next", "done"): torch.tensor([[False], [True]]),
+        ...                  ("next", "terminated"): torch.tensor([[False], [True]])}, [2])
+        >>> bootstrap_target(TD0Estimator(gamma=0.5, value_network=None), td, torch.ones(2))
+        tensor([1.5000, 1.0000])
+    """
+    from torchrl.objectives.value import TD0Estimator
+
+    batch = tensordict.batch_size
+    value = next_value.reshape(*batch, -1)  # [*batch, K]
+    if type(estimator) is TD0Estimator and not estimator.average_rewards:
+        reward = tensordict.get(next_key(reward_key))
+        terminated = tensordict.get(next_key(terminated_key), None)
+        if terminated is None:
+            terminated = tensordict.get(next_key(done_key))
+        gamma = estimator.gamma.to(reward.device)
+        steps = tensordict.get(estimator.tensor_keys.steps_to_next_obs, None)
+        if steps is not None:
+            gamma = gamma ** steps.view_as(reward)
+        not_terminal = (~terminated.bool()).to(value.dtype)
+        target = reward.reshape(*batch, 1) + gamma * not_terminal.reshape(*batch, 1) * value
+    else:
+        keys = [next_key(k) for k in (reward_key, done_key, terminated_key)]
+        keys += [estimator.tensor_keys.steps_to_next_obs, "shifted_valid"]
+        td = tensordict.select(*keys, strict=False).copy()
+        target = estimator.value_estimate(td, next_value=value)
+    return target.reshape(next_value.shape)
 
 
 def next_key(key: NestedKey) -> tuple[str, ...]:

@@ -33,12 +33,12 @@ from torchrl.objectives.utils import (
     _cache_values,
     distance_loss,
 )
-from torchrl.objectives.value import TD0Estimator
 
 from torchrl_offline.objectives.common import (
     OfflineLossError,
     action_bounds,
     actor_distribution,
+    bootstrap_target,
     check_batch,
     check_output_dim,
     count_update,
@@ -205,12 +205,18 @@ class CQLLoss(LossModule):
                 ``"state_action_value"``.
             log_prob (NestedKey): the policy log-probability (actor metadata).
                 Defaults to ``"_log_prob"``.
-            pred_q1 (NestedKey): accepted for compatibility with TorchRL; not written.
-            pred_q2 (NestedKey): accepted for compatibility with TorchRL; not written.
+            pred_q1 (NestedKey): where :meth:`q_loss` writes the first critic's value
+                of the logged action, read by :meth:`cql_loss`. Defaults to
+                ``"pred_q1"`` (critics beyond the second: ``"pred_q3"``, ...).
+            pred_q2 (NestedKey): the same for the second critic. Defaults to
+                ``"pred_q2"``.
             priority (NestedKey): where the TD error is written for prioritized
                 replay. Defaults to ``"td_error"``.
-            cql_q1_loss (NestedKey): accepted for compatibility; not written.
-            cql_q2_loss (NestedKey): accepted for compatibility; not written.
+            cql_q1_loss (NestedKey): where :meth:`cql_loss` writes the first critic's
+                weighted conservative gap, read by :meth:`alpha_prime_loss`. Defaults to
+                ``"cql_q1_loss"`` (critics beyond the second: ``"cql_q3_loss"``, ...).
+            cql_q2_loss (NestedKey): the same for the second critic. Defaults to
+                ``"cql_q2_loss"``.
             reward (NestedKey): the reward, under ``"next"``. Defaults to ``"reward"``.
             done (NestedKey): the done flag, under ``"next"``. Defaults to ``"done"``.
             terminated (NestedKey): the terminal flag, under ``"next"``. Defaults to
@@ -233,7 +239,11 @@ class CQLLoss(LossModule):
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
     default_value_estimator = ValueEstimators.TD0
-    SUPPORTED_VALUE_ESTIMATORS = (ValueEstimators.TD0,)
+    SUPPORTED_VALUE_ESTIMATORS = (
+        ValueEstimators.TD0,
+        ValueEstimators.TD1,
+        ValueEstimators.TDLambda,
+    )
     PRESETS: ClassVar[dict[str, dict[str, float | bool]]] = CQL_PRESETS
 
     actor_network: TensorDictModule
@@ -393,7 +403,12 @@ class CQLLoss(LossModule):
             )
 
     def make_value_estimator(self, value_type: ValueEstimators = None, **hyperparams) -> None:
-        """Builds the value estimator (TD(0), the one-step target CQL uses).
+        """Builds the estimator of the Bellman target from the next states' value.
+
+        Args:
+            value_type (ValueEstimators, optional): ``TD0`` (default, the one-step
+                target of the paper), ``TD1`` or ``TDLambda`` (over the time dimension
+                of trajectory batches), or a ``ValueEstimatorBase`` subclass.
 
         Keyword Args:
             gamma (float): the discount factor.
@@ -492,13 +507,247 @@ class CQLLoss(LossModule):
         check_output_dim("actor_network", sample.shape[-1], act_dim)
         self._checked_shapes = True
 
+    def _flat(self, tensordict: TensorDictBase) -> TensorDictBase:
+        return tensordict.reshape(-1) if tensordict.ndim != 1 else tensordict
+
+    def _obs(self, td: TensorDictBase, *, nxt: bool = False) -> dict:
+        """The critic's observation inputs (of ``s``, or of ``s'`` with ``nxt``)."""
+        keys = [unravel_key(k) for k in self._critic_obs_keys()]
+        return {k: td.get(next_key(k) if nxt else k) for k in keys}
+
+    def _policy_at(self, td: TensorDictBase, *, nxt: bool = False):
+        """The policy's distribution at ``s`` (or ``s'``) of a flat batch."""
+        keys = [unravel_key(k) for k in self.actor_network.in_keys]
+        obs = {k: td.get(next_key(k) if nxt else k) for k in keys}
+        return self._policy(TensorDict(obs, td.batch_size))
+
+    def _next_value(
+        self, next_obs: dict, a_next: Tensor, logp_next: Tensor, a_next_samples: Tensor | None
+    ) -> Tensor:
+        """``min_j Qbar_j(s', a')`` (minus ``alpha log pi`` without the deterministic
+        backup), or the max over sampled actions with ``max_q_backup``; ``[B]``."""
+        params = self.target_qvalue_network_params
+        if self.max_q_backup:
+            return self._q(params, next_obs, a_next_samples).max(1).values.min(0).values
+        next_value = self._q(params, next_obs, a_next).min(0).values
+        if not self.deterministic_backup:
+            next_value = next_value - self._alpha * logp_next
+        return next_value
+
+    def _bellman_target(self, tensordict: TensorDictBase, next_value: Tensor) -> Tensor:
+        """The critics' target over the batch as given (TD(lambda) needs its time dim)."""
+        keys = self.tensor_keys
+        target = bootstrap_target(
+            self.value_estimator,
+            tensordict,
+            next_value.reshape(tensordict.batch_size),
+            reward_key=keys.reward,
+            done_key=keys.done,
+            terminated_key=keys.terminated,
+        )
+        return target.reshape(-1)
+
+    def _proposal_log_density(self, logp_samples: Tensor) -> Tensor:
+        """``log q(a_k)`` of the ``3N`` proposal actions (uniform, pi(s), pi(s')); ``[3N, B]``."""
+        n, bsz = self.num_random, logp_samples.shape[1] // 2
+        log_uniform = -torch.log(self.action_high - self.action_low).sum()
+        return torch.cat(
+            [log_uniform.expand(n, bsz), logp_samples[:, :bsz], logp_samples[:, bsz:]], 0
+        )
+
+    def _proposal_actions(self, a_samples: Tensor) -> Tensor:
+        """The actions of the conservative term, ``[K, B, A]``: ``num_random`` uniform,
+        from pi(s) and from pi(s') for CQL(H), from pi(s) for CQL(rho)."""
+        bsz = a_samples.shape[1] // 2
+        if self.cql_variant == "rho":
+            return a_samples[:, :bsz]
+        rand = uniform_actions(self.action_low, self.action_high, (self.num_random, bsz))
+        return torch.cat([rand, a_samples[:, :bsz], a_samples[:, bsz:]], 0)
+
+    def _gap(self, q_data: Tensor, q_samples: Tensor, logp_samples: Tensor) -> Tensor:
+        """Soft maximum over the sampled actions minus the data action's value, ``[E, B]``."""
+        temp = self.temperature
+        if self.cql_variant == "H":
+            log_q = self._proposal_log_density(logp_samples)
+            soft_max = temp * torch.logsumexp((q_samples - log_q) / temp, dim=1)
+        else:
+            weights = torch.softmax(q_samples.detach() / temp, dim=1)
+            soft_max = (weights * q_samples).sum(1)
+        return soft_max - q_data
+
+    def _penalty(self, gap: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(loss_cql, loss_alpha_prime)`` per sample from the per-critic gaps ``[E, B]``."""
+        penalty = self.min_q_weight * gap
+        if not self.with_lagrange:
+            return penalty.sum(0), None
+        alpha_prime = self._alpha_prime
+        constraint = penalty - self.target_action_gap
+        return (alpha_prime.detach() * constraint).sum(0), self._alpha_prime_term(constraint)
+
+    def _alpha_prime_term(self, constraint: Tensor) -> Tensor:
+        return -self._alpha_prime * constraint.detach().mean(0)
+
+    def _reduce(self, loss: Tensor, tensordict: TensorDictBase | None) -> Tensor:
+        """Reduces a per-sample loss of the flat batch, honouring the batch's masks."""
+        if tensordict is not None:
+            loss = loss.reshape(tensordict.batch_size)
+        return self._reduce_loss(loss, tensordict=tensordict)
+
+    def _per_critic_key(self, first: NestedKey, second: NestedKey, j: int, name: str):
+        if j < 2:
+            return (first, second)[j]
+        return name.format(j + 1)
+
+    # ----------------------------------------------------------------- loss terms
+    def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict]:
+        """SAC's actor loss ``alpha log pi(a~|s) - min_j Q_j(s, a~)`` (critics detached).
+
+        Returns:
+            ``(loss_actor, metadata)`` with the detached log-probability of the sampled
+            actions under ``tensor_keys.log_prob`` (what :meth:`alpha_loss` takes).
+        """
+        td = self._flat(tensordict)
+        dist = self._policy_at(td)
+        a_pi, logp_pi = rsample_and_log_prob(dist)
+        q_pi = self._q(self._cached_detach_qvalue_params, self._obs(td), a_pi).min(0).values
+        loss = self._alpha * logp_pi - q_pi
+        log_prob = logp_pi.detach().reshape(tensordict.batch_size)
+        return self._reduce(loss, tensordict), {self.tensor_keys.log_prob: log_prob}
+
+    def actor_bc_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict]:
+        """The behaviour-cloning warm-start loss ``alpha log pi(a~|s) - log pi(a|s)``."""
+        td = self._flat(tensordict)
+        dist = self._policy_at(td)
+        _, logp_pi = rsample_and_log_prob(dist)
+        bc_log_prob = dist.log_prob(td.get(self.tensor_keys.action))
+        loss = self._alpha * logp_pi - bc_log_prob
+        return self._reduce(loss, tensordict), {"bc_log_prob": bc_log_prob.detach().mean()}
+
+    def alpha_loss(
+        self, actor_metadata: dict, mask_tensordict: TensorDictBase | None = None
+    ) -> tuple[Tensor, dict]:
+        """The entropy temperature's loss ``-log alpha (log pi + target_entropy)``.
+
+        Args:
+            actor_metadata (dict): the metadata of :meth:`actor_loss`.
+            mask_tensordict (TensorDictBase, optional): the batch, for its masks.
+        """
+        log_prob = actor_metadata[self.tensor_keys.log_prob]
+        loss = -self.log_alpha * (log_prob + self.target_entropy)
+        return self._reduce_loss(loss, tensordict=mask_tensordict), {}
+
+    def q_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict]:
+        """The critics' Bellman error on the logged actions.
+
+        Writes each critic's value of the logged action to the batch (``pred_q1``,
+        ``pred_q2``; :meth:`cql_loss` reads them, as in TorchRL) and the TD error to
+        the ``priority`` key.
+
+        Returns:
+            ``(loss_qvalue, metadata)`` with the detached per-critic ``td_error``.
+        """
+        keys = self.tensor_keys
+        td = self._flat(tensordict)
+        with torch.no_grad():
+            dist_next = self._policy_at(td, nxt=True)
+            a_next, logp_next = rsample_and_log_prob(dist_next)
+            a_next_samples = None
+            if self.max_q_backup:
+                a_next_samples = dist_next.sample((self.num_random,))
+            next_value = self._next_value(
+                self._obs(td, nxt=True), a_next, logp_next, a_next_samples
+            )
+            target = self._bellman_target(tensordict, next_value)
+        q_data = self._q(self.qvalue_network_params, self._obs(td), td.get(keys.action))
+        for j in range(q_data.shape[0]):
+            key = self._per_critic_key(keys.pred_q1, keys.pred_q2, j, "pred_q{}")
+            tensordict.set(key, q_data[j].reshape(*tensordict.batch_size, 1))
+        loss = distance_loss(q_data, target.expand_as(q_data), loss_function=self.loss_function)
+        td_error = (q_data - target).detach().abs()
+        tensordict.set(keys.priority, td_error.max(0).values.reshape(tensordict.batch_size))
+        return self._reduce(loss.sum(0), tensordict), {
+            "td_error": td_error.reshape(-1, *tensordict.batch_size)
+        }
+
+    def _pred_q(self, tensordict: TensorDictBase) -> Tensor:
+        keys = self.tensor_keys
+        preds = []
+        for j in range(self.num_qvalue_nets):
+            key = self._per_critic_key(keys.pred_q1, keys.pred_q2, j, "pred_q{}")
+            value = tensordict.get(key, None)
+            if value is None:
+                raise KeyError(
+                    f"the batch has no {key!r}: call q_loss before cql_loss (it writes "
+                    "the critics' values of the logged actions)"
+                )
+            preds.append(value.reshape(-1))
+        return torch.stack(preds)
+
+    def cql_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict]:
+        """The conservative penalty (times ``alpha'`` with Lagrange), after :meth:`q_loss`.
+
+        Writes each critic's weighted gap ``min_q_weight * gap_j`` to the batch
+        (``cql_q1_loss``, ``cql_q2_loss``), which :meth:`alpha_prime_loss` reads.
+
+        Returns:
+            ``(loss_cql, metadata)`` with the detached mean ``cql_gap``.
+        """
+        keys = self.tensor_keys
+        q_data = self._pred_q(tensordict)
+        td = self._flat(tensordict)
+        with torch.no_grad():
+            a_samples, logp_samples = self._sampled_actions(td)
+        q_samples = self._q(self.qvalue_network_params, self._obs(td), a_samples)
+        gap = self._gap(q_data, q_samples, logp_samples)
+        for j in range(gap.shape[0]):
+            key = self._per_critic_key(keys.cql_q1_loss, keys.cql_q2_loss, j, "cql_q{}_loss")
+            tensordict.set(key, (self.min_q_weight * gap[j]).reshape(tensordict.batch_size))
+        loss_cql, _ = self._penalty(gap)
+        return self._reduce(loss_cql, tensordict), {"cql_gap": gap.detach().mean()}
+
+    def alpha_prime_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict]:
+        """The Lagrange multiplier's loss ``-alpha' (min_q_weight gap - threshold)``,
+        after :meth:`cql_loss` (``with_lagrange=True`` only)."""
+        if not self.with_lagrange:
+            raise RuntimeError("alpha_prime_loss needs with_lagrange=True")
+        keys = self.tensor_keys
+        penalties = []
+        for j in range(self.num_qvalue_nets):
+            key = self._per_critic_key(keys.cql_q1_loss, keys.cql_q2_loss, j, "cql_q{}_loss")
+            value = tensordict.get(key, None)
+            if value is None:
+                raise KeyError(f"the batch has no {key!r}: call cql_loss before alpha_prime_loss")
+            penalties.append(value.reshape(-1))
+        constraint = torch.stack(penalties) - self.target_action_gap
+        loss = self._alpha_prime_term(constraint)
+        return self._reduce(loss, tensordict), {"alpha_prime": self._alpha_prime.detach()}
+
+    def _sampled_actions(self, td: TensorDictBase) -> tuple[Tensor, Tensor]:
+        """Proposal actions ``[K, B, A]`` and the policy samples' log-densities ``[N, 2B]``."""
+        obs_both = self._obs_both(td)
+        a_samples, logp_samples = rsample_and_log_prob(self._policy(obs_both), (self.num_random,))
+        return self._proposal_actions(a_samples), logp_samples
+
+    def _obs_both(self, td: TensorDictBase) -> TensorDict:
+        """The actor's inputs at ``s`` and ``s'`` stacked along the batch: ``[2B]``."""
+        keys = [unravel_key(k) for k in self.actor_network.in_keys]
+        return TensorDict(
+            {k: torch.cat([td.get(k), td.get(next_key(k))], 0) for k in keys},
+            [2 * td.shape[0]],
+        )
+
     # ----------------------------------------------------------------- forward
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         """Computes every CQL loss term on a batch of transitions.
 
+        The terms are those of :meth:`actor_loss`, :meth:`actor_bc_loss`,
+        :meth:`q_loss`, :meth:`cql_loss`, :meth:`alpha_loss` and
+        :meth:`alpha_prime_loss`, computed together: one actor call at ``s`` and
+        ``s'`` and one batched critic call for the logged and all sampled actions.
         Writes the TD error (max over critics of ``|Q - target|``) under the
-        ``priority`` key of ``tensordict``.
+        ``priority`` key of ``tensordict``. Rows masked by ``("collector", "mask")``
+        or ``"shifted_valid"`` are left out of every term, as in TorchRL.
 
         Args:
             tensordict (TensorDictBase): the batch, holding :attr:`in_keys`.
@@ -513,17 +762,12 @@ class CQLLoss(LossModule):
         if self.check_inputs:
             check_batch(tensordict, self.in_keys, finite=False)
         batch_shape = tensordict.batch_size
-        td = tensordict.reshape(-1) if len(batch_shape) != 1 else tensordict
+        td = self._flat(tensordict)
         bsz = td.shape[0]
         n = self.num_random
 
         # Policy at s and s' in one actor call.
-        actor_keys = [unravel_key(k) for k in self.actor_network.in_keys]
-        obs_both = TensorDict(
-            {k: torch.cat([td.get(k), td.get(next_key(k))], 0) for k in actor_keys},
-            [2 * bsz],
-        )
-        dist = self._policy(obs_both)
+        dist = self._policy(self._obs_both(td))
         a_both, logp_both = rsample_and_log_prob(dist)
         a_pi, logp_pi = a_both[:bsz], logp_both[:bsz]
         data_action = td.get(keys.action)
@@ -535,8 +779,7 @@ class CQLLoss(LossModule):
 
         # Actor (SAC) and BC-warm-start losses.
         alpha = self._alpha
-        critic_obs_keys = [unravel_key(k) for k in self._critic_obs_keys()]
-        obs = {k: td.get(k) for k in critic_obs_keys}
+        obs = self._obs(td)
         q_pi = self._q(self._cached_detach_qvalue_params, obs, a_pi).min(0).values
         loss_actor = alpha * logp_pi - q_pi
         # log pi(a_data | s); the s' half of the batch is padding for the [2B] dist.
@@ -545,58 +788,22 @@ class CQLLoss(LossModule):
         loss_alpha = -self.log_alpha * (logp_pi.detach() + self.target_entropy)
 
         # Bellman target.
-        next_obs = {k: td.get(next_key(k)) for k in critic_obs_keys}
         with torch.no_grad():
-            if self.max_q_backup:
-                q_next = self._q(self.target_qvalue_network_params, next_obs, a_samples[:, bsz:])
-                next_value = q_next.max(1).values.min(0).values
-            else:
-                q_next = self._q(self.target_qvalue_network_params, next_obs, a_next)
-                next_value = q_next.min(0).values
-                if not self.deterministic_backup:
-                    next_value = next_value - alpha * logp_next
-            target = self._target(td, next_value)
+            next_value = self._next_value(
+                self._obs(td, nxt=True), a_next, logp_next, a_samples[:, bsz:]
+            )
+            target = self._bellman_target(tensordict, next_value)
 
         # Critic: data action and all sampled actions, every critic, one call.
-        if self.cql_variant == "H":
-            rand = uniform_actions(self.action_low, self.action_high, (n, bsz))
-            actions = torch.cat(
-                [data_action.unsqueeze(0), rand, a_samples[:, :bsz], a_samples[:, bsz:]], 0
-            )
-        else:
-            actions = torch.cat([data_action.unsqueeze(0), a_samples[:, :bsz]], 0)
+        actions = torch.cat([data_action.unsqueeze(0), self._proposal_actions(a_samples)], 0)
         q_all = self._q(self.qvalue_network_params, obs, actions)  # [E, K, B]
         q_data = q_all[:, 0]
-        q_samples = q_all[:, 1:]
-        temp = self.temperature
-        if self.cql_variant == "H":
-            log_uniform = -torch.log(self.action_high - self.action_low).sum()
-            log_q = torch.cat(
-                [
-                    log_uniform.expand(n, bsz),
-                    logp_samples[:, :bsz],
-                    logp_samples[:, bsz:],
-                ],
-                0,
-            )
-            soft_max = temp * torch.logsumexp((q_samples - log_q) / temp, dim=1)
-        else:
-            weights = torch.softmax(q_samples.detach() / temp, dim=1)
-            soft_max = (weights * q_samples).sum(1)
-        gap = soft_max - q_data  # [E, B]
+        gap = self._gap(q_data, q_all[:, 1:], logp_samples)  # [E, B]
 
         loss_qvalue = distance_loss(
             q_data, target.expand_as(q_data), loss_function=self.loss_function
         ).sum(0)
-        penalty = self.min_q_weight * gap
-        out = {}
-        if self.with_lagrange:
-            alpha_prime = self._alpha_prime
-            constraint = penalty - self.target_action_gap
-            loss_cql = (alpha_prime.detach() * constraint).sum(0)
-            out["loss_alpha_prime"] = -alpha_prime * constraint.detach().mean(0)
-        else:
-            loss_cql = penalty.sum(0)
+        loss_cql, loss_alpha_prime = self._penalty(gap)
 
         td_error = (q_data - target).detach().abs().max(0).values
         tensordict.set(keys.priority, td_error.reshape(batch_shape))
@@ -607,44 +814,26 @@ class CQLLoss(LossModule):
             "loss_qvalue": loss_qvalue,
             "loss_cql": loss_cql,
             "loss_alpha": loss_alpha,
-            **out,
         }
+        if loss_alpha_prime is not None:
+            out["loss_alpha_prime"] = loss_alpha_prime
         diagnostics = {
             "entropy": -logp_pi.detach(),
             "pred_value": q_data.detach().mean(0),
             "target_value": target,
             "cql_gap": gap.detach().mean(0),
         }
-        result = self._pack(out, diagnostics, alpha, batch_shape)
+        result = self._pack(out, diagnostics, alpha, tensordict)
         count_update(self, "_num_updates", result, batch=tensordict)
         return result
 
-    def _target(self, td: TensorDictBase, next_value: Tensor) -> Tensor:
-        keys = self.tensor_keys
-        estimator = self.value_estimator
-        if type(estimator) is TD0Estimator and not estimator.average_rewards:
-            reward = td.get(next_key(keys.reward))
-            terminated = td.get(next_key(keys.terminated), None)
-            if terminated is None:
-                terminated = td.get(next_key(keys.done))
-            gamma = estimator.gamma.to(reward.device)
-            steps = td.get(estimator.tensor_keys.steps_to_next_obs, None)
-            if steps is not None:
-                gamma = gamma ** steps.view_as(reward)
-            not_term = (~terminated.bool()).to(reward.dtype)
-            target = reward + gamma * not_term * next_value.unsqueeze(-1)
-            return target.squeeze(-1)
-        td_v = td.select(
-            next_key(keys.reward), next_key(keys.done), next_key(keys.terminated), strict=False
-        ).clone(False)
-        td_v.set(next_key(keys.value), next_value.unsqueeze(-1))
-        return estimator.value_estimate(td_v).squeeze(-1)
-
-    def _pack(self, losses: dict, diagnostics: dict, alpha: Tensor, batch_shape) -> TensorDict:
-        reduction = self.reduction
-        if reduction == "none":
-            out = {k: v.reshape(batch_shape) for k, v in losses.items()}
-            out.update({k: v.reshape(batch_shape) for k, v in diagnostics.items()})
+    def _pack(
+        self, losses: dict, diagnostics: dict, alpha: Tensor, tensordict: TensorDictBase
+    ) -> TensorDict:
+        batch_shape = tensordict.batch_size
+        losses = {k: self._reduce(v, tensordict) for k, v in losses.items()}
+        if self.reduction == "none":
+            out = {**losses, **{k: v.reshape(batch_shape) for k, v in diagnostics.items()}}
             mode = self.scalar_output_mode
             if mode is None:
                 out["alpha"] = alpha.expand(batch_shape)
@@ -656,8 +845,7 @@ class CQLLoss(LossModule):
                 result.set_non_tensor("alpha", alpha)
                 result.set_non_tensor("entropy", diagnostics["entropy"].mean())
             return result
-        out = {k: self._reduce_loss(v, reduction=reduction) for k, v in losses.items()}
-        out.update({k: v.mean() for k, v in diagnostics.items()})
+        out = {**losses, **{k: v.mean() for k, v in diagnostics.items()}}
         out["alpha"] = alpha
         if self.with_lagrange:
             out["alpha_prime"] = self._alpha_prime.detach()
@@ -743,7 +931,9 @@ class DiscreteCQLLoss(LossModule):
             done (NestedKey): the done flag, under ``"next"``. Defaults to ``"done"``.
             terminated (NestedKey): the terminal flag, under ``"next"``. Defaults to
                 ``"terminated"``.
-            pred_val (NestedKey): accepted for compatibility with TorchRL; not written.
+            pred_val (NestedKey): where :meth:`value_loss` writes the action values
+                ``Q(s, .)`` (the quantile means with ``num_quantiles``), read by
+                :meth:`cql_loss`. Defaults to ``"pred_val"``.
         """
 
         value_target: NestedKey = "value_target"
@@ -759,7 +949,11 @@ class DiscreteCQLLoss(LossModule):
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
     default_value_estimator = ValueEstimators.TD0
-    SUPPORTED_VALUE_ESTIMATORS = (ValueEstimators.TD0,)
+    SUPPORTED_VALUE_ESTIMATORS = (
+        ValueEstimators.TD0,
+        ValueEstimators.TD1,
+        ValueEstimators.TDLambda,
+    )
     out_keys = ["loss_qvalue", "loss_cql"]
 
     value_network: TensorDictModule
@@ -824,11 +1018,25 @@ class DiscreteCQLLoss(LossModule):
             )
 
     def make_value_estimator(self, value_type: ValueEstimators = None, **hyperparams) -> None:
-        """Builds the value estimator (TD(0)).
+        """Builds the estimator of the Bellman target from the next states' value.
+
+        Args:
+            value_type (ValueEstimators, optional): ``TD0`` (default), ``TD1`` or
+                ``TDLambda`` (over the time dimension of trajectory batches; not with
+                ``num_quantiles``), or a ``ValueEstimatorBase`` subclass.
 
         Keyword Args:
             gamma (float): the discount factor.
         """
+        if (
+            self.num_quantiles is not None
+            and value_type is not None
+            and value_type != ValueEstimators.TD0
+        ):
+            raise OfflineLossError(
+                f"the quantile critic (num_quantiles={self.num_quantiles}) supports the "
+                f"TD0 estimator only, got {value_type}"
+            )
         make_loss_value_estimator(
             self,
             value_type,
@@ -881,9 +1089,83 @@ class DiscreteCQLLoss(LossModule):
             check_output_dim("value_network", n_actions, self._n_actions)
         return index
 
+    def value_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict]:
+        """The Bellman error of the logged actions' values (DQN's, or QR-DQN's).
+
+        Writes the action values ``Q(s, .)`` to the batch under ``pred_val`` (with their
+        graph: :meth:`cql_loss` reads them, as in TorchRL) and the TD error under
+        ``priority``.
+
+        Returns:
+            ``(loss_qvalue, metadata)`` with the detached ``td_error``, ``pred_value``
+            and ``target_value``.
+        """
+        keys = self.tensor_keys
+        batch_shape = tensordict.batch_size
+        td = tensordict.reshape(-1) if len(batch_shape) != 1 else tensordict
+        values = self._values(self.value_network_params, td)
+        n_actions = values.shape[1]
+        index = self._action_index(td.get(keys.action), n_actions)
+        with torch.no_grad():
+            next_values = self._values(self.target_value_network_params, td.get("next"))
+        if self.num_quantiles is None:
+            q_values = values
+            pred = values.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+            target = self._target(tensordict, next_values.max(-1).values)
+            loss = 0.5 * distance_loss(pred, target, self.loss_function)
+        else:
+            q_values = values.mean(-1)  # [B, A]
+            k = values.shape[-1]
+            theta = values.gather(1, index[:, None, None].expand(-1, 1, k)).squeeze(1)  # [B, K]
+            best = next_values.mean(-1).argmax(-1)
+            next_theta = next_values.gather(1, best[:, None, None].expand(-1, 1, k)).squeeze(1)
+            target = self._target(tensordict, next_theta)  # [B, K]
+            loss = self._quantile_huber(theta, target)
+            pred = theta.mean(-1)
+            target = target.mean(-1)
+        td_error = (pred - target).detach().abs()
+        tensordict.set(keys.priority, td_error.reshape(batch_shape))
+        tensordict.set(keys.pred_val, q_values.reshape(*batch_shape, n_actions))
+        metadata = {
+            "pred_value": pred.detach(),
+            "target_value": target.detach(),
+            "td_error": td_error,
+        }
+        return self._reduce(loss, tensordict), metadata
+
+    def cql_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict]:
+        """The conservative term ``alpha (log sum_a' exp Q(s, a') - Q(s, a))``, after
+        :meth:`value_loss` (which writes the action values it reads).
+
+        Returns:
+            ``(loss_cql, metadata)`` with the detached per-sample ``cql_gap``.
+        """
+        keys = self.tensor_keys
+        q_values = tensordict.get(keys.pred_val, None)
+        if q_values is None:
+            raise KeyError(
+                f"the batch has no {keys.pred_val!r}: call value_loss before cql_loss (it "
+                "writes the action values)"
+            )
+        q_values = q_values.reshape(-1, q_values.shape[-1])
+        action = tensordict.get(keys.action)
+        action = action.reshape(q_values.shape[0], *action.shape[tensordict.ndim :])
+        index = self._action_index(action, q_values.shape[-1])
+        q_data = q_values.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+        gap = torch.logsumexp(q_values, -1) - q_data
+        return self._reduce(self.alpha * gap, tensordict), {"cql_gap": gap.detach()}
+
+    def _reduce(self, loss: Tensor, tensordict: TensorDictBase) -> Tensor:
+        """Reduces a per-sample loss of the flat batch, honouring the batch's masks."""
+        return self._reduce_loss(loss.reshape(tensordict.batch_size), tensordict=tensordict)
+
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         """Computes the Bellman and conservative losses on a batch of transitions.
+
+        :meth:`value_loss` then :meth:`cql_loss`, from one call of the value network.
+        Rows masked by ``("collector", "mask")`` or ``"shifted_valid"`` are left out,
+        as in TorchRL.
 
         Args:
             tensordict (TensorDictBase): the batch, holding :attr:`in_keys`.
@@ -893,55 +1175,18 @@ class DiscreteCQLLoss(LossModule):
             ``alpha``) and detached ``pred_value``, ``target_value``, ``td_error``,
             ``cql_gap``.
         """
-        keys = self.tensor_keys
         if self.check_inputs:
             check_batch(tensordict, self.in_keys, finite=False)
         batch_shape = tensordict.batch_size
-        td = tensordict.reshape(-1) if len(batch_shape) != 1 else tensordict
-        values = self._values(self.value_network_params, td)
-        n_actions = values.shape[1]
-        index = self._action_index(td.get(keys.action), n_actions)
-        with torch.no_grad():
-            next_td = td.get("next")
-            next_values = self._values(self.target_value_network_params, next_td)
-        if self.num_quantiles is None:
-            q_values = values
-            q_data = values.gather(-1, index.unsqueeze(-1)).squeeze(-1)
-            next_value = next_values.max(-1).values
-            target = self._target(td, next_value)
-            loss_q = 0.5 * distance_loss(q_data, target, self.loss_function)
-            td_error = (q_data - target).detach().abs()
-            pred = q_data
-        else:
-            q_values = values.mean(-1)  # [B, A]
-            theta = values.gather(1, index[:, None, None].expand(-1, 1, values.shape[-1]))
-            theta = theta.squeeze(1)  # [B, K]
-            best = next_values.mean(-1).argmax(-1)
-            next_theta = next_values.gather(
-                1, best[:, None, None].expand(-1, 1, values.shape[-1])
-            ).squeeze(1)
-            target = self._target(td, next_theta)  # [B, K]
-            loss_q = self._quantile_huber(theta, target)
-            pred = theta.mean(-1)
-            td_error = (pred - target.mean(-1)).detach().abs()
-            target = target.mean(-1)
-        gap = torch.logsumexp(q_values, -1) - q_values.gather(-1, index.unsqueeze(-1)).squeeze(-1)
-        loss_cql = self.alpha * gap
-        tensordict.set(keys.priority, td_error.reshape(batch_shape))
+        loss_q, diagnostics = self.value_loss(tensordict)
+        loss_cql, cql_meta = self.cql_loss(tensordict)
+        diagnostics.update(cql_meta)
         losses = {"loss_qvalue": loss_q, "loss_cql": loss_cql}
-        diagnostics = {
-            "pred_value": pred.detach(),
-            "target_value": target.detach(),
-            "td_error": td_error,
-            "cql_gap": gap.detach(),
-        }
         if self.reduction == "none":
-            out = {k: v.reshape(batch_shape) for k, v in {**losses, **diagnostics}.items()}
+            out = {**losses, **{k: v.reshape(batch_shape) for k, v in diagnostics.items()}}
             result = TensorDict(out, batch_shape)
         else:
-            out = {k: self._reduce_loss(v) for k, v in losses.items()}
-            out.update({k: v.mean() for k, v in diagnostics.items()})
-            result = TensorDict(out)
+            result = TensorDict({**losses, **{k: v.mean() for k, v in diagnostics.items()}})
         count_update(self, "_num_updates", result, batch=tensordict)
         return result
 
@@ -956,15 +1201,16 @@ class DiscreteCQLLoss(LossModule):
         weight = (tau_hat.unsqueeze(-1) - (u.detach() < 0).to(u.dtype)).abs()
         return (weight * huber / self.kappa).mean(-1).sum(-1)
 
-    def _target(self, td: TensorDictBase, next_value: Tensor) -> Tensor:
+    def _target(self, tensordict: TensorDictBase, next_value: Tensor) -> Tensor:
+        """The Bellman target of the flat batch from ``next_value`` ``[B]`` or ``[B, K]``."""
         keys = self.tensor_keys
-        reward = td.get(next_key(keys.reward))
-        terminated = td.get(next_key(keys.terminated), None)
-        if terminated is None:
-            terminated = td.get(next_key(keys.done))
-        gamma = self.value_estimator.gamma.to(reward.device)
-        not_term = (~terminated.bool()).to(reward.dtype)
-        # reward and flags are [B, 1]; next_value is [B] or [B, K]
-        if next_value.ndim == 1:
-            return (reward + gamma * not_term * next_value.unsqueeze(-1)).squeeze(-1)
-        return reward + gamma * not_term * next_value
+        shape = (*tensordict.batch_size, *next_value.shape[1:])
+        target = bootstrap_target(
+            self.value_estimator,
+            tensordict,
+            next_value.reshape(shape),
+            reward_key=keys.reward,
+            done_key=keys.done,
+            terminated_key=keys.terminated,
+        )
+        return target.reshape(next_value.shape)
