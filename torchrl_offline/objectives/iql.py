@@ -64,7 +64,7 @@ def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
 
     Args:
         diff (Tensor): ``u = Q(s, a) - V(s)``.
-        expectile (float): :math:`\tau` in ``(0, 1)``; ``0.5`` is the mean squared error.
+        expectile (float): :math:`\tau` in ``[0, 1]``; ``0.5`` is the mean squared error.
 
     Examples:
         >>> import torch
