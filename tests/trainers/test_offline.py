@@ -9,6 +9,7 @@ import torch
 from torchrl.trainers import EarlyStopping, LogScalar
 
 from tests.trainers.conftest import StopAt, make_dataset
+from torchrl_offline.objectives import OfflineLossError
 from torchrl_offline.trainers.algorithms import AlgorithmError, build_algorithm, specs_from_dataset
 from torchrl_offline.trainers.checkpoint import (
     CheckpointError,
@@ -148,18 +149,23 @@ def test_logs_are_written(tmp_path):
     assert [line.split(",")[0] for line in text] == ["2", "4"]
 
 
-def test_torchrl_hooks_work_in_the_offline_trainer():
-    data = make_dataset()
+def _td3_bc_trainer(data, total_steps, *, targets=False, **kwargs):
     torch.manual_seed(0)
     algo = build_algorithm("td3_bc", *specs_from_dataset(data), **TINY)
     trainer = OfflineTrainer(
         replay_buffer=data,
         loss_module=algo.loss,
         optimizer=algo.optimizer,
-        total_steps=50,
+        total_steps=total_steps,
         loss_components=algo.loss_keys,
-        target_net_updater=algo.target_updater,
+        target_net_updater=algo.target_updater if targets else None,
+        **kwargs,
     )
+    return algo, trainer
+
+
+def test_torchrl_hooks_work_in_the_offline_trainer():
+    algo, trainer = _td3_bc_trainer(make_dataset(), 50, targets=True)
     LogScalar(("next", "reward"), "batch_reward").register(trainer)
     EarlyStopping(monitor="batch_reward", mode="max", patience=3, wait_for=0).register(trainer)
     target_before = algo.loss.target_qvalue_network_params.clone()
@@ -174,18 +180,8 @@ def test_torchrl_hooks_work_in_the_offline_trainer():
 def test_policy_update_delay_updates_the_actor_on_every_second_step_only():
     """TD3+BC's delayed policy update is the trainer's: the critic alone on odd steps
     (the actor gets no gradient and stays as it is), the whole loss on even steps."""
-    data = make_dataset()
-    torch.manual_seed(0)
-    algo = build_algorithm("td3_bc", *specs_from_dataset(data), **TINY)
+    algo, trainer = _td3_bc_trainer(make_dataset(), 1, policy_update_delay=2)
     assert algo.policy_update_delay == 2
-    trainer = OfflineTrainer(
-        replay_buffer=data,
-        loss_module=algo.loss,
-        optimizer=algo.optimizer,
-        total_steps=1,
-        loss_components=algo.loss_keys,
-        policy_update_delay=algo.policy_update_delay,
-    )
     losses = []
     trainer.register_op("post_optim_complete_log", lambda steps, td: losses.append(td))
     actor, critic = algo.loss.actor_network_params, algo.loss.qvalue_network_params
@@ -198,6 +194,15 @@ def test_policy_update_delay_updates_the_actor_on_every_second_step_only():
         assert critic_moved
         assert actor_moved == (step % 2 == 0), step
         assert ("loss_actor" in losses[-1].keys()) == (step % 2 == 0)
+
+
+def test_critic_only_steps_check_the_batch_too():
+    data = make_dataset()
+    data.storage._storage["observation"][:] = float("nan")
+    # the first update is a critic-only one
+    _, trainer = _td3_bc_trainer(data, 1, policy_update_delay=2)
+    with pytest.raises(OfflineLossError, match="'observation' holds NaN/inf"):
+        trainer.train()
 
 
 def test_policy_update_delay_needs_a_critic_only_loss():

@@ -593,10 +593,25 @@ class CQLLoss(LossModule):
             loss = loss.reshape(tensordict.batch_size)
         return self._reduce_loss(loss, tensordict=tensordict)
 
-    def _per_critic_key(self, first: NestedKey, second: NestedKey, j: int, name: str):
-        if j < 2:
-            return (first, second)[j]
-        return name.format(j + 1)
+    def _per_critic_keys(self, kind: str) -> list[NestedKey]:
+        """Batch keys of one value per critic: ``"pred"`` (``pred_q1``, ``pred_q2``, then
+        ``pred_q3``, ...) or ``"cql"`` (``cql_q1_loss``, ``cql_q2_loss``, ...)."""
+        keys = self.tensor_keys
+        first, second, extra = {
+            "pred": (keys.pred_q1, keys.pred_q2, "pred_q{}"),
+            "cql": (keys.cql_q1_loss, keys.cql_q2_loss, "cql_q{}_loss"),
+        }[kind]
+        return [first, second, *(extra.format(j + 1) for j in range(2, self.num_qvalue_nets))]
+
+    def _read_per_critic(self, tensordict: TensorDictBase, kind: str, order: str) -> Tensor:
+        """The per-critic values ``[E, B]`` a previous term wrote to the batch."""
+        values = []
+        for key in self._per_critic_keys(kind)[: self.num_qvalue_nets]:
+            value = tensordict.get(key, None)
+            if value is None:
+                raise KeyError(f"the batch has no {key!r}: call {order}")
+            values.append(value.reshape(-1))
+        return torch.stack(values)
 
     # ----------------------------------------------------------------- loss terms
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict]:
@@ -659,29 +674,14 @@ class CQLLoss(LossModule):
             )
             target = self._bellman_target(tensordict, next_value)
         q_data = self._q(self.qvalue_network_params, self._obs(td), td.get(keys.action))
-        for j in range(q_data.shape[0]):
-            key = self._per_critic_key(keys.pred_q1, keys.pred_q2, j, "pred_q{}")
-            tensordict.set(key, q_data[j].reshape(*tensordict.batch_size, 1))
+        for key, q in zip(self._per_critic_keys("pred"), q_data):
+            tensordict.set(key, q.reshape(*tensordict.batch_size, 1))
         loss = distance_loss(q_data, target.expand_as(q_data), loss_function=self.loss_function)
         td_error = (q_data - target).detach().abs()
         tensordict.set(keys.priority, td_error.max(0).values.reshape(tensordict.batch_size))
         return self._reduce(loss.sum(0), tensordict), {
             "td_error": td_error.reshape(-1, *tensordict.batch_size)
         }
-
-    def _pred_q(self, tensordict: TensorDictBase) -> Tensor:
-        keys = self.tensor_keys
-        preds = []
-        for j in range(self.num_qvalue_nets):
-            key = self._per_critic_key(keys.pred_q1, keys.pred_q2, j, "pred_q{}")
-            value = tensordict.get(key, None)
-            if value is None:
-                raise KeyError(
-                    f"the batch has no {key!r}: call q_loss before cql_loss (it writes "
-                    "the critics' values of the logged actions)"
-                )
-            preds.append(value.reshape(-1))
-        return torch.stack(preds)
 
     def cql_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict]:
         """The conservative penalty (times ``alpha'`` with Lagrange), after :meth:`q_loss`.
@@ -692,16 +692,14 @@ class CQLLoss(LossModule):
         Returns:
             ``(loss_cql, metadata)`` with the detached mean ``cql_gap``.
         """
-        keys = self.tensor_keys
-        q_data = self._pred_q(tensordict)
+        q_data = self._read_per_critic(tensordict, "pred", order="q_loss before cql_loss")
         td = self._flat(tensordict)
         with torch.no_grad():
             a_samples, logp_samples = self._sampled_actions(td)
         q_samples = self._q(self.qvalue_network_params, self._obs(td), a_samples)
         gap = self._gap(q_data, q_samples, logp_samples)
-        for j in range(gap.shape[0]):
-            key = self._per_critic_key(keys.cql_q1_loss, keys.cql_q2_loss, j, "cql_q{}_loss")
-            tensordict.set(key, (self.min_q_weight * gap[j]).reshape(tensordict.batch_size))
+        for key, gap_j in zip(self._per_critic_keys("cql"), gap):
+            tensordict.set(key, (self.min_q_weight * gap_j).reshape(tensordict.batch_size))
         loss_cql, _ = self._penalty(gap)
         return self._reduce(loss_cql, tensordict), {"cql_gap": gap.detach().mean()}
 
@@ -710,15 +708,8 @@ class CQLLoss(LossModule):
         after :meth:`cql_loss` (``with_lagrange=True`` only)."""
         if not self.with_lagrange:
             raise RuntimeError("alpha_prime_loss needs with_lagrange=True")
-        keys = self.tensor_keys
-        penalties = []
-        for j in range(self.num_qvalue_nets):
-            key = self._per_critic_key(keys.cql_q1_loss, keys.cql_q2_loss, j, "cql_q{}_loss")
-            value = tensordict.get(key, None)
-            if value is None:
-                raise KeyError(f"the batch has no {key!r}: call cql_loss before alpha_prime_loss")
-            penalties.append(value.reshape(-1))
-        constraint = torch.stack(penalties) - self.target_action_gap
+        penalty = self._read_per_critic(tensordict, "cql", order="cql_loss before alpha_prime_loss")
+        constraint = penalty - self.target_action_gap
         loss = self._alpha_prime_term(constraint)
         return self._reduce(loss, tensordict), {"alpha_prime": self._alpha_prime.detach()}
 

@@ -39,6 +39,7 @@ from torchrl.trainers import (
     TrainerHookBase,
 )
 
+from torchrl_offline.objectives.common import check_finite_losses
 from torchrl_offline.trainers.algorithms import (
     Algorithm,
     AlgorithmError,
@@ -343,7 +344,13 @@ class OfflineTrainer(Trainer):
         ``policy_update_delay`` skips (update ``t`` is full when ``t % delay == 0``)."""
         if method is None and self._optim_count % self.policy_update_delay:
             loss_qvalue, _ = super().compute_loss(sub_batch, "qvalue_loss")
-            return TensorDict({"loss_qvalue": loss_qvalue})
+            losses = TensorDict({"loss_qvalue": loss_qvalue})
+            loss = self.loss_module
+            if getattr(loss, "check_inputs", False):  # forward's NaN/inf check, same read
+                check_finite_losses(
+                    losses, self._optim_count, batch=sub_batch, batch_keys=loss.in_keys
+                )
+            return losses
         return super().compute_loss(sub_batch, method)
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
