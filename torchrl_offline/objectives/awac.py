@@ -29,11 +29,11 @@ from torchrl.objectives.utils import (
     ValueEstimators,
     distance_loss,
 )
-from torchrl.objectives.value import TD0Estimator
 
 from torchrl_offline.objectives.common import (
     OfflineLossError,
     _mlp_plan,
+    bootstrap_target,
     check_batch,
     count_update,
     ensemble_apply,
@@ -457,21 +457,15 @@ class AWACLoss(LossModule):
         return inputs
 
     def _td_target(self, tensordict: TensorDictBase, next_value: Tensor) -> Tensor:
-        estimator = self.value_estimator
-        if type(estimator) is TD0Estimator and not estimator.average_rewards:
-            reward = tensordict.get(next_key(self.tensor_keys.reward))
-            terminated = tensordict.get(next_key(self.tensor_keys.terminated), None)
-            if terminated is None:
-                terminated = tensordict.get(next_key(self.tensor_keys.done))
-            gamma = estimator.gamma.to(reward.device)
-            steps = tensordict.get(estimator.tensor_keys.steps_to_next_obs, None)
-            if steps is not None:
-                gamma = gamma ** steps.view_as(reward)
-            target = reward + gamma * (~terminated.bool()) * next_value.reshape(reward.shape)
-            return target.reshape(next_value.shape)
-        td = tensordict.clone(False)
-        td.set(next_key(self.tensor_keys.state_action_value), next_value.unsqueeze(-1))
-        return estimator.value_estimate(td).squeeze(-1)
+        keys = self.tensor_keys
+        return bootstrap_target(
+            self.value_estimator,
+            tensordict,
+            next_value,
+            reward_key=keys.reward,
+            done_key=keys.done,
+            terminated_key=keys.terminated,
+        )
 
     @staticmethod
     def _sum_event(log_prob: Tensor, batch_shape: torch.Size) -> Tensor:

@@ -21,12 +21,12 @@ from torchrl.data.tensor_specs import TensorSpec
 from torchrl.modules import MLP, TanhModule
 from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import ValueEstimators, distance_loss
-from torchrl.objectives.value import TD0Estimator
 
 from torchrl_offline.objectives.common import (
     OfflineLossError,
     _mlp_plan,
     action_bounds,
+    bootstrap_target,
     check_batch,
     check_finite_losses,
     check_output_dim,
@@ -469,22 +469,15 @@ class TD3BCLoss(LossModule):
         return inputs
 
     def _td_target(self, tensordict: TensorDictBase, next_value: Tensor) -> Tensor:
-        estimator = self.value_estimator
-        if type(estimator) is TD0Estimator and not estimator.average_rewards:
-            reward = tensordict.get(next_key(self.tensor_keys.reward))
-            terminated = tensordict.get(next_key(self.tensor_keys.terminated), None)
-            if terminated is None:
-                terminated = tensordict.get(next_key(self.tensor_keys.done))
-            gamma = estimator.gamma.to(reward.device)
-            steps = tensordict.get(estimator.tensor_keys.steps_to_next_obs, None)
-            if steps is not None:
-                gamma = gamma ** steps.view_as(reward)
-            next_value = next_value.reshape(reward.shape)
-            target = reward + gamma * (~terminated.bool()) * next_value
-            return target.reshape(next_value.shape[: tensordict.ndim])
-        td = tensordict.clone(False)
-        td.set(next_key(self.tensor_keys.state_action_value), next_value.unsqueeze(-1))
-        return estimator.value_estimate(td).squeeze(-1)
+        keys = self.tensor_keys
+        return bootstrap_target(
+            self.value_estimator,
+            tensordict,
+            next_value,
+            reward_key=keys.reward,
+            done_key=keys.done,
+            terminated_key=keys.terminated,
+        )
 
     # ------------------------------------------------------------------ losses
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
