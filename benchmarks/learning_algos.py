@@ -1,11 +1,14 @@
-"""CQL, TD3+BC, AWAC and BC on the mixed-quality Pendulum dataset: ours vs TorchRL vs d3rlpy.
+"""IQL, CQL, TD3+BC, AWAC and BC on mixed-quality Pendulum datasets: ours vs TorchRL vs d3rlpy.
 
-Every run gets the same data (``benchmarks/pendulum_mixed.py``, seed 0), 128x128 ReLU
+Every run gets the same data (``benchmarks/pendulum_mixed.py``, seed 0; ``--mix`` picks
+one of its named datasets, ``default``, ``mixed`` or ``hard``), 128x128 ReLU
 MLPs, batch 256, discount 0.99, target rate 0.005 and 5000 gradient steps; a training
 seed fixes the initial weights and the sequence of sampled batches (the same batches
 for every TorchRL-API variant). The deterministic policy is evaluated every
 ``--eval-every`` steps on the same 10 Pendulum-v1 episodes (reset seeds 10000-10009) for
-every variant and seed; the final return is the headline number.
+every variant and seed; the final return is the headline number, with its normalized
+score (0 = uniform random torques, 100 = the scripted swing-up controller, both on the
+same 10 episodes).
 
 Variants (``--algo`` picks the algorithm, ``--variants`` a subset of its variants):
 
@@ -54,11 +57,20 @@ import numpy as np
 
 HERE = pathlib.Path(__file__).resolve().parent
 EVAL_SEED = 10_000
-ALGOS = ("cql", "td3_bc", "awac", "bc")
+ALGOS = ("iql", "cql", "td3_bc", "awac", "bc")
 
 #: variant name -> (implementation, overrides). ``ours`` overrides go to
 #: ``build_algorithm``; ``torchrl`` overrides to the TorchRL-example builder.
 VARIANTS: dict[str, dict[str, tuple[str, dict]]] = {
+    "iql": {
+        "ours": ("ours", {}),
+        "d3rlpy": ("d3rlpy", {}),
+        # ablations, one difference at a time
+        "ours_constant_lr": ("ours", {"actor_lr_schedule": "constant"}),
+        "ours_tanh_normal": ("ours", {"actor": "tanh_normal"}),
+        "ours_no_eps": ("ours", {"action_eps": 0.0}),
+        "ours_smooth_l1": ("ours", {"loss_function": "smooth_l1"}),
+    },
     "cql": {
         "ours": ("ours", {}),
         "torchrl": ("torchrl", {}),
@@ -147,6 +159,16 @@ def _pendulum_mixed():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def reference_returns(episodes: int, seed: int = EVAL_SEED) -> tuple[float, float]:
+    """``(random, controller)`` mean returns on the evaluation episodes: the 0 and 100
+    of the normalized score."""
+    pm = _pendulum_mixed()
+    rng = np.random.default_rng(seed)
+    random = evaluate_policy(lambda obs: rng.uniform(-2.0, 2.0), episodes, seed)
+    controller = evaluate_policy(pm.swing_up_action, episodes, seed)
+    return random, controller
 
 
 def evaluate_policy(act: Callable, episodes: int, seed: int = EVAL_SEED) -> float:
@@ -407,23 +429,45 @@ def train_d3rlpy(algo: str, data, seed: int, args) -> dict:
 
 
 # ----------------------------------------------------------------------------- summary
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    mean = statistics.mean(values)
+    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+    return round(mean, 1), round(se, 1)
+
+
 def summarize(rows: list[dict]) -> tuple[str, dict]:
-    """Markdown table (mean ± std of final returns per algo/variant) and a JSON summary."""
+    """Markdown table (mean ± standard error of final returns and normalized scores per
+    algorithm, dataset and variant) and a JSON summary."""
     summary: dict[str, dict] = {}
     for row in rows:
-        entry = summary.setdefault(row["algo"], {}).setdefault(row["variant"], {})
+        mix = row.get("mix", "default")
+        entry = (
+            summary.setdefault(row["algo"], {}).setdefault(mix, {}).setdefault(row["variant"], {})
+        )
         entry.setdefault("finals", {})[str(row["seed"])] = round(row["final"], 1)
+        if row.get("normalized") is not None:
+            entry.setdefault("normalized", {})[str(row["seed"])] = row["normalized"]
         entry.setdefault("curves", {})[str(row["seed"])] = row["curve"]
-    lines = ["| algorithm | variant | final return (mean ± std) | per seed |", "|---|---|---:|---|"]
-    for algo, variants in summary.items():
-        for variant, entry in variants.items():
-            finals = [entry["finals"][s] for s in sorted(entry["finals"], key=int)]
-            entry["mean"] = round(statistics.mean(finals), 1)
-            entry["std"] = round(statistics.stdev(finals), 1) if len(finals) > 1 else 0.0
-            per_seed = ", ".join(f"{f:.0f}" for f in finals)
-            lines.append(
-                f"| {algo} | {variant} | {entry['mean']:.0f} ± {entry['std']:.0f} | {per_seed} |"
-            )
+    lines = [
+        "| algorithm | dataset | variant | seeds | final return | normalized | per seed |",
+        "|---|---|---|---:|---:|---:|---|",
+    ]
+    for algo, mixes in summary.items():
+        for mix, variants in mixes.items():
+            for variant, entry in variants.items():
+                seeds = sorted(entry["finals"], key=int)
+                finals = [entry["finals"][s] for s in seeds]
+                entry["mean"], entry["se"] = _mean_se(finals)
+                norm = ""
+                if len(entry.get("normalized", {})) == len(seeds):
+                    scores = [entry["normalized"][s] for s in seeds]
+                    entry["normalized_mean"], entry["normalized_se"] = _mean_se(scores)
+                    norm = f"{entry['normalized_mean']:.0f} ± {entry['normalized_se']:.0f}"
+                per_seed = ", ".join(f"{f:.0f}" for f in finals)
+                lines.append(
+                    f"| {algo} | {mix} | {variant} | {len(seeds)} | "
+                    f"{entry['mean']:.0f} ± {entry['se']:.0f} | {norm} | {per_seed} |"
+                )
     return "\n".join(lines), summary
 
 
@@ -438,6 +482,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--mix", default="default", help="a dataset of pendulum_mixed.MIXES")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--d3rlpy-python", default=None, help="python of a venv with d3rlpy")
     parser.add_argument("--out", default=None, help="append one JSON line per run here")
@@ -463,9 +508,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
     pm = _pendulum_mixed()
-    data = pm.make_pendulum_mixed(seed=args.data_seed)
+    data = pm.make_pendulum_mixed(pm.MIXES[args.mix], seed=args.data_seed)
     average = float(pm.episode_returns(data).mean())
-    print(f"dataset: {data.numel()} transitions, average return {average:.1f}", flush=True)
+    low, high = reference_returns(args.episodes)
+
+    def normalized(ret: float) -> float:
+        return round(100 * (ret - low) / (high - low), 1)
+
+    print(
+        f"dataset {args.mix}: {data.numel()} transitions, average return {average:.1f} "
+        f"(normalized {normalized(average)}); random {low:.1f}, controller {high:.1f}",
+        flush=True,
+    )
     variants = args.variants or [
         v for v in ("ours", "torchrl", "d3rlpy") if v in VARIANTS[args.algo]
     ]
@@ -487,13 +541,15 @@ def main() -> None:
                 "curve": res["curve"],
                 "seconds": round(res["seconds"], 1),
                 "steps": args.steps,
+                "mix": args.mix,
+                "normalized": normalized(res["final"]),
                 "dataset_average": average,
                 "last_losses": res.get("last_losses"),
             }
             curve = " ".join(f"{s}:{r:.0f}" for s, r in res["curve"])
             print(
                 f"{args.algo} {name:28s} seed {seed}: final {res['final']:8.1f} "
-                f"({res['seconds']:.0f}s) curve {curve}",
+                f"(normalized {normalized(res['final'])}, {res['seconds']:.0f}s) curve {curve}",
                 flush=True,
             )
             if args.out:

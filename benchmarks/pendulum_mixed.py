@@ -5,7 +5,13 @@ Episodes come from three behaviour policies:
 * ``expert``: an energy-pumping swing-up controller with a PD balancer near the top,
   plus small Gaussian action noise (return about -130 to -170);
 * ``noisy``: the same controller with large action noise (return about -450);
-* ``random``: uniform random torques (return about -1150).
+* ``random``: uniform random torques (return about -1150);
+* ``spin``: a biased policy that keeps pushing one way (mean torque 1.5, noise 1.0), so
+  the pendulum spins instead of balancing.
+
+:data:`MIXES` names the datasets the learning benchmarks use: ``"default"``,
+``"mixed"`` (half noisy-controller, half random episodes) and ``"hard"`` (one
+controller episode in four, the rest spinning).
 
 Actions are clipped to the torque range ``[-2, 2]``, so many logged actions sit exactly
 on the bounds, as they do for real saturating controllers.
@@ -34,7 +40,15 @@ MAX_TORQUE = 2.0
 #: default mix (episodes per behaviour policy) for the learning benchmark
 DEFAULT_MIX = {"expert": 6, "noisy": 6, "random": 8}
 #: action-noise standard deviation (in units of the torque range) of each policy
-NOISE = {"expert": 0.15, "noisy": 0.5, "random": None}
+NOISE = {"expert": 0.15, "noisy": 0.5, "random": None, "spin": 0.25}
+#: the spinning policy's mean torque
+SPIN_TORQUE = 0.75 * MAX_TORQUE
+#: named datasets (episodes per behaviour policy)
+MIXES = {
+    "default": DEFAULT_MIX,
+    "mixed": {"noisy": 10, "random": 10},
+    "hard": {"expert": 5, "spin": 15},
+}
 
 
 def swing_up_action(obs: np.ndarray, max_torque: float = MAX_TORQUE) -> np.ndarray:
@@ -64,7 +78,8 @@ def make_pendulum_mixed(
 
     Args:
         mix (dict, optional): number of episodes per behaviour policy, keys among
-            ``"expert"``, ``"noisy"`` and ``"random"``. Defaults to :data:`DEFAULT_MIX`.
+            ``"expert"``, ``"noisy"``, ``"random"`` and ``"spin"``. Defaults to
+            :data:`DEFAULT_MIX`.
 
     Keyword Args:
         seed (int, optional): seeds the environment resets and the action noise.
@@ -91,6 +106,8 @@ def make_pendulum_mixed(
             for _ in range(max_steps):
                 if NOISE[kind] is None:
                     action = rng.uniform(-MAX_TORQUE, MAX_TORQUE)
+                elif kind == "spin":
+                    action = SPIN_TORQUE + NOISE[kind] * 2 * MAX_TORQUE * rng.standard_normal()
                 else:
                     action = swing_up_action(obs) + NOISE[kind] * 2 * MAX_TORQUE * (
                         rng.standard_normal()

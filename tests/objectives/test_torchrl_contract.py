@@ -292,6 +292,31 @@ def test_iql_mask_semantics_match_torchrl():
         torch.testing.assert_close(mine[key], ref[key], msg=key)
 
 
+def test_discrete_iql_mask_semantics_match_torchrl():
+    """TorchRL's discrete IQL masks all three terms, its critic term included."""
+    from torchrl.objectives import DiscreteIQLLoss as TorchRLDiscreteIQLLoss
+
+    torch.manual_seed(0)
+    actor = ProbabilisticActor(
+        TensorDictModule(mlp(OBS, 3), ["observation"], ["logits"]),
+        in_keys=["logits"],
+        spec=Categorical(3),
+        distribution_class=torch.distributions.Categorical,
+    )
+    q = TensorDictModule(mlp(OBS, 3), ["observation"], ["state_action_value"])
+    kwargs = {"expectile": 0.5, "temperature": 1.0, "loss_function": "smooth_l1"}
+    ours = DiscreteIQLLoss(actor, q, value_net(), action_space="categorical", **kwargs)
+    theirs = TorchRLDiscreteIQLLoss(actor, q, value_net(), action_space="categorical", **kwargs)
+    theirs.load_state_dict(ours.state_dict())
+    for loss in (ours, theirs):
+        loss.make_value_estimator(gamma=0.9)
+    data = _masked(batch(discrete=3), reward=1e3)
+    mine, ref = ours(data.clone()), theirs(data.clone())
+    for key in ("loss_actor", "loss_qvalue", "loss_value"):
+        torch.testing.assert_close(mine[key], ref[key], msg=key)
+    assert mine["loss_qvalue"] < 100
+
+
 # ----------------------------------------------------------------------------- estimators
 @pytest.mark.parametrize("value_type", [ValueEstimators.TD1, ValueEstimators.TDLambda])
 def test_cql_accepts_td1_and_td_lambda(value_type):
@@ -361,6 +386,25 @@ def test_cql_per_term_methods_route_gradients():
     assert grads_of(loss.cql_loss(data)[0]) == (False, True, False, False)
     assert grads_of(loss.alpha_prime_loss(data)[0]) == (False, False, False, True)
     assert loss.target_entropy.item() == -ACT
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cql_alpha_prime_loss_is_a_batch_mean_whatever_the_reduction(reduction):
+    torch.manual_seed(0)
+    loss = CQLLoss(
+        tanh_normal_actor(),
+        plain_q(),
+        action_spec=SPEC,
+        with_lagrange=True,
+        lagrange_thresh=1.0,
+        reduction=reduction,
+    )
+    data = batch()
+    data["cql_q1_loss"] = torch.arange(B, dtype=torch.float32)
+    data["cql_q2_loss"] = torch.ones(B)
+    value, _ = loss.alpha_prime_loss(data)
+    expected = -(torch.arange(B) + 1.0).div(2).sub(1.0).mean()  # alpha' = 1 at init
+    torch.testing.assert_close(value, expected)
 
 
 def test_cql_q_loss_equals_forwards_critic_term_when_sampling_does_not_matter():
@@ -463,4 +507,13 @@ def test_bc_pad_mask_wider_than_the_loss_is_a_runtime_error():
     data = batch().select("observation", "action")
     data["is_pad"] = torch.zeros(B, ACT, 2, dtype=torch.bool)
     with pytest.raises(RuntimeError, match="more dimensions"):
+        loss(data)
+
+
+def test_bc_reports_a_nan_not_an_absent_pad_mask():
+    loss = BCLoss(det_bc_actor(), loss_function="l1")
+    loss.set_keys(pad_mask="is_pad")
+    data = batch().select("observation", "action")
+    data["observation"][2, 0] = float("nan")
+    with pytest.raises(OfflineLossError, match="'observation' holds NaN/inf"):
         loss(data)

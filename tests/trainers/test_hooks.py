@@ -118,7 +118,8 @@ def test_log_losses_sums_on_device_survive_key_changes_and_resume():
     whole = LogLosses(interval=100)
     for i, td in enumerate(batches):
         whole(i + 1, td)
-    assert whole.state_dict() == {"sums": expected, "count": 4}
+    counts = {"loss_a": 4.0, "loss_b": 3.0, "loss_c": 1.0}  # the steps that wrote each
+    assert whole.state_dict() == {"sums": expected, "counts": counts, "count": 4}
     part = LogLosses(interval=100)
     part(1, batches[0])
     part(2, batches[1])
@@ -127,6 +128,37 @@ def test_log_losses_sums_on_device_survive_key_changes_and_resume():
     resumed(3, batches[2])
     resumed(4, batches[3])
     assert resumed.state_dict() == whole.state_dict()
+
+
+def test_log_losses_means_each_entry_over_the_steps_that_wrote_it():
+    """A delayed policy update writes loss_actor on every other step: its logged mean is
+    over those steps, and the alternating entries cost no read-back before the log point."""
+    data = make_dataset()
+    torch.manual_seed(0)
+    algo = build_algorithm("td3_bc", *specs_from_dataset(data), hidden_sizes=(8,))
+    trainer = OfflineTrainer(
+        replay_buffer=data, loss_module=algo.loss, optimizer=algo.optimizer, total_steps=4
+    )
+    seen = []
+    trainer.register_op("post_optim_complete_log", lambda steps, td: seen.append(td))
+    hook = LogLosses(interval=4)
+    hook.register(trainer)
+    reads = []
+    real_totals = hook._totals
+    hook._totals = lambda: reads.append(trainer.step) or real_totals()
+    trainer.train()
+    assert reads == [4]  # one read-back, at the logged point
+    actor = [float(td["loss_actor"]) for td in seen if "loss_actor" in td.keys()]
+    critic = [float(td["loss_qvalue"]) for td in seen]
+    assert len(actor) == 2 and len(critic) == 4
+    assert trainer._log_dict["train/loss_actor"] == [pytest.approx(sum(actor) / 2)]
+    assert trainer._log_dict["train/loss_qvalue"] == [pytest.approx(sum(critic) / 4)]
+
+
+def test_log_losses_reads_checkpoints_without_per_entry_counts():
+    hook = LogLosses(interval=100)
+    hook.load_state_dict({"sums": {"loss_a": 3.0}, "count": 2})
+    assert hook.state_dict() == {"sums": {"loss_a": 3.0}, "counts": {"loss_a": 2.0}, "count": 2}
 
 
 def test_progress_bar_shows_steps_per_second_and_losses():

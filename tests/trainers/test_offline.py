@@ -196,6 +196,12 @@ def test_policy_update_delay_updates_the_actor_on_every_second_step_only():
         assert ("loss_actor" in losses[-1].keys()) == (step % 2 == 0)
 
 
+def test_a_trainer_built_by_hand_delays_the_td3_bc_actor():
+    """Without policy_update_delay, the trainer takes the loss's algorithm's (TD3+BC: 2)."""
+    _, trainer = _td3_bc_trainer(make_dataset(), 1)
+    assert trainer.policy_update_delay == 2
+
+
 def test_critic_only_steps_check_the_batch_too():
     data = make_dataset()
     data.storage._storage["observation"][:] = float("nan")

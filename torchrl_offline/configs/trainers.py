@@ -47,7 +47,6 @@ from torchrl.objectives import LossModule, SoftUpdate
 from torchrl.objectives.utils import TargetNetUpdater
 from torchrl.trainers.algorithms.configs.trainers import TrainerConfig
 
-from torchrl_offline import registry
 from torchrl_offline.configs.common import ConfigError, plain
 from torchrl_offline.trainers.checkpoint import latest_checkpoint, load_checkpoint
 from torchrl_offline.trainers.hooks import CheckpointHook, EvaluationHook
@@ -67,7 +66,8 @@ class OfflineTrainerConfig(TrainerConfig):
     ``hard``, called with the loss) and defaults to a soft update at rate ``tau`` when
     the loss has target networks; ``loss_components`` defaults to the loss's own terms
     (:func:`default_loss_components`); ``policy_update_delay`` defaults to the
-    algorithm's (2 for TD3+BC, :func:`default_policy_update_delay`).
+    algorithm's (2 for TD3+BC,
+    :func:`~torchrl_offline.trainers.algorithms.default_policy_update_delay`).
 
     As in :func:`~torchrl_offline.trainers.offline.train`: ``eval_env`` (a gymnasium id)
     adds an :class:`~torchrl_offline.trainers.hooks.EvaluationHook` of the loss's policy
@@ -114,35 +114,6 @@ class OfflineTrainerConfig(TrainerConfig):
         super().__post_init__()
 
 
-def _algorithm_of(loss_module: LossModule) -> str | None:
-    """The registered algorithm whose loss class ``loss_module`` is, if any."""
-    from torchrl_offline.trainers.algorithms import LOSS_KEYS
-
-    for name in LOSS_KEYS:
-        if name != "discrete_bc" and type(loss_module) is registry.get("loss", name):
-            return name
-    return None
-
-
-def default_policy_update_delay(loss_module: LossModule) -> int:
-    """The delayed-policy-update period of a registered offline loss's algorithm (TD3+BC:
-    2), ``1`` for other losses.
-
-    Examples:
-        >>> from torchrl.data import Bounded, Unbounded
-        >>> from torchrl_offline.configs.trainers import default_policy_update_delay
-        >>> from torchrl_offline.trainers.algorithms import build_algorithm
-        >>> algo = build_algorithm("td3_bc", Unbounded(shape=(3,)), Bounded(-1.0, 1.0, (1,)),
-        ...                        hidden_sizes=(8,))
-        >>> default_policy_update_delay(algo.loss)
-        2
-    """
-    from torchrl_offline.trainers.algorithms import algorithm_defaults
-
-    name = _algorithm_of(loss_module)
-    return 1 if name is None else int(algorithm_defaults(name).get("policy_update_delay", 1))
-
-
 def default_loss_components(loss_module: LossModule) -> tuple[str, ...] | None:
     """The loss terms summed for the backward pass of a registered offline loss.
 
@@ -158,9 +129,9 @@ def default_loss_components(loss_module: LossModule) -> tuple[str, ...] | None:
         >>> default_loss_components(algo.loss)
         ('loss_actor', 'loss_qvalue', 'loss_cql', 'loss_alpha')
     """
-    from torchrl_offline.trainers.algorithms import loss_keys
+    from torchrl_offline.trainers.algorithms import algorithm_of, loss_keys
 
-    name = _algorithm_of(loss_module)
+    name = algorithm_of(loss_module)
     return None if name is None else loss_keys(name, loss_module)
 
 
@@ -224,8 +195,6 @@ def _make_offline_trainer(
     components = plain(loss_components)
     if components is None:
         components = default_loss_components(loss_module)
-    if policy_update_delay is None:
-        policy_update_delay = default_policy_update_delay(loss_module)
     extra = {}
     if optimization_stepper is not None:
         extra["optimization_stepper"] = optimization_stepper
@@ -242,7 +211,7 @@ def _make_offline_trainer(
         clip_norm=clip_norm,
         seed=seed,
         metadata=plain(metadata),
-        policy_update_delay=int(policy_update_delay),
+        policy_update_delay=policy_update_delay,
         **extra,
     )
     if eval_env:

@@ -67,13 +67,15 @@ class BCLoss(LossModule):
       ``"l1"``, ``"l2"``/``"mse"``, ``"smooth_l1"``, a callable). The actor writes its
       action under the ``action`` key; an actor writing ``"action"`` while the key is
       another one still works, with TorchRL's ``FutureWarning``, and one writing
-      neither is an :class:`ActorOutputError` (a ``RuntimeError``, as in TorchRL).
+      neither is an :class:`ActorOutputError` (a ``RuntimeError``, as in TorchRL). (In
+      the discrete form, a plain module with one output, its logits, is also accepted.)
     * integer logged actions (``mode="discrete"``, picked automatically): the
       cross-entropy of the actor's logits (a ``ProbabilisticActor`` over a categorical
       distribution is trained by its log-likelihood instead).
 
     With ``reduction="none"`` the loss is per sample, shaped like the batch, and per
-    action element in the deterministic form (as in TorchRL). Padded entries (the
+    action element in the deterministic form (as in TorchRL); with a pad mask in the
+    batch it is the flat tensor of the unpadded entries (TorchRL's convention). Padded entries (the
     ``pad_mask`` key, when the batch holds it) and rows masked by ``("collector",
     "mask")`` are left out of the reduction; a configured ``pad_mask`` absent from the
     batch means no padding.
@@ -234,7 +236,7 @@ class BCLoss(LossModule):
                 "hardcoded 'action' key is deprecated in TorchRL (removed in v0.16): make "
                 "the actor's out_keys match the loss's action key.",
                 FutureWarning,
-                stacklevel=4,
+                stacklevel=2,
             )
             return "action"
         if self.mode == "discrete" and len(out_keys) == 1:  # the logits of a plain module
@@ -300,8 +302,9 @@ class BCLoss(LossModule):
             forms, ``action_error`` (mean absolute error) in the deterministic form.
         """
         pad_key = self.tensor_keys.pad_mask
-        if self.check_inputs:  # an absent pad mask means no padding
-            check_batch(tensordict, [k for k in self.in_keys if k != pad_key], finite=False)
+        required = [k for k in self.in_keys if k != pad_key]  # an absent pad mask: no padding
+        if self.check_inputs:
+            check_batch(tensordict, required, finite=False)
         action = tensordict.get(self.tensor_keys.action)
         td = self._actor_input(tensordict)
         mode = self.mode
@@ -342,5 +345,5 @@ class BCLoss(LossModule):
             td_out = TensorDict({"loss_bc": loss}, batch_size=loss.shape[: tensordict.batch_dims])
         else:
             td_out = TensorDict({"loss_bc": loss, **diagnostics})
-        count_update(self, "_num_updates", td_out, batch=tensordict)
+        count_update(self, "_num_updates", td_out, batch=tensordict, batch_keys=required)
         return td_out

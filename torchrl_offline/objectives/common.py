@@ -964,7 +964,8 @@ def make_loss_value_estimator(
         **hyperparams: estimator hyperparameters, e.g. ``gamma``.
 
     Returns:
-        The loss (TorchRL's convention).
+        What TorchRL's ``make_value_estimator`` returns: ``None`` for a
+        ``ValueEstimators`` member, the loss for an estimator class or instance.
     """
     from torchrl.objectives import LossModule
     from torchrl.objectives.utils import dispatch_value_estimator
@@ -983,7 +984,7 @@ def make_loss_value_estimator(
         tensor_keys=tensor_keys,
         **hyperparams,
     )
-    return loss
+    return None
 
 
 def bootstrap_target(

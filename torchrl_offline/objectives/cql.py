@@ -33,6 +33,7 @@ from torchrl.objectives.utils import (
     _cache_values,
     distance_loss,
 )
+from torchrl.objectives.value import TD0Estimator
 
 from torchrl_offline.objectives.common import (
     OfflineLossError,
@@ -402,7 +403,7 @@ class CQLLoss(LossModule):
                 terminated=self.tensor_keys.terminated,
             )
 
-    def make_value_estimator(self, value_type: ValueEstimators = None, **hyperparams) -> None:
+    def make_value_estimator(self, value_type: ValueEstimators = None, **hyperparams):
         """Builds the estimator of the Bellman target from the next states' value.
 
         Args:
@@ -413,7 +414,7 @@ class CQLLoss(LossModule):
         Keyword Args:
             gamma (float): the discount factor.
         """
-        make_loss_value_estimator(
+        return make_loss_value_estimator(
             self,
             value_type,
             tensor_keys={
@@ -587,11 +588,13 @@ class CQLLoss(LossModule):
     def _alpha_prime_term(self, constraint: Tensor) -> Tensor:
         return -self._alpha_prime * constraint.detach().mean(0)
 
-    def _reduce(self, loss: Tensor, tensordict: TensorDictBase | None) -> Tensor:
+    def _reduce(
+        self, loss: Tensor, tensordict: TensorDictBase | None, reduction: str | None = None
+    ) -> Tensor:
         """Reduces a per-sample loss of the flat batch, honouring the batch's masks."""
         if tensordict is not None:
             loss = loss.reshape(tensordict.batch_size)
-        return self._reduce_loss(loss, tensordict=tensordict)
+        return self._reduce_loss(loss, tensordict=tensordict, reduction=reduction)
 
     def _per_critic_keys(self, kind: str) -> list[NestedKey]:
         """Batch keys of one value per critic: ``"pred"`` (``pred_q1``, ``pred_q2``, then
@@ -711,7 +714,9 @@ class CQLLoss(LossModule):
         penalty = self._read_per_critic(tensordict, "cql", order="cql_loss before alpha_prime_loss")
         constraint = penalty - self.target_action_gap
         loss = self._alpha_prime_term(constraint)
-        return self._reduce(loss, tensordict), {"alpha_prime": self._alpha_prime.detach()}
+        # a batch mean whatever the reduction, as TorchRL's: alpha' is one scalar
+        loss = self._reduce(loss, tensordict, reduction="mean")
+        return loss, {"alpha_prime": self._alpha_prime.detach()}
 
     def _sampled_actions(self, td: TensorDictBase) -> tuple[Tensor, Tensor]:
         """Proposal actions ``[K, B, A]`` and the policy samples' log-densities ``[N, 2B]``."""
@@ -822,7 +827,9 @@ class CQLLoss(LossModule):
         self, losses: dict, diagnostics: dict, alpha: Tensor, tensordict: TensorDictBase
     ) -> TensorDict:
         batch_shape = tensordict.batch_size
-        losses = {k: self._reduce(v, tensordict) for k, v in losses.items()}
+        # alpha' is one scalar: its loss is a batch mean (TorchRL's), even for "sum"
+        reductions = {"loss_alpha_prime": "mean"} if self.reduction == "sum" else {}
+        losses = {k: self._reduce(v, tensordict, reductions.get(k)) for k, v in losses.items()}
         if self.reduction == "none":
             out = {**losses, **{k: v.reshape(batch_shape) for k, v in diagnostics.items()}}
             mode = self.scalar_output_mode
@@ -1008,7 +1015,7 @@ class DiscreteCQLLoss(LossModule):
                 terminated=self.tensor_keys.terminated,
             )
 
-    def make_value_estimator(self, value_type: ValueEstimators = None, **hyperparams) -> None:
+    def make_value_estimator(self, value_type: ValueEstimators = None, **hyperparams):
         """Builds the estimator of the Bellman target from the next states' value.
 
         Args:
@@ -1019,16 +1026,17 @@ class DiscreteCQLLoss(LossModule):
         Keyword Args:
             gamma (float): the discount factor.
         """
-        if (
-            self.num_quantiles is not None
-            and value_type is not None
-            and value_type != ValueEstimators.TD0
-        ):
+        td0 = (
+            value_type in (None, ValueEstimators.TD0)
+            or isinstance(value_type, TD0Estimator)
+            or (isinstance(value_type, type) and issubclass(value_type, TD0Estimator))
+        )
+        if self.num_quantiles is not None and not td0:
             raise OfflineLossError(
                 f"the quantile critic (num_quantiles={self.num_quantiles}) supports the "
                 f"TD0 estimator only, got {value_type}"
             )
-        make_loss_value_estimator(
+        return make_loss_value_estimator(
             self,
             value_type,
             tensor_keys={

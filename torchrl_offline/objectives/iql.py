@@ -38,6 +38,7 @@ from torchrl.objectives.value import TD0Estimator
 from torchrl_offline.objectives.common import (
     OfflineLossError,
     actor_distribution,
+    bootstrap_target,
     check_batch,
     count_update,
     ensemble_apply,
@@ -206,6 +207,10 @@ class IQLLoss(LossModule):
 
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
+    # TorchRL's continuous IQL reduces its critic term without the batch's validity masks
+    # (("collector", "mask"), "shifted_valid"; it selects the critic's batch without
+    # them) while its actor and value terms use them; its discrete IQL masks all three.
+    _masked_critic: ClassVar[bool] = False
     default_value_estimator = ValueEstimators.TD0
     SUPPORTED_VALUE_ESTIMATORS = (
         ValueEstimators.TD0,
@@ -361,7 +366,7 @@ class IQLLoss(LossModule):
                 terminated=self.tensor_keys.terminated,
             )
 
-    def make_value_estimator(self, value_type: ValueEstimators = None, **hyperparams) -> None:
+    def make_value_estimator(self, value_type: ValueEstimators = None, **hyperparams):
         """Builds the estimator of the critics' target ``r + gamma V(s')`` (TD0 by default).
 
         Args:
@@ -369,7 +374,7 @@ class IQLLoss(LossModule):
                 ``TDLambda``, or a ``ValueEstimatorBase`` subclass.
             **hyperparams: e.g. ``gamma`` (default 0.99).
         """
-        make_loss_value_estimator(
+        return make_loss_value_estimator(
             self,
             value_type,
             tensor_keys={
@@ -460,10 +465,15 @@ class IQLLoss(LossModule):
         if type(estimator) is TD0Estimator:
             next_inputs = [tensordict.get(next_key(k)) for k in self.value_network.in_keys]
             next_value = self._value(self.value_network_params, next_inputs)  # under no_grad
-            reward = tensordict.get(("next", self.tensor_keys.reward)).squeeze(-1)
-            terminated = tensordict.get(("next", self.tensor_keys.terminated)).squeeze(-1)
-            not_terminal = (~terminated.bool()).to(next_value.dtype)
-            return reward + estimator.gamma * not_terminal * next_value
+            keys = self.tensor_keys
+            return bootstrap_target(
+                estimator,
+                tensordict,
+                next_value,
+                reward_key=keys.reward,
+                done_key=keys.done,
+                terminated_key=keys.terminated,
+            )
         td = tensordict.select(
             "next", *self.value_network.in_keys, self.tensor_keys.action, strict=False
         )
@@ -544,9 +554,8 @@ class IQLLoss(LossModule):
             per_critic = distance_loss(q, target, loss_function=self.loss_function)
         loss = per_critic.sum(0)
         td_error = (q.detach() - target).abs().max(0)[0]
-        # TorchRL's IQL reduces the critic term without the batch's validity masks
-        # (("collector", "mask"), "shifted_valid"); the actor and value terms use them.
-        return self._reduce(loss, None), {
+        mask_source = tensordict if self._masked_critic else None
+        return self._reduce(loss, mask_source), {
             "td_error": td_error,
             "state_action_value": q.detach(),
         }
@@ -636,6 +645,8 @@ class DiscreteIQLLoss(IQLLoss):
         >>> loss(batch)["loss_qvalue"].shape
         torch.Size([])
     """
+
+    _masked_critic: ClassVar[bool] = True
 
     def __init__(
         self,

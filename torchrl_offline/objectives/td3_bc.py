@@ -481,7 +481,8 @@ class TD3BCLoss(LossModule):
 
     # ------------------------------------------------------------------ losses
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
-        """The TD3+BC actor loss, never gated (call it on the steps you choose).
+        """The TD3+BC actor loss (call it on the steps you choose: the policy delay is the
+        training loop's).
 
         Args:
             tensordict (TensorDictBase): a batch holding :attr:`in_keys`.
@@ -490,9 +491,6 @@ class TD3BCLoss(LossModule):
             ``(loss_actor, metadata)`` where ``metadata`` holds the detached
             ``"bc_loss"``, ``"lmbd"`` and ``"state_action_value_actor"``.
         """
-        return self._actor_loss(tensordict)
-
-    def _actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         weights = self._maybe_get_priority_weight(tensordict)
         action = self._actor_action(tensordict, target=False)
         q1 = module_apply(
@@ -527,9 +525,6 @@ class TD3BCLoss(LossModule):
             (``[E, *batch]``) and the detached ``"next_state_value"``,
             ``"pred_value"`` and ``"target_value"``.
         """
-        return self._qvalue_loss(tensordict)
-
-    def _qvalue_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         weights = self._maybe_get_priority_weight(tensordict)
         with torch.no_grad():
             next_action = self._actor_action(tensordict.get("next"), target=True)
@@ -570,8 +565,8 @@ class TD3BCLoss(LossModule):
         if self.check_inputs:
             check_batch(tensordict, self.in_keys, finite=False)
         self._count_call()
-        loss_qvalue, metadata = self._qvalue_loss(tensordict)
-        loss_actor, actor_metadata = self._actor_loss(tensordict)
+        loss_qvalue, metadata = self.qvalue_loss(tensordict)
+        loss_actor, actor_metadata = self.actor_loss(tensordict)
         if loss_actor.shape != loss_qvalue.shape:
             raise RuntimeError(
                 f"actor and critic losses have different shapes: "

@@ -46,7 +46,9 @@ __all__ = [
     "Algorithm",
     "AlgorithmError",
     "algorithm_defaults",
+    "algorithm_of",
     "build_algorithm",
+    "default_policy_update_delay",
     "loss_keys",
     "make_lr_scheduler",
     "specs_from_dataset",
@@ -137,6 +139,40 @@ def loss_keys(name: str, loss: LossModule) -> tuple[str, ...]:
     """
     written = getattr(loss, "out_keys", None)
     return tuple(k for k in LOSS_KEYS[name] if written is None or k in written)
+
+
+def algorithm_of(loss_module: LossModule) -> str | None:
+    """The algorithm of :data:`ALGORITHMS` whose loss class ``loss_module`` is, if any.
+
+    Examples:
+        >>> from torchrl.data import Bounded, Unbounded
+        >>> from torchrl_offline.trainers.algorithms import algorithm_of, build_algorithm
+        >>> algo = build_algorithm("td3_bc", Unbounded(shape=(3,)), Bounded(-1.0, 1.0, (1,)),
+        ...                        hidden_sizes=(8,))
+        >>> algorithm_of(algo.loss)
+        'td3_bc'
+    """
+    for name in LOSS_KEYS:
+        if name != "discrete_bc" and type(loss_module) is registry.get("loss", name):
+            return name
+    return None
+
+
+def default_policy_update_delay(loss_module: LossModule) -> int:
+    """The delayed-policy-update period of ``loss_module``'s algorithm: TD3+BC's 2,
+    ``1`` for every other loss (ours or not).
+
+    Examples:
+        >>> from torchrl.data import Bounded, Unbounded
+        >>> from torchrl_offline.trainers.algorithms import (
+        ...     build_algorithm, default_policy_update_delay)
+        >>> algo = build_algorithm("td3_bc", Unbounded(shape=(3,)), Bounded(-1.0, 1.0, (1,)),
+        ...                        hidden_sizes=(8,))
+        >>> default_policy_update_delay(algo.loss)
+        2
+    """
+    name = algorithm_of(loss_module)
+    return 1 if name is None else int(algorithm_defaults(name).get("policy_update_delay", 1))
 
 
 # Constructor arguments the builder sets itself (or that are deprecated), never overrides.

@@ -335,9 +335,11 @@ class LogLosses(TrainerHookBase):
 
     Values go to the trainer's logger as ``train/<key>`` at steps that are multiples of
     ``interval`` (and are appended to ``trainer._log_dict`` for TorchRL hooks such as
-    ``EarlyStopping``). Non-scalar entries are skipped. The sums stay on the losses'
-    device (one stacked float64 accumulator) and are read back once per logged point,
-    not once per step and entry.
+    ``EarlyStopping``). Non-scalar entries are skipped. Each entry's mean is over the
+    steps that wrote it: with a delayed policy update, ``loss_actor`` is the mean over
+    the actor's updates. The sums and counts stay on the losses' device (one float64
+    accumulator, one column per entry seen) and are read back once per logged point,
+    not once per step and entry, also when the entries change from step to step.
 
     Args:
         interval (int): steps per logged point. Defaults to ``1000``.
@@ -349,9 +351,10 @@ class LogLosses(TrainerHookBase):
             raise ValueError(f"interval must be >= 1, got {interval}")
         self.interval = int(interval)
         self.prefix = prefix
-        self._sums: dict[str, float] = {}  # read-back sums of keys no longer in _keys
-        self._keys: tuple[str, ...] = ()
-        self._acc: torch.Tensor | None = None  # float64 sums of _keys, on the device
+        self._keys: list[str] = []  # the accumulator's columns
+        self._acc: torch.Tensor | None = None  # [2, len(_keys)]: float64 sums, counts
+        self._columns: dict[tuple[str, ...], torch.Tensor] = {}  # entry set -> columns
+        self._restored: dict[str, tuple[float, float]] = {}  # from a checkpoint, not yet seen
         self._count = 0
         self._trainer: Any = None
 
@@ -365,35 +368,55 @@ class LogLosses(TrainerHookBase):
             if scalars:
                 keys = tuple(key for key, _ in scalars)
                 values = torch.stack([v.detach().reshape(()).to(torch.float64) for _, v in scalars])
-                if keys != self._keys or self._acc is None:
-                    # (re)start the accumulator from the sums so far: the additions happen
-                    # in the same order as without the change (or the resume)
-                    self._sums = self._totals()
-                    start = [self._sums.pop(key, 0.0) for key in keys]
-                    self._keys = keys
-                    self._acc = torch.tensor(start, dtype=torch.float64, device=values.device)
-                self._acc.add_(values)
+                columns = self._columns.get(keys)
+                if columns is None:
+                    columns = self._add_columns(keys, values.device)
+                update = torch.stack([values, torch.ones_like(values)])
+                self._acc.index_add_(1, columns, update)
             self._count += 1
         step = int(getattr(self._trainer, "collected_frames", optim_steps))
         if step % self.interval == 0 and self._count:
-            for key, total in self._totals().items():
-                _log_scalar(self._trainer, f"{self.prefix}/{key}", total / self._count, step)
-            self._sums, self._keys, self._acc, self._count = {}, (), None, 0
+            for key, (total, count) in self._totals().items():
+                if count:
+                    _log_scalar(self._trainer, f"{self.prefix}/{key}", total / count, step)
+            self._keys, self._acc, self._columns, self._restored = [], None, {}, {}
+            self._count = 0
 
-    def _totals(self) -> dict[str, float]:
-        totals = dict(self._sums)
+    def _add_columns(self, keys: tuple[str, ...], device: torch.device) -> torch.Tensor:
+        """Columns of ``keys`` in the accumulator, adding those it lacks (no host read)."""
+        new = [key for key in keys if key not in self._keys]
+        if new:
+            start = [self._restored.pop(key, (0.0, 0.0)) for key in new]
+            block = torch.tensor(start, dtype=torch.float64, device=device).T.reshape(2, -1)
+            self._acc = block if self._acc is None else torch.cat([self._acc, block], 1)
+            self._keys.extend(new)
+        columns = torch.tensor([self._keys.index(k) for k in keys], device=device)
+        self._columns[keys] = columns
+        return columns
+
+    def _totals(self) -> dict[str, tuple[float, float]]:
+        """``key -> (sum, count)`` since the last logged point."""
+        totals = dict(self._restored)
         if self._acc is not None:
-            for key, value in zip(self._keys, self._acc.tolist()):
-                totals[key] = totals.get(key, 0.0) + value
+            sums, counts = self._acc.tolist()
+            totals.update(zip(self._keys, zip(sums, counts)))
         return totals
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": self._totals(), "count": self._count}
+        totals = self._totals()
+        return {
+            "sums": {k: s for k, (s, _) in totals.items()},
+            "counts": {k: c for k, (_, c) in totals.items()},
+            "count": self._count,
+        }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        self._sums = dict(state_dict.get("sums", {}))
-        self._keys, self._acc = (), None
         self._count = int(state_dict.get("count", 0))
+        sums = dict(state_dict.get("sums", {}))
+        # checkpoints written before per-entry counts: every entry was written each step
+        counts = dict(state_dict.get("counts", {k: float(self._count) for k in sums}))
+        self._restored = {k: (float(sums[k]), float(counts.get(k, 0.0))) for k in sums}
+        self._keys, self._acc, self._columns = [], None, {}
 
     def register(self, trainer: Any, name: str = "log_losses") -> None:
         self._trainer = trainer

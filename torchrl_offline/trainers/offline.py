@@ -46,6 +46,7 @@ from torchrl_offline.trainers.algorithms import (
     _jsonable,
     algorithm_defaults,
     build_algorithm,
+    default_policy_update_delay,
     make_lr_scheduler,
     specs_from_dataset,
 )
@@ -196,7 +197,8 @@ class OfflineTrainer(Trainer):
             loss (actor included) on every ``policy_update_delay``-th step, the critic
             term alone (the loss's ``qvalue_loss``) on the others, so the actor's
             parameters get no gradient and the optimizer leaves them as they are.
-            Defaults to ``1`` (every step is a full update).
+            Defaults to the loss's algorithm's (2 for our ``TD3BCLoss``, 1 otherwise:
+            :func:`~torchrl_offline.trainers.algorithms.default_policy_update_delay`).
 
     Examples:
         >>> import torch
@@ -238,10 +240,12 @@ class OfflineTrainer(Trainer):
         seed: int | None = None,
         metadata: Mapping[str, Any] | None = None,
         optimization_stepper: OptimizationStepper | None = None,
-        policy_update_delay: int = 1,
+        policy_update_delay: int | None = None,
     ) -> None:
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        if policy_update_delay is None:
+            policy_update_delay = default_policy_update_delay(loss_module)
         if int(policy_update_delay) < 1:
             raise ValueError(f"policy_update_delay must be >= 1, got {policy_update_delay}")
         if policy_update_delay > 1 and not callable(getattr(loss_module, "qvalue_loss", None)):
