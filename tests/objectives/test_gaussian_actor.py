@@ -103,3 +103,47 @@ def test_bad_arguments_are_named():
         TanhMeanGaussian(3, HIGH, LOW)
     with pytest.raises(ValueError, match="log_std_bounds"):
         TanhMeanGaussian(3, LOW, HIGH, log_std_bounds=(2.0, -5.0))
+
+
+def test_tanh_normal_actor_is_flagged_once_for_iql_and_awac(caplog, monkeypatch):
+    """A TorchRL-example TanhNormal actor for a weighted-likelihood loss gets a one-time
+    logged advice naming the measured difference and the paper's actor."""
+    import logging
+
+    from tensordict.nn import NormalParamExtractor, TensorDictModule
+    from torchrl.data import Bounded
+    from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
+
+    from torchrl_offline.objectives import AWACLoss, IQLLoss, make_tanh_mean_gaussian_actor
+    from torchrl_offline.objectives import gaussian_actor as module
+
+    monkeypatch.setattr(module, "_ADVISED", set())
+    spec = Bounded(-1.0, 1.0, (1,))
+
+    def tanh_normal():
+        net = torch.nn.Sequential(MLP(in_features=3, out_features=2, num_cells=[8]),
+                                  NormalParamExtractor())  # fmt: skip
+        body = TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"])
+        return ProbabilisticActor(
+            body, in_keys=["loc", "scale"], spec=spec, distribution_class=TanhNormal
+        )
+
+    def q():
+        return ValueOperator(MLP(in_features=4, out_features=1, num_cells=[8]),
+                             in_keys=["observation", "action"])  # fmt: skip
+
+    def v():
+        return ValueOperator(MLP(in_features=3, out_features=1, num_cells=[8]),
+                             in_keys=["observation"])  # fmt: skip
+
+    with caplog.at_level(logging.WARNING, logger="torchrl_offline"):
+        IQLLoss(make_tanh_mean_gaussian_actor(3, spec, num_cells=[8]), q(), v())
+        assert not caplog.records
+        IQLLoss(tanh_normal(), q(), v())
+        IQLLoss(tanh_normal(), q(), v())
+        AWACLoss(tanh_normal(), q())
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2  # once per loss
+    assert "IQLLoss" in messages[0] and "-1014" in messages[0]
+    assert "make_tanh_mean_gaussian_actor" in messages[0]
+    assert "AWACLoss" in messages[1] and "-822" in messages[1]

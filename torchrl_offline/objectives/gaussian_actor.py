@@ -21,6 +21,7 @@ average return, with this actor above it (``benchmarks/learning_pendulum.py``).
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 import torch
@@ -30,7 +31,18 @@ from torchrl.data.tensor_specs import Bounded, TensorSpec
 from torchrl.envs.utils import ExplorationType
 from torchrl.modules import MLP, IndependentNormal, ProbabilisticActor
 
-__all__ = ["TanhMeanGaussian", "make_tanh_mean_gaussian_actor"]
+__all__ = ["TanhMeanGaussian", "advise_on_actor", "make_tanh_mean_gaussian_actor"]
+
+logger = logging.getLogger("torchrl_offline")
+
+#: Measured consequences of a ``TanhNormal`` actor, per weighted-likelihood loss (mixed
+#: Pendulum-v1 data of ``benchmarks/pendulum_mixed.py``, 5,000 updates, final return,
+#: mean over seeds; ``docs/benchmarks.md``).
+_TANH_NORMAL_MEASURED = {
+    "IQLLoss": "final return -1014 with it, -331 with the paper's Gaussian (d3rlpy -328)",
+    "AWACLoss": "final return -822 with it, -131 with the paper's Gaussian (d3rlpy -126)",
+}
+_ADVISED: set[str] = set()
 
 
 class TanhMeanGaussian(nn.Module):
@@ -176,3 +188,60 @@ def make_tanh_mean_gaussian_actor(
         distribution_class=IndependentNormal,
         default_interaction_type=ExplorationType.RANDOM,
     )
+
+
+def _samples_tanh_normal(actor: nn.Module) -> bool:
+    from tensordict.nn import ProbabilisticTensorDictModule
+    from torchrl.modules import TanhNormal
+
+    return any(
+        isinstance(m, ProbabilisticTensorDictModule)
+        and isinstance(m.distribution_class, type)
+        and issubclass(m.distribution_class, TanhNormal)
+        for m in actor.modules()
+    )
+
+
+def advise_on_actor(loss_name: str, actor: nn.Module) -> bool:
+    """Logs, once per process and loss, that a ``TanhNormal`` actor is a known-bad choice
+    for a loss fitting the actor by the weighted likelihood of logged actions (IQL, AWAC).
+
+    A ``TanhNormal`` with a state-dependent scale (TorchRL's example actor) gives logged
+    actions on or near the action bounds log-likelihoods dominated by ``atanh`` near
+    ``+-1``; their gradients swamp the advantage weighting. The paper's Gaussian
+    (:func:`make_tanh_mean_gaussian_actor`) does not have the problem. The advice goes to
+    the ``torchrl_offline`` logger (a ``logging`` warning, not a Python warning, so test
+    suites that turn warnings into errors keep running).
+
+    Args:
+        loss_name (str): the loss class's name, e.g. ``"IQLLoss"``.
+        actor (nn.Module): the actor network.
+
+    Returns:
+        bool: whether the advice applies (it is logged the first time only).
+
+    Examples:
+        >>> import torch
+        >>> from torchrl.data import Bounded
+        >>> from torchrl_offline.objectives.gaussian_actor import (
+        ...     advise_on_actor, make_tanh_mean_gaussian_actor)
+        >>> actor = make_tanh_mean_gaussian_actor(3, Bounded(-1.0, 1.0, (1,)), num_cells=[8])
+        >>> advise_on_actor("IQLLoss", actor)
+        False
+    """
+    if loss_name not in _TANH_NORMAL_MEASURED or not _samples_tanh_normal(actor):
+        return False
+    if loss_name not in _ADVISED:
+        _ADVISED.add(loss_name)
+        measured = _TANH_NORMAL_MEASURED[loss_name]
+        logger.warning(
+            "%s: the actor samples from a TanhNormal (TorchRL's example actor). %s fits it "
+            "by the weighted log-likelihood of logged actions, and those on or near the "
+            "action bounds then dominate the fit%s. The paper's Gaussian, "
+            "torchrl_offline.objectives.make_tanh_mean_gaussian_actor(obs_dim, action_spec), "
+            "avoids it (docs/objectives.md, 'The IQL paper's Gaussian actor').",
+            loss_name,
+            loss_name,
+            f" (mixed-quality Pendulum data: {measured})",
+        )
+    return True

@@ -48,6 +48,7 @@ from torchrl_offline.objectives.common import (
     next_key,
     tanh_normal_log_prob,
 )
+from torchrl_offline.objectives.gaussian_actor import advise_on_actor
 
 __all__ = ["IQL_PRESETS", "DiscreteIQLLoss", "IQLLoss", "expectile_loss"]
 
@@ -107,7 +108,8 @@ class IQLLoss(LossModule):
     :func:`~torchrl_offline.objectives.gaussian_actor.make_tanh_mean_gaussian_actor`)
     this loss reaches d3rlpy's IQL returns on ``benchmarks/learning_pendulum.py``,
     while with the ``TanhNormal`` actor of TorchRL's IQL example (state-dependent
-    scale) it ends below the dataset's average return. Build the networks with ReLU
+    scale) it ends below the dataset's average return (a ``TanhNormal`` actor is
+    flagged once, at construction, on the ``torchrl_offline`` logger). Build the networks with ReLU
     hidden units: ``torchrl.modules.MLP`` defaults to ``Tanh``.
 
     Args:
@@ -279,6 +281,7 @@ class IQLLoss(LossModule):
         self._num_updates = 0
 
         self.convert_to_functional(actor_network, "actor_network", create_target_params=False)
+        advise_on_actor("IQLLoss", actor_network)
         policy_params = list(actor_network.parameters()) if separate_losses else None
         self.convert_to_functional(
             value_network,
