@@ -82,6 +82,18 @@ VARIANTS: dict[str, dict[str, tuple[str, dict]]] = {
         # build_algorithm's entropy-temperature rate before it was set to the actor's
         "ours_alpha_lr3e-4": ("ours", {"alpha_lr": 3e-4}),
         "ours_stochastic_backup": ("ours", {"deterministic_backup": False}),
+        # d3rlpy's target action: the policy's mean at s', not a draw
+        "ours_mean_backup": ("ours", {"backup_action": "mean"}),
+        "ours_lagrange_mean_backup": (
+            # d3rlpy's conservative settings and target action together
+            "ours",
+            {
+                "min_q_weight": 5.0,
+                "with_lagrange": True,
+                "lagrange_thresh": 10.0,
+                "backup_action": "mean",
+            },
+        ),
         "ours_lagrange": (
             # d3rlpy's conservative settings: weight 5, Lagrange on the gap with threshold 10
             "ours",

@@ -131,6 +131,10 @@ def reference_cql(loss: CQLLoss, data: TensorDict, seed: int) -> dict[str, torch
     a_both, logp_both = tanh_normal(loc, scale, loc + scale * eps1)
     a_pi, logp_pi = a_both[:b], logp_both[:b]
     a_next, logp_next = a_both[b:].detach(), logp_both[b:].detach()
+    if loss.backup_action == "mean":  # the policy's deterministic action at s'
+        a_next = (mid + half * torch.tanh(loc[b:])).detach()
+        u_next = torch.atanh((a_next - mid) / half)
+        logp_next = tanh_normal(loc[b:], scale[b:], u_next)[1].detach()
     a_smp, logp_smp = tanh_normal(loc, scale, loc + scale * eps2)
     a_smp, logp_smp = a_smp.detach(), logp_smp.detach()
     alpha = loss.log_alpha.detach().exp()
@@ -207,8 +211,10 @@ def reference_cql(loss: CQLLoss, data: TensorDict, seed: int) -> dict[str, torch
         {"max_q_backup": True},
         {"deterministic_backup": False, "temperature": 0.5},
         {"cql_variant": "rho", "min_q_weight": 5.0},
+        {"backup_action": "mean"},
+        {"backup_action": "mean", "deterministic_backup": False},
     ],
-    ids=["H", "lagrange", "max_q_backup", "soft_backup_temp", "rho"],
+    ids=["H", "lagrange", "max_q_backup", "soft_backup_temp", "rho", "mean", "mean_soft"],
 )
 def test_matches_plain_torch_transcription(kwargs):
     loss = make_loss(reduction="none", **kwargs)

@@ -517,3 +517,15 @@ def test_bc_reports_a_nan_not_an_absent_pad_mask():
     data["observation"][2, 0] = float("nan")
     with pytest.raises(OfflineLossError, match="'observation' holds NaN/inf"):
         loss(data)
+
+
+def test_cql_mean_backup_q_loss_equals_forwards_critic_term():
+    """With ``backup_action="mean"`` the target is deterministic given the networks:
+    ``q_loss`` and ``forward`` agree for any critic."""
+    torch.manual_seed(0)
+    loss = CQLLoss(tanh_normal_actor(), plain_q(), action_spec=SPEC, backup_action="mean")
+    loss.make_value_estimator(gamma=0.9)
+    data = batch()
+    torch.testing.assert_close(loss.q_loss(data.clone())[0], loss(data.clone())["loss_qvalue"])
+    with pytest.raises(ValueError, match="backup_action"):
+        CQLLoss(tanh_normal_actor(), plain_q(), action_spec=SPEC, backup_action="max")

@@ -121,6 +121,7 @@ class OfflineCQLLossConfig(LossConfig):
     min_q_weight: float = 10.0
     max_q_backup: bool = False
     deterministic_backup: bool = True
+    backup_action: str = "sample"
     num_random: int = 10
     with_lagrange: bool = False
     lagrange_thresh: float = 10.0

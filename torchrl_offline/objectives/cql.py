@@ -72,6 +72,7 @@ CQL_PRESETS: dict[str, dict[str, float | bool]] = {
 }
 
 _CQL_VARIANTS = ("H", "rho")
+_BACKUP_ACTIONS = ("sample", "mean")
 _SCALAR_MODES = (None, "exclude", "non_tensor")
 
 
@@ -145,6 +146,10 @@ class CQLLoss(LossModule):
             target. Defaults to ``False``.
         deterministic_backup (bool, optional): no entropy bonus in the target.
             Defaults to ``True``.
+        backup_action (str, optional): the next action of the Bellman target:
+            ``"sample"`` (default, the paper's code and CORL: a draw from
+            :math:`\pi(\cdot|s')`) or ``"mean"`` (the policy's deterministic action,
+            e.g. ``tanh(loc)`` of a ``TanhNormal``, as d3rlpy does).
         num_random (int, optional): actions sampled per state from each proposal.
             Defaults to 10.
         with_lagrange (bool, optional): tune the CQL weight by dual descent.
@@ -273,6 +278,7 @@ class CQLLoss(LossModule):
         min_q_weight: float = 10.0,
         max_q_backup: bool = False,
         deterministic_backup: bool = True,
+        backup_action: str = "sample",
         num_random: int = 10,
         with_lagrange: bool = False,
         lagrange_thresh: float = 10.0,
@@ -287,6 +293,10 @@ class CQLLoss(LossModule):
             raise TypeError(_GAMMA_LMBDA_DEPREC_ERROR)
         if cql_variant not in _CQL_VARIANTS:
             raise ValueError(f"cql_variant must be one of {_CQL_VARIANTS}, got {cql_variant!r}")
+        if backup_action not in _BACKUP_ACTIONS:
+            raise ValueError(
+                f"backup_action must be one of {_BACKUP_ACTIONS}, got {backup_action!r}"
+            )
         if scalar_output_mode not in _SCALAR_MODES:
             raise ValueError(
                 f"scalar_output_mode must be one of {_SCALAR_MODES}, got {scalar_output_mode!r}"
@@ -319,6 +329,7 @@ class CQLLoss(LossModule):
         self.min_q_weight = float(min_q_weight)
         self.max_q_backup = max_q_backup
         self.deterministic_backup = deterministic_backup
+        self.backup_action = backup_action
         self.num_random = int(num_random)
         self.with_lagrange = with_lagrange
         self.target_action_gap = float(lagrange_thresh)
@@ -535,6 +546,13 @@ class CQLLoss(LossModule):
             next_value = next_value - self._alpha * logp_next
         return next_value
 
+    def _backup_action(self, dist) -> tuple[Tensor, Tensor]:
+        """The target's next action and its log-density under ``dist``."""
+        if self.backup_action == "sample":
+            return rsample_and_log_prob(dist)
+        action = dist.deterministic_sample
+        return action, dist.log_prob(action)
+
     def _bellman_target(self, tensordict: TensorDictBase, next_value: Tensor) -> Tensor:
         """The critics' target over the batch as given (TD(lambda) needs its time dim)."""
         keys = self.tensor_keys
@@ -668,7 +686,7 @@ class CQLLoss(LossModule):
         td = self._flat(tensordict)
         with torch.no_grad():
             dist_next = self._policy_at(td, nxt=True)
-            a_next, logp_next = rsample_and_log_prob(dist_next)
+            a_next, logp_next = self._backup_action(dist_next)
             a_next_samples = None
             if self.max_q_backup:
                 a_next_samples = dist_next.sample((self.num_random,))
@@ -771,7 +789,12 @@ class CQLLoss(LossModule):
             self._check_shapes(data_action, a_both)
         with torch.no_grad():
             a_samples, logp_samples = rsample_and_log_prob(dist, (n,))  # [N, 2B, A], [N, 2B]
-        a_next, logp_next = a_both[bsz:].detach(), logp_both[bsz:].detach()
+        if self.backup_action == "sample":
+            a_next, logp_next = a_both[bsz:].detach(), logp_both[bsz:].detach()
+        else:
+            with torch.no_grad():
+                a_next, logp_next = self._backup_action(dist)
+            a_next, logp_next = a_next[bsz:], logp_next[bsz:]
 
         # Actor (SAC) and BC-warm-start losses.
         alpha = self._alpha
