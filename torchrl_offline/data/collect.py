@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -41,10 +42,15 @@ from torchrl_offline.data.keys import (
 )
 from torchrl_offline.data.minari_writer import minari_root, write_minari
 from torchrl_offline.data.storage import allocate_transitions
+from torchrl_offline.leftovers import OWNER, owner_tag, remove_stale
 
 __all__ = ["collect_dataset"]
 
 PolicyLike = TensorDictModuleBase | Callable[[EnvBase], TensorDictModuleBase] | None
+
+#: Scratch folders of collections in ``$TMPDIR``: ``torchrl_offline_collect_<owner>_<random>``.
+_SCRATCH = "torchrl_offline_collect_"
+_STALE_SCRATCH = re.compile(rf"{_SCRATCH}{OWNER}_[a-z0-9_]+")
 
 
 def _make_env(env: str | EnvBase, env_kwargs: Mapping[str, Any] | None) -> tuple[EnvBase, bool]:
@@ -294,7 +300,9 @@ def collect_dataset(
                 total_frames=-1,  # endless (a finished collector closes the env): we stop
                 exploration_type=ExplorationType.RANDOM,
             )
-            with tempfile.TemporaryDirectory(prefix="torchrl_offline_collect_") as tmp:
+            remove_stale(tempfile.gettempdir(), _STALE_SCRATCH)  # of killed collections
+            prefix = f"{_SCRATCH}{owner_tag()}_"
+            with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
                 transitions = _gather(collector, behavior, num_steps, obs_keys, Path(tmp))
                 _finish_episodes(transitions)
                 info_keys = [POLICY_ID] if POLICY_ID in transitions.keys() else []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -53,14 +54,16 @@ from torchrl_offline.data.storage import (
     allocate_transitions,
     atomic_directory,
     default_cache_dir,
-    is_complete,
     load_transitions,
     make_replay_buffer,
+    verify_dataset,
     write_complete_marker,
 )
 from torchrl_offline.data.validate import validate_transitions
 
 __all__ = ["ACCEPTED_NAMES", "from_logged"]
+
+logger = logging.getLogger("torchrl_offline")
 
 #: Bumped whenever the stored layout changes, so older cached conversions are not reused.
 _FORMAT_VERSION = 1
@@ -369,7 +372,9 @@ def from_logged(
             data's content under ``$TORCHRL_OFFLINE_CACHE/logged`` (or
             ``~/.cache/torchrl_offline/logged``), reused when the same data
             and options are loaded again. An existing ``path`` holding the same data
-            is reused too; one holding other data is an error unless ``overwrite``.
+            is reused too (after checking its files' sizes against its manifest; a
+            damaged copy is converted again, with a logged warning); one holding other
+            data is an error unless ``overwrite``.
         columns: field -> source column name, list of scalar column names (stacked
             into a vector), or, for observations, a mapping of nested entries.
         ignore: source columns to skip.
@@ -563,13 +568,15 @@ def from_logged(
         metadata["minari_id"] = minari_id
 
     final = Path(path).expanduser() if path is not None else _default_root() / content_hash[:24]
-    reuse = is_complete(final) and _stored_hash(final) == content_hash
+    ours = (final / COMPLETE_MARKER).is_file()
+    same = ours and _stored_hash(final) == content_hash
+    reuse = same and _intact(final)
     if final.exists() and not reuse:
-        if not is_complete(final) and (not final.is_dir() or any(final.iterdir())):
+        if not ours and (not final.is_dir() or any(final.iterdir())):
             raise FileExistsError(
                 f"{final} exists and is not a torchrl_offline dataset; refusing to replace it"
             )
-        if is_complete(final) and not overwrite:
+        if ours and not same and not overwrite:
             raise FileExistsError(
                 f"{final} already holds another dataset; pass overwrite=True to replace it"
             )
@@ -639,8 +646,22 @@ def from_logged(
 
 
 def _stored_hash(path: Path) -> str | None:
-    with open(path / COMPLETE_MARKER) as f:
-        return json.load(f).get("content_hash")
+    try:
+        with open(path / COMPLETE_MARKER) as f:
+            return json.load(f).get("content_hash")
+    except (OSError, ValueError, AttributeError):  # a damaged marker: not known to be ours
+        return None
+
+
+def _intact(path: Path) -> bool:
+    """Whether the stored dataset at ``path`` matches its manifest's sizes; a damaged one
+    is logged (the caller converts the source again)."""
+    try:
+        verify_dataset(path)
+    except DatasetError as err:
+        logger.warning("%s cannot be reused (%s); converting the source again", path, err)
+        return False
+    return True
 
 
 def _write_minari(

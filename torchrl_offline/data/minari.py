@@ -16,9 +16,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
-import shutil
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -55,12 +55,14 @@ from torchrl_offline.data.storage import (
     allocate_transitions,
     atomic_directory,
     default_cache_dir,
-    is_complete,
     load_transitions,
     make_replay_buffer,
+    remove_stale_builds,
+    verify_dataset,
     write_complete_marker,
 )
 from torchrl_offline.data.validate import validate_transitions
+from torchrl_offline.integrity import MANIFEST, verify_manifest
 
 __all__ = ["CONVERSION_FORMAT_VERSION", "default_cache_dir", "load_minari", "minari_content_hash"]
 
@@ -73,6 +75,8 @@ _CHUNK_TRANSITIONS = 65_536
 _HASH_BLOCK = 1 << 20
 
 Key = tuple[str, ...]
+
+logger = logging.getLogger("torchrl_offline")
 
 
 def minari_content_hash(data_path: str | os.PathLike) -> str:
@@ -543,18 +547,33 @@ def _convert(
         write_complete_marker(tmp, metadata)
 
 
-def _remove_abandoned_builds(target: Path) -> None:
-    """Delete temporary build directories of ``target`` left by processes that no longer exist."""
-    if not target.parent.is_dir():
-        return
-    for tmp in target.parent.glob(f".{target.name}.tmp-*"):
-        try:
-            pid = int(tmp.name[len(target.name) + 6 :].split("-")[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(tmp, ignore_errors=True)
-        except (ValueError, PermissionError):
-            continue
+def _check_source(folder: Path) -> None:
+    """Check the file sizes of a Minari dataset this package wrote against its manifest."""
+    if not (folder / MANIFEST).is_file():
+        return  # not written by torchrl_offline (e.g. downloaded): Minari's files only
+    try:
+        verify_manifest(folder, error=DatasetError)
+    except DatasetError as err:
+        raise DatasetError(
+            f"The Minari dataset at {folder} is damaged: {err}. Write or collect it again "
+            f"(if it was changed on purpose, delete {folder / MANIFEST})",
+            field="manifest",
+        ) from err
+
+
+def _usable(target: Path) -> bool:
+    """Whether the cache entry ``target`` is finished and its files have their recorded
+    sizes; a damaged entry is logged (it is then converted again)."""
+    if not target.exists():
+        return False
+    try:
+        verify_dataset(target)
+    except DatasetError as err:
+        logger.warning(
+            "Cache entry %s cannot be used (%s); converting the dataset again", target, err
+        )
+        return False
+    return True
 
 
 def _cache_entry(cache_dir: Path, dataset_id: str, key: str) -> Path:
@@ -600,7 +619,12 @@ def load_minari(
     when a file's size, modification time or inode changed). The conversion reads a bounded
     number of transitions at a time, validates them and writes them into a
     memory-mapped file inside a temporary directory renamed into place only at the
-    end, so an interrupted conversion leaves nothing that loads. The conversion runs
+    end, so an interrupted conversion leaves nothing that loads. A finished entry ends
+    with a manifest of its files; every load compares their sizes with it, and an entry
+    that fails (a truncated or missing file, no manifest) is converted again, with a
+    logged warning. ``verify_dataset(buffer.path, full=True)`` or ``torchrl-offline
+    verify`` hashes every byte. A Minari dataset written by this package carries a
+    manifest too, checked the same way (a damaged one is an error). The conversion runs
     torch on a single thread (it is memory-bound; see ``_one_torch_thread``) and
     restores the thread count afterwards.
 
@@ -641,6 +665,8 @@ def load_minari(
         DatasetError: invalid data (non-finite values, an action outside the action
             space, ``terminated`` and ``truncated`` both set, inconsistent lengths),
             naming the field and the first offending transition index.
+            Also a Minari dataset written by this package whose files no longer
+            match its manifest (naming the file and the expected and actual size).
 
     Examples:
         >>> import gymnasium as gym, numpy as np, torch
@@ -676,6 +702,7 @@ def load_minari(
     if clash := reserved.intersection(k.split("/")[0] for k in info_keys):
         raise ValueError(f"info_keys may not use the reserved key(s) {sorted(clash)}")
     folder = _find_dataset(dataset_id_or_path, root, download)
+    _check_source(folder)
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     content_hash = _memoized_content_hash(folder / "data", cache_root)
     options = {
@@ -689,8 +716,8 @@ def load_minari(
     with open(folder / "data" / _METADATA_FILE) as f:
         dataset_id = str(json.load(f).get("dataset_id") or folder.name)
     target = _cache_entry(cache_root, dataset_id, key)
-    if not is_complete(target):
-        _remove_abandoned_builds(target)
+    remove_stale_builds(target.parent)
+    if not _usable(target):
         with _one_torch_thread(), _tolerant_arrow_infos():
             _convert(
                 folder,

@@ -27,6 +27,7 @@ from torchrl_offline.data.keys import (
 )
 from torchrl_offline.data.storage import atomic_directory
 from torchrl_offline.data.validate import validate_transitions
+from torchrl_offline.integrity import write_manifest
 
 __all__ = ["BEHAVIOR_INFO_KEYS", "minari_root", "resolve_minari_path", "write_minari"]
 
@@ -141,7 +142,9 @@ def write_minari(
     truncations; ``action_log_prob`` / ``action_prob``, when present, go to
     ``infos`` (see :data:`BEHAVIOR_INFO_KEYS`). The dataset is built in a temporary
     directory and renamed into place, so an interrupted write leaves nothing that
-    loads.
+    loads. Its last file is a manifest (``torchrl_offline.manifest.json``, beside
+    ``data/``) of every file's size and hash, which
+    :func:`~torchrl_offline.data.load_minari` and ``torchrl-offline verify`` check.
 
     Args:
         transitions: transitions with batch size ``[N]``.
@@ -260,4 +263,5 @@ def write_minari(
         finally:
             del storage.get_size
         storage.update_metadata({"dataset_size": storage.get_size()})
+        write_manifest(tmp)  # last: load_minari checks the files' sizes against it
     return final

@@ -4,7 +4,9 @@ Every adapter of the data layer (Minari, logged arrays/files, collection from a
 policy) ends here: transitions are written into a memory-mapped
 :class:`~tensordict.TensorDict` inside a temporary directory, validated, and
 only then renamed into place, so an interrupted conversion never leaves
-something that later loads as a valid dataset.
+something that later loads as a valid dataset. A finished directory holds a
+manifest of its files (:mod:`torchrl_offline.integrity`), written last: opening
+it checks every file's size, :func:`verify_dataset` checks every byte.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator, Mapping
@@ -24,6 +27,10 @@ from torchrl.data import TensorDictReplayBuffer, TensorStorage
 from torchrl.data.replay_buffers.samplers import RandomSampler, Sampler
 from torchrl.envs.transforms import Transform
 
+from torchrl_offline.data.errors import DatasetError
+from torchrl_offline.integrity import MANIFEST, verify_manifest, write_manifest
+from torchrl_offline.leftovers import owner_tag, remove_stale
+
 __all__ = [
     "COMPLETE_MARKER",
     "OfflineReplayBuffer",
@@ -34,11 +41,18 @@ __all__ = [
     "is_complete",
     "load_transitions",
     "make_replay_buffer",
+    "remove_stale_builds",
+    "verify_dataset",
     "write_complete_marker",
 ]
 
-#: File written last inside a finished dataset directory.
+#: File holding a finished dataset directory's metadata (its manifest is written after it).
 COMPLETE_MARKER = "torchrl_offline.json"
+#: Temporary siblings of a directory being built or replaced (``.<name>.tmp-<owner>-<id>``;
+#: older versions wrote ``.<name>.tmp-<pid>-<id>``).
+_BUILD = re.compile(
+    r"\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)(?:-(?P<host>[0-9a-f]{8}))?-[0-9a-f]{8}"
+)
 
 
 class OfflineReplayBuffer(TensorDictReplayBuffer):
@@ -102,7 +116,9 @@ def atomic_directory(final: str | Path, *, overwrite: bool = False) -> Iterator[
 
     On any exception the temporary directory is removed and ``final`` is left
     untouched. If ``final`` already exists when the build finishes, it is kept
-    (another process won the race) unless ``overwrite`` is set.
+    (another process won the race) unless ``overwrite`` is set. Temporary siblings
+    left in the same folder by processes that no longer run (``kill -9``) are
+    removed first.
 
     Args:
         final: the directory to create.
@@ -113,7 +129,8 @@ def atomic_directory(final: str | Path, *, overwrite: bool = False) -> Iterator[
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    remove_stale_builds(final.parent)
+    tmp = final.parent / f".{final.name}.tmp-{owner_tag()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         yield tmp
@@ -124,12 +141,18 @@ def atomic_directory(final: str | Path, *, overwrite: bool = False) -> Iterator[
         if not overwrite:
             shutil.rmtree(tmp, ignore_errors=True)
             return
-        trash = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        trash = final.parent / f".{final.name}.old-{owner_tag()}-{uuid.uuid4().hex[:8]}"
         os.replace(final, trash)
         os.replace(tmp, final)
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(tmp, final)
+
+
+def remove_stale_builds(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary directories of :func:`atomic_directory` in ``folder`` whose
+    process no longer runs; returns what was removed."""
+    return remove_stale(folder, _BUILD)
 
 
 def allocate_transitions(
@@ -161,23 +184,54 @@ def allocate_transitions(
 
 
 def write_complete_marker(path: str | Path, metadata: Mapping[str, Any]) -> None:
-    """Write the marker (with the dataset metadata) that makes a dataset directory valid."""
+    """Finish a dataset directory: write its metadata, then the manifest of all its files."""
     with open(Path(path) / COMPLETE_MARKER, "w") as f:
         json.dump(dict(metadata), f, indent=1, sort_keys=True, default=str)
+    write_manifest(path)
 
 
 def is_complete(path: str | Path) -> bool:
-    """Whether ``path`` holds a finished memory-mapped dataset."""
-    return (Path(path) / COMPLETE_MARKER).is_file()
+    """Whether ``path`` holds a finished memory-mapped dataset (metadata and manifest;
+    :func:`verify_dataset` checks that its files match)."""
+    path = Path(path)
+    return (path / COMPLETE_MARKER).is_file() and (path / MANIFEST).is_file()
+
+
+def verify_dataset(path: str | Path, *, full: bool = False) -> None:
+    """Check a finished dataset directory against its manifest.
+
+    Args:
+        path: the dataset directory.
+
+    Keyword Args:
+        full (bool): hash every byte, not only compare sizes. Defaults to ``False``.
+
+    Raises:
+        DatasetError: not a finished dataset (no metadata or manifest), or a file missing,
+            of another size or (``full``) of another content; the message names the file
+            and the expected and actual value.
+    """
+    path = Path(path)
+    if not (path / COMPLETE_MARKER).is_file():
+        raise DatasetError(
+            f"{str(path)!r} is not a finished torchrl_offline dataset (no {COMPLETE_MARKER})"
+        )
+    verify_manifest(path, full=full, error=DatasetError)
 
 
 def load_transitions(path: str | Path) -> tuple[TensorDictBase, dict[str, Any]]:
     """Open a finished memory-mapped dataset directory (no data is read into RAM).
 
+    Every file's size is checked against the manifest first.
+
     Returns:
         The memory-mapped transitions and the metadata stored beside them.
+
+    Raises:
+        DatasetError: see :func:`verify_dataset`.
     """
     path = Path(path)
+    verify_dataset(path)
     with open(path / COMPLETE_MARKER) as f:
         metadata = json.load(f)
     return TensorDict.load_memmap(path / "transitions"), metadata

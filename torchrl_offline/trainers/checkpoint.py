@@ -1,14 +1,21 @@
-"""Atomic, safely loaded training checkpoints and random-number-generator states.
+"""Atomic, verified, safely loaded training checkpoints and random-number-generator states.
 
 A checkpoint is one file written with :func:`torch.save` to a temporary name in the
 same directory, flushed to disk and renamed over the target, so a crash while saving
-leaves the previous file untouched. Files are read with ``torch.load(weights_only=True)``
-(no arbitrary code runs on load); a truncated, corrupt or foreign file raises
-:class:`CheckpointError` naming the path.
+leaves the previous file untouched. The state is serialized first, and the file holds
+those bytes with their size and content hash (BLAKE2b, :mod:`torchrl_offline.integrity`):
+every load checks both before reading the state, so a truncated or bit-flipped file never
+loads (torch itself does not check its zip records' checksums). Files are read with
+``torch.load(weights_only=True)`` (no arbitrary code runs on load); a truncated, corrupt
+or foreign file raises :class:`CheckpointError` naming the path and, when there is one,
+the previous good checkpoint of the same directory. Checkpoints written before the hash
+existed (format ``/1``) still load, unchecked, with a logged note.
 """
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import random
 import re
@@ -20,6 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from torchrl_offline.integrity import content_digest
+from torchrl_offline.leftovers import OWNER, owner_tag, remove_stale
+
 __all__ = [
     "CheckpointError",
     "checkpoint_path",
@@ -29,11 +39,18 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
     "set_rng_state",
+    "verify_checkpoint",
 ]
 
+logger = logging.getLogger("torchrl_offline")
+
 #: Marker stored in every checkpoint written by :func:`save_checkpoint`.
-FORMAT = "torchrl_offline.checkpoint/1"
+FORMAT = "torchrl_offline.checkpoint/2"
+#: Checkpoints without a content hash (still loadable).
+_UNHASHED_FORMAT = "torchrl_offline.checkpoint/1"
 _NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
+#: Temporary files of :func:`save_checkpoint`: ``.<name>.<owner>-<random>.tmp``.
+_TMP = re.compile(rf"\..+\.{OWNER}-[0-9a-f]{{32}}\.tmp")
 
 
 class CheckpointError(ValueError):
@@ -41,10 +58,12 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
-    """Writes ``state`` to ``path`` atomically (temporary file, fsync, rename).
+    """Writes ``state`` to ``path`` atomically (temporary file, fsync, rename), with its
+    size and content hash.
 
     ``state`` must hold only what ``torch.load(weights_only=True)`` reads back: tensors,
-    numbers, strings, ``None`` and (nested) dicts, lists and tuples of them.
+    numbers, strings, ``None`` and (nested) dicts, lists and tuples of them. Temporary
+    files left in the directory by processes that no longer run are removed first.
 
     Args:
         path: the destination file; its directory is created if needed.
@@ -64,10 +83,20 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    remove_stale(path.parent, _TMP)
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    payload = buffer.getbuffer()
+    record = {
+        "format": FORMAT,
+        "size": len(payload),
+        "hash": content_digest(payload),
+        "payload": torch.frombuffer(payload, dtype=torch.uint8),
+    }
+    tmp = path.with_name(f".{path.name}.{owner_tag()}-{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, "state": dict(state)}, f)
+            torch.save(record, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -86,7 +115,8 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
+    """Reads a checkpoint written by :func:`save_checkpoint` (``weights_only=True``),
+    after checking its size and content hash.
 
     Args:
         path: the checkpoint file.
@@ -95,24 +125,103 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         The saved mapping.
 
     Raises:
-        CheckpointError: the file is missing, truncated, corrupt, or not a checkpoint of
-            this package.
+        CheckpointError: the file is missing, truncated, corrupt (its bytes do not match
+            the recorded hash), or not a checkpoint of this package. For a file that
+            exists, the message also names the newest older checkpoint of the same
+            directory that passes the same checks, if any.
     """
     path = Path(path)
+    try:
+        return _read(path)[0]
+    except CheckpointError as err:
+        if not path.is_file() or (good := _previous_good(path)) is None:
+            raise
+        raise CheckpointError(
+            f"{err}; the previous good checkpoint of this directory is {str(good)!r}"
+        ) from err
+
+
+def verify_checkpoint(path: str | os.PathLike) -> bool:
+    """Checks a checkpoint in full, as :func:`load_checkpoint` does, without keeping it.
+
+    Args:
+        path: the checkpoint file.
+
+    Returns:
+        ``True`` when its content hash was checked, ``False`` for a readable checkpoint
+        written before checkpoints carried one.
+
+    Raises:
+        CheckpointError: as :func:`load_checkpoint` (without the previous good file).
+    """
+    return _read(Path(path))[1]
+
+
+def _corrupt(path: Path, reason: str) -> CheckpointError:
+    return CheckpointError(
+        f"Checkpoint {str(path)!r} is corrupt or truncated and cannot be loaded ({reason})"
+    )
+
+
+def _torch_load(source: Any, path: Path) -> Any:
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as err:  # zip/pickle errors differ across torch versions
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise _corrupt(path, f"{type(err).__name__}: {first}") from err
+
+
+def _read(path: Path) -> tuple[dict[str, Any], bool]:
+    """The state of checkpoint ``path`` and whether its content hash was checked."""
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {str(path)!r} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # zip/pickle errors differ across torch versions
-        raise CheckpointError(
-            f"Checkpoint {str(path)!r} is corrupt or truncated and cannot be loaded "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-        ) from err
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    record = _torch_load(path, path)
+    kind = record.get("format") if isinstance(record, dict) else None
+    if kind == _UNHASHED_FORMAT and isinstance(record.get("state"), dict):
+        logger.info(
+            "Checkpoint %s predates checkpoint content hashes: loaded without that check", path
+        )
+        return record["state"], False
+    if kind != FORMAT:
         raise CheckpointError(
             f"{str(path)!r} is not a torchrl_offline checkpoint (no {FORMAT!r} marker)"
         )
-    return payload["state"]
+    payload, size, digest = record.get("payload"), record.get("size"), record.get("hash")
+    if not (
+        isinstance(payload, torch.Tensor)
+        and payload.dtype == torch.uint8
+        and payload.ndim == 1
+        and isinstance(size, int)
+        and isinstance(digest, str)
+    ):
+        raise _corrupt(path, "its size and hash record is damaged")
+    data = payload.numpy()
+    if data.size != size:
+        raise _corrupt(path, f"state of {data.size} bytes, the checkpoint records {size}")
+    if (actual := content_digest(memoryview(data))) != digest:
+        raise _corrupt(
+            path, f"content hash {actual[:16]}..., the checkpoint records {digest[:16]}..."
+        )
+    state = _torch_load(io.BytesIO(data.tobytes()), path)
+    if not isinstance(state, dict):
+        raise _corrupt(path, f"the state is a {type(state).__name__}, not a dict")
+    return state, True
+
+
+def _previous_good(path: Path) -> Path | None:
+    """The newest checkpoint of ``path``'s directory older than ``path`` that verifies."""
+    match = _NAME.match(path.name)
+    step = int(match.group(1)) if match else None
+    for other in reversed(list_checkpoints(path.parent)):
+        other_step = int(_NAME.match(other.name).group(1))
+        if other.name == path.name or (step is not None and other_step >= step):
+            continue
+        try:
+            _read(other)
+        except CheckpointError:
+            continue
+        return other
+    return None
 
 
 def checkpoint_path(directory: str | os.PathLike, step: int) -> Path:
