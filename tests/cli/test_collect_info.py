@@ -123,7 +123,7 @@ def test_unknown_dataset_lists_the_local_ones(pendulum_dataset, capsys):
 def test_collect_bad_input_is_one_line(tmp_path, capsys, argv, message):
     base = ["collect", "Pendulum-v1", "--dataset-id", "p/x-v0", "--root", str(tmp_path)]
     steps = [] if "--steps" in argv else ["--steps", "10"]
-    assert main([*base, *steps, *argv, "--no-progress"]) == 1
+    assert main([*base, *steps, *argv, "--no-progress"]) == 2  # a usage error
     err = capsys.readouterr().err
     assert err.startswith("torchrl-offline collect: error: ")
     assert message in err and err.count("\n") == 1
@@ -144,7 +144,7 @@ def test_collect_refuses_unknown_env_and_existing_dataset(pendulum_dataset, caps
 def test_scripted_controller_for_unknown_env_lists_known(tmp_path, capsys):
     argv = ["collect", "MountainCar-v0", "--dataset-id", "m/x-v0", "--steps", "5",
             "--policy", "scripted:epsilon=0.1", "--root", str(tmp_path)]  # fmt: skip
-    assert main(argv) == 1
+    assert main(argv) == 2
     assert "envs with one: Pendulum, CartPole" in capsys.readouterr().err
 
 

@@ -39,13 +39,13 @@ def test_evaluate_text_with_explicit_env_and_references(trained_run, capsys):
 
 
 def test_evaluate_bad_input(trained_run, tmp_path, capsys):
-    def error(argv: list[str]) -> str:
-        assert main(["evaluate", *argv, "--no-progress"]) == 1
+    def error(argv: list[str], status: int = 1) -> str:
+        assert main(["evaluate", *argv, "--no-progress"]) == status
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "Traceback" not in err
         return err
 
-    assert "name the environment with --env" in error([trained_run["run"]])
+    assert "name the environment with --env" in error([trained_run["run"]], status=2)
     assert "not found" in error([str(tmp_path / "nothing.pt"), "--env", "Pendulum-v1"])
     assert "no checkpoint in" in error([str(tmp_path), "--env", "Pendulum-v1"])
     bad = tmp_path / "checkpoint_000000001.pt"
@@ -86,7 +86,7 @@ def test_ope_table(trained_run, capsys):
 def test_ope_bad_input(trained_run, tmp_path, capsys):
     argv = ["ope", trained_run["run"], "--dataset", trained_run["dataset"], "--root",
             trained_run["root"], "--no-progress"]  # fmt: skip
-    assert main([*argv, "--estimators", "wis,magic"]) == 1
+    assert main([*argv, "--estimators", "wis,magic"]) == 2
     assert "unknown estimator 'magic'; valid names: fqe, is, wis" in capsys.readouterr().err
     cartpole = ["collect", "CartPole-v1", "--dataset-id", "cp/x-v0", "--steps", "20",
                 "--root", trained_run["root"], "--no-progress", "--overwrite"]  # fmt: skip

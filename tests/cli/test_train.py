@@ -55,34 +55,44 @@ def test_train_with_evaluation_in_the_datasets_env(trained_run, tmp_path, capsys
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--algo", "dqn"], "unknown algorithm 'dqn'; valid names: awac, bc, cql"),
+    ("argv", "message", "status"),
+    [  # 2: the command line alone is wrong; 1: what it names (data, env) is
+        (["--algo", "dqn"], "unknown algorithm 'dqn'; valid names: awac, bc, cql", 2),
         (
             ["--algo", "iql", "--set", "expectle=0.8"],
             "hyperparameter 'expectle' for iql; valid keys:",
+            1,
         ),
-        (["--algo", "iql", "--set", "expectile"], "--set expects KEY=VALUE"),
-        (["--algo", "iql", "--steps", "0"], "--steps must be positive"),
-        (["--algo", "iql", "--dataset", "no/such-v0"], "unknown dataset 'no/such-v0'"),
-        (["--algo", "iql", "--eval-env", "CartPole-v1"], "does not match the env 'CartPole-v1'"),
-        (["--algo", "iql", "--eval-env", "Nope-v0"], "unknown environment 'Nope-v0'"),
+        (["--algo", "iql", "--set", "expectile"], "--set expects KEY=VALUE", 2),
+        (["--algo", "iql", "--steps", "0"], "--steps must be positive", 2),
+        (["--algo", "iql", "--resume", "--overwrite"], "--resume and --overwrite exclude", 2),
+        (["--algo", "iql", "--dataset", "no/such-v0"], "unknown dataset 'no/such-v0'", 1),
+        (
+            ["--algo", "iql", "--eval-env", "CartPole-v1"],
+            "does not match the env 'CartPole-v1'",
+            1,
+        ),
+        (["--algo", "iql", "--eval-env", "Nope-v0"], "unknown environment 'Nope-v0'", 1),
     ],
 )
-def test_train_bad_input_is_one_line(trained_run, tmp_path, capsys, argv, message):
+def test_train_bad_input_is_one_line(trained_run, tmp_path, capsys, argv, message, status):
     base = {"--dataset": trained_run["dataset"], "--steps": "2", "--out": str(tmp_path / "r")}
     for key, value in base.items():
         if key not in argv:
             argv = [*argv, key, value]
-    assert main(["train", *argv, "--root", trained_run["root"], "--no-progress"]) == 1
+    assert main(["train", *argv, "--root", trained_run["root"], "--no-progress"]) == status
     err = capsys.readouterr().err
     assert err.startswith("torchrl-offline train: error: ")
     assert message in err and err.count("\n") == 1
 
 
 def test_train_requires_dataset_steps_out(capsys):
-    assert main(["train", "--algo", "iql"]) == 1
+    """A missing argument is a usage error (2), whichever it is."""
+    assert main(["train", "--algo", "iql"]) == 2
     assert "--dataset, --steps, --out" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own required --algo
+        main(["train", "--dataset", "x", "--steps", "1", "--out", "o"])
+    assert exit_info.value.code == 2
 
 
 def test_resume_with_another_algorithm_is_refused(trained_run, tmp_path, capsys):

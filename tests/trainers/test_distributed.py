@@ -323,7 +323,7 @@ def test_resume_on_another_dataset_is_an_error(two_ranks, tmp_path, one_rank):
         observation_space=gym.spaces.Box(-np.inf, np.inf, (3,), np.float32),
         action_space=gym.spaces.Box(-2.0, 2.0, (1,), np.float32),
     )
-    with pytest.raises(CheckpointError, match="dataset of 128 transitions; this run's has 96"):
+    with pytest.raises(CheckpointError, match="dataset of 128 transitions vs 96"):
         _resume_iql(small, run, 12, distributed=True)
 
 

@@ -96,7 +96,7 @@ def test_train_normalizes_batches_and_checkpoints_the_statistics(tmp_path):
             assert torch.equal(value, resumed.algorithm.loss.state_dict()[key]), key
     # resuming without normalisation is refused
     kw["normalize_observations"] = False
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="observation normalisation"):
         train("iql", data, out_dir=tmp_path / "part", resume=True, **kw)
 
 

@@ -18,6 +18,7 @@ from torchrl_offline.trainers.checkpoint import (
     save_checkpoint,
 )
 from torchrl_offline.trainers.offline import OfflineSource, OfflineTrainer, load_algorithm, train
+from torchrl_offline.trainers.run_dir import RunDirectoryError
 
 TINY = {"hidden_sizes": (16,)}
 
@@ -76,14 +77,15 @@ def test_resume_with_evaluation_and_schedule(tmp_path):
     assert full.algorithm.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
-def test_resume_without_checkpoint_starts_fresh(tmp_path):
-    result = _run("bc", tmp_path, total=3, resume=True)
-    assert result.step == 3
+def test_resume_without_checkpoint_is_an_error(tmp_path):
+    with pytest.raises(RunDirectoryError, match="nothing to resume in .*no checkpoint"):
+        _run("bc", tmp_path, total=3, resume=True)
+    assert list_checkpoints(tmp_path / "checkpoints") == []
 
 
 def test_resume_refuses_another_algorithm(tmp_path):
     _run("iql", tmp_path, total=4)
-    with pytest.raises(CheckpointError, match="iql run with other settings than this td3_bc"):
+    with pytest.raises(CheckpointError, match="iql run that this td3_bc run cannot continue"):
         _run("td3_bc", tmp_path, total=8, resume=True)
 
 
@@ -97,7 +99,7 @@ def test_resume_accepts_a_checkpoint_written_before_a_setting_was_added(tmp_path
     del meta["hyperparameters"]["check_inputs"]
     state["metadata"]["json"] = json.dumps(meta)
     save_checkpoint(path, state)
-    with pytest.raises(CheckpointError, match="other settings"):
+    with pytest.raises(CheckpointError, match="check_inputs=True vs False"):
         train(
             "td3_bc",
             make_dataset(),

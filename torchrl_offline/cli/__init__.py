@@ -18,9 +18,9 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from torchrl_offline.cli.common import CLIError
+from torchrl_offline.cli.common import CLIError, UsageError
 
-__all__ = ["CLIError", "build_parser", "main"]
+__all__ = ["CLIError", "UsageError", "build_parser", "main"]
 
 PROG = "torchrl-offline"
 #: Subcommand modules, in the order ``--help`` lists them.
@@ -64,8 +64,10 @@ def _one_line(err: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``torchrl-offline`` with ``argv`` (default ``sys.argv[1:]``); return the exit status.
 
-    Exit status: 0 on success, 1 on an error (one line on stderr), 2 on a usage error
-    (argparse's message), 130 on Ctrl-C, 141 when stdout's reader has gone.
+    Exit status: 0 on success, 1 on an error in the data, files, checkpoints or
+    environments named (one line on stderr), 2 on a usage error (argparse's message, or
+    a :class:`UsageError`: an option missing, malformed or out of range), 130 on Ctrl-C,
+    141 when stdout's reader has gone.
     """
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -81,4 +83,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"{PROG} {args.command}: error: {_one_line(err)}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(err, UsageError) else 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from torchrl_offline.cli.common import CLIError, progress_bar
+from torchrl_offline.cli.common import CLIError, UsageError, progress_bar
 
 __all__ = ["add_parser", "run"]
 
@@ -77,7 +77,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def _reference_returns(args: argparse.Namespace, env: Any) -> tuple[float | None, float | None]:
     ref_min, ref_max = args.ref_min, args.ref_max
     if args.reference_episodes < 0:
-        raise CLIError(f"--reference-episodes must be >= 0, got {args.reference_episodes}")
+        raise UsageError(f"--reference-episodes must be >= 0, got {args.reference_episodes}")
     if args.reference_episodes and (ref_min is None or ref_max is None):
         import sys
 
@@ -94,12 +94,12 @@ def _reference_returns(args: argparse.Namespace, env: Any) -> tuple[float | None
         if expert is not None:
             ref_max = evaluate_policy(env, expert, num_episodes=n, seed=seed).mean
     if (ref_min is None) != (ref_max is None):
-        raise CLIError(
+        raise UsageError(
             "give both --ref-min and --ref-max, or --reference-episodes N to measure the "
             "missing one"
         )
     if ref_min is not None and ref_min == ref_max:
-        raise CLIError(f"the reference returns are equal ({ref_min}); no score can be normalized")
+        raise UsageError(f"the reference returns are equal ({ref_min}); no score can be normalized")
     return ref_min, ref_max
 
 
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from torchrl_offline.data.minari_writer import minari_root
 
     if args.steps < 1:
-        raise CLIError(f"--steps must be positive, got {args.steps}")
+        raise UsageError(f"--steps must be positive, got {args.steps}")
     target = minari_root(args.root) / args.dataset_id
     if target.exists() and not args.overwrite:
         raise CLIError(f"a dataset already exists at {target}; pass --overwrite to replace it")

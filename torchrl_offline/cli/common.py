@@ -11,7 +11,9 @@ from typing import Any
 __all__ = [
     "LOG_SUFFIXES",
     "CLIError",
+    "UsageError",
     "add_run_options",
+    "check_run_flags",
     "local_datasets",
     "open_dataset",
     "parse_scalar",
@@ -24,6 +26,14 @@ LOG_SUFFIXES = (".parquet", ".csv", ".h5", ".hdf5")
 
 class CLIError(Exception):
     """A user error: :func:`torchrl_offline.cli.main` prints its message on one line, exits 1."""
+
+
+class UsageError(CLIError):
+    """A command line that is wrong by itself (an option missing, malformed or out of range,
+    an unknown name from a fixed list): printed like :class:`CLIError`, exit status 2 as
+    argparse's own usage errors. Errors found in the data, files or environments named
+    by a valid command line are :class:`CLIError` (or the library's ``ValueError``
+    subclasses) and exit with 1."""
 
 
 def local_datasets(root: str | os.PathLike | None = None, *, limit: int = 50) -> list[str]:
@@ -95,6 +105,12 @@ def add_run_options(parser: argparse.ArgumentParser, *, auto_env: str) -> None:
     """
     parser.add_argument("--batch-size", type=int, default=256, help="transitions per update")
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (only a run directory of torchrl-offline); "
+        "without it or --resume, an --out holding a run is refused",
+    )
+    parser.add_argument(
         "--eval-env", metavar="ENV", help=f"gymnasium id to evaluate in, or 'auto' for {auto_env}"
     )
     parser.add_argument("--eval-every", type=int, default=5000, metavar="N", help="steps")
@@ -116,6 +132,12 @@ def add_run_options(parser: argparse.ArgumentParser, *, auto_env: str) -> None:
     parser.add_argument(
         "--root", help="Minari datasets root (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)"
     )
+
+
+def check_run_flags(args: argparse.Namespace) -> None:
+    """Refuses ``--resume`` together with ``--overwrite`` (a usage error)."""
+    if getattr(args, "resume", False) and getattr(args, "overwrite", False):
+        raise UsageError("--resume and --overwrite exclude each other: pick one")
 
 
 def parse_scalar(text: str) -> Any:

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from torchrl_offline.cli.common import CLIError, open_dataset, progress_bar
+from torchrl_offline.cli.common import CLIError, UsageError, open_dataset, progress_bar
 
 __all__ = ["add_parser", "run"]
 
@@ -53,9 +53,9 @@ def _env_and_reference(args: argparse.Namespace) -> tuple[str, tuple[float, floa
             if env_id is None:
                 raise CLIError(f"the dataset {args.dataset!r} records no env id; pass --env")
     if env_id is None:
-        raise CLIError("name the environment with --env (or --dataset to use its env)")
+        raise UsageError("name the environment with --env (or --dataset to use its env)")
     if (args.ref_min is None) != (args.ref_max is None):
-        raise CLIError("give both --ref-min and --ref-max")
+        raise UsageError("give both --ref-min and --ref-max")
     if args.ref_min is not None:
         ref = (args.ref_min, args.ref_max)
     return env_id, ref
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from torchrl_offline.trainers.hooks import evaluate_policy
 
     if args.episodes < 1 or args.max_steps < 1:
-        raise CLIError("--episodes and --max-steps must be positive")
+        raise UsageError("--episodes and --max-steps must be positive")
     env_id, reference = _env_and_reference(args)
     algorithm, step, file = load_trained(args.checkpoint)
     env = make_env(env_id)

@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from torchrl_offline.cli.common import CLIError, add_run_options, open_dataset
+from torchrl_offline.cli.common import (
+    CLIError,
+    UsageError,
+    add_run_options,
+    check_run_flags,
+    open_dataset,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -95,6 +101,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _check_options(args: argparse.Namespace) -> None:
+    check_run_flags(args)
     positive = (
         "steps",
         "batch_size",
@@ -109,15 +116,15 @@ def _check_options(args: argparse.Namespace) -> None:
     )
     for option in positive:
         if getattr(args, option) < 1:
-            raise CLIError(f"--{option.replace('_', '-')} must be positive")
+            raise UsageError(f"--{option.replace('_', '-')} must be positive")
     if not 0.0 < args.offline_fraction < 1.0:
-        raise CLIError(f"--offline-fraction must be in (0, 1), got {args.offline_fraction}")
+        raise UsageError(f"--offline-fraction must be in (0, 1), got {args.offline_fraction}")
     if args.anneal_steps is not None and args.anneal_steps < 1:
-        raise CLIError("--anneal-steps must be positive")
+        raise UsageError("--anneal-steps must be positive")
     if args.utd_ratio <= 0:
-        raise CLIError("--utd-ratio must be positive")
+        raise UsageError("--utd-ratio must be positive")
     if args.exploration_noise < 0:
-        raise CLIError("--exploration-noise must be >= 0")
+        raise UsageError("--exploration-noise must be >= 0")
 
 
 def _check_out(out: Path, checkpoint: Path) -> None:
@@ -182,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             out_dir=out,
             resume=args.resume,
+            overwrite=args.overwrite,
             batch_size=args.batch_size,
             offline_fraction=args.offline_fraction,
             anneal_steps=args.anneal_steps,

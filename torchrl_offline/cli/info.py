@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from torchrl_offline.cli.common import open_dataset
+from torchrl_offline.cli.common import UsageError, open_dataset
 
 __all__ = ["add_parser", "dataset_info", "run"]
 
@@ -115,10 +115,8 @@ def _info_and_stats(buffer: Any, bins: int) -> tuple[dict[str, Any], Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Print the dataset's statistics as text or JSON."""
-    from torchrl_offline.cli.common import CLIError
-
     if args.bins < 1:
-        raise CLIError(f"--bins must be positive, got {args.bins}")
+        raise UsageError(f"--bins must be positive, got {args.bins}")
     buffer = open_dataset(args.dataset, root=args.root)
     info, stats = _info_and_stats(buffer, args.bins)
     if args.json:

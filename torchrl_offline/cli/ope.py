@@ -8,7 +8,7 @@ import math
 import warnings
 from typing import Any
 
-from torchrl_offline.cli.common import CLIError, open_dataset, progress_bar
+from torchrl_offline.cli.common import UsageError, open_dataset, progress_bar
 
 __all__ = ["ESTIMATORS", "add_parser", "run"]
 
@@ -74,10 +74,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def _estimator_names(text: str) -> list[str]:
     names = [n.strip().lower() for n in text.split(",") if n.strip()]
     if not names:
-        raise CLIError("--estimators is empty")
+        raise UsageError("--estimators is empty")
     for name in names:
         if name not in ESTIMATORS:
-            raise CLIError(f"unknown estimator {name!r}; valid names: {', '.join(ESTIMATORS)}")
+            raise UsageError(f"unknown estimator {name!r}; valid names: {', '.join(ESTIMATORS)}")
     return list(dict.fromkeys(names))
 
 
@@ -140,7 +140,7 @@ def _estimate_all(policy: Any, buffer: Any, names: list[str], args: argparse.Nam
         try:
             estimator = cls(policy, fqe, **common) if name in _NEEDS_Q else cls(policy, **common)
         except TypeError as err:  # a policy without action probabilities
-            raise CLIError(f"{name}: {err} (options --kernel-bandwidth / --epsilon)") from None
+            raise UsageError(f"{name}: {err} (options --kernel-bandwidth / --epsilon)") from None
         results[name] = estimator.estimate(buffer)
     return {name: results[name] for name in names}
 
@@ -189,12 +189,12 @@ def run(args: argparse.Namespace) -> int:
 
     names = _estimator_names(args.estimators)
     if not 0.0 <= args.gamma <= 1.0:
-        raise CLIError(f"--gamma must be in [0, 1], got {args.gamma}")
+        raise UsageError(f"--gamma must be in [0, 1], got {args.gamma}")
     if not 0.0 < args.confidence < 1.0:
-        raise CLIError(f"--confidence must be in (0, 1), got {args.confidence}")
+        raise UsageError(f"--confidence must be in (0, 1), got {args.confidence}")
     for option in ("bootstrap", "fqe_steps", "fqe_batch_size"):
         if getattr(args, option) < 1:
-            raise CLIError(f"--{option.replace('_', '-')} must be positive")
+            raise UsageError(f"--{option.replace('_', '-')} must be positive")
     algorithm, step, file = load_trained(args.checkpoint)
     buffer = open_dataset(args.dataset, root=args.root)
     check_specs_match(

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchrl_offline.cli.common import CLIError, parse_scalar
+from torchrl_offline.cli.common import UsageError, parse_scalar
 
 __all__ = [
     "POLICY_KINDS",
@@ -95,15 +95,15 @@ def parse_policy_spec(text: str) -> PolicySpec:
         try:
             weight = float(head)
         except ValueError:
-            raise CLIError(
+            raise UsageError(
                 f"--policy {text!r}: the mixture weight before '*' must be a number"
             ) from None
         if not weight >= 0:
-            raise CLIError(f"--policy {text!r}: the mixture weight must be non-negative")
+            raise UsageError(f"--policy {text!r}: the mixture weight must be non-negative")
     kind, _, rest = body.partition(":")
     kind = kind.strip()
     if kind not in POLICY_KINDS:
-        raise CLIError(
+        raise UsageError(
             f"--policy {text!r}: unknown policy kind {kind!r}; valid kinds: "
             f"{', '.join(POLICY_KINDS)}"
         )
@@ -111,17 +111,17 @@ def parse_policy_spec(text: str) -> PolicySpec:
     for item in filter(None, (p.strip() for p in rest.split(","))):
         key, sep, value = item.partition("=")
         if not sep:
-            raise CLIError(f"--policy {text!r}: option {item!r} is not key=value")
+            raise UsageError(f"--policy {text!r}: option {item!r} is not key=value")
         if key not in POLICY_KINDS[kind]:
             allowed = ", ".join(POLICY_KINDS[kind]) or "none"
-            raise CLIError(
+            raise UsageError(
                 f"--policy {text!r}: {kind!r} takes no option {key!r} (options: {allowed})"
             )
         options[key] = value if key == "path" else parse_scalar(value)
         if key in ("sigma", "epsilon") and not isinstance(options[key], (int, float)):
-            raise CLIError(f"--policy {text!r}: {key} must be a number, got {value!r}")
+            raise UsageError(f"--policy {text!r}: {key} must be a number, got {value!r}")
     if kind == "checkpoint" and "path" not in options:
-        raise CLIError(f"--policy {text!r}: checkpoint needs path=FILE")
+        raise UsageError(f"--policy {text!r}: checkpoint needs path=FILE")
     return PolicySpec(kind, weight, options, text)
 
 
@@ -137,7 +137,7 @@ def scripted_controller(env_id: str) -> Any:
     """
     name = _env_name(env_id)
     if name not in SCRIPTED_CONTROLLERS:
-        raise CLIError(
+        raise UsageError(
             f"no scripted controller for {env_id!r}; envs with one: "
             f"{', '.join(SCRIPTED_CONTROLLERS)}"
         )
@@ -155,9 +155,9 @@ def _noisy(actor: Any, action_spec: Any, spec: PolicySpec, discrete: bool) -> An
         if sigma is not None:
             return GaussianNoisePolicy(actor, action_spec, sigma=sigma)
     except ValueError as err:
-        raise CLIError(f"--policy {spec.text!r}: {err}") from None
+        raise UsageError(f"--policy {spec.text!r}: {err}") from None
     need = "epsilon=E" if discrete else "sigma=S (or epsilon=E with sigma=S)"
-    raise CLIError(
+    raise UsageError(
         f"--policy {spec.text!r}: a deterministic controller has no action probabilities; "
         f"add {need}"
     )
@@ -180,7 +180,7 @@ def _build_one(spec: PolicySpec, env: Any, env_id: str) -> Any:
     try:
         return as_behavior_policy(actor)
     except TypeError:
-        raise CLIError(
+        raise UsageError(
             f"--policy {spec.text!r}: the checkpoint's policy is deterministic; add "
             f"{'epsilon=E' if discrete else 'sigma=S'} to record action probabilities"
         ) from None
@@ -203,18 +203,18 @@ def build_behavior_policy(
     from torchrl_offline.data import MixturePolicy
 
     if not specs:
-        raise CLIError("no --policy given")
+        raise UsageError("no --policy given")
     policies = [_build_one(spec, env, env_id) for spec in specs]
     weights = [spec.weight for spec in specs]
     if len(policies) == 1:
         return policies[0]
     if any(w is None for w in weights) and not all(w is None for w in weights):
-        raise CLIError(
+        raise UsageError(
             "--policy: give a WEIGHT* prefix to every mixture component or to none "
             f"(got {', '.join(spec.text for spec in specs)})"
         )
     if all(w is None for w in weights):
         weights = [1.0] * len(policies)
     if sum(weights) <= 0:
-        raise CLIError("--policy: the mixture weights sum to zero")
+        raise UsageError("--policy: the mixture weights sum to zero")
     return MixturePolicy(policies, weights, per=per)

@@ -8,7 +8,13 @@ import json
 import sys
 from typing import Any
 
-from torchrl_offline.cli.common import CLIError, add_run_options, open_dataset
+from torchrl_offline.cli.common import (
+    CLIError,
+    UsageError,
+    add_run_options,
+    check_run_flags,
+    open_dataset,
+)
 
 __all__ = ["add_parser", "parse_overrides", "run"]
 
@@ -114,7 +120,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise CLIError(f"--set expects KEY=VALUE, got {item!r}")
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
         out[key.strip()] = _value(value)
     return out
 
@@ -123,7 +129,7 @@ def _check_algorithm(name: str) -> None:
     from torchrl_offline.trainers.algorithms import ALGORITHMS
 
     if name not in ALGORITHMS:
-        raise CLIError(f"unknown algorithm {name!r}; valid names: {', '.join(ALGORITHMS)}")
+        raise UsageError(f"unknown algorithm {name!r}; valid names: {', '.join(ALGORITHMS)}")
 
 
 def _list_hyperparameters(name: str) -> int:
@@ -162,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
         return _list_hyperparameters(args.algo)
     missing = [f"--{n}" for n in ("dataset", "steps", "out") if getattr(args, n) is None]
     if missing:
-        raise CLIError(f"the following arguments are required: {', '.join(missing)}")
+        raise UsageError(f"the following arguments are required: {', '.join(missing)}")
+    check_run_flags(args)
     positive = (
         "steps",
         "batch_size",
@@ -175,9 +182,9 @@ def run(args: argparse.Namespace) -> int:
     )
     for option in positive:
         if getattr(args, option) < 1:
-            raise CLIError(f"--{option.replace('_', '-')} must be positive")
+            raise UsageError(f"--{option.replace('_', '-')} must be positive")
     if getattr(args, "dist_timeout", 600.0) <= 0:
-        raise CLIError("--dist-timeout must be positive")
+        raise UsageError("--dist-timeout must be positive")
     overrides = parse_overrides(args.overrides)
     from torchrl_offline.trainers.offline import train
 
@@ -205,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             out_dir=args.out,
             resume=args.resume,
+            overwrite=args.overwrite,
             batch_size=args.batch_size,
             overrides=overrides,
             eval_env=env,

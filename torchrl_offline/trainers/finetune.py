@@ -61,11 +61,13 @@ from torchrl_offline.trainers.offline import (
     TrainResult,
     _algorithm_metadata,
     _check_env,
+    _claim,
     _read_metadata,
     _reference,
     _with_new_defaults,
     as_env,
 )
+from torchrl_offline.trainers.resume import check_resumable, run_identity
 
 __all__ = ["TRAINING_KEYS", "OnlineSource", "finetune"]
 
@@ -544,6 +546,7 @@ def finetune(
     seed: int = 0,
     out_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     batch_size: int = 256,
     offline_fraction: float = 0.5,
     anneal_steps: int | None = None,
@@ -590,9 +593,13 @@ def finetune(
         total_steps: gradient steps of fine-tuning.
         seed: seeds torch, NumPy, Python and the env.
         out_dir: run directory for logs and checkpoints (``None`` writes nothing).
-        resume: continue from the newest fine-tuning checkpoint in ``out_dir`` (a fresh
-            start when there is none); ``algorithm``'s weights are replaced by the
-            checkpoint's.
+        resume: continue from the newest fine-tuning checkpoint in ``out_dir`` (an error
+            when there is none); ``algorithm``'s weights are replaced by the
+            checkpoint's. The dataset (content fingerprint), batch size, seed and
+            fine-tuning settings must be the checkpoint's.
+        overwrite: replace the run already in ``out_dir`` (only a run directory of ours);
+            without it (or ``resume``) a directory holding a run is refused, as in
+            :func:`~torchrl_offline.trainers.offline.train`.
         batch_size: transitions per update.
         offline_fraction: share of each batch drawn from the offline data, in ``(0, 1)``.
         anneal_steps: updates over which the share decays to zero (``None``: constant).
@@ -612,7 +619,10 @@ def finetune(
     Raises:
         AlgorithmError: bad settings, or an env not matching the algorithm's specs.
         CheckpointError: ``resume`` with a corrupt checkpoint, an offline-training
-            checkpoint, or one of another algorithm or fine-tuning settings.
+            checkpoint, or one of another algorithm, fine-tuning settings, dataset,
+            batch size or seed.
+        RunDirectoryError: ``out_dir`` is in use, holds a run and neither ``resume``
+            nor ``overwrite`` is set, or has nothing to resume.
 
     Examples:
         >>> import torch
@@ -644,6 +654,48 @@ def finetune(
         raise AlgorithmError(f"anneal_steps must be >= 1 or None, got {anneal_steps}")
     if resume and out_dir is None:
         raise ValueError("resume=True needs out_dir")
+    args = dict(locals())
+    del args["overwrite"]
+    out = Path(out_dir) if out_dir is not None else None
+    claim = _claim(
+        out, None, kind="finetune", algorithm=algorithm.name, resume=resume, overwrite=overwrite
+    )
+    try:
+        return _finetune(**args)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _finetune(
+    algorithm: Algorithm,
+    dataset: ReplayBuffer,
+    env: EnvBase | str,
+    *,
+    total_steps: int,
+    seed: int,
+    out_dir: str | os.PathLike | None,
+    resume: bool,
+    batch_size: int,
+    offline_fraction: float,
+    anneal_steps: int | None,
+    online_capacity: int,
+    frames_per_batch: int,
+    utd_ratio: float,
+    exploration_noise: float,
+    eval_env: EnvBase | str | None,
+    eval_interval: int,
+    eval_episodes: int,
+    eval_max_steps: int,
+    checkpoint_interval: int,
+    keep_checkpoints: int,
+    log_interval: int,
+    logger: str | Logger | None,
+    progress: bool,
+    hooks: Sequence[TrainerHookBase],
+) -> TrainResult:
+    """The body of :func:`finetune`, in its claimed run directory."""
+    identity = run_identity(dataset, batch_size=batch_size, seed=seed)
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
@@ -698,7 +750,7 @@ def finetune(
         "utd_ratio": float(utd_ratio),
         "exploration_noise": float(exploration_noise),
     }
-    metadata = {**_algorithm_metadata(algo), "finetune": settings}
+    metadata = {**_algorithm_metadata(algo), "finetune": settings, **identity}
     trainer = OfflineTrainer(
         replay_buffer=dataset,
         loss_module=algo.loss,
@@ -773,13 +825,7 @@ def _resume(
             f"Checkpoint {str(path)!r} is from offline training, not fine-tuning; give "
             "fine-tuning another out_dir (the offline run is its starting point)"
         )
-    for key in ("algorithm", "hyperparameters", "observation_norm", "finetune"):
-        if saved.get(key) != current.get(key):
-            raise CheckpointError(
-                f"Checkpoint {str(path)!r} is a {saved['algorithm']} fine-tuning run with "
-                f"other {key.replace('finetune', 'fine-tuning settings')} than this "
-                f"{metadata['algorithm']} run; use another out_dir or the same settings"
-            )
+    check_resumable(saved, current, path, compare=("finetune",), run="fine-tuning run")
     trainer.load_checkpoint_state(state)
     checkpointer.last_path = path
 

@@ -65,6 +65,8 @@ from torchrl_offline.trainers.hooks import (
     make_logger,
 )
 from torchrl_offline.trainers.normalization import NormalizeObservations, observation_moments
+from torchrl_offline.trainers.resume import check_resumable, run_identity
+from torchrl_offline.trainers.run_dir import RunLock, claim_run_directory
 
 if TYPE_CHECKING:
     from torchrl_offline.trainers.distributed import DistributedContext
@@ -638,6 +640,7 @@ def train(
     seed: int = 0,
     out_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     batch_size: int = 256,
     overrides: Mapping[str, Any] | None = None,
     normalize_observations: bool = False,
@@ -665,6 +668,13 @@ def train(
     ``total_steps`` exactly as if it had not stopped (same parameters, bitwise, on the
     same machine). Ctrl-C ends the current update, writes a checkpoint and returns.
 
+    ``out_dir`` is owned by the run
+    (:func:`~torchrl_offline.trainers.run_dir.claim_run_directory`): a lock file keeps
+    other processes out while it runs, and a directory already holding a run is refused
+    unless ``resume`` or ``overwrite`` is set. Resuming checks that the algorithm,
+    spaces, hyperparameters, dataset (content fingerprint), batch size and seed are the
+    checkpoint's (:mod:`~torchrl_offline.trainers.resume`).
+
     Args:
         algorithm: an algorithm name (see
             :data:`~torchrl_offline.trainers.algorithms.ALGORITHMS`) or a built
@@ -676,8 +686,11 @@ def train(
         seed: the run's seed.
         out_dir: the run directory (``checkpoints/`` and ``logs/``); ``None`` writes
             nothing.
-        resume: continue from the newest checkpoint in ``out_dir`` (a fresh start when
-            there is none).
+        resume: continue from the newest checkpoint in ``out_dir`` (an error when there
+            is none).
+        overwrite: replace the run already in ``out_dir`` (only a run directory of
+            ours: its checkpoints, logs, ``summary.json`` and ``run.json`` go; other
+            files stay).
         batch_size: transitions per update.
         overrides: hyperparameters for ``build_algorithm`` (with a name only).
         normalize_observations: train the networks on observations normalised by the
@@ -710,7 +723,10 @@ def train(
         AlgorithmError: unknown algorithm or hyperparameter, or an env not matching the
             dataset.
         CheckpointError: ``resume`` with a corrupt checkpoint or one of another
-            algorithm or hyperparameters.
+            algorithm, spaces, hyperparameters, dataset, batch size or seed.
+        RunDirectoryError: ``out_dir`` is in use by another process, holds a run and
+            neither ``resume`` nor ``overwrite`` is set, has nothing to resume, or is
+            not a run of ours to overwrite.
 
     Examples:
         >>> import torch
@@ -732,9 +748,22 @@ def train(
     from torchrl_offline.trainers.distributed import context_for
 
     context, owned = context_for(args.pop("distributed"))
+    claim = None
     try:
+        if resume and out_dir is None:
+            raise ValueError("resume=True needs out_dir")
+        claim = _claim(
+            None if out_dir is None else Path(out_dir),
+            context,
+            kind="train",
+            algorithm=algorithm if isinstance(algorithm, str) else algorithm.name,
+            resume=resume,
+            overwrite=args.pop("overwrite"),
+        )
         return _train(context=context, **args)
     finally:
+        if claim is not None:
+            claim.release()
         if owned:
             context.close()
 
@@ -763,6 +792,7 @@ def _train(
     hooks: Sequence[TrainerHookBase],
 ) -> TrainResult:
     """The body of :func:`train`; ``context`` is the data-parallel run, if any."""
+    identity = run_identity(dataset, batch_size=batch_size, seed=seed)  # before sharding
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
@@ -810,13 +840,14 @@ def _train(
     else:
         the_logger = None
 
-    metadata = _algorithm_metadata(algo)
+    algo_metadata = _algorithm_metadata(algo)
+    metadata = {**algo_metadata, **identity}
     stepper = None
     if context is not None:
         dist_mod.check_settings(
             context,
             {
-                "algorithm": metadata,
+                "algorithm": algo_metadata,
                 "seed": seed,
                 "batch_size": batch_size,
                 "total_steps": total_steps,
@@ -877,6 +908,41 @@ def _train(
         if owned_env is not None:
             owned_env.close()
     return TrainResult.of_run(algo, trainer, evaluation, checkpointer, log_dir)
+
+
+def _claim(
+    out: Path | None,
+    context: DistributedContext | None,
+    *,
+    kind: str,
+    algorithm: str,
+    resume: bool,
+    overwrite: bool,
+) -> RunLock | None:
+    """Claims ``out`` for this run (rank 0 alone in a data-parallel run; a refusal there
+    stops every rank)."""
+    if out is None:
+        if overwrite:
+            raise ValueError("overwrite=True needs out_dir")
+        return None
+    claim, error = None, None
+    if context is None or context.is_main:
+        try:
+            claim = claim_run_directory(
+                out, kind=kind, algorithm=algorithm, resume=resume, overwrite=overwrite
+            )
+        except Exception as err:
+            if context is None:
+                raise
+            error = err
+    if context is not None:
+        try:
+            context.check("claiming the run directory", error)
+        except BaseException:
+            if claim is not None:
+                claim.release()
+            raise
+    return claim
 
 
 def _setup_hooks(
@@ -986,19 +1052,13 @@ def _find_resumable(
     directory: Path, metadata: Mapping[str, Any], name: str
 ) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint in ``directory`` and its state, checked to be of this run
-    (same algorithm, hyperparameters, normalisation), or ``None`` when there is none."""
+    (:func:`~torchrl_offline.trainers.resume.check_resumable`: same algorithm, spaces,
+    hyperparameters, normalisation, dataset, batch size and seed), or ``None`` when
+    there is none."""
     path = latest_checkpoint(directory)
     if path is None:
         return None
     state = load_checkpoint(path)
     saved = _with_new_defaults(_read_metadata(state, path))
-    current = json.loads(json.dumps(metadata))
-    if any(
-        saved.get(k) != current.get(k) for k in ("algorithm", "hyperparameters", "observation_norm")
-    ):
-        raise CheckpointError(
-            f"Checkpoint {str(path)!r} is a {saved['algorithm']} run with other "
-            f"settings than this {name} run; use another out_dir or the same "
-            "algorithm and overrides"
-        )
+    check_resumable(saved, json.loads(json.dumps(metadata)), path)
     return path, state
