@@ -84,18 +84,25 @@ VARIANTS: dict[str, dict[str, tuple[str, dict]]] = {
         "ours_stochastic_backup": ("ours", {"deterministic_backup": False}),
         # d3rlpy's target action: the policy's mean at s', not a draw
         "ours_mean_backup": ("ours", {"backup_action": "mean"}),
-        "ours_lagrange_mean_backup": (
-            # d3rlpy's conservative settings and target action together
+        # d3rlpy's conservative term: weight 5 times a Lagrange multiplier on the gap
+        # minus 10, i.e. alpha' (5 gap - 50): our threshold is on the weighted gap
+        "ours_d3rlpy_conservative": (
+            "ours",
+            {"min_q_weight": 5.0, "with_lagrange": True, "lagrange_thresh": 50.0},
+        ),
+        "ours_d3rlpy_conservative_mean_backup": (
+            # and d3rlpy's target action
             "ours",
             {
                 "min_q_weight": 5.0,
                 "with_lagrange": True,
-                "lagrange_thresh": 10.0,
+                "lagrange_thresh": 50.0,
                 "backup_action": "mean",
             },
         ),
         "ours_lagrange": (
-            # d3rlpy's conservative settings: weight 5, Lagrange on the gap with threshold 10
+            # weight 5, Lagrange threshold 10 on the weighted gap (5 times stricter than
+            # d3rlpy's, whose threshold is on the unweighted gap)
             "ours",
             {"min_q_weight": 5.0, "with_lagrange": True, "lagrange_thresh": 10.0},
         ),
