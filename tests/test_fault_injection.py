@@ -30,7 +30,7 @@ from tests import _fault_worker as worker
 from torchrl_offline.data import collect_dataset, from_logged, load_minari, write_minari
 from torchrl_offline.data.errors import DatasetError
 from torchrl_offline.data.storage import load_transitions, verify_dataset
-from torchrl_offline.integrity import verify_manifest
+from torchrl_offline.integrity import MANIFEST, verify_manifest
 from torchrl_offline.leftovers import owner_tag
 from torchrl_offline.trainers.checkpoint import (
     CheckpointError,
@@ -170,6 +170,45 @@ def test_four_bytes_flipped_in_the_largest_record_never_load(run_dir):
         assert str(err.value).endswith("checkpoint_000000002.pt'")
         path.write_bytes(original)
     assert load_checkpoint(path)["step"] == 3
+
+
+def test_a_single_bit_flip_anywhere_never_loads_other_values(run_dir):
+    """Any one bit of the file: refused, or (zip padding and headers torch does not read)
+    the very same state."""
+    path = checkpoint_path(run_dir, 3)
+    original = path.read_bytes()
+    expected = load_checkpoint(path)
+    rng = random.Random(4)
+    refused = same = 0
+    for _ in range(50 * TRIALS):
+        data = bytearray(original)
+        data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        path.write_bytes(data)
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError:
+            refused += 1
+            continue
+        assert state["step"] == expected["step"]
+        assert torch.equal(state["weights"], expected["weights"])
+        same += 1
+    print(f"single bit flips of a checkpoint: {refused} refused, {same} loaded the same state")
+
+
+def test_any_bit_flip_of_a_cache_entry_fails_full_verification(tmp_path):
+    _write_dataset(tmp_path / "minari", "fault/flips-v0")
+    path = load_minari("fault/flips-v0", root=tmp_path / "minari", cache_dir=tmp_path / "c").path
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.stat().st_size)
+    rng = random.Random(5)
+    for _ in range(25 * TRIALS):
+        file = rng.choice(files)
+        original = file.read_bytes()
+        _flip(file, [rng.randrange(len(original))])
+        damage = "(?i)manifest" if file.name == MANIFEST else rf"{file.name}': content hash"
+        with pytest.raises(DatasetError, match=damage):
+            verify_dataset(path, full=True)
+        file.write_bytes(original)
+    verify_dataset(path, full=True)
 
 
 def test_lowest_bit_of_every_16th_byte_never_loads(run_dir):

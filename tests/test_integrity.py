@@ -57,6 +57,9 @@ def test_missing_file_and_missing_or_damaged_manifest(folder):
     (folder / MANIFEST).write_text("{not json")
     with pytest.raises(ValueError, match="Manifest .* is unreadable"):
         verify_manifest(folder)
+    (folder / MANIFEST).write_text("[1, 2]")
+    with pytest.raises(ValueError, match="damaged or of an unknown format"):
+        verify_manifest(folder)
     (folder / MANIFEST).write_text('{"format": "other"}')
     with pytest.raises(ValueError, match="damaged or of an unknown format"):
         verify_manifest(folder)

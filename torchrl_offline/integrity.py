@@ -107,7 +107,11 @@ def _read(directory: Path, error: type[ValueError]) -> dict[str, dict[str, Any]]
     except (OSError, ValueError) as err:
         raise error(f"Manifest {str(path)!r} is unreadable ({err})") from err
     files = record.get("files") if isinstance(record, dict) else None
-    if record.get("format") != _FORMAT or not isinstance(files, dict):
+    valid = isinstance(files, dict) and all(
+        isinstance(e, dict) and isinstance(e.get("size"), int) and isinstance(e.get("hash"), str)
+        for e in files.values()
+    )
+    if not valid or record.get("format") != _FORMAT:
         raise error(f"Manifest {str(path)!r} is damaged or of an unknown format")
     return files
 
