@@ -179,6 +179,19 @@ def test_online_buffer_is_saved_in_chunks_and_pruned(tmp_path):
     assert sorted(index["16"]) == chunks[2:3]
 
 
+def test_a_damaged_online_buffer_chunk_is_refused_on_resume(tmp_path):
+    data = make_dataset()
+    _finetune("td3_bc", data, tmp_path, total=8, hooks=[StopAt(6)])
+    store = tmp_path / "checkpoints" / "online_buffer"
+    chunk = sorted(p for p in store.iterdir() if p.is_dir())[-1]
+    column = chunk / "observation.memmap"
+    raw = bytearray(column.read_bytes())
+    raw[0] ^= 0x01
+    column.write_bytes(raw)
+    with pytest.raises(CheckpointError, match=r"chunk .* is damaged: .*observation\.memmap'"):
+        _finetune("td3_bc", data, tmp_path, total=8, resume=True)
+
+
 def test_resume_refuses_offline_checkpoints_and_other_settings(tmp_path):
     data = make_dataset()
     train("iql", data, total_steps=2, batch_size=16, out_dir=tmp_path / "offline",

@@ -41,6 +41,7 @@ from torchrl.modules import AdditiveGaussianModule, EGreedyModule, Probabilistic
 from torchrl.record.loggers import Logger
 from torchrl.trainers import TrainerHookBase
 
+from torchrl_offline.integrity import MANIFEST, verify_manifest, write_manifest
 from torchrl_offline.trainers.algorithms import Algorithm, AlgorithmError
 from torchrl_offline.trainers.checkpoint import (
     CheckpointError,
@@ -215,9 +216,10 @@ class _ChunkStore:
 
     Each checkpoint writes one chunk, ``chunk_<start>_<end>_<id>``: the transitions
     numbered ``start`` to ``end - 1`` in insertion order (only those added since the
-    previous checkpoint), to a temporary folder renamed into place. ``index.json`` maps
-    each checkpoint's step to the chunks it needs; chunks needed by no checkpoint left on
-    disk are deleted.
+    previous checkpoint), to a temporary folder renamed into place, with a manifest of its
+    files (checked in full when the chunk is read back, as checkpoints are). ``index.json``
+    maps each checkpoint's step to the chunks it needs; chunks needed by no checkpoint left
+    on disk are deleted.
     """
 
     def __init__(self, checkpoint_dir: Path) -> None:
@@ -233,6 +235,7 @@ class _ChunkStore:
             if path.is_file():
                 with open(path, "rb+") as f:
                     os.fsync(f.fileno())
+        write_manifest(tmp)
         os.replace(tmp, self.directory / name)
         return name
 
@@ -242,6 +245,13 @@ class _ChunkStore:
             raise CheckpointError(
                 f"the online buffer chunk {str(path)!r} of this checkpoint is missing"
             )
+        if (path / MANIFEST).is_file():  # chunks of older versions have none
+            try:
+                verify_manifest(path, full=True, error=CheckpointError)
+            except CheckpointError as err:
+                raise CheckpointError(
+                    f"the online buffer chunk {str(path)!r} of this checkpoint is damaged: {err}"
+                ) from err
         try:
             return TensorDict.load_memmap(path)
         except Exception as err:
