@@ -313,21 +313,26 @@ def test_hdf5_without_next_observations(tmp_path):
     log = d4rl_log()
     # Observations that follow on across episodes except at episode ends.
     write_d4rl_hdf5(tmp_path / "log.h5", log, next_observations=False)
-    with pytest.raises(DatasetError, match="index 2") as info:
+    # Row 2 ends episode 0 by termination: it needs no next observation. Row 3 (a one-step
+    # episode that times out) is the first step without one.
+    with pytest.raises(DatasetError, match="index 3") as info:
         from_logged(tmp_path / "log.h5", path=tmp_path / "ds")
-    assert info.value.field == "next_observation" and info.value.index == 2
-    td = stored(from_logged(tmp_path / "log.h5", path=tmp_path / "ds", drop_incomplete=True))
-    keep = [0, 1, 4, 5, 6]  # the last step of each episode is dropped
+    assert info.value.field == "next_observation" and info.value.index == 3
+    rb = from_logged(tmp_path / "log.h5", path=tmp_path / "ds", drop_incomplete=True)
+    td = stored(rb)
+    keep = [0, 1, 2, 4, 5, 6]  # the truncated last steps are dropped, the terminal one kept
     torch.testing.assert_close(
         td["observation"], torch.as_tensor(log["observations"][keep], dtype=torch.float32)
     )
-    torch.testing.assert_close(
+    torch.testing.assert_close(  # the terminal step's next observation: its observation
         td["next", "observation"],
-        torch.as_tensor(log["observations"][[1, 2, 5, 6, 7]], dtype=torch.float32),
+        torch.as_tensor(log["observations"][[1, 2, 2, 5, 6, 7]], dtype=torch.float32),
     )
-    assert td["episode"].tolist() == [0, 0, 1, 1, 1]  # the one-step episode vanished
-    assert td["next", "truncated"].reshape(-1).tolist() == [False, True, False, False, True]
-    assert not td["next", "terminated"].any()
+    assert td["episode"].tolist() == [0, 0, 0, 1, 1, 1]  # the one-step episode vanished
+    assert td["next", "terminated"].reshape(-1).tolist() == [0, 0, 1, 0, 0, 0]
+    assert td["next", "truncated"].reshape(-1).tolist() == [0, 0, 0, 0, 0, 1]
+    assert rb.metadata["terminal_next_observations_filled"] == 1
+    assert rb.metadata["dropped_transitions"] == 2
 
 
 # ------------------------------------------------------------------ boundaries, next obs
@@ -370,11 +375,9 @@ def test_derived_next_observation_with_done_flags_and_next_column_kept(tmp_path)
     log = d4rl_log()
     derived = {k: v for k, v in log.items() if k != "next_observations"}
     td = stored(from_logged(derived, path=tmp_path / "a", drop_incomplete=True, chunk_size=2))
-    keep = [0, 1, 4, 5, 6]
-    torch.testing.assert_close(
-        td["next", "observation"],
-        torch.as_tensor(log["next_observations"][keep], dtype=torch.float32),
-    )
+    expected = log["next_observations"][[0, 1, 2, 4, 5, 6]].copy()
+    expected[2] = log["observations"][2]  # terminal: a copy of its observation
+    torch.testing.assert_close(td["next", "observation"], torch.as_tensor(expected).float())
 
 
 def test_last_row_without_next_observation(tmp_path):

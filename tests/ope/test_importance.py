@@ -216,6 +216,17 @@ def test_bad_behavior_prob():
         ImportanceSampling(_PreferZero(0.5), gamma=1.0).estimate(td)
 
 
+def test_discrete_log_prob_above_zero_is_refused():
+    """A discrete action's probability is at most 1, as action_prob's (0, 1] check says."""
+    td = _toy()
+    td["action_log_prob"][5] = 0.3  # probability 1.35
+    with pytest.raises(OPEError, match=r"is 0.3 at transition 5 \(probability 1.3") as info:
+        ImportanceSampling(_PreferZero(0.5), gamma=1.0).estimate(td)
+    assert info.value.field == "action_log_prob" and info.value.index == 5
+    td["action_log_prob"][5] = 0.0  # probability 1: allowed
+    assert math.isfinite(ImportanceSampling(_PreferZero(0.5), gamma=1.0).estimate(td).value)
+
+
 def test_mismatched_action_spaces():
     td = _toy()
     actor = ProbabilisticActor(

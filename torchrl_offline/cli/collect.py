@@ -107,14 +107,26 @@ def run(args: argparse.Namespace) -> int:
     """Collect the dataset and print where it was written."""
     from torchrl_offline.cli.envs import make_env
     from torchrl_offline.cli.policies import build_behavior_policy, parse_policy_spec
-    from torchrl_offline.data import collect_dataset
-    from torchrl_offline.data.minari_writer import minari_root
+    from torchrl_offline.data import DatasetError, collect_dataset
+    from torchrl_offline.data.minari_writer import (
+        check_dataset_id,
+        minari_root,
+        new_dataset_directory,
+    )
 
     if args.steps < 1:
         raise UsageError(f"--steps must be positive, got {args.steps}")
-    target = minari_root(args.root) / args.dataset_id
-    if target.exists() and not args.overwrite:
-        raise CLIError(f"a dataset already exists at {target}; pass --overwrite to replace it")
+    try:
+        check_dataset_id(args.dataset_id)
+    except DatasetError as err:
+        raise UsageError(f"--dataset-id: {err}") from None
+    try:
+        new_dataset_directory(args.dataset_id, args.root, overwrite=args.overwrite)
+    except FileExistsError:
+        raise CLIError(
+            f"a dataset already exists at {minari_root(args.root) / args.dataset_id}; pass "
+            "--overwrite to replace it"
+        ) from None
     specs = [parse_policy_spec(text) for text in args.policy or ["random"]]
     env = make_env(args.env, float32=False)
     try:

@@ -40,7 +40,7 @@ from torchrl_offline.data.keys import (
     TERMINATED,
     TRUNCATED,
 )
-from torchrl_offline.data.minari_writer import minari_root, write_minari
+from torchrl_offline.data.minari_writer import new_dataset_directory, write_minari
 from torchrl_offline.data.storage import allocate_transitions
 from torchrl_offline.leftovers import OWNER, owner_tag, remove_stale
 
@@ -268,9 +268,7 @@ def collect_dataset(
         raise ValueError(f"frames_per_batch must be positive, got {frames_per_batch}")
     if (ref_min_score is None) != (ref_max_score is None):
         raise ValueError("ref_min_score and ref_max_score must be given together")
-    target = minari_root(root) / dataset_id
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"A Minari dataset already exists at {target}; pass overwrite=True")
+    new_dataset_directory(dataset_id, root, overwrite=overwrite)  # checked before collecting
     base_env, owned = _make_env(env, env_kwargs)
     collector = None
     try:

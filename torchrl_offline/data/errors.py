@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["DatasetError", "DatasetNotFoundError"]
+import contextlib
+import os
+from collections.abc import Iterator
+
+__all__ = ["DatasetError", "DatasetNotFoundError", "reading"]
 
 
 class DatasetError(ValueError):
@@ -25,3 +29,43 @@ class DatasetError(ValueError):
 
 class DatasetNotFoundError(DatasetError, FileNotFoundError):
     """A dataset id or path that could not be resolved locally."""
+
+
+#: Exceptions of file readers turned into :class:`DatasetError` by :func:`reading`
+#: (pyarrow's and h5py's are subclasses of these or come from those packages).
+_READ_ERRORS = (OSError, ValueError, KeyError, EOFError, TypeError, IndexError, RuntimeError)
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Turns the errors of reading ``path`` into a :class:`DatasetError` naming the file.
+
+    Truncated, damaged or fake files make pyarrow, h5py, ``json`` and the OS raise their
+    own exceptions (``ArrowInvalid``, ``OSError``, ``JSONDecodeError``...), without the
+    file's name; inside this context they become one ``DatasetError`` (a ``ValueError``)
+    that names the file, says what it should have been and keeps the original as its
+    ``__cause__``. Our own ``DatasetError`` passes through unchanged.
+
+    Args:
+        path: the file (or folder) being read.
+        what: what it should be, e.g. ``"Parquet file"``.
+
+    Examples:
+        >>> from torchrl_offline.data.errors import DatasetError, reading
+        >>> try:
+        ...     with reading("log.csv", "CSV file"):
+        ...         raise OSError("unexpected end of file")
+        ... except DatasetError as err:
+        ...     print(err)
+        The CSV file 'log.csv' cannot be read (truncated, damaged or of another format): OSError: unexpected end of file
+    """
+    try:
+        yield
+    except DatasetError:
+        raise
+    except _READ_ERRORS as err:
+        text = " ".join(str(err).split())[:300]
+        raise DatasetError(
+            f"The {what} {str(path)!r} cannot be read (truncated, damaged or of another "
+            f"format): {type(err).__name__}: {text}"
+        ) from err

@@ -3,8 +3,9 @@
 Rows arrive chunk by chunk. An episode ends at a done flag or where the episode id
 changes; an episode that ends without a flag is truncated; without a next-observation
 column the next observation of a row is the observation of the following row of the
-same episode (the last row of an episode then has none: an error, or dropped on
-request). :func:`iter_transitions` yields finished transitions with the source rows
+same episode. The last row of an episode then has none: a terminal one needs none (it
+is never bootstrapped) and gets a copy of its observation; any other is an error, or
+dropped on request. :func:`iter_transitions` yields finished transitions with the source rows
 they came from, so every error names the source row.
 """
 
@@ -155,6 +156,7 @@ class Walk:
     last_id: Any = None  # the source episode id of the last row seen (id-column mode)
     seen_ids: set = dataclasses.field(default_factory=set)
     dropped: int = 0  # transitions dropped for lack of a next observation
+    terminal_filled: int = 0  # terminal steps kept without a successor (next obs = obs)
 
 
 def iter_transitions(
@@ -270,7 +272,9 @@ def _finish(
     if next_given:
         missing = np.zeros(n, bool)
     else:
-        missing = end.copy()
+        # A terminal step is never bootstrapped: it needs no next observation (it gets a
+        # copy of its observation). The other last steps of an episode have none.
+        missing = end & ~term
         if not final:
             missing[-1] = False  # not known yet: looked at again with the next chunk
     if (i := first_index(missing[:m])) is not None and not drop_incomplete:
@@ -302,10 +306,13 @@ def _finish(
             out[key] = value[:m]
     if not next_given:
         rows = np.nonzero(same[:m])[0]
+        filled = np.nonzero((end & term)[:m])[0]
+        state.terminal_filled += len(filled)
         for key, value in buf.items():
             if key[0] == "observation":
                 nxt = np.zeros_like(value[:m])
                 nxt[rows] = value[rows + 1]
+                nxt[filled] = value[filled]
                 out[("next_observation", *key[1:])] = nxt
     out[("terminated",)] = term[:m]
     out[("truncated",)] = trunc[:m]

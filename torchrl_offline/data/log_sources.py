@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tensordict import TensorDictBase
 
-from torchrl_offline.data.errors import DatasetError
+from torchrl_offline.data.errors import DatasetError, DatasetNotFoundError, reading
 from torchrl_offline.data.validate import check_lengths
 
 __all__ = ["Name", "SourceTable", "dotted", "open_source"]
@@ -105,13 +105,15 @@ class _ParquetTable(SourceTable):
 
         self.path = path
         # Memory-mapped: the default reader keeps growing its buffers over a large file.
-        self.file = pq.ParquetFile(path, memory_map=True)
+        with reading(path, "Parquet file"):
+            self.file = pq.ParquetFile(path, memory_map=True)
         super().__init__([(name,) for name in self.file.schema_arrow.names])
 
     def chunks(self, chunk_size: int) -> Iterator[dict[Name, np.ndarray]]:
         names = [n[0] for n in self.used]
-        for batch in self.file.iter_batches(batch_size=chunk_size, columns=names):
-            yield {(name,): _arrow_to_numpy(batch.column(name)) for name in names}
+        with reading(self.path, "Parquet file"):
+            for batch in self.file.iter_batches(batch_size=chunk_size, columns=names):
+                yield {(name,): _arrow_to_numpy(batch.column(name)) for name in names}
 
     def describe(self) -> dict[str, Any]:
         return {"source_type": self.kind, "source_path": str(self.path)}
@@ -126,9 +128,10 @@ class _CsvTable(SourceTable):
         self.path = path
         # Blocks of roughly chunk_size rows of a few dozen numbers.
         self.block_size = max(1 << 12, min(1 << 24, 64 * chunk_size))
-        reader = csv.open_csv(path, read_options=csv.ReadOptions(block_size=self.block_size))
-        self.schema = reader.schema
-        reader.close()
+        with reading(path, "CSV file"):
+            reader = csv.open_csv(path, read_options=csv.ReadOptions(block_size=self.block_size))
+            self.schema = reader.schema
+            reader.close()
         super().__init__([(name,) for name in self.schema.names])
         self.column_types: dict[str, Any] = {}
 
@@ -148,18 +151,19 @@ class _CsvTable(SourceTable):
         from pyarrow import csv
 
         names = [n[0] for n in self.used]
-        reader = csv.open_csv(
-            self.path,
-            read_options=csv.ReadOptions(block_size=self.block_size),
-            convert_options=csv.ConvertOptions(
-                column_types=self.column_types, include_columns=names
-            ),
-        )
-        try:
-            for batch in reader:
-                yield {(name,): _arrow_to_numpy(batch.column(name)) for name in names}
-        finally:
-            reader.close()
+        with reading(self.path, "CSV file"):
+            reader = csv.open_csv(
+                self.path,
+                read_options=csv.ReadOptions(block_size=self.block_size),
+                convert_options=csv.ConvertOptions(
+                    column_types=self.column_types, include_columns=names
+                ),
+            )
+            try:
+                for batch in reader:
+                    yield {(name,): _arrow_to_numpy(batch.column(name)) for name in names}
+            finally:
+                reader.close()
 
     def describe(self) -> dict[str, Any]:
         return {"source_type": self.kind, "source_path": str(self.path)}
@@ -175,7 +179,7 @@ class _Hdf5Table(SourceTable):
 
         self.path = path
         self.lengths: dict[Name, int] = {}
-        with h5py.File(path, "r") as f:
+        with reading(path, "HDF5 file"), h5py.File(path, "r") as f:
 
             def visit(name: str, obj: Any) -> None:
                 # D4RL's metadata/ group holds per-dataset values, not per-step columns.
@@ -192,7 +196,7 @@ class _Hdf5Table(SourceTable):
     def chunks(self, chunk_size: int) -> Iterator[dict[Name, np.ndarray]]:
         import h5py
 
-        with h5py.File(self.path, "r") as f:
+        with reading(self.path, "HDF5 file"), h5py.File(self.path, "r") as f:
             for start in range(0, self.num_rows, chunk_size):
                 yield {n: f["/".join(n)][start : start + chunk_size] for n in self.used}
 
@@ -271,7 +275,7 @@ def open_source(source: Any, file_format: str | None, chunk_size: int) -> Source
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"No log file at {path}")
+            raise DatasetNotFoundError(f"No log file at {path}")
         fmt = (file_format or path.suffix.lstrip(".")).lower()
         if fmt in ("parquet", "pq"):
             return _ParquetTable(path)

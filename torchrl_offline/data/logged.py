@@ -355,9 +355,12 @@ def from_logged(
     the log has an episode-id column, where the id changes. An episode that ends
     without a flag (the log stops or the id changes) is marked truncated. Without a
     next-observation column, the next observation of a step is the observation of the
-    following row of the same episode; the last step of an episode then has none, and
-    is an error unless ``drop_incomplete=True`` drops it (its predecessor then ends the
-    episode, truncated).
+    following row of the same episode; the last step of an episode then has none. A
+    terminal last step needs none (its value is never bootstrapped): it is kept, with
+    a copy of its observation as next observation. A non-terminal (truncated or cut)
+    last step is an error unless ``drop_incomplete=True`` drops it (its predecessor
+    then ends the episode, truncated). The metadata count both:
+    ``terminal_next_observations_filled`` and ``dropped_transitions``.
 
     The data are validated before anything is written (non-finite values, mismatched
     lengths, actions outside the action space, terminated and truncated both set, flags
@@ -383,8 +386,8 @@ def from_logged(
         action_space: the gymnasium action space, checked against every action;
             inferred when absent (Box over the data's range for floating actions,
             Discrete(max + 1) for integer actions, MultiDiscrete for integer vectors).
-        drop_incomplete: drop the transitions whose next observation cannot be
-            derived instead of raising.
+        drop_incomplete: drop the non-terminal transitions whose next observation
+            cannot be derived instead of raising (terminal ones are always kept).
         dtype: the floating dtype of the stored data.
         one_hot_actions: store Discrete actions one-hot (int64) instead of indices.
         file_format: ``"parquet"``, ``"csv"`` or ``"hdf5"`` when the file suffix does
@@ -429,9 +432,11 @@ def from_logged(
         ... }
         >>> rb = from_logged(log, drop_incomplete=True)
         >>> len(rb), rb.storage[0]["next", "observation"].shape
-        (4, torch.Size([3]))
+        (5, torch.Size([3]))
         >>> rb.storage[:]["episode"].tolist()
-        [0, 0, 1, 1]
+        [0, 0, 0, 1, 1]
+        >>> rb.metadata["terminal_next_observations_filled"], rb.metadata["dropped_transitions"]
+        (1, 1)
     """
     from minari.serialization import serialize_space
 
@@ -554,6 +559,7 @@ def from_logged(
         **table.describe(),
         "total_steps": total,
         "dropped_transitions": walk.dropped,
+        "terminal_next_observations_filled": walk.terminal_filled,
         "observation_space": options["observation_space"],
         "action_space": options["action_space"],
         "content_hash": content_hash,

@@ -33,7 +33,7 @@ from torchrl.data.replay_buffers.samplers import Sampler
 from torchrl.data.replay_buffers.writers import ImmutableDatasetWriter
 from torchrl.envs.transforms import Transform
 
-from torchrl_offline.data.errors import DatasetError, DatasetNotFoundError
+from torchrl_offline.data.errors import DatasetError, DatasetNotFoundError, reading
 from torchrl_offline.data.keys import (
     ACTION,
     DONE,
@@ -334,6 +334,13 @@ def _chunks(lengths: list[int], size: int) -> Iterator[tuple[list[int], int, int
         yield group, start, stop
 
 
+def _episodes(storage: Any, group: list[int], folder: Path) -> Iterator[dict]:
+    """Minari's episodes of ``group``, read lazily; a damaged file raises a
+    :class:`DatasetError` naming the dataset."""
+    with reading(folder / "data", "Minari dataset"):
+        yield from storage.get_episodes(group)
+
+
 def _read_chunk(
     episodes: Iterator[dict],
     expected: list[int],
@@ -445,20 +452,21 @@ def _convert(
     from minari.dataset.minari_storage import MinariStorage
     from minari.serialization import serialize_space
 
-    storage = MinariStorage.read(folder / "data")
-    observation_space, action_space = storage.observation_space, storage.action_space
+    with reading(folder / "data", "Minari dataset"):
+        storage = MinariStorage.read(folder / "data")
+        observation_space, action_space = storage.observation_space, storage.action_space
+        raw = storage.metadata
+        lengths = _episode_lengths(storage)
+        # Exhaust the reader (it closes its file), then look at the episode's infos.
+        (first,) = storage.get_episodes([0]) if lengths else ({},)
     if one_hot_actions and not isinstance(action_space, gym.spaces.Discrete):
         raise ValueError(
             f"one_hot_actions=True needs a Discrete action space, the dataset has {action_space}"
         )
-    raw = storage.metadata
-    lengths = _episode_lengths(storage)
     total = sum(lengths)
     if total == 0:
         raise DatasetError(f"The Minari dataset at {folder} holds no transition", field="rewards")
 
-    # Exhaust the reader (it closes its file), then look at the episode's infos.
-    (first,) = storage.get_episodes([0])
     first_infos = first.get("infos") or {}
     behavior_keys = [k for k in BEHAVIOR_INFO_KEYS if k in first_infos and k not in info_keys]
     for name in info_keys:
@@ -528,7 +536,7 @@ def _convert(
         out = allocate_transitions(stored_spec, total, tmp / "transitions")
         for group, start, stop in _chunks(lengths, chunk_transitions):
             chunk = _read_chunk(
-                iter(storage.get_episodes(group)),
+                _episodes(storage, group, folder),
                 [lengths[e] for e in group],
                 group,
                 observation_space=observation_space,
@@ -713,8 +721,12 @@ def load_minari(
         "info_keys": list(info_keys),
     }
     key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
-    with open(folder / "data" / _METADATA_FILE) as f:
-        dataset_id = str(json.load(f).get("dataset_id") or folder.name)
+    with reading(folder / "data" / _METADATA_FILE, "Minari metadata file"):
+        with open(folder / "data" / _METADATA_FILE) as f:
+            meta = json.load(f)
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON object was expected, got {type(meta).__name__}")
+    dataset_id = str(meta.get("dataset_id") or folder.name)
     target = _cache_entry(cache_root, dataset_id, key)
     remove_stale_builds(target.parent)
     if not _usable(target):

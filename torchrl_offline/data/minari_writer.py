@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,14 @@ from torchrl_offline.data.storage import atomic_directory
 from torchrl_offline.data.validate import validate_transitions
 from torchrl_offline.integrity import write_manifest
 
-__all__ = ["BEHAVIOR_INFO_KEYS", "minari_root", "resolve_minari_path", "write_minari"]
+__all__ = [
+    "BEHAVIOR_INFO_KEYS",
+    "check_dataset_id",
+    "minari_root",
+    "new_dataset_directory",
+    "resolve_minari_path",
+    "write_minari",
+]
 
 #: Per-step behaviour-policy fields stored in a Minari episode's ``infos``.
 #: Minari's ``infos`` hold T+1 entries (the reset info, then one per step), so
@@ -49,6 +57,65 @@ def minari_root(root: str | os.PathLike | None = None) -> Path:
     env = os.environ.get("MINARI_DATASETS_PATH")
     base = Path(env).expanduser() if env else Path.home() / ".minari" / "datasets"
     return base.absolute()
+
+
+#: One component of a dataset id: a letter or digit, then letters, digits, ``.``, ``_``, ``-``.
+_ID_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_dataset_id(dataset_id: str) -> str:
+    """Returns ``dataset_id`` if it is a dataset id (``"pendulum/mixed-v0"``), which names a
+    folder inside the datasets root and nothing outside it.
+
+    Raises:
+        DatasetError: an absolute path, a ``..`` or ``.`` component, an empty component, a
+            backslash or a component starting with anything but a letter or digit.
+
+    Examples:
+        >>> from torchrl_offline.data.minari_writer import check_dataset_id
+        >>> check_dataset_id("pendulum/mixed-v0")
+        'pendulum/mixed-v0'
+        >>> check_dataset_id("../../etc")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        torchrl_offline.data.errors.DatasetError: '../../etc' is not a dataset id...
+    """
+    text = str(dataset_id)
+    parts = text.split("/")
+    if not text or text.startswith("/") or not all(_ID_PART.match(p) for p in parts):
+        raise DatasetError(
+            f"{text!r} is not a dataset id: an id is one or more '/'-separated names of "
+            "letters, digits, '.', '_' and '-', each starting with a letter or digit (e.g. "
+            "'pendulum/mixed-v0'); no absolute path, '..' or '~'. Use root= (--root) to "
+            "choose where datasets are stored",
+            field="dataset_id",
+        )
+    return text
+
+
+def new_dataset_directory(
+    dataset_id: str, root: str | os.PathLike | None = None, *, overwrite: bool = False
+) -> Path:
+    """The directory ``<root>/<dataset_id>`` of a dataset about to be written.
+
+    Raises:
+        DatasetError: ``dataset_id`` is not an id (:func:`check_dataset_id`), or
+            ``overwrite`` would replace a directory that is not a Minari dataset.
+        FileExistsError: the directory exists and ``overwrite`` is False.
+    """
+    final = minari_root(root) / check_dataset_id(dataset_id)
+    if final.exists() or final.is_symlink():
+        if not overwrite:
+            raise FileExistsError(
+                f"A Minari dataset already exists at {final}; pass overwrite=True"
+            )
+        if final.is_symlink() or not (final / "data" / "metadata.json").is_file():
+            raise DatasetError(
+                f"Refusing to overwrite {final}: it is not a Minari dataset (no "
+                "data/metadata.json); remove it yourself or choose another id",
+                field="dataset_id",
+            )
+    return final
 
 
 def resolve_minari_path(
@@ -163,22 +230,23 @@ def write_minari(
         extra_info_keys: more per-step fields (one value per transition, e.g. ``"policy_id"``)
             stored in ``infos`` like the behaviour fields; entry 0 (the reset info) is NaN
             for floating fields and -1 for integer ones.
-        overwrite: replace an existing dataset with the same id.
+        overwrite: replace an existing dataset with the same id (only a Minari dataset:
+            an unrelated directory is never replaced).
 
     Returns:
         The dataset directory (``<root>/<dataset_id>``).
 
     Raises:
-        DatasetError: invalid transitions, non-contiguous episodes, or a next
-            observation that differs from the following observation of its episode.
+        DatasetError: invalid transitions, non-contiguous episodes, a next observation
+            that differs from the following observation of its episode, a
+            ``dataset_id`` that is not an id, or ``overwrite`` of a directory that is not
+            a Minari dataset.
         FileExistsError: the dataset exists and ``overwrite`` is False.
     """
     import minari
     from minari.dataset.minari_storage import MinariStorage
 
-    final = minari_root(root) / dataset_id
-    if final.exists() and not overwrite:
-        raise FileExistsError(f"A Minari dataset already exists at {final}; pass overwrite=True")
+    final = new_dataset_directory(dataset_id, root, overwrite=overwrite)
     required = (OBSERVATION, ACTION, NEXT_OBSERVATION, REWARD, TERMINATED, TRUNCATED, EPISODE)
     for key in (*required, *extra_info_keys):
         if key not in transitions.keys(True):

@@ -46,6 +46,9 @@ __all__ = [
     "write_complete_marker",
 ]
 
+#: Rows checked at a time by :func:`make_replay_buffer`.
+VALIDATION_CHUNK = 65536
+
 #: File holding a finished dataset directory's metadata (its manifest is written after it).
 COMPLETE_MARKER = "torchrl_offline.json"
 #: Temporary siblings of a directory being built or replaced (``.<name>.tmp-<owner>-<id>``;
@@ -245,9 +248,16 @@ def make_replay_buffer(
     transform: Transform | None = None,
     metadata: Mapping[str, Any] | None = None,
     path: str | Path | None = None,
+    validate: bool | None = None,
     **kwargs: Any,
 ) -> OfflineReplayBuffer:
     """Wrap stored transitions in a replay buffer over an :class:`OfflineTensorStorage`.
+
+    The transitions are validated as the adapters validate theirs
+    (:func:`~torchrl_offline.data.validate.validate_transitions`: finite values, reward
+    shape ``[N, 1]``, not both terminated and truncated, ``done`` equal to
+    ``terminated | truncated``), :data:`VALIDATION_CHUNK` rows at a time, so an error
+    names the field and the first bad index of the dataset.
 
     Args:
         transitions: the (memory-mapped) transitions, batch size ``[N]``.
@@ -256,8 +266,31 @@ def make_replay_buffer(
         transform: a TorchRL transform applied to sampled batches.
         metadata: dataset metadata to attach.
         path: on-disk location of the storage, if any.
+        validate: check the transitions; by default (``None``) they are checked unless
+            ``path`` is a finished dataset directory written by this package (validated
+            when it was written, and read lazily from then on).
         **kwargs: forwarded to :class:`~torchrl.data.TensorDictReplayBuffer`.
+
+    Raises:
+        DatasetError: invalid transitions, naming the field and the first bad index.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl_offline.data import DatasetError, make_replay_buffer
+        >>> obs = torch.zeros(4, 3)
+        >>> obs[2, 1] = float("nan")
+        >>> try:
+        ...     make_replay_buffer(TensorDict({"observation": obs}, [4]))
+        ... except DatasetError as err:
+        ...     print(err)
+        Field 'observation': non-finite value (nan) at index 2
     """
+    if validate or (validate is None and not (path is not None and is_complete(path))):
+        from torchrl_offline.data.validate import validate_transitions
+
+        for start in range(0, transitions.shape[0], VALIDATION_CHUNK):
+            validate_transitions(transitions[start : start + VALIDATION_CHUNK], offset=start)
     storage = OfflineTensorStorage(transitions, max_size=transitions.shape[0])
     return OfflineReplayBuffer(
         storage=storage,

@@ -111,6 +111,25 @@ def _check_behavior_log_prob(lp: torch.Tensor, key: str) -> None:
         )
 
 
+#: Slack above 0 allowed for a discrete action's log-probability (float rounding of log 1).
+_LOG_PROB_SLACK = 1e-6
+
+
+def _check_discrete_log_prob(lp: torch.Tensor, key: str) -> None:
+    """A discrete action's probability is at most 1: its log-probability is at most 0."""
+    bad = lp > _LOG_PROB_SLACK
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise OPEError(
+            f"Behaviour log-probability {key!r} is {lp[i].item():.6g} at transition {i} "
+            f"(probability {lp[i].exp().item():.6g} > 1; {int(bad.sum())} value(s) above 0 in "
+            "all): a discrete action's probability lies in (0, 1]; fix the data or pass "
+            "behavior_policy=",
+            field=key,
+            index=i,
+        )
+
+
 def _kish(w: torch.Tensor) -> torch.Tensor:
     """Kish effective sample size over the first dim: ``(sum w)^2 / sum w^2`` (0 if all 0)."""
     sq = w.pow(2).sum(0)
@@ -185,6 +204,8 @@ class _OPEEstimator:
                 ]
             ).to(torch.float64)
             _check_behavior_log_prob(lp, ACTION_LOG_PROB)
+            if ACTION in keys and not td.get(ACTION).dtype.is_floating_point:
+                _check_discrete_log_prob(lp, ACTION_LOG_PROB)
             return lp, f"logged ({ACTION_LOG_PROB})", False
         if bp is None and ACTION_PROB in keys:
             p = torch.cat(
