@@ -118,6 +118,8 @@ def test_unknown_dataset_lists_the_local_ones(pendulum_dataset, capsys):
         (["--policy", "checkpoint"], "checkpoint needs path=FILE"),
         (["--steps", "0"], "--steps must be positive"),
         (["--ref-min", "-1"], "give both --ref-min and --ref-max"),
+        (["--dataset-id", "../.."], "--dataset-id: '../..' is not a dataset id"),
+        (["--dataset-id", "/tmp/abs"], "--dataset-id: '/tmp/abs' is not a dataset id"),
     ],
 )
 def test_collect_bad_input_is_one_line(tmp_path, capsys, argv, message):
@@ -139,6 +141,19 @@ def test_collect_refuses_unknown_env_and_existing_dataset(pendulum_dataset, caps
     assert "--overwrite" in capsys.readouterr().err
     assert main([*argv, "--overwrite", "--no-progress"]) == 0
     assert len(load_minari(dataset_id, root=root)) == 5
+
+
+def test_collect_overwrite_replaces_only_a_dataset(tmp_path, capsys):
+    unrelated = tmp_path / "notes" / "x-v0"
+    unrelated.mkdir(parents=True)
+    (unrelated / "notes.txt").write_text("mine")
+    argv = ["collect", "CartPole-v1", "--dataset-id", "notes/x-v0", "--steps", "5",
+            "--root", str(tmp_path), "--no-progress"]  # fmt: skip
+    assert main(argv) == 1
+    assert "a dataset already exists" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 1
+    assert "it is not a Minari dataset" in capsys.readouterr().err
+    assert [p.name for p in unrelated.iterdir()] == ["notes.txt"]
 
 
 def test_scripted_controller_for_unknown_env_lists_known(tmp_path, capsys):

@@ -107,6 +107,38 @@ def test_resume_with_another_algorithm_is_refused(trained_run, tmp_path, capsys)
     assert "iql" in err and "td3_bc" in err and err.count("\n") == 1
 
 
+def test_an_existing_run_is_refused_then_replaced_with_overwrite(trained_run, tmp_path, capsys):
+    """Failure 3 of issue 15: `train --out EXISTING_RUN` exited 0 and printed a checkpoint
+    that keep-newest pruning had deleted."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run["run"], run)
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    summary = (run / "summary.json").read_text()
+    argv = ["train", "--algo", "iql", "--dataset", trained_run["dataset"], "--root",
+            trained_run["root"], "--out", str(run), "--steps", "4", "--no-progress", *TINY]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "already holds an iql train run (newest checkpoint: step 20)" in err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+    assert (run / "summary.json").read_text() == summary
+    assert main([*argv, "--overwrite"]) == 0
+    printed = capsys.readouterr().out
+    assert f"checkpoint: {run / 'checkpoints' / 'checkpoint_000000004.pt'}" in printed
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["checkpoint_000000004.pt"]
+    assert json.loads((run / "summary.json").read_text())["step"] == 4
+
+
+def test_resume_with_nothing_to_resume_is_an_error(trained_run, tmp_path, capsys):
+    argv = ["train", "--algo", "iql", "--dataset", trained_run["dataset"], "--root",
+            trained_run["root"], "--out", str(tmp_path / "new"), "--steps", "4", "--resume",
+            "--no-progress", *TINY]  # fmt: skip
+    assert main(argv) == 1
+    assert "nothing to resume" in capsys.readouterr().err
+    assert not (tmp_path / "new" / "checkpoints").exists()
+
+
 def test_list_hyperparameters(capsys):
     assert main(["train", "--algo", "iql", "--list-hyperparameters"]) == 0
     out = capsys.readouterr().out

@@ -242,3 +242,19 @@ def test_env_without_readable_state_resumes_with_a_new_episode(tmp_path, monkeyp
         resumed = _finetune("td3_bc", data, tmp_path, resume=True, hooks=[record])
     assert resumed.step == 12 and len(record.online) == 5
     assert record.online[0] == 9  # the online buffer (3 collections of 3) was restored
+
+
+def test_finetuning_owns_its_directory_and_resumes_only_the_same_run(tmp_path):
+    from torchrl_offline.trainers.run_dir import RunDirectoryError
+
+    data = make_dataset()
+    with pytest.raises(RunDirectoryError, match="nothing to resume"):
+        _finetune("iql", data, tmp_path / "online", total=4, resume=True)
+    _finetune("iql", data, tmp_path / "online", total=4)
+    with pytest.raises(RunDirectoryError, match="already holds an iql finetune run .*step 4"):
+        _finetune("iql", data, tmp_path / "online", total=8)
+    with pytest.raises(CheckpointError, match="seed 5 vs 6"):
+        finetune(_algo("iql", data), data, "Pendulum-v1", total_steps=8, seed=6,
+                 out_dir=tmp_path / "online", resume=True, batch_size=16, frames_per_batch=3,
+                 checkpoint_interval=4, progress=False)  # fmt: skip
+    assert _finetune("iql", data, tmp_path / "online", total=2, overwrite=True).step == 2
