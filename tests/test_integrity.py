@@ -68,6 +68,16 @@ def test_missing_file_and_missing_or_damaged_manifest(folder):
         verify_manifest(folder)
 
 
+def test_skipped_files_are_not_listed(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "metadata.json").write_text("{}")
+    (tmp_path / "data" / "main.bin").write_bytes(b"123")
+    write_manifest(tmp_path, skip=("data/metadata.json",))
+    assert sorted(json.loads((tmp_path / MANIFEST).read_text())["files"]) == ["data/main.bin"]
+    (tmp_path / "data" / "metadata.json").write_text('{"rewritten": true}')
+    verify_manifest(tmp_path, full=True)
+
+
 def test_files_added_after_the_manifest_are_ignored(folder):
     (folder / "notes.txt").write_text("added later")
     verify_manifest(folder, full=True)

@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,7 @@ def _files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
-def write_manifest(directory: str | os.PathLike) -> Path:
+def write_manifest(directory: str | os.PathLike, *, skip: Collection[str] = ()) -> Path:
     """Record every file under ``directory`` (relative path, size, hash) in its manifest.
 
     Call it when the directory is finished: the manifest is written last, to a temporary
@@ -73,14 +74,19 @@ def write_manifest(directory: str | os.PathLike) -> Path:
     Args:
         directory: the finished directory.
 
+    Keyword Args:
+        skip: relative paths (``"data/metadata.json"``) to leave out, for files that
+            another tool legitimately rewrites.
+
     Returns:
         The manifest's path.
     """
     directory = Path(directory)
-    files = {
-        p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "hash": file_digest(p)}
-        for p in _files(directory)
-    }
+    files = {}
+    for p in _files(directory):
+        name = p.relative_to(directory).as_posix()
+        if name not in skip:
+            files[name] = {"size": p.stat().st_size, "hash": file_digest(p)}
     record = {"format": _FORMAT, "algorithm": _ALGORITHM, "files": files}
     target = directory / MANIFEST
     tmp = directory / f".{MANIFEST}.{uuid.uuid4().hex}.tmp"

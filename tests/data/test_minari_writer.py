@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import gymnasium as gym
 import minari
 import numpy as np
@@ -97,6 +99,23 @@ def test_invalid_data_writes_nothing(tmp_path, make_transitions):
     with pytest.raises(DatasetError, match="index 3"):
         write_minari(td, "x-v0", root=tmp_path, observation_space=BOX, action_space=ACT)
     assert not (tmp_path / "x-v0").exists()
+
+
+def test_manifest_covers_the_episode_files_and_not_minari_metadata(tmp_path, make_transitions):
+    from minari.dataset.minari_storage import MinariStorage
+
+    from torchrl_offline.data import load_minari
+    from torchrl_offline.integrity import MANIFEST, verify_manifest
+
+    path = write_minari(
+        make_transitions([3, 4]), "toy/m-v0", root=tmp_path, observation_space=BOX, action_space=ACT
+    )
+    record = json.loads((path / MANIFEST).read_text())
+    assert sorted(record["files"]) == ["data/main_data.hdf5"]
+    # Minari's own metadata update (what benchmarks do) keeps the dataset loadable
+    MinariStorage.read(path / "data").update_metadata({"note": "added later"})
+    verify_manifest(path, full=True)
+    assert len(load_minari("toy/m-v0", root=tmp_path, cache_dir=tmp_path / "cache")) == 7
 
 
 def test_existing_dataset_needs_overwrite(tmp_path, make_transitions):

@@ -210,7 +210,8 @@ def write_minari(
     ``infos`` (see :data:`BEHAVIOR_INFO_KEYS`). The dataset is built in a temporary
     directory and renamed into place, so an interrupted write leaves nothing that
     loads. Its last file is a manifest (``torchrl_offline.manifest.json``, beside
-    ``data/``) of every file's size and hash, which
+    ``data/``) of every episode file's size and hash (not of ``data/metadata.json``, which
+    Minari's ``update_metadata`` may rewrite), which
     :func:`~torchrl_offline.data.load_minari` and ``torchrl-offline verify`` check.
 
     Args:
@@ -331,5 +332,7 @@ def write_minari(
         finally:
             del storage.get_size
         storage.update_metadata({"dataset_size": storage.get_size()})
-        write_manifest(tmp)  # last: load_minari checks the files' sizes against it
+        # Last: load_minari checks the files' sizes against it. Minari's metadata.json is
+        # left out: Minari's own update_metadata rewrites it (a damaged one is a JSON error).
+        write_manifest(tmp, skip=("data/metadata.json",))
     return final
