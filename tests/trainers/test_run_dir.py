@@ -132,8 +132,9 @@ def test_resume_and_overwrite_exclude_each_other(tmp_path):
 
 
 def test_resume_with_nothing_to_resume_says_so(tmp_path):
-    with pytest.raises(RunDirectoryError, match="nothing to resume .*holds no run"):
+    with pytest.raises(RunDirectoryError, match="nothing to resume .*does not exist"):
         _train("iql", tmp_path / "new", resume=True)
+    assert not (tmp_path / "new").exists()  # nothing made on the way
     (tmp_path / "started").mkdir()
     with claim_run_directory(tmp_path / "started", kind="train", algorithm="iql"):
         pass  # a run killed before its first checkpoint

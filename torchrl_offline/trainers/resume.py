@@ -97,6 +97,7 @@ def resume_mismatches(
     for key, what in (("observation_spec", "observation"), ("action_spec", "action")):
         if key in saved and saved[key] != current.get(key):
             found.append(_spec_difference(what, saved[key], current.get(key) or {}))
+    spaces_differ = bool(found)  # then the dataset's entries differ too: said once
     found += _dict_differences(saved.get("hyperparameters"), current.get("hyperparameters"))
     if saved.get("observation_norm") != current.get("observation_norm"):
         found.append("observation normalisation (statistics or on/off)")
@@ -106,7 +107,8 @@ def resume_mismatches(
         if key not in saved or key not in current:
             continue
         if key == "dataset":
-            if (diff := fingerprint_difference(saved[key], current[key])) is not None:
+            diff = fingerprint_difference(saved[key], current[key])
+            if diff is not None and not (spaces_differ and diff.startswith("dataset entries")):
                 found.append(diff)
         elif saved[key] != current[key]:
             found.append(f"{key.replace('_', ' ')} {saved[key]} vs {current[key]}")

@@ -292,6 +292,11 @@ def claim_run_directory(
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise RunDirectoryError(f"the run directory {str(directory)!r} is a file")
+    if resume and not directory.is_dir():
+        raise RunDirectoryError(
+            f"nothing to resume in {str(directory)!r}: the directory does not exist; start "
+            "without resume"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     claim = _lock(directory)
     try:
