@@ -145,6 +145,26 @@ def test_damaged_minari_dataset_we_wrote_is_a_clear_error(tmp_path):
         load_minari("fault/source-v0", root=tmp_path / "minari", cache_dir=tmp_path / "c")
 
 
+def test_leftovers_of_dead_processes_in_the_cache_are_removed_on_load(tmp_path):
+    from torchrl_offline.leftovers import _host
+
+    _write_dataset(tmp_path / "minari", "fault/left-v0")
+    dead = f"{2**22 + 1}-{_host()}"  # above Linux's largest pid
+    memos = tmp_path / "cache" / "content-hashes"
+    memos.mkdir(parents=True)
+    stale_memo = memos / f".{'a' * 32}.json.tmp-{dead}"
+    stale_memo.write_text("{")
+    builds = tmp_path / "cache" / "minari"
+    builds.mkdir()
+    stale_build = builds / f".other-v0-0123.tmp-{dead}-0badc0de"
+    (stale_build / "transitions").mkdir(parents=True)
+    live_build = builds / f".other-v0-0123.tmp-{owner_tag()}-0badc0de"
+    live_build.mkdir()
+    load_minari("fault/left-v0", root=tmp_path / "minari", cache_dir=tmp_path / "cache")
+    assert not stale_memo.exists() and not stale_build.exists()
+    assert live_build.exists()  # a running process's build is never touched
+
+
 # ------------------------------------------------------------------- checkpoints
 @pytest.fixture
 def run_dir(tmp_path) -> Path:

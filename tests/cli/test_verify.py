@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import gymnasium as gym
 import pytest
@@ -89,3 +90,23 @@ def test_nothing_to_verify_is_an_error(tmp_path, capsys):
     assert main(["verify", str(tmp_path)]) == 1
     assert "nothing written by torchrl_offline" in capsys.readouterr().err
     assert main(["verify", str(tmp_path / "absent")]) == 1
+
+
+def test_evaluate_refuses_a_bit_flipped_checkpoint_naming_the_previous_good_one(
+    trained_run, tmp_path, capsys
+):
+    """Failure 2 of issue 15: ``evaluate`` exited 0 on a bit-flipped checkpoint."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run["run"], run)
+    newest, previous = (
+        checkpoint_path(run / "checkpoints", 20),
+        checkpoint_path(run / "checkpoints", 10),
+    )
+    _flip(newest)
+    argv = ["evaluate", str(run), "--env", "Pendulum-v1", "--episodes", "1", "--max-steps", "5",
+            "--no-progress"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "checkpoint_000000020.pt' is corrupt" in err and "content hash" in err
+    assert f"the previous good checkpoint of this directory is {str(previous)!r}" in err
+    assert main(["verify", str(run)]) == 1

@@ -63,6 +63,7 @@ from torchrl_offline.data.storage import (
 )
 from torchrl_offline.data.validate import validate_transitions
 from torchrl_offline.integrity import MANIFEST, verify_manifest
+from torchrl_offline.leftovers import OWNER, owner_tag, remove_stale
 
 __all__ = ["CONVERSION_FORMAT_VERSION", "default_cache_dir", "load_minari", "minari_content_hash"]
 
@@ -73,6 +74,8 @@ CONVERSION_FORMAT_VERSION = 2
 _METADATA_FILE = "metadata.json"
 _CHUNK_TRANSITIONS = 65_536
 _HASH_BLOCK = 1 << 20
+#: Temporary files of the content-hash memos (``.<memo>.json.tmp-<owner>``).
+_STALE_MEMO = re.compile(rf"\.[0-9a-f]{{32}}\.json\.tmp-{OWNER}")
 
 Key = tuple[str, ...]
 
@@ -128,7 +131,8 @@ def _memoized_content_hash(data_path: Path, cache_root: Path) -> str:
     digest = minari_content_hash(data_path)
     if _file_signature(data_path) == signature:  # unchanged while it was read
         memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f".{memo.name}.tmp-{os.getpid()}")
+        remove_stale(memo.parent, _STALE_MEMO)  # of killed processes
+        tmp = memo.with_name(f".{memo.name}.tmp-{owner_tag()}")
         tmp.write_text(
             json.dumps({"data_path": str(data_path), "files": signature, "sha256": digest})
         )
