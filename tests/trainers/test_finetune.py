@@ -201,7 +201,7 @@ def test_resume_refuses_offline_checkpoints_and_other_settings(tmp_path):
     _finetune("iql", data, tmp_path / "online", total=4)
     with pytest.raises(CheckpointError, match="finetune offline_fraction=0.5 vs 0.3"):
         _finetune("iql", data, tmp_path / "online", total=8, resume=True, offline_fraction=0.3)
-    with pytest.raises(CheckpointError, match="iql fine-tuning run that this td3_bc"):
+    with pytest.raises(CheckpointError, match="fine-tuning run of iql that this td3_bc"):
         _finetune("td3_bc", data, tmp_path / "online", total=8, resume=True)
 
 

@@ -85,7 +85,7 @@ def test_resume_without_checkpoint_is_an_error(tmp_path):
 
 def test_resume_refuses_another_algorithm(tmp_path):
     _run("iql", tmp_path, total=4)
-    with pytest.raises(CheckpointError, match="iql run that this td3_bc run cannot continue"):
+    with pytest.raises(CheckpointError, match="run of iql that this td3_bc run cannot continue"):
         _run("td3_bc", tmp_path, total=8, resume=True)
 
 

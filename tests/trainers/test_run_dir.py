@@ -101,7 +101,7 @@ def test_a_directory_holding_a_run_is_refused_without_resume_or_overwrite(tmp_pa
 
 def test_resume_of_another_algorithm_names_both(tmp_path):
     _train("cql", tmp_path, total=2)
-    with pytest.raises(CheckpointError, match="a cql run that this iql run cannot continue"):
+    with pytest.raises(CheckpointError, match="a run of cql that this iql run cannot continue"):
         _train("iql", tmp_path, total=4, resume=True)
 
 

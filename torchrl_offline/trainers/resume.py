@@ -139,7 +139,7 @@ def check_resumable(
     found = resume_mismatches(saved, current, compare=compare)
     if found:
         raise CheckpointError(
-            f"Checkpoint {str(path)!r} is a {saved.get('algorithm')} {run} that this "
+            f"Checkpoint {str(path)!r} holds a {run} of {saved.get('algorithm')} that this "
             f"{current.get('algorithm')} {run} cannot continue: {'; '.join(found)} "
             "(checkpoint vs this run). Resume with the same dataset and settings, or use "
             "another output directory"
