@@ -93,7 +93,7 @@ def test_resume_from_another_algorithms_run_is_refused(trained_run, tmp_path, ca
     argv[1] = str(td3)
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert "iql fine-tuning run" in err and "td3_bc" in err and err.count("\n") == 1
+    assert "fine-tuning run of iql that this td3_bc" in err and err.count("\n") == 1
 
 
 def test_finetune_help(capsys):

@@ -43,7 +43,7 @@ def test_compose_torchrl_networks_with_our_loss_and_train(tmp_path, compose_exam
     assert loss.temperature == 3.0  # our default, not TorchRL's 1.0
     assert isinstance(loss.actor_network, ProbabilisticTensorDictSequential)  # TorchRL's model
     assert isinstance(trainer.replay_buffer, OfflineReplayBuffer)
-    assert len(trainer.replay_buffer) == 60  # 64 rows, 4 episodes of 16 minus their last rows
+    assert len(trainer.replay_buffer) == 64  # 4 episodes of 16, all terminal: all kept
     assert isinstance(trainer.target_net_updater, SoftUpdate)
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(3e-4)  # TorchRL's adam
     before = [p.detach().clone() for p in trainer.optimizer.param_groups[0]["params"]]

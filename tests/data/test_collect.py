@@ -369,7 +369,8 @@ def test_interrupted_collection_leaves_no_dataset(datasets_root):
     assert not (datasets_root / "cartpole" / "cut-v0").exists()
     leftovers = list(datasets_root.rglob("*")) if datasets_root.exists() else []
     assert leftovers == []
-    assert set(Path(tempfile.gettempdir()).glob("torchrl_offline_collect_*")) == before
+    # none new (other processes' stale scratch folders may be cleaned meanwhile)
+    assert set(Path(tempfile.gettempdir()).glob("torchrl_offline_collect_*")) <= before
     with pytest.raises(FileNotFoundError):
         minari.load_dataset("cartpole/cut-v0")
 

@@ -20,8 +20,8 @@ Examples:
     ...               "reward": rng.normal(size=8), "terminated": [False] * 7 + [True]}
     ...              ).to_parquet(path)
     >>> rb = instantiate(LoggedDatasetConfig(source=path, batch_size=4, drop_incomplete=True))
-    >>> len(rb), rb.sample().batch_size
-    (7, torch.Size([4]))
+    >>> len(rb), rb.sample().batch_size  # the terminal last step needs no next observation
+    (8, torch.Size([4]))
 """
 
 from __future__ import annotations
