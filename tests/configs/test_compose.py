@@ -80,6 +80,10 @@ def test_trainer_config_evaluates_checkpoints_and_resumes(tmp_path, compose_exam
     assert all(torch.equal(a, b) for a, b in zip(params, loaded, strict=True))
     resumed.train()
     assert resumed.step == 6
+    elsewhere = [c for c in common if not c.startswith("trainer.checkpoint_dir=")]
+    with pytest.raises(InstantiationException, match="nothing to resume, no checkpoint"):
+        instantiate(compose_example([*elsewhere, f"trainer.checkpoint_dir={tmp_path / 'new'}",
+                                     "trainer.total_steps=6", "trainer.resume=true"]).trainer)  # fmt: skip
 
 
 DISCRETE_CONFIG = """

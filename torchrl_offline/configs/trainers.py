@@ -74,7 +74,7 @@ class OfflineTrainerConfig(TrainerConfig):
     (its ``actor_network``, or the Q-value actor of discrete CQL) with the dataset's
     reference returns, ``checkpoint_dir`` a
     :class:`~torchrl_offline.trainers.hooks.CheckpointHook`, and ``resume`` loads the
-    newest checkpoint there. ``hooks`` (TorchRL or ours, any object with
+    newest checkpoint there (an error when there is none). ``hooks`` (TorchRL or ours, any object with
     ``register(trainer)``) are registered after the evaluation hook, so
     ``EarlyStopping`` can monitor ``eval/return_mean``.
 
@@ -237,9 +237,13 @@ def _make_offline_trainer(
         checkpointer.register(trainer)
         if resume:
             path = latest_checkpoint(checkpointer.directory)
-            if path is not None:
-                trainer.load_checkpoint_state(load_checkpoint(path))
-                checkpointer.last_path = path
+            if path is None:
+                raise ConfigError(
+                    f"trainer.resume: nothing to resume, no checkpoint in {checkpoint_dir!r}; "
+                    "start without trainer.resume"
+                )
+            trainer.load_checkpoint_state(load_checkpoint(path))
+            checkpointer.last_path = path
     elif resume:
         raise ConfigError("trainer.resume needs trainer.checkpoint_dir")
     return trainer
