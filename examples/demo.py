@@ -117,6 +117,7 @@ def main() -> None:
         total_steps=args.train_steps,
         seed=args.seed,
         out_dir=args.out,
+        overwrite=True,  # running the demo again replaces its previous run
         normalize_observations=True,
         eval_env=ENV,
         eval_interval=args.eval_every,

@@ -38,7 +38,8 @@ def main() -> None:
     data = pendulum_dataset(args.dataset_steps, seed=args.seed, root=args.root,
                             batch_size=args.batch_size)  # fmt: skip
     common = dict(batch_size=args.batch_size, seed=args.seed, eval_env="Pendulum-v1",
-                  eval_episodes=args.eval_episodes, progress=False)  # fmt: skip
+                  eval_episodes=args.eval_episodes, progress=False,
+                  overwrite=True)  # running the example again replaces its runs  # fmt: skip
 
     offline = train("iql", data, total_steps=args.steps, out_dir=args.out / "offline",
                     overrides={"hidden_sizes": (args.hidden, args.hidden)},
