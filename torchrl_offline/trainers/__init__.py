@@ -12,6 +12,9 @@ Public names live in their modules:
   ``LogLosses``, ``ProgressBar``, ``evaluate_policy``, ``make_logger``;
 * :mod:`torchrl_offline.trainers.checkpoint`: ``save_checkpoint``, ``load_checkpoint``,
   ``latest_checkpoint``, ``CheckpointError``;
+* :mod:`torchrl_offline.trainers.run_dir`: ``claim_run_directory``, ``RunDirectoryError``
+  (a run owns its directory); :mod:`torchrl_offline.trainers.resume`: what a resumed run
+  must share with its checkpoint;
 * :mod:`torchrl_offline.trainers.distributed`: ``init_distributed``, ``DistributedContext``,
   ``DistributedError``, ``AllReduceStepper``, ``DistributedSync``,
   ``DistributedCheckpointHook`` (data-parallel training, see ``docs/distributed.md``).
@@ -51,6 +54,7 @@ from torchrl_offline.trainers.offline import (
     train,
 )
 from torchrl_offline.trainers.plot import plot_learning_curves
+from torchrl_offline.trainers.run_dir import RunDirectoryError
 
 __all__ = [
     "ALGORITHMS",
@@ -70,6 +74,7 @@ __all__ = [
     "OfflineTrainer",
     "OnlineSource",
     "ProgressBar",
+    "RunDirectoryError",
     "TrainResult",
     "algorithm_defaults",
     "build_algorithm",
