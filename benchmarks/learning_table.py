@@ -80,6 +80,10 @@ VALUE_BASED = ("cql", "iql", "awac", "td3_bc")
 TORCHRL_TWIN = {"cql": "torchrl_cql", "iql": "torchrl_iql", "td3_bc": "torchrl_td3_bc"}
 #: Algorithms with no discrete-action variant.
 CONTINUOUS_ONLY = ("td3_bc", "torchrl_td3_bc")
+#: ``--set`` keys that choose networks, not loss settings: they apply to TorchRL's rows
+#: too, so that ours and TorchRL's losses train the same networks (``actor=tanh_normal``
+#: is the actor of TorchRL's offline examples for IQL and AWAC).
+NETWORK_SETTINGS = ("actor",)
 
 
 def _load_module(name: str):
@@ -156,10 +160,14 @@ def build_torchrl(
     action_spec,
     *,
     hidden: tuple[int, ...] | None = None,
+    actor: str | None = None,
     observation_norm: tuple[torch.Tensor, torch.Tensor] | None = None,
 ):
     """TorchRL's own loss for ``name`` (``"torchrl_cql"``, ``"torchrl_iql"``,
     ``"torchrl_td3_bc"``) with the networks, settings and optimizer of ours.
+
+    ``actor`` picks IQL's continuous actor as ``build_algorithm``'s hyperparameter of the
+    same name does (``"gaussian"``, the default, or TorchRL's ``"tanh_normal"``).
 
     Returns a :class:`~torchrl_offline.trainers.algorithms.Algorithm`, so
     :func:`~torchrl_offline.trainers.offline.train` runs it exactly as it runs ours.
@@ -184,6 +192,8 @@ def build_torchrl(
     hp = A.algorithm_defaults(ours)
     if hidden is not None:
         hp["hidden_sizes"] = tuple(hidden)
+    if actor is not None:
+        hp["actor"] = actor
     h = tuple(hp["hidden_sizes"])
     n_obs = A._obs_dim(obs_spec)
     n_act = A._n_actions(act_spec) if discrete else int(act_spec.shape[-1])
@@ -330,9 +340,15 @@ def build(algo: str, dataset, budget: Budget):
     obs_spec, act_spec = specs_from_dataset(dataset)
     norm = observation_moments(dataset) if budget.normalize else None
     if algo.startswith("torchrl_"):
-        if budget.overrides:
-            raise ValueError(f"{algo}: hyperparameter overrides (--set) apply to our rows only")
-        return build_torchrl(algo, obs_spec, act_spec, hidden=budget.hidden, observation_norm=norm)
+        settings = dict(budget.overrides)
+        if set(settings) - set(NETWORK_SETTINGS):
+            raise ValueError(
+                f"{algo}: TorchRL's rows take only the network settings {NETWORK_SETTINGS} "
+                f"of --set, got {sorted(settings)}"
+            )
+        return build_torchrl(
+            algo, obs_spec, act_spec, hidden=budget.hidden, observation_norm=norm, **settings
+        )
     overrides = {} if budget.hidden is None else {"hidden_sizes": budget.hidden}
     overrides.update(budget.overrides)
     return build_algorithm(algo, obs_spec, act_spec, observation_norm=norm, **overrides)
@@ -748,8 +764,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         reward_scale=args.reward_scale,
     )
     runs = plan(args.tasks, args.levels, args.algos, args.seeds, args.only)
-    if budget.overrides and any(r[0].startswith("torchrl_") for r in runs):
-        raise SystemExit("--set applies to our rows only: pick them with --algos (no torchrl_*)")
+    loss_settings = {k for k, _ in budget.overrides} - set(NETWORK_SETTINGS)
+    if loss_settings and any(r[0].startswith("torchrl_") for r in runs):
+        raise SystemExit(
+            f"--set {sorted(loss_settings)} applies to our rows only: pick them with --algos "
+            "(no torchrl_*)"
+        )
     if args.speed:
         for task, level in dict.fromkeys((t, lv) for _, t, lv, _ in runs):
             algos = [a for a in args.algos if any(r[:3] == (a, task, level) for r in runs)]

@@ -11,6 +11,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 from torchrl.data import Categorical, Unbounded
+from torchrl.modules import TanhNormal
 
 from torchrl_offline.data.storage import make_replay_buffer
 from torchrl_offline.trainers.offline import train
@@ -92,8 +93,14 @@ def test_variants_are_tables_of_their_own(root: Path, tmp_path: Path) -> None:
 
     dataset = lt.training_dataset("pendulum", "random", root, variant)
     assert lt.build("awac", dataset, variant).loss.awac_lambda == 1.0
-    with pytest.raises(ValueError, match="our rows only"):
+    with pytest.raises(ValueError, match="network settings"):
         lt.build("torchrl_iql", dataset, variant)
+    # network settings reach TorchRL's rows too: both losses train the same actor
+    tanh = lt.Budget(**{**vars(BUDGET), "overrides": (("actor", "tanh_normal"),)})
+    ours, theirs = lt.build("iql", dataset, tanh), lt.build("torchrl_iql", dataset, tanh)
+    assert type(ours.loss.actor_network) is type(theirs.loss.actor_network)
+    assert ours.loss.actor_network[-1].distribution_class is TanhNormal
+    assert theirs.loss.actor_network[-1].distribution_class is TanhNormal
 
     scaled = lt.Budget(**{**vars(BUDGET), "reward_scale": True})
     assert scaled.key()["reward_scale"] is True
