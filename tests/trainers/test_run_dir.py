@@ -183,3 +183,13 @@ def test_the_fingerprint_ignores_where_the_data_lies(tmp_path):
     b.storage._storage["next", "reward"][0] += 1.0  # the first row is always sampled
     assert dataset_fingerprint(a)["sha256"] != dataset_fingerprint(b)["sha256"]
     assert torch.equal(a.storage[:]["observation"], b.storage[:]["observation"])
+
+
+def test_what_a_killed_holder_left_half_done_is_removed_by_the_next_claim(tmp_path):
+    trash = tmp_path / ".overwritten-0123abcd"
+    (trash / "checkpoints").mkdir(parents=True)
+    (tmp_path / f".{RUN_MARKER}.0123abcd.tmp").write_text("{")
+    (tmp_path / "notes.txt").write_text("mine")
+    with claim_run_directory(tmp_path, kind="train", algorithm="iql"):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", RUN_MARKER]

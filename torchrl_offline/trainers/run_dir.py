@@ -300,6 +300,12 @@ def claim_run_directory(
     directory.mkdir(parents=True, exist_ok=True)
     claim = _lock(directory)
     try:
+        # what a process killed while it held the lock left half done (only a holder
+        # writes these, and we hold the lock now)
+        for leftover in directory.glob(".overwritten-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in directory.glob(f".{RUN_MARKER}.*.tmp"):
+            leftover.unlink(missing_ok=True)
         existing = holds_run(directory)
         if resume:
             if latest_checkpoint(directory / "checkpoints") is None:
