@@ -482,13 +482,13 @@ def test_deactivate_vmap_gives_the_same_losses():
 
 @pytest.mark.parametrize("bounds", [(-1.0, 1.0), (LOW, HIGH)])
 def test_fast_tanh_normal_matches_torchrl(bounds):
-    from torchrl_offline.objectives.awac import _TanhNormalSamples
+    from torchrl_offline.objectives._tanh_normal import TanhNormalSamples
 
     low, high = bounds
     g = torch.Generator().manual_seed(0)
     loc = torch.randn(64, ACT, generator=g).mul(2).requires_grad_()
     scale = torch.rand(64, ACT, generator=g).add(0.05).requires_grad_()
-    ours = _TanhNormalSamples(loc, scale, low, high)
+    ours = TanhNormalSamples(loc, scale, low, high)
     theirs = TanhNormal(loc, scale, low=low, high=high)
     torch.manual_seed(3)
     a = ours.sample()
@@ -506,7 +506,7 @@ def test_fast_tanh_normal_matches_torchrl(bounds):
         ]
     )
     big_loc, big_scale = loc.repeat(3, 1)[: len(value)], scale.repeat(3, 1)[: len(value)]
-    ours = _TanhNormalSamples(big_loc, big_scale, low, high)
+    ours = TanhNormalSamples(big_loc, big_scale, low, high)
     theirs = TanhNormal(big_loc, big_scale, low=low, high=high)
     lp, ref = ours.log_prob(value), theirs.log_prob(value)
     torch.testing.assert_close(lp, ref, rtol=1e-5, atol=1e-4)

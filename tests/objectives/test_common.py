@@ -152,12 +152,12 @@ def test_ensemble_gradients_match_loop():
 
 
 def test_ensemble_uses_fast_path_for_mlp():
-    from torchrl_offline.objectives import common
+    from torchrl_offline.objectives import _functional
 
     critics = _critics()
-    assert common._mlp_plan(critics["mlp"]) is not None
-    assert common._mlp_plan(critics["sequential"]) is not None
-    assert common._mlp_plan(critics["custom"]) is None
+    assert _functional._mlp_plan(critics["mlp"]) is not None
+    assert _functional._mlp_plan(critics["sequential"]) is not None
+    assert _functional._mlp_plan(critics["custom"]) is None
 
 
 @pytest.mark.parametrize("kind", ["mlp", "custom"])
@@ -211,7 +211,7 @@ def test_actor_distribution_fast_path_matches_get_dist():
     from tensordict.nn import NormalParamExtractor
     from torchrl.modules import ProbabilisticActor, TanhNormal
 
-    from torchrl_offline.objectives import common
+    from torchrl_offline.objectives import _functional
 
     torch.manual_seed(0)
     spec = Bounded(-2.0 * torch.ones(2), 2.0 * torch.ones(2), (2,))
@@ -228,7 +228,7 @@ def test_actor_distribution_fast_path_matches_get_dist():
         distribution_class=TanhNormal,
         distribution_kwargs={"low": spec.space.low, "high": spec.space.high},
     )
-    assert common._actor_plan(actor) is not None
+    assert _functional._actor_plan(actor) is not None
     other = copy.deepcopy(actor)
     for p in other.parameters():
         p.data.add_(0.1)

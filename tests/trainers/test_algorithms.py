@@ -70,7 +70,7 @@ def test_each_algorithm_trains_through_the_trainer(name):
 def test_check_inputs_false_removes_the_per_update_host_read(name, monkeypatch):
     """Every loss checks batch and losses by default (one host read per update, a device
     sync on GPU); ``check_inputs=False`` removes the read and the error with it."""
-    from torchrl_offline.objectives import common
+    from torchrl_offline.objectives import _checks
 
     torch.manual_seed(0)
     data = make_dataset(discrete=name.startswith("discrete_"))
@@ -85,7 +85,7 @@ def test_check_inputs_false_removes_the_per_update_host_read(name, monkeypatch):
         checked.loss(batch.clone())
     unchecked = build_algorithm(name, obs_spec, act_spec, hidden_sizes=(8,), check_inputs=False)
     reads = []
-    monkeypatch.setattr(common, "_probably_all_finite", lambda t: reads.append(t) or True)
+    monkeypatch.setattr(_checks, "_probably_all_finite", lambda t: reads.append(t) or True)
     out = unchecked.loss(batch.clone())
     assert reads == []
     assert any(k.startswith("loss_") for k in out.keys())

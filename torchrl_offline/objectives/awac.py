@@ -8,12 +8,8 @@ batched ensemble with target copies, ``_AcceptedKeys``, ``set_keys``,
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-
 import torch
-from tensordict import TensorDict, TensorDictBase, TensorDictParams
+from tensordict import TensorDictBase
 from tensordict.nn import (
     ProbabilisticTensorDictModule,
     ProbabilisticTensorDictSequential,
@@ -24,81 +20,16 @@ from tensordict.utils import NestedKey, unravel_key
 from torch import Tensor
 from torchrl.data.tensor_specs import TensorSpec
 from torchrl.data.utils import _find_action_space
-from torchrl.objectives.common import LossModule
-from torchrl.objectives.utils import (
-    ValueEstimators,
-    distance_loss,
-)
 
-from torchrl_offline.objectives.common import (
-    OfflineLossError,
-    _mlp_plan,
-    bootstrap_target,
-    check_batch,
-    count_update,
-    ensemble_apply,
-    make_loss_value_estimator,
-    module_apply,
-    next_key,
-)
+from torchrl_offline.objectives._actor_critic import ActorCriticLoss
+from torchrl_offline.objectives._tanh_normal import TanhNormalSamples, fast_tanh_normal_bounds
+from torchrl_offline.objectives.common import OfflineLossError, check_batch, td_target
 from torchrl_offline.objectives.gaussian_actor import advise_on_actor
 
 __all__ = ["AWACLoss", "DiscreteAWACLoss"]
 
 
-_LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
-_LOG_2 = math.log(2.0)
-
-
-class _TanhNormalSamples:
-    """``sample`` / ``log_prob`` of TorchRL's ``TanhNormal`` (safe tanh, one event dim).
-
-    The same computation as :class:`torchrl.modules.TanhNormal` with
-    ``safe_tanh=True, tanh_loc=False`` (a Normal pushed through a tanh clamped at
-    ``1 - resolution`` and the affine map onto ``[low, high]``), without building the
-    transformed-distribution objects on every call; ``test_awac.py`` checks it against
-    TorchRL's class.
-    """
-
-    def __init__(self, loc: Tensor, scale: Tensor, low, high) -> None:
-        self.loc, self.scale = loc, scale
-        low = torch.as_tensor(low, dtype=loc.dtype, device=loc.device)
-        high = torch.as_tensor(high, dtype=loc.dtype, device=loc.device)
-        self.mid, self.half = (high + low) / 2, (high - low) / 2
-        self.lim = 1.0 - torch.finfo(loc.dtype).resolution
-        self.batch_shape, self.event_shape = loc.shape[:-1], loc.shape[-1:]
-
-    def sample(self) -> Tensor:
-        with torch.no_grad():
-            x = torch.normal(self.loc, self.scale).tanh().clamp(-self.lim, self.lim)
-            return self.mid + self.half * x
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        y = ((value - self.mid) / self.half).clamp(-self.lim, self.lim)
-        x = y.atanh()
-        log_det = 2.0 * (_LOG_2 - x - torch.nn.functional.softplus(-2.0 * x))
-        log_det = log_det + self.half.abs().log()
-        normal = -((x - self.loc) ** 2) / (2 * self.scale**2) - self.scale.log() - _LOG_SQRT_2PI
-        return (normal - log_det).sum(-1)
-
-
-def _fast_tanh_normal(dist_module) -> tuple | None:
-    """``(low, high)`` if the actor's distribution can use :class:`_TanhNormalSamples`."""
-    from torchrl.modules import TanhNormal
-
-    if dist_module.distribution_class is not TanhNormal:
-        return None
-    kwargs = dict(dist_module.distribution_kwargs)
-    if set(kwargs) - {"low", "high", "upscale", "tanh_loc", "safe_tanh", "event_dims"}:
-        return None
-    if kwargs.get("tanh_loc", False) or not kwargs.get("safe_tanh", True):
-        return None
-    if kwargs.get("event_dims", 1) != 1:
-        return None
-    return kwargs.get("low", -1.0), kwargs.get("high", 1.0)
-
-
-class AWACLoss(LossModule):
+class AWACLoss(ActorCriticLoss):
     r"""AWAC loss for continuous actions (Nair et al., "AWAC: Accelerating Online
     Reinforcement Learning with Offline Datasets", 2020).
 
@@ -195,42 +126,6 @@ class AWACLoss(LossModule):
         ['loss_actor', 'loss_qvalue']
     """
 
-    @dataclass
-    class _AcceptedKeys:
-        """Tensordict keys read or written by the loss, configurable with ``set_keys``.
-
-        Attributes:
-            action (NestedKey): the action. Defaults to ``"action"``.
-            state_action_value (NestedKey): the critic's output. Defaults to
-                ``"state_action_value"``.
-            priority (NestedKey): where the TD error is written for prioritized
-                replay. Defaults to ``"td_error"``.
-            reward (NestedKey): the reward, read under ``"next"``. Defaults to
-                ``"reward"``.
-            done (NestedKey): the done flag, read under ``"next"``. Defaults to
-                ``"done"``.
-            terminated (NestedKey): the termination flag, read under ``"next"``.
-                Defaults to ``"terminated"``.
-            priority_weight (NestedKey): importance weights of a prioritized sampler.
-                Defaults to ``"priority_weight"``.
-        """
-
-        action: NestedKey = "action"
-        state_action_value: NestedKey = "state_action_value"
-        priority: NestedKey = "td_error"
-        reward: NestedKey = "reward"
-        done: NestedKey = "done"
-        terminated: NestedKey = "terminated"
-        priority_weight: NestedKey = "priority_weight"
-
-    tensor_keys: _AcceptedKeys
-    default_keys = _AcceptedKeys
-    default_value_estimator = ValueEstimators.TD0
-    SUPPORTED_VALUE_ESTIMATORS = (
-        ValueEstimators.TD0,
-        ValueEstimators.TD1,
-        ValueEstimators.TDLambda,
-    )
     out_keys = [
         "loss_actor",
         "loss_qvalue",
@@ -241,13 +136,6 @@ class AWACLoss(LossModule):
         "next_state_value",
         "target_value",
     ]
-
-    actor_network: TensorDictModule
-    qvalue_network: TensorDictModule
-    actor_network_params: TensorDictParams
-    qvalue_network_params: TensorDictParams
-    target_actor_network_params: TensorDictParams
-    target_qvalue_network_params: TensorDictParams
 
     def __init__(
         self,
@@ -301,58 +189,6 @@ class AWACLoss(LossModule):
         self._num_calls = 0
         self.register_load_state_dict_post_hook(self._drop_caches)
 
-    # ------------------------------------------------------------------ keys & estimator
-    def _forward_value_estimator_keys(self, **kwargs) -> None:
-        if self._value_estimator is not None:
-            self._value_estimator.set_keys(
-                value=self.tensor_keys.state_action_value,
-                reward=self.tensor_keys.reward,
-                done=self.tensor_keys.done,
-                terminated=self.tensor_keys.terminated,
-            )
-        self._set_in_keys()
-
-    def _set_in_keys(self) -> None:
-        keys = [
-            self.tensor_keys.action,
-            next_key(self.tensor_keys.reward),
-            next_key(self.tensor_keys.done),
-            next_key(self.tensor_keys.terminated),
-            *self.actor_network.in_keys,
-            *[next_key(key) for key in self.actor_network.in_keys],
-            *self.qvalue_network.in_keys,
-            *[next_key(key) for key in self._critic_obs_keys()],
-        ]
-        self._in_keys = list(dict.fromkeys(unravel_key(k) for k in keys))
-
-    def _critic_obs_keys(self) -> list[NestedKey]:
-        action = unravel_key(self.tensor_keys.action)
-        return [k for k in self.qvalue_network.in_keys if unravel_key(k) != action]
-
-    @property
-    def in_keys(self) -> list[NestedKey]:
-        if self._in_keys is None:
-            self._set_in_keys()
-        return self._in_keys
-
-    @in_keys.setter
-    def in_keys(self, values) -> None:
-        self._in_keys = values
-
-    def make_value_estimator(self, value_type: ValueEstimators = None, **hyperparams):
-        return make_loss_value_estimator(
-            self,
-            value_type,
-            tensor_keys={
-                "value": self.tensor_keys.state_action_value,
-                "reward": self.tensor_keys.reward,
-                "done": self.tensor_keys.done,
-                "terminated": self.tensor_keys.terminated,
-            },
-            value_network=None,
-            **hyperparams,
-        )
-
     # ------------------------------------------------------------------ network calls
     def _split_actor(self):
         """``(params_module, dist_module, tanh_bounds)`` for ``ProbabilisticActor(TDModule)``.
@@ -379,7 +215,7 @@ class AWACLoss(LossModule):
             params_module, dist_module = modules
             produced = {unravel_key(k) for k in params_module.out_keys}
             if all(unravel_key(k) in produced for k in dist_module.in_keys):
-                found = (params_module, dist_module, _fast_tanh_normal(dist_module))
+                found = (params_module, dist_module, fast_tanh_normal_bounds(dist_module))
         self.__dict__["_split_actor_val"] = found
         return found
 
@@ -399,79 +235,8 @@ class AWACLoss(LossModule):
                 unravel_key(td_key)
             ]
         if tanh_bounds is not None and set(kwargs) == {"loc", "scale"}:
-            return _TanhNormalSamples(kwargs["loc"], kwargs["scale"], *tanh_bounds)
+            return TanhNormalSamples(kwargs["loc"], kwargs["scale"], *tanh_bounds)
         return dist_module.distribution_class(**kwargs, **dict(dist_module.distribution_kwargs))
-
-    @property
-    def _cache_q_detached(self) -> TensorDictBase:
-        cached = self.__dict__.get("_cache_q_detached_val")
-        if cached is None:
-            cached = self.__dict__["_cache_q_detached_val"] = self._leaf_view(
-                self.qvalue_network_params.data
-            )
-        return cached
-
-    def _leaf_view(self, params: TensorDictBase):
-        """``{key: tensor}`` of critic ``params`` when the critic is a plain MLP.
-
-        The functional MLP path of ``common`` reads one tensor per layer with ``.get``;
-        a dict of the (in-place updated) leaves spares a nested TensorDict lookup per
-        layer and call. Views are cached and dropped on ``.to()`` / ``load_state_dict``.
-        """
-        if self.deactivate_vmap or _mlp_plan(self.qvalue_network) is None:
-            return params
-        return dict(params.items(True, True))
-
-    def _critic_params(self, name: str) -> TensorDictBase:
-        cache_name = "_cache_critic_" + name
-        cached = self.__dict__.get(cache_name)
-        if cached is None:
-            cached = self.__dict__[cache_name] = self._leaf_view(getattr(self, name))
-        return cached
-
-    def _drop_caches(self, *args) -> None:
-        self._erase_cache()
-
-    def _critics(self, params: TensorDictBase, inputs: Sequence[Tensor]) -> Tensor:
-        """All critics at once: ``[E, *batch, *out]`` with the trailing singleton dropped."""
-        key = self.tensor_keys.state_action_value
-        if self.deactivate_vmap:
-            out = torch.stack(
-                [
-                    module_apply(self.qvalue_network, params[i], *inputs, out_key=key)
-                    for i in range(len(params))
-                ]
-            )
-        else:
-            out = ensemble_apply(
-                self.qvalue_network,
-                params,
-                *inputs,
-                out_key=key,
-                randomness=self.vmap_randomness,
-            )
-        return out.squeeze(-1) if out.shape[-1] == 1 else out
-
-    def _q_inputs(self, tensordict: TensorDictBase, action: Tensor, *, nxt: bool) -> list[Tensor]:
-        action_key = unravel_key(self.tensor_keys.action)
-        inputs = []
-        for key in self.qvalue_network.in_keys:
-            if unravel_key(key) == action_key:
-                inputs.append(action)
-            else:
-                inputs.append(tensordict.get(next_key(key) if nxt else key))
-        return inputs
-
-    def _td_target(self, tensordict: TensorDictBase, next_value: Tensor) -> Tensor:
-        keys = self.tensor_keys
-        return bootstrap_target(
-            self.value_estimator,
-            tensordict,
-            next_value,
-            reward_key=keys.reward,
-            done_key=keys.done,
-            terminated_key=keys.terminated,
-        )
 
     @staticmethod
     def _sum_event(log_prob: Tensor, batch_shape: torch.Size) -> Tensor:
@@ -479,13 +244,6 @@ class AWACLoss(LossModule):
         if log_prob.shape != batch_shape:
             log_prob = log_prob.reshape(*batch_shape, -1).sum(-1)
         return log_prob
-
-    def _check_action(self, sampled: Tensor, data: Tensor) -> None:
-        if sampled.shape != data.shape:
-            raise OfflineLossError(
-                f"actor_network samples actions of shape {tuple(sampled.shape)} but the batch "
-                f"key {self.tensor_keys.action!r} holds shape {tuple(data.shape)}"
-            )
 
     # ------------------------------------------------------------------ algorithm pieces
     def _next_value(self, tensordict: TensorDictBase) -> Tensor:
@@ -505,11 +263,15 @@ class AWACLoss(LossModule):
             self._q_inputs(tensordict, tensordict.get(self.tensor_keys.action), nxt=False),
         )
 
+    def _data_action_value(self, q: Tensor, tensordict: TensorDictBase) -> Tensor:
+        """The critics' values of the data actions from :meth:`_predicted`'s output."""
+        return q
+
     def _advantage(self, tensordict: TensorDictBase, dist, pred: Tensor | None) -> Tensor:
         """``min_j Q_j(s, a) - min_j Q_j(s, a_pi)`` with detached current critics."""
         data_action = tensordict.get(self.tensor_keys.action)
         policy_action = dist.sample()
-        self._check_action(policy_action, data_action)
+        self._check_action(policy_action, data_action, verb="samples")
         params = self._cache_q_detached
         if pred is None:
             q_data = self._critics(params, self._q_inputs(tensordict, data_action, nxt=False))
@@ -587,18 +349,13 @@ class AWACLoss(LossModule):
         weights = self._maybe_get_priority_weight(tensordict)
         with torch.no_grad():
             next_value = self._next_value(tensordict)
-            target_value = self._td_target(tensordict, next_value)
-        pred = self._predicted(tensordict)
-        target_value = target_value.to(pred.dtype)
-        loss = distance_loss(pred, target_value.expand_as(pred), loss_function=self.loss_function)
-        loss = self._reduce_loss(loss.sum(0), tensordict=tensordict, weights=weights)
-        metadata = {
-            "td_error": (pred.detach() - target_value).pow(2),
-            "pred_value": pred.detach(),
-            "next_state_value": next_value,
-            "target_value": target_value,
-        }
-        return loss, metadata, pred
+            target_value = td_target(self, tensordict, next_value)
+        q = self._predicted(tensordict)
+        pred = self._data_action_value(q, tensordict)
+        loss, metadata = self._critic_regression(
+            pred, target_value, next_value, tensordict, weights
+        )
+        return loss, metadata, q
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -611,12 +368,8 @@ class AWACLoss(LossModule):
             check_batch(tensordict, self.in_keys, finite=False)
         loss_qvalue, metadata, pred = self._qvalue_loss(tensordict)
         loss_actor, actor_metadata = self._actor_loss(tensordict, pred)
-        tensordict.set(self.tensor_keys.priority, metadata.pop("td_error").max(0).values)
-        out = TensorDict(
-            {"loss_actor": loss_actor, "loss_qvalue": loss_qvalue, **actor_metadata, **metadata}
-        )
-        count_update(self, "_num_calls", out, batch=tensordict)
-        return out
+        losses = {"loss_actor": loss_actor, "loss_qvalue": loss_qvalue}
+        return self._pack(tensordict, losses, {**actor_metadata, **metadata}, "_num_calls")
 
 
 class DiscreteAWACLoss(AWACLoss):
@@ -772,23 +525,8 @@ class DiscreteAWACLoss(AWACLoss):
         # all action values, kept so the advantage reuses them
         return self._all_actions(self._critic_params("qvalue_network_params"), tensordict)
 
-    def _qvalue_loss(self, tensordict: TensorDictBase):
-        weights = self._maybe_get_priority_weight(tensordict)
-        with torch.no_grad():
-            next_value = self._next_value(tensordict)
-            target_value = self._td_target(tensordict, next_value)
-        q_all = self._predicted(tensordict)
-        pred = self._chosen(q_all, tensordict.get(self.tensor_keys.action))
-        target_value = target_value.to(pred.dtype)
-        loss = distance_loss(pred, target_value.expand_as(pred), loss_function=self.loss_function)
-        loss = self._reduce_loss(loss.sum(0), tensordict=tensordict, weights=weights)
-        metadata = {
-            "td_error": (pred.detach() - target_value).pow(2),
-            "pred_value": pred.detach(),
-            "next_state_value": next_value,
-            "target_value": target_value,
-        }
-        return loss, metadata, q_all
+    def _data_action_value(self, q: Tensor, tensordict: TensorDictBase) -> Tensor:
+        return self._chosen(q, tensordict.get(self.tensor_keys.action))
 
     def _log_prob(self, tensordict: TensorDictBase, dist) -> Tensor:
         action = tensordict.get(self.tensor_keys.action)

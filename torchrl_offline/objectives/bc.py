@@ -25,9 +25,10 @@ from tensordict.utils import NestedKey
 from torch import Tensor
 from torchrl.objectives.common import LossModule
 
+from torchrl_offline.objectives._functional import _mlp_plan
+from torchrl_offline.objectives._keys import LazyInKeys
 from torchrl_offline.objectives.common import (
     OfflineLossError,
-    _mlp_plan,
     actor_distribution,
     check_batch,
     count_update,
@@ -54,7 +55,7 @@ _ELEMENTWISE = {
 }
 
 
-class BCLoss(LossModule):
+class BCLoss(LazyInKeys, LossModule):
     r"""Behaviour cloning loss; a drop-in for TorchRL's ``BCLoss``.
 
     * ``mode="stochastic"`` (default for actors with ``get_dist``, e.g.
@@ -190,16 +191,6 @@ class BCLoss(LossModule):
         if self.tensor_keys.pad_mask is not None:
             keys.append(self.tensor_keys.pad_mask)
         self._in_keys = list(dict.fromkeys(keys))
-
-    @property
-    def in_keys(self) -> list[NestedKey]:
-        if self._in_keys is None:
-            self._set_in_keys()
-        return self._in_keys
-
-    @in_keys.setter
-    def in_keys(self, values) -> None:
-        self._in_keys = values
 
     def _apply(self, fn):
         self._direct_actor = None

@@ -35,17 +35,18 @@ from torchrl.objectives.utils import (
 )
 from torchrl.objectives.value import TD0Estimator
 
+from torchrl_offline.objectives._actor_critic import ActorCriticLoss
 from torchrl_offline.objectives.common import (
     OfflineLossError,
     action_bounds,
     actor_distribution,
-    bootstrap_target,
     check_batch,
     check_output_dim,
     count_update,
     ensemble_apply,
     make_loss_value_estimator,
     next_key,
+    td_target,
     uniform_actions,
 )
 
@@ -76,7 +77,7 @@ _BACKUP_ACTIONS = ("sample", "mean")
 _SCALAR_MODES = (None, "exclude", "non_tensor")
 
 
-class CQLLoss(LossModule):
+class CQLLoss(ActorCriticLoss):
     r"""Continuous Conservative Q-Learning on top of SAC (Kumar et al., 2020).
 
     For each critic :math:`Q_j` the loss is the soft Bellman error plus the
@@ -244,20 +245,8 @@ class CQLLoss(LossModule):
 
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
-    default_value_estimator = ValueEstimators.TD0
-    SUPPORTED_VALUE_ESTIMATORS = (
-        ValueEstimators.TD0,
-        ValueEstimators.TD1,
-        ValueEstimators.TDLambda,
-    )
+    _estimator_value: ClassVar[str] = "value"
     PRESETS: ClassVar[dict[str, dict[str, float | bool]]] = CQL_PRESETS
-
-    actor_network: TensorDictModule
-    qvalue_network: TensorDictModule
-    actor_network_params: TensorDictParams
-    qvalue_network_params: TensorDictParams
-    target_actor_network_params: TensorDictParams
-    target_qvalue_network_params: TensorDictParams
 
     def __init__(
         self,
@@ -404,55 +393,7 @@ class CQLLoss(LossModule):
             raise KeyError(f"unknown CQL preset {preset!r}; choose from {sorted(cls.PRESETS)}")
         return cls(actor_network, qvalue_network, **{**cls.PRESETS[preset], **kwargs})
 
-    # ----------------------------------------------------------------- keys / estimator
-    def _forward_value_estimator_keys(self, **kwargs) -> None:
-        if self._value_estimator is not None:
-            self._value_estimator.set_keys(
-                value=self.tensor_keys.value,
-                reward=self.tensor_keys.reward,
-                done=self.tensor_keys.done,
-                terminated=self.tensor_keys.terminated,
-            )
-
-    def make_value_estimator(self, value_type: ValueEstimators = None, **hyperparams):
-        """Builds the estimator of the Bellman target from the next states' value.
-
-        Args:
-            value_type (ValueEstimators, optional): ``TD0`` (default, the one-step
-                target of the paper), ``TD1`` or ``TDLambda`` (over the time dimension
-                of trajectory batches), or a ``ValueEstimatorBase`` subclass.
-
-        Keyword Args:
-            gamma (float): the discount factor.
-        """
-        return make_loss_value_estimator(
-            self,
-            value_type,
-            tensor_keys={
-                "value_target": "value_target",
-                "value": self.tensor_keys.value,
-                "reward": self.tensor_keys.reward,
-                "done": self.tensor_keys.done,
-                "terminated": self.tensor_keys.terminated,
-            },
-            value_network=None,
-            **hyperparams,
-        )
-
-    @property
-    def in_keys(self) -> list[NestedKey]:
-        keys = [
-            self.tensor_keys.action,
-            next_key(self.tensor_keys.reward),
-            next_key(self.tensor_keys.done),
-            next_key(self.tensor_keys.terminated),
-            *self.actor_network.in_keys,
-            *[next_key(key) for key in self.actor_network.in_keys],
-            *self.qvalue_network.in_keys,
-            *[next_key(key) for key in self._critic_obs_keys()],
-        ]
-        return list(dict.fromkeys(unravel_key(k) for k in keys))
-
+    # ----------------------------------------------------------------- keys
     @property
     def out_keys(self) -> list[str]:
         if self._out_keys is None:
@@ -483,10 +424,6 @@ class CQLLoss(LossModule):
     @property
     def _alpha_prime(self) -> Tensor:
         return self.log_alpha_prime.exp().clamp(0.0, 1e6)
-
-    def _critic_obs_keys(self) -> list[NestedKey]:
-        action = unravel_key(self.tensor_keys.action)
-        return [k for k in self.qvalue_network.in_keys if unravel_key(k) != action]
 
     def _critic_inputs(self, obs: dict, action: Tensor) -> list[Tensor]:
         action_key = unravel_key(self.tensor_keys.action)
@@ -555,16 +492,7 @@ class CQLLoss(LossModule):
 
     def _bellman_target(self, tensordict: TensorDictBase, next_value: Tensor) -> Tensor:
         """The critics' target over the batch as given (TD(lambda) needs its time dim)."""
-        keys = self.tensor_keys
-        target = bootstrap_target(
-            self.value_estimator,
-            tensordict,
-            next_value.reshape(tensordict.batch_size),
-            reward_key=keys.reward,
-            done_key=keys.done,
-            terminated_key=keys.terminated,
-        )
-        return target.reshape(-1)
+        return td_target(self, tensordict, next_value.reshape(tensordict.batch_size)).reshape(-1)
 
     def _proposal_log_density(self, logp_samples: Tensor) -> Tensor:
         """``log q(a_k)`` of the ``3N`` proposal actions (uniform, pi(s), pi(s')); ``[3N, B]``."""
@@ -1225,14 +1153,5 @@ class DiscreteCQLLoss(LossModule):
 
     def _target(self, tensordict: TensorDictBase, next_value: Tensor) -> Tensor:
         """The Bellman target of the flat batch from ``next_value`` ``[B]`` or ``[B, K]``."""
-        keys = self.tensor_keys
         shape = (*tensordict.batch_size, *next_value.shape[1:])
-        target = bootstrap_target(
-            self.value_estimator,
-            tensordict,
-            next_value.reshape(shape),
-            reward_key=keys.reward,
-            done_key=keys.done,
-            terminated_key=keys.terminated,
-        )
-        return target.reshape(next_value.shape)
+        return td_target(self, tensordict, next_value.reshape(shape)).reshape(next_value.shape)

@@ -35,10 +35,10 @@ from torchrl.objectives.utils import (
 )
 from torchrl.objectives.value import TD0Estimator
 
+from torchrl_offline.objectives._keys import LazyInKeys
 from torchrl_offline.objectives.common import (
     OfflineLossError,
     actor_distribution,
-    bootstrap_target,
     check_batch,
     count_update,
     ensemble_apply,
@@ -47,6 +47,7 @@ from torchrl_offline.objectives.common import (
     module_apply,
     next_key,
     tanh_normal_log_prob,
+    td_target,
 )
 from torchrl_offline.objectives.gaussian_actor import advise_on_actor
 
@@ -77,7 +78,7 @@ def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
     return weight * diff.square()
 
 
-class IQLLoss(LossModule):
+class IQLLoss(LazyInKeys, LossModule):
     r"""Implicit Q-Learning loss for continuous actions; a drop-in for TorchRL's ``IQLLoss``.
 
     Presented in "Offline Reinforcement Learning with Implicit Q-Learning",
@@ -403,16 +404,6 @@ class IQLLoss(LossModule):
         ]
         self._in_keys = list(dict.fromkeys(keys))
 
-    @property
-    def in_keys(self) -> list[NestedKey]:
-        if self._in_keys is None:
-            self._set_in_keys()
-        return self._in_keys
-
-    @in_keys.setter
-    def in_keys(self, values) -> None:
-        self._in_keys = values
-
     # ------------------------------------------------------------------ network calls
     def _actor_dist(self, tensordict: TensorDictBase):
         return actor_distribution(self.actor_network, self.actor_network_params, tensordict)
@@ -468,15 +459,7 @@ class IQLLoss(LossModule):
         if type(estimator) is TD0Estimator:
             next_inputs = [tensordict.get(next_key(k)) for k in self.value_network.in_keys]
             next_value = self._value(self.value_network_params, next_inputs)  # under no_grad
-            keys = self.tensor_keys
-            return bootstrap_target(
-                estimator,
-                tensordict,
-                next_value,
-                reward_key=keys.reward,
-                done_key=keys.done,
-                terminated_key=keys.terminated,
-            )
+            return td_target(self, tensordict, next_value)
         td = tensordict.select(
             "next", *self.value_network.in_keys, self.tensor_keys.action, strict=False
         )

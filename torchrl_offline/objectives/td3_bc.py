@@ -9,31 +9,22 @@ on every call; the delayed policy update belongs to the training loop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-
 import torch
-from tensordict import TensorDict, TensorDictBase, TensorDictParams
+from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictModuleBase, TensorDictSequential, dispatch
 from tensordict.utils import NestedKey, unravel_key
 from torch import Tensor, nn
 from torchrl.data.tensor_specs import TensorSpec
 from torchrl.modules import MLP, TanhModule
-from torchrl.objectives.common import LossModule
-from torchrl.objectives.utils import ValueEstimators, distance_loss
 
+from torchrl_offline.objectives._actor_critic import ActorCriticLoss, _leaf_view
 from torchrl_offline.objectives.common import (
     OfflineLossError,
-    _mlp_plan,
     action_bounds,
-    bootstrap_target,
     check_batch,
-    check_finite_losses,
     check_output_dim,
-    ensemble_apply,
-    make_loss_value_estimator,
     module_apply,
-    next_key,
+    td_target,
 )
 
 __all__ = ["TD3BCLoss"]
@@ -61,18 +52,6 @@ def _tanh_head(actor: TensorDictModuleBase, action_key: NestedKey):
     return body, head
 
 
-def _leaf_view(module: nn.Module, params: TensorDictBase):
-    """``{key: tensor}`` of ``params`` when ``module`` is a plain MLP, else ``params``.
-
-    The functional MLP path of ``common`` reads one tensor per layer with ``.get``; a
-    dict of the (in-place updated) leaves spares a nested TensorDict lookup per layer
-    and call. Views are cached by the loss and dropped on ``.to()`` / ``load_state_dict``.
-    """
-    if _mlp_plan(module) is None:
-        return params
-    return dict(params.items(True, True))
-
-
 def _last_linear_out(module: nn.Module) -> int | None:
     inner = getattr(module, "module", None)
     if not isinstance(inner, (MLP, nn.Sequential)):
@@ -81,7 +60,7 @@ def _last_linear_out(module: nn.Module) -> int | None:
     return linears[-1].out_features if linears else None
 
 
-class TD3BCLoss(LossModule):
+class TD3BCLoss(ActorCriticLoss):
     r"""TD3+BC loss (Fujimoto & Gu, "A Minimalist Approach to Offline RL", NeurIPS 2021).
 
     Drop-in for :class:`torchrl.objectives.TD3BCLoss`: same constructor arguments,
@@ -178,42 +157,6 @@ class TD3BCLoss(LossModule):
         >>> loss_actor, _ = loss.actor_loss(data)    # every 2nd update
     """
 
-    @dataclass
-    class _AcceptedKeys:
-        """Tensordict keys read or written by the loss, configurable with ``set_keys``.
-
-        Attributes:
-            action (NestedKey): the action. Defaults to ``"action"``.
-            state_action_value (NestedKey): the critic's output. Defaults to
-                ``"state_action_value"``.
-            priority (NestedKey): where the TD error is written for prioritized
-                replay. Defaults to ``"td_error"``.
-            reward (NestedKey): the reward, read under ``"next"``. Defaults to
-                ``"reward"``.
-            done (NestedKey): the done flag, read under ``"next"``. Defaults to
-                ``"done"``.
-            terminated (NestedKey): the termination flag, read under ``"next"``.
-                Defaults to ``"terminated"``.
-            priority_weight (NestedKey): importance weights of a prioritized sampler.
-                Defaults to ``"priority_weight"``.
-        """
-
-        action: NestedKey = "action"
-        state_action_value: NestedKey = "state_action_value"
-        priority: NestedKey = "td_error"
-        reward: NestedKey = "reward"
-        done: NestedKey = "done"
-        terminated: NestedKey = "terminated"
-        priority_weight: NestedKey = "priority_weight"
-
-    tensor_keys: _AcceptedKeys
-    default_keys = _AcceptedKeys
-    default_value_estimator = ValueEstimators.TD0
-    SUPPORTED_VALUE_ESTIMATORS = (
-        ValueEstimators.TD0,
-        ValueEstimators.TD1,
-        ValueEstimators.TDLambda,
-    )
     out_keys = [
         "loss_actor",
         "loss_qvalue",
@@ -224,13 +167,6 @@ class TD3BCLoss(LossModule):
         "next_state_value",
         "target_value",
     ]
-
-    actor_network: TensorDictModule
-    qvalue_network: TensorDictModule
-    actor_network_params: TensorDictParams
-    qvalue_network_params: TensorDictParams
-    target_actor_network_params: TensorDictParams
-    target_qvalue_network_params: TensorDictParams
 
     def __init__(
         self,
@@ -330,53 +266,8 @@ class TD3BCLoss(LossModule):
         self._num_calls = int(state.get("num_calls", 0))
 
     def _forward_value_estimator_keys(self, **kwargs) -> None:
-        if self._value_estimator is not None:
-            self._value_estimator.set_keys(
-                value=self.tensor_keys.state_action_value,
-                reward=self.tensor_keys.reward,
-                done=self.tensor_keys.done,
-                terminated=self.tensor_keys.terminated,
-            )
+        super()._forward_value_estimator_keys(**kwargs)
         self._tanh_head = _tanh_head(self.actor_network, self.tensor_keys.action)
-        self._set_in_keys()
-
-    def _set_in_keys(self) -> None:
-        action = unravel_key(self.tensor_keys.action)
-        keys = [
-            self.tensor_keys.action,
-            next_key(self.tensor_keys.reward),
-            next_key(self.tensor_keys.done),
-            next_key(self.tensor_keys.terminated),
-            *self.actor_network.in_keys,
-            *[next_key(key) for key in self.actor_network.in_keys],
-            *self.qvalue_network.in_keys,
-            *[next_key(k) for k in self.qvalue_network.in_keys if unravel_key(k) != action],
-        ]
-        self._in_keys = list(dict.fromkeys(unravel_key(k) for k in keys))
-
-    @property
-    def in_keys(self) -> list[NestedKey]:
-        if self._in_keys is None:
-            self._set_in_keys()
-        return self._in_keys
-
-    @in_keys.setter
-    def in_keys(self, values) -> None:
-        self._in_keys = values
-
-    def make_value_estimator(self, value_type: ValueEstimators = None, **hyperparams):
-        return make_loss_value_estimator(
-            self,
-            value_type,
-            tensor_keys={
-                "value": self.tensor_keys.state_action_value,
-                "reward": self.tensor_keys.reward,
-                "done": self.tensor_keys.done,
-                "terminated": self.tensor_keys.terminated,
-            },
-            value_network=None,
-            **hyperparams,
-        )
 
     # ------------------------------------------------------------------ network calls
     @property
@@ -396,21 +287,6 @@ class TD3BCLoss(LossModule):
             cached = _leaf_view(self._tanh_head[0], getattr(self, name).get(("module", "0")))
             self.__dict__[cache_name] = cached
         return cached
-
-    def _critic_params(self, name: str) -> TensorDictBase:
-        """Stacked critic parameters (cached leaf view for plain MLP critics)."""
-        if self.deactivate_vmap:
-            return getattr(self, name)
-        cache_name = "_cache_critic_" + name
-        cached = self.__dict__.get(cache_name)
-        if cached is None:
-            cached = self.__dict__[cache_name] = _leaf_view(
-                self.qvalue_network, getattr(self, name)
-            )
-        return cached
-
-    def _drop_caches(self, *args) -> None:
-        self._erase_cache()
 
     def _actor_action(self, tensordict: TensorDictBase, *, target: bool) -> Tensor:
         """Action of the (target) actor at the observations held by ``tensordict``."""
@@ -436,48 +312,6 @@ class TD3BCLoss(LossModule):
         else:
             td = self.actor_network(td)
         return td.get(self.tensor_keys.action)
-
-    def _check_action(self, action: Tensor, data_action: Tensor) -> None:
-        if action.shape != data_action.shape:
-            raise OfflineLossError(
-                f"actor_network outputs actions of shape {tuple(action.shape)} but the batch "
-                f"key {self.tensor_keys.action!r} holds shape {tuple(data_action.shape)}"
-            )
-
-    def _critics(self, params: TensorDictBase, inputs: Sequence[Tensor]) -> Tensor:
-        """All critics at once: ``[E, *batch]``."""
-        key = self.tensor_keys.state_action_value
-        if self.deactivate_vmap:
-            return torch.stack(
-                [
-                    module_apply(self.qvalue_network, params[i], *inputs, out_key=key)
-                    for i in range(len(params))
-                ]
-            ).squeeze(-1)
-        return ensemble_apply(
-            self.qvalue_network, params, *inputs, out_key=key, randomness=self.vmap_randomness
-        ).squeeze(-1)
-
-    def _q_inputs(self, tensordict: TensorDictBase, action: Tensor, *, nxt: bool) -> list[Tensor]:
-        action_key = unravel_key(self.tensor_keys.action)
-        inputs = []
-        for key in self.qvalue_network.in_keys:
-            if unravel_key(key) == action_key:
-                inputs.append(action)
-            else:
-                inputs.append(tensordict.get(next_key(key) if nxt else key))
-        return inputs
-
-    def _td_target(self, tensordict: TensorDictBase, next_value: Tensor) -> Tensor:
-        keys = self.tensor_keys
-        return bootstrap_target(
-            self.value_estimator,
-            tensordict,
-            next_value,
-            reward_key=keys.reward,
-            done_key=keys.done,
-            terminated_key=keys.terminated,
-        )
 
     # ------------------------------------------------------------------ losses
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
@@ -539,21 +373,12 @@ class TD3BCLoss(LossModule):
                 self._q_inputs(tensordict, next_action, nxt=True),
             )
             next_value = next_q.min(0).values
-            target_value = self._td_target(tensordict, next_value)
+            target_value = td_target(self, tensordict, next_value)
         pred = self._critics(
             self._critic_params("qvalue_network_params"),
             self._q_inputs(tensordict, tensordict.get(self.tensor_keys.action), nxt=False),
         )
-        target_value = target_value.to(pred.dtype)
-        loss = distance_loss(pred, target_value.expand_as(pred), loss_function=self.loss_function)
-        loss = self._reduce_loss(loss.sum(0), tensordict=tensordict, weights=weights)
-        metadata = {
-            "td_error": (pred.detach() - target_value).pow(2),
-            "next_state_value": next_value,
-            "pred_value": pred.detach(),
-            "target_value": target_value,
-        }
-        return loss, metadata
+        return self._critic_regression(pred, target_value, next_value, tensordict, weights)
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -564,7 +389,6 @@ class TD3BCLoss(LossModule):
         """
         if self.check_inputs:
             check_batch(tensordict, self.in_keys, finite=False)
-        self._count_call()
         loss_qvalue, metadata = self.qvalue_loss(tensordict)
         loss_actor, actor_metadata = self.actor_loss(tensordict)
         if loss_actor.shape != loss_qvalue.shape:
@@ -572,20 +396,5 @@ class TD3BCLoss(LossModule):
                 f"actor and critic losses have different shapes: "
                 f"{loss_actor.shape} and {loss_qvalue.shape}"
             )
-        tensordict.set(self.tensor_keys.priority, metadata.pop("td_error").max(0).values)
-        out = TensorDict(
-            {"loss_actor": loss_actor, "loss_qvalue": loss_qvalue, **actor_metadata, **metadata}
-        )
-        self._check_losses(out, tensordict)
-        return out
-
-    # Kept out of torch.compile graphs: a traced ``self._num_calls`` would make the
-    # compiled loss guard on (and recompile for) every value of the counter.
-    @torch.compiler.disable
-    def _count_call(self) -> None:
-        self._num_calls += 1
-
-    @torch.compiler.disable
-    def _check_losses(self, out: TensorDictBase, batch: TensorDictBase) -> None:
-        if self.check_inputs:
-            check_finite_losses(out, step=self._num_calls, batch=batch, batch_keys=self.in_keys)
+        losses = {"loss_actor": loss_actor, "loss_qvalue": loss_qvalue}
+        return self._pack(tensordict, losses, {**actor_metadata, **metadata}, "_num_calls")
