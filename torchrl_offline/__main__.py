@@ -2,7 +2,17 @@
 
 import sys
 
-from torchrl_offline.cli import main
+
+def _run() -> int:
+    """Imports the command line (torch and TorchRL: seconds) and runs it; Ctrl-C during
+    the import is one line and exit status 130, as it is later."""
+    try:
+        from torchrl_offline.cli import main
+    except KeyboardInterrupt:
+        print("torchrl-offline: interrupted", file=sys.stderr)
+        return 130
+    return main()
+
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_run())

@@ -58,7 +58,9 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale(directory: str | os.PathLike, pattern: re.Pattern[str]) -> list[Path]:
+def remove_stale(
+    directory: str | os.PathLike, pattern: re.Pattern[str], *, remove: bool = True
+) -> list[Path]:
     """Remove the entries of ``directory`` whose name fully matches ``pattern`` and whose
     owner (``pid`` and ``host`` groups, see :data:`OWNER`) is a dead process of this host.
 
@@ -68,8 +70,11 @@ def remove_stale(directory: str | os.PathLike, pattern: re.Pattern[str]) -> list
             ``host`` group that did not match (names written before host tags existed)
             counts as this host.
 
+    Keyword Args:
+        remove: ``False`` only lists them (for a caller that salvages them first).
+
     Returns:
-        The paths removed.
+        The paths removed (or found, with ``remove=False``).
     """
     directory = Path(directory)
     removed: list[Path] = []
@@ -81,6 +86,9 @@ def remove_stale(directory: str | os.PathLike, pattern: re.Pattern[str]) -> list
     for path in entries:
         match = pattern.fullmatch(path.name)
         if match is None or match["host"] not in (None, host) or pid_alive(int(match["pid"])):
+            continue
+        if not remove:
+            removed.append(path)
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)

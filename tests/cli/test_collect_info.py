@@ -149,11 +149,40 @@ def test_collect_overwrite_replaces_only_a_dataset(tmp_path, capsys):
     (unrelated / "notes.txt").write_text("mine")
     argv = ["collect", "CartPole-v1", "--dataset-id", "notes/x-v0", "--steps", "5",
             "--root", str(tmp_path), "--no-progress"]  # fmt: skip
-    assert main(argv) == 1
-    assert "a dataset already exists" in capsys.readouterr().err
-    assert main([*argv, "--overwrite"]) == 1
-    assert "it is not a Minari dataset" in capsys.readouterr().err
+    for extra in ([], ["--overwrite"]):  # review of issue 15, finding 7: not "already exists"
+        assert main([*argv, *extra]) == 1
+        err = capsys.readouterr().err
+        assert "exists and is not a Minari dataset" in err and "already exists" not in err
     assert [p.name for p in unrelated.iterdir()] == ["notes.txt"]
+
+
+def test_collect_overwrite_keeps_the_files_of_the_dataset_folder_that_are_not_data(
+    tmp_path, capsys
+):
+    """Review of issue 15, finding 2: `collect --overwrite` deleted the whole folder."""
+    argv = ["collect", "CartPole-v1", "--dataset-id", "cp/x-v0", "--steps", "5",
+            "--root", str(tmp_path), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    folder = tmp_path / "cp" / "x-v0"
+    (folder / "notes.txt").write_text("mine")
+    assert main([*argv, "--steps", "7", "--overwrite"]) == 0
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert len(load_minari("cp/x-v0", root=str(tmp_path))) == 7
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_a_second_writer_of_one_dataset_is_refused(tmp_path, capsys):
+    """Review of issue 15, finding 9: two `collect --overwrite` into one id both exited 0."""
+    from torchrl_offline.data.minari_writer import dataset_lock
+
+    argv = ["collect", "CartPole-v1", "--dataset-id", "cp/x-v0", "--steps", "5",
+            "--root", str(tmp_path), "--no-progress", "--overwrite"]  # fmt: skip
+    with dataset_lock(tmp_path / "cp" / "x-v0"):  # as another process writing it holds it
+        assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "is in use by another process (pid" in err and err.count("\n") == 1
+    assert not (tmp_path / "cp" / "x-v0").exists()
+    assert main(argv) == 0  # released: fine
 
 
 def test_scripted_controller_for_unknown_env_lists_known(tmp_path, capsys):
@@ -227,3 +256,32 @@ def test_collect_per_step_mixture_records_the_mixture_probability(tmp_path):
     # 0.5 * 1/2 + 0.5 * (0.2/2 + 0.8 [greedy action]): 0.7 for the greedy action, else 0.3.
     assert set(prob.mul(10).round().long().unique().tolist()) <= {3, 7}
     assert torch.allclose(prob, prob.mul(10).round() / 10, atol=1e-6)
+
+
+def test_ctrl_c_during_startup_is_one_line_and_130(monkeypatch, capsys):
+    """Review of issue 15, finding 10: Ctrl-C while torch is imported printed a traceback."""
+    import subprocess
+    import sys
+
+    import torchrl_offline.cli as cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert main(["info", "x"]) == 130
+    assert capsys.readouterr().err == "torchrl-offline: interrupted\n"
+    script = (  # Ctrl-C while `python -m torchrl_offline` imports the command line
+        "import builtins, runpy, sys\n"
+        "real = builtins.__import__\n"
+        "def fake(name, *a, **k):\n"
+        "    if name == 'torchrl_offline.cli':\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = fake\n"
+        "sys.argv = ['torchrl-offline', 'info', 'x']\n"
+        "runpy.run_module('torchrl_offline', run_name='__main__')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 130
+    assert done.stderr == "torchrl-offline: interrupted\n"

@@ -61,8 +61,14 @@ def test_train_with_evaluation_in_the_datasets_env(trained_run, tmp_path, capsys
         (
             ["--algo", "iql", "--set", "expectle=0.8"],
             "hyperparameter 'expectle' for iql; valid keys:",
-            1,
+            2,
         ),
+        (
+            ["--algo", "iql", "--set", "expectile=abc"],
+            "--set: hyperparameter expectile must be a number (default 0.7), got 'abc'",
+            2,
+        ),
+        (["--algo", "iql", "--set", "hidden_sizes=(64,"], "hidden_sizes must be a tuple", 2),
         (["--algo", "iql", "--set", "expectile"], "--set expects KEY=VALUE", 2),
         (["--algo", "iql", "--steps", "0"], "--steps must be positive", 2),
         (["--algo", "iql", "--resume", "--overwrite"], "--resume and --overwrite exclude", 2),
@@ -185,3 +191,64 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(trained_run, tmp_path, monkeypatch
     monkeypatch.setattr(train_cli, "open_dataset", real_open)
     assert main([*argv, "--resume"]) == 0
     assert json.loads((run / "summary.json").read_text())["step"] == 40
+
+
+def test_a_failed_train_leaves_nothing_that_blocks_the_corrected_retry(
+    trained_run, tmp_path, capsys
+):
+    """Review of issue 15, findings 1 and 6: `--set foo=1` exited 1 and left run.json, which
+    refused the corrected retry."""
+    out = tmp_path / "new"
+    argv = ["train", "--algo", "iql", "--dataset", trained_run["dataset"], "--root",
+            trained_run["root"], "--out", str(out), "--steps", "2", *TINY]  # fmt: skip
+    assert main([*argv, "--set", "foo=1"]) == 2
+    assert "Unknown hyperparameter 'foo'" in capsys.readouterr().err
+    assert not (out / "run.json").exists()
+    assert main(argv) == 0
+
+
+def test_resume_at_or_beyond_the_steps_says_there_is_nothing_to_do(trained_run, tmp_path, capsys):
+    """Review of issue 15, finding 10: it exited 0 without a word."""
+    argv = ["train", "--algo", "iql", "--dataset", trained_run["dataset"], "--root",
+            trained_run["root"], "--out", trained_run["run"], "--resume", *TINY]  # fmt: skip
+    for steps in ("20", "15"):
+        assert main([*argv, "--steps", steps]) == 0
+        err = capsys.readouterr().err
+        assert (
+            f"nothing to do: the run in {trained_run['run']} is at step 20 (--steps {steps})" in err
+        )
+
+
+def test_resume_from_a_named_checkpoint(trained_run, tmp_path, capsys):
+    """Review of issue 15, finding 8: `--resume CHECKPOINT` continues from the previous
+    good checkpoint that a damaged newest one's error names."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run["run"], run)
+    older, newest = list_checkpoints(run / "checkpoints")
+    newest.write_bytes(newest.read_bytes()[:-50])
+    argv = ["train", "--algo", "iql", "--dataset", trained_run["dataset"], "--root",
+            trained_run["root"], "--out", str(run), "--steps", "30",
+            "--checkpoint-every", "10", *TINY]  # fmt: skip
+    assert main([*argv, "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "--resume CHECKPOINT" in err and f"checkpoint of this directory is {str(older)!r}" in err
+    assert main([*argv, "--resume", str(older)]) == 0
+    assert "iql: 30 gradient steps" in capsys.readouterr().out
+    assert (run / "checkpoints" / f"{newest.name}.set-aside").exists()
+
+
+def test_train_resume_of_a_finetuning_run_names_both_kinds(trained_run, tmp_path, capsys):
+    """Review of issue 15, finding 5."""
+    out = tmp_path / "online"
+    argv = ["finetune", trained_run["run"], "--dataset", trained_run["dataset"], "--root",
+            trained_run["root"], "--out", str(out), "--steps", "4", "--frames-per-batch",
+            "2", "--checkpoint-every", "2", "--batch-size", "16", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    argv = ["train", "--algo", "iql", "--dataset", trained_run["dataset"], "--root",
+            trained_run["root"], "--out", str(out), "--steps", "30", "--resume", *TINY]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "holds an iql finetune run" in err and "a train run resumes only a train run" in err
+    assert "sampler" not in err

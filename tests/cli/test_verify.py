@@ -110,3 +110,20 @@ def test_evaluate_refuses_a_bit_flipped_checkpoint_naming_the_previous_good_one(
     assert "checkpoint_000000020.pt' is corrupt" in err and "content hash" in err
     assert f"the previous good checkpoint of this directory is {str(previous)!r}" in err
     assert main(["verify", str(run)]) == 1
+
+
+def test_any_pt_file_is_checked_and_one_not_ours_says_so(written, capsys):
+    """Review of issue 15, finding 10: `verify DIR` skipped `.pt` files not named
+    checkpoint_*; finding 7: a file that is no checkpoint read as "corrupt (KeyError: 101)"."""
+    run = written["run"]
+    shutil.copy(checkpoint_path(run / "checkpoints", 20), run / "best.pt")
+    _flip(run / "best.pt")
+    (run / "notes.pt").write_text("e" * 300)
+    assert main(["verify", str(run), "--json"]) == 1
+    rows = {row["path"].rsplit("/", 1)[1]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["best.pt"]["result"] == "damaged"
+    assert rows["notes.pt"]["result"] == "not ours"
+    assert "not a checkpoint of torchrl_offline" in rows["notes.pt"]["detail"]
+    assert main(["verify", str(run / "notes.pt")]) == 1
+    err = capsys.readouterr().err
+    assert "notes.pt' is not a checkpoint of torchrl_offline" in err and "corrupt" not in err

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from torchrl_offline.data import DatasetError, write_minari
+from torchrl_offline.data import DatasetError, load_minari, write_minari
 from torchrl_offline.data.minari_writer import minari_root, resolve_minari_path
 
 BOX = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
@@ -124,6 +124,52 @@ def test_existing_dataset_needs_overwrite(tmp_path, make_transitions):
     with pytest.raises(FileExistsError):
         write_minari(td, "x-v0", root=tmp_path, observation_space=BOX, action_space=ACT)
     write_minari(td, "x-v0", root=tmp_path, observation_space=BOX, action_space=ACT, overwrite=True)
+
+
+def test_overwrite_replaces_data_and_manifest_only(tmp_path, make_transitions):
+    """Review of issue 15, finding 2: overwrite deleted every file of the dataset folder."""
+    write_minari(make_transitions([2]), "x-v0", root=tmp_path, observation_space=BOX,
+                 action_space=ACT)  # fmt: skip
+    (tmp_path / "x-v0" / "notes.txt").write_text("mine")
+    (tmp_path / "x-v0" / "runs").mkdir()
+    write_minari(make_transitions([3, 2]), "x-v0", root=tmp_path, observation_space=BOX,
+                 action_space=ACT, overwrite=True)  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "x-v0").iterdir()) == [
+        "data", "notes.txt", "runs", "torchrl_offline.manifest.json"
+    ]  # fmt: skip
+    assert len(load_minari("x-v0", root=tmp_path, cache_dir=tmp_path / "cache")) == 5
+
+
+def test_an_overwrite_killed_halfway_is_rolled_back_by_the_next_one(tmp_path, make_transitions):
+    import os
+
+    from torchrl_offline.leftovers import owner_tag
+
+    write_minari(make_transitions([2]), "x-v0", root=tmp_path, observation_space=BOX,
+                 action_space=ACT)  # fmt: skip
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)  # a dead process's replacement: the old data moved aside, no new one
+    trash = tmp_path / "x-v0" / f".replaced-{pid}-{owner_tag().split('-')[1]}-0123abcd"
+    trash.mkdir()
+    os.replace(tmp_path / "x-v0" / "data", trash / "data")
+    write_minari(make_transitions([4]), "x-v0", root=tmp_path, observation_space=BOX,
+                 action_space=ACT, overwrite=True)  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "x-v0").iterdir()) == [
+        "data", "torchrl_offline.manifest.json"
+    ]  # fmt: skip
+    assert len(load_minari("x-v0", root=tmp_path, cache_dir=tmp_path / "cache")) == 4
+
+
+def test_one_writer_per_dataset(tmp_path, make_transitions):
+    from torchrl_offline.data.minari_writer import dataset_lock
+
+    busy = pytest.raises(DatasetError, match="x-v0' is in use by another process")
+    with dataset_lock(tmp_path / "x-v0"), busy:
+        write_minari(make_transitions([2]), "x-v0", root=tmp_path, observation_space=BOX,
+                     action_space=ACT)  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_root_resolution(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -168,6 +169,24 @@ def test_bad_override_values():
         build_algorithm("iql", OBS, BOX, actor_lr=-1.0)
     with pytest.raises(AlgorithmError, match="hidden_sizes"):
         build_algorithm("iql", OBS, BOX, hidden_sizes="big")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("expectile", "abc", "expectile must be a number (default 0.7), got 'abc'"),
+        ("num_qvalue_nets", 2.5, "num_qvalue_nets must be an integer"),
+        ("check_inputs", "yes", "check_inputs must be true or false"),
+        ("gamma", None, "gamma must be a number"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_a_hyperparameter_error(key, value, message):
+    """Review of issue 15, finding 6: `expectile=abc` raised a raw TypeError."""
+    from torchrl_offline.trainers.algorithms import HyperparameterError
+
+    with pytest.raises(HyperparameterError, match=re.escape(message)):
+        build_algorithm("iql", OBS, BOX, **{key: value})
+    assert build_algorithm("iql", OBS, BOX, temperature=3).loss.temperature == 3  # int for float
 
 
 def test_unsupported_specs():

@@ -11,6 +11,7 @@ import torch
 from torchrl_offline.trainers import checkpoint as ckpt
 from torchrl_offline.trainers.checkpoint import (
     CheckpointError,
+    NotACheckpointError,
     checkpoint_path,
     get_rng_state,
     latest_checkpoint,
@@ -61,10 +62,47 @@ def test_garbage_and_foreign_files(tmp_path):
         load_checkpoint(junk)
     foreign = tmp_path / "foreign.pt"
     torch.save({"w": torch.ones(1)}, foreign)
-    with pytest.raises(CheckpointError, match="not a torchrl_offline checkpoint"):
+    with pytest.raises(NotACheckpointError, match="not a checkpoint of torchrl_offline"):
         load_checkpoint(foreign)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_a_file_that_is_no_checkpoint_says_so_rather_than_corrupt(tmp_path):
+    """Review of issue 15, finding 7: a text file was called "corrupt or truncated
+    (KeyError: 101)"."""
+    for name, data in (("notes.pt", b"e" * 200), ("archive.pt", None)):
+        path = tmp_path / name
+        if data is None:
+            import zipfile
+
+            with zipfile.ZipFile(path, "w") as archive:
+                archive.writestr("readme.txt", "hello")
+        else:
+            path.write_bytes(data)
+        with pytest.raises(NotACheckpointError, match=f"{name}' is not a checkpoint of torch") as e:
+            load_checkpoint(path)
+        assert "corrupt" not in str(e.value) and "KeyError" not in str(e.value)
+
+
+def test_torch_load_of_a_checkpoint_names_the_function_that_reads_it(tmp_path):
+    """Review of issue 15, finding 4: torch.load returns the envelope, not the state."""
+    path = save_checkpoint(tmp_path / "c.pt", {"step": 1})
+    envelope = torch.load(path, weights_only=True)
+    assert "step" not in envelope
+    assert envelope["read_with"] == "torchrl_offline.trainers.checkpoint.load_checkpoint(path)"
+
+
+def test_a_damaged_checkpoint_names_the_previous_good_one_and_how_to_resume_from_it(tmp_path):
+    good = save_checkpoint(checkpoint_path(tmp_path, 10), {"step": 10})
+    bad = save_checkpoint(checkpoint_path(tmp_path, 20), {"step": 20})
+    bad.write_bytes(bad.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="previous good") as info:
+        load_checkpoint(bad)
+    assert "--resume CHECKPOINT" in str(info.value) and "resume=CHECKPOINT" in str(info.value)
+    assert str(info.value).endswith(
+        f"the previous good checkpoint of this directory is {str(good)!r}"
+    )
 
 
 class _Evil:

@@ -149,7 +149,7 @@ def test_kill_9_while_training_then_resume_is_bit_identical(processes, tmp_path,
     assert proc.exitcode == -signal.SIGKILL and (out / LOCK_FILE).exists()  # left behind
     with caplog.at_level(logging.WARNING, logger="torchrl_offline"):
         resumed = _train(out, STEPS, resume=True)
-    assert f"taking over the stale lock of {out}: pid {proc.pid}" in caplog.text
+    assert f"taking over the stale lock of {out / 'run.lock'}: pid {proc.pid}" in caplog.text
     assert resumed.step == STEPS
     a, b = _tensors(full.algorithm), _tensors(resumed.algorithm)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

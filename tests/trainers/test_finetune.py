@@ -13,6 +13,7 @@ from torchrl_offline.trainers.algorithms import AlgorithmError, build_algorithm,
 from torchrl_offline.trainers.checkpoint import CheckpointError, list_checkpoints
 from torchrl_offline.trainers.finetune import _env_state, _set_env_state, finetune
 from torchrl_offline.trainers.offline import train
+from torchrl_offline.trainers.run_dir import RunDirectoryError
 
 
 class _Record:
@@ -196,6 +197,9 @@ def test_resume_refuses_offline_checkpoints_and_other_settings(tmp_path):
     data = make_dataset()
     train("iql", data, total_steps=2, batch_size=16, out_dir=tmp_path / "offline",
           overrides={"hidden_sizes": (16,)}, progress=False, logger=None)  # fmt: skip
+    with pytest.raises(RunDirectoryError, match="holds an iql train run .*finetune run resumes"):
+        _finetune("iql", data, tmp_path / "offline", total=4, resume=True)
+    (tmp_path / "offline" / "run.json").unlink()  # an older run: the checkpoint itself tells
     with pytest.raises(CheckpointError, match="from offline training, not fine-tuning"):
         _finetune("iql", data, tmp_path / "offline", total=4, resume=True)
     _finetune("iql", data, tmp_path / "online", total=4)

@@ -69,7 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     a :class:`UsageError`: an option missing, malformed or out of range), 130 on Ctrl-C,
     141 when stdout's reader has gone.
     """
-    parser = build_parser()
+    try:  # Ctrl-C while the subcommands' modules (torch, torchrl) are imported
+        parser = build_parser()
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.run(args) or 0)

@@ -69,7 +69,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "the env's scripted controller (max); --ref-min/--ref-max override them",
     )
     parser.add_argument("--description", help="dataset description stored in its metadata")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing dataset (its data/ and manifest; other files in its folder "
+        "stay; a folder that is not a dataset is never replaced)",
+    )
     parser.set_defaults(run=run)
     return parser
 
@@ -120,13 +125,14 @@ def run(args: argparse.Namespace) -> int:
         check_dataset_id(args.dataset_id)
     except DatasetError as err:
         raise UsageError(f"--dataset-id: {err}") from None
-    try:
+    exists = CLIError(
+        f"a dataset already exists at {minari_root(args.root) / args.dataset_id}; pass "
+        "--overwrite to replace it"
+    )
+    try:  # a folder that is not a dataset: DatasetError, which says so
         new_dataset_directory(args.dataset_id, args.root, overwrite=args.overwrite)
     except FileExistsError:
-        raise CLIError(
-            f"a dataset already exists at {minari_root(args.root) / args.dataset_id}; pass "
-            "--overwrite to replace it"
-        ) from None
+        raise exists from None
     specs = [parse_policy_spec(text) for text in args.policy or ["random"]]
     env = make_env(args.env, float32=False)
     try:
@@ -153,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
                     description=args.description,
                     overwrite=args.overwrite,
                 )
+            except FileExistsError:  # written by another process meanwhile
+                raise exists from None
             finally:
                 handle.remove()
     finally:

@@ -12,12 +12,15 @@ __all__ = [
     "LOG_SUFFIXES",
     "CLIError",
     "UsageError",
+    "add_resume_option",
     "add_run_options",
     "check_run_flags",
     "local_datasets",
+    "nothing_to_do",
     "open_dataset",
     "parse_scalar",
     "progress_bar",
+    "resumed_step",
 ]
 
 #: File suffixes read as users' logs (through ``from_logged``) rather than Minari datasets.
@@ -132,6 +135,51 @@ def add_run_options(parser: argparse.ArgumentParser, *, auto_env: str) -> None:
     parser.add_argument(
         "--root", help="Minari datasets root (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)"
     )
+
+
+def add_resume_option(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--resume [CHECKPOINT]``: ``True`` alone, the checkpoint's path when named."""
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CHECKPOINT",
+        help="continue from the newest checkpoint in --out, or from CHECKPOINT (one of "
+        "--out's, e.g. the previous good one when the newest is damaged; the newer ones are "
+        "renamed *.set-aside)",
+    )
+
+
+def resumed_step(args: argparse.Namespace) -> int | None:
+    """The step of the checkpoint that ``--resume`` continues from, read from its name
+    (``None`` without ``--resume`` or checkpoint)."""
+    from torchrl_offline.trainers.checkpoint import checkpoint_step, latest_checkpoint
+
+    if not args.resume:
+        return None
+    if args.resume is True:
+        path = latest_checkpoint(Path(args.out) / "checkpoints")
+    else:
+        path = Path(args.resume)
+    try:
+        return None if path is None else checkpoint_step(path)
+    except ValueError:
+        return None  # not a checkpoint's name: the run itself says what is wrong
+
+
+def nothing_to_do(args: argparse.Namespace) -> bool:
+    """Says so on stderr and returns ``True`` when ``--resume`` continues a run that is
+    already at ``--steps`` or beyond."""
+    done = resumed_step(args)
+    if done is None or done < args.steps:
+        return False
+    print(
+        f"nothing to do: the run in {args.out} is at step {done} (--steps {args.steps}); "
+        "give a larger --steps to continue it",
+        file=sys.stderr,
+    )
+    return True
 
 
 def check_run_flags(args: argparse.Namespace) -> None:

@@ -11,8 +11,10 @@ from typing import Any
 from torchrl_offline.cli.common import (
     CLIError,
     UsageError,
+    add_resume_option,
     add_run_options,
     check_run_flags,
+    nothing_to_do,
     open_dataset,
 )
 
@@ -54,9 +56,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, required=True, help="total gradient steps")
     parser.add_argument("--out", metavar="DIR", required=True, help="run directory of this run")
     parser.add_argument("--seed", type=int, default=0, help="seed of the run")
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from the newest checkpoint in --out"
-    )
+    add_resume_option(parser)
     parser.add_argument(
         "--algo", metavar="NAME", help="refuse a checkpoint of another algorithm than NAME"
     )
@@ -156,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
     from torchrl_offline.trainers.finetune import finetune
 
     _check_options(args)
+    if nothing_to_do(args):
+        return 0
     algorithm, step, file = load_trained(args.checkpoint)
     if args.algo is not None and args.algo not in (
         algorithm.name,

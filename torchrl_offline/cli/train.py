@@ -11,8 +11,10 @@ from typing import Any
 from torchrl_offline.cli.common import (
     CLIError,
     UsageError,
+    add_resume_option,
     add_run_options,
     check_run_flags,
+    nothing_to_do,
     open_dataset,
 )
 
@@ -47,9 +49,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, help="total gradient steps")
     parser.add_argument("--out", metavar="DIR", help="run directory (checkpoints/, logs/)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the run")
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from the newest checkpoint in --out"
-    )
+    add_resume_option(parser)
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -186,6 +186,9 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "dist_timeout", 600.0) <= 0:
         raise UsageError("--dist-timeout must be positive")
     overrides = parse_overrides(args.overrides)
+    if nothing_to_do(args):
+        return 0
+    from torchrl_offline.trainers.algorithms import HyperparameterError
     from torchrl_offline.trainers.offline import train
 
     context = _distributed_context(args)
@@ -226,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
             progress=args.progress,
             distributed=False if context is None else context,
         )
+    except HyperparameterError as err:  # the --set values alone are wrong
+        raise UsageError(f"--set: {err}") from None
     finally:
         if env is not None:
             env.close()

@@ -14,7 +14,7 @@ from torchrl_offline.cli.common import CLIError
 __all__ = ["Check", "add_parser", "check_path", "run"]
 
 #: Results of a :class:`Check`.
-OK, DAMAGED, UNCHECKED = "ok", "damaged", "unchecked"
+OK, DAMAGED, UNCHECKED, NOT_OURS = "ok", "damaged", "unchecked", "not ours"
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,9 @@ class Check:
             (written by this package), ``"files"`` (another folder with a manifest, e.g. a
             fine-tuning run's online-buffer chunk) or ``"checkpoint"``.
         path: the folder or file.
-        result: ``"ok"``, ``"damaged"`` or ``"unchecked"`` (written by an older version,
-            without a manifest or content hash).
+        result: ``"ok"``, ``"damaged"``, ``"unchecked"`` (written by an older version,
+            without a manifest or content hash) or ``"not ours"`` (a ``.pt`` file that is
+            not a checkpoint of torchrl_offline).
         detail: what was checked, or what is wrong.
     """
 
@@ -78,10 +79,16 @@ def _check_folder(folder: Path) -> Check:
 
 
 def _check_checkpoint(file: Path) -> Check:
-    from torchrl_offline.trainers.checkpoint import CheckpointError, verify_checkpoint
+    from torchrl_offline.trainers.checkpoint import (
+        CheckpointError,
+        NotACheckpointError,
+        verify_checkpoint,
+    )
 
     try:
         hashed = verify_checkpoint(file)
+    except NotACheckpointError as err:
+        return Check("file", str(file), NOT_OURS, str(err))
     except CheckpointError as err:
         return Check("checkpoint", str(file), DAMAGED, str(err))
     if not hashed:
@@ -95,7 +102,8 @@ def check_path(path: str | os.PathLike) -> list[Check]:
     """Check everything this package wrote at or under ``path``, in full.
 
     Folders with a manifest (datasets, cache entries, Minari datasets written here) and
-    checkpoint files (``checkpoint_<step>.pt``, or ``path`` itself when it is a file) are
+    ``.pt`` files (checkpoints, whatever their name, or ``path`` itself when it is a
+    file; a ``.pt`` file that is not a checkpoint of ours is reported ``"not ours"``) are
     checked; folders holding dataset metadata but no manifest are reported unchecked.
     Hidden entries (temporary builds in progress) are skipped.
 
@@ -117,7 +125,6 @@ def check_path(path: str | os.PathLike) -> list[Check]:
     """
     from torchrl_offline.data.storage import COMPLETE_MARKER
     from torchrl_offline.integrity import MANIFEST
-    from torchrl_offline.trainers.checkpoint import list_checkpoints
 
     path = Path(path)
     if path.is_file():
@@ -131,7 +138,8 @@ def check_path(path: str | os.PathLike) -> list[Check]:
             dirs.clear()
             continue
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        checks.extend(_check_checkpoint(file) for file in list_checkpoints(here))
+        files = sorted(f for f in here.glob("*.pt") if f.is_file() and not f.name.startswith("."))
+        checks.extend(_check_checkpoint(file) for file in files)
     return checks
 
 
@@ -150,7 +158,7 @@ def _print_table(checks: list[Check], base: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    styles = {OK: "green", DAMAGED: "bold red", UNCHECKED: "yellow"}
+    styles = {OK: "green", DAMAGED: "bold red", UNCHECKED: "yellow", NOT_OURS: "dim"}
     table = Table(title=f"torchrl-offline verify {base}")
     for column in ("kind", "path", "result", "detail"):
         table.add_column(column, overflow="fold")
@@ -168,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
     checks = check_path(base)
     if not checks:
         raise CLIError(f"nothing written by torchrl_offline at {base} (no dataset or checkpoint)")
+    if all(c.result == NOT_OURS for c in checks):
+        raise CLIError(f"nothing written by torchrl_offline at {base}: {checks[0].detail}")
     damaged = sum(c.result == DAMAGED for c in checks)
     if args.json:
         print(json.dumps([asdict(c) for c in checks], indent=2))

@@ -40,7 +40,13 @@ from torchrl_offline.data.keys import (
     TERMINATED,
     TRUNCATED,
 )
-from torchrl_offline.data.minari_writer import new_dataset_directory, write_minari
+from torchrl_offline.data.minari_writer import (
+    _write_minari,
+    _writing,
+    check_dataset_id,
+    minari_root,
+    new_dataset_directory,
+)
 from torchrl_offline.data.storage import allocate_transitions
 from torchrl_offline.leftovers import OWNER, owner_tag, remove_stale
 
@@ -268,7 +274,46 @@ def collect_dataset(
         raise ValueError(f"frames_per_batch must be positive, got {frames_per_batch}")
     if (ref_min_score is None) != (ref_max_score is None):
         raise ValueError("ref_min_score and ref_max_score must be given together")
-    new_dataset_directory(dataset_id, root, overwrite=overwrite)  # checked before collecting
+    with _writing(minari_root(root) / check_dataset_id(dataset_id)):  # one writer at a time
+        new_dataset_directory(dataset_id, root, overwrite=overwrite)  # before collecting
+        return _collect(
+            env,
+            policy,
+            num_steps,
+            dataset_id=dataset_id,
+            root=root,
+            seed=seed,
+            frames_per_batch=frames_per_batch,
+            data_format=data_format,
+            ref_min_score=ref_min_score,
+            ref_max_score=ref_max_score,
+            algorithm_name=algorithm_name,
+            description=description,
+            author=author,
+            overwrite=overwrite,
+            env_kwargs=env_kwargs,
+        )
+
+
+def _collect(
+    env: Any,
+    policy: Any,
+    num_steps: int,
+    *,
+    dataset_id: str,
+    root: str | os.PathLike | None,
+    seed: int,
+    frames_per_batch: int,
+    data_format: str,
+    ref_min_score: float | None,
+    ref_max_score: float | None,
+    algorithm_name: str | None,
+    description: str | None,
+    author: str | None,
+    overwrite: bool,
+    env_kwargs: Mapping[str, Any] | None,
+) -> Path:
+    """:func:`collect_dataset` with the dataset's lock held."""
     base_env, owned = _make_env(env, env_kwargs)
     collector = None
     try:
@@ -304,7 +349,7 @@ def collect_dataset(
                 transitions = _gather(collector, behavior, num_steps, obs_keys, Path(tmp))
                 _finish_episodes(transitions)
                 info_keys = [POLICY_ID] if POLICY_ID in transitions.keys() else []
-                path = write_minari(
+                path = _write_minari(
                     transitions,
                     dataset_id,
                     observation_space=obs_space,

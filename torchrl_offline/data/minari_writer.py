@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,13 @@ from torchrl_offline.data.keys import (
 )
 from torchrl_offline.data.storage import atomic_directory
 from torchrl_offline.data.validate import validate_transitions
-from torchrl_offline.integrity import write_manifest
+from torchrl_offline.integrity import MANIFEST, write_manifest
+from torchrl_offline.locks import FileLock, lock_file, remove_stale_locks
 
 __all__ = [
     "BEHAVIOR_INFO_KEYS",
     "check_dataset_id",
+    "dataset_lock",
     "minari_root",
     "new_dataset_directory",
     "resolve_minari_path",
@@ -93,29 +96,70 @@ def check_dataset_id(dataset_id: str) -> str:
     return text
 
 
+#: What overwriting a dataset replaces (the manifest last); other files of its folder stay.
+DATASET_ENTRIES = ("data", MANIFEST)
+
+
 def new_dataset_directory(
     dataset_id: str, root: str | os.PathLike | None = None, *, overwrite: bool = False
 ) -> Path:
     """The directory ``<root>/<dataset_id>`` of a dataset about to be written.
 
     Raises:
-        DatasetError: ``dataset_id`` is not an id (:func:`check_dataset_id`), or
-            ``overwrite`` would replace a directory that is not a Minari dataset.
-        FileExistsError: the directory exists and ``overwrite`` is False.
+        DatasetError: ``dataset_id`` is not an id (:func:`check_dataset_id`), or the
+            directory exists and is not a Minari dataset (never replaced).
+        FileExistsError: the directory is a dataset and ``overwrite`` is False.
     """
     final = minari_root(root) / check_dataset_id(dataset_id)
     if final.exists() or final.is_symlink():
-        if not overwrite:
-            raise FileExistsError(
-                f"A Minari dataset already exists at {final}; pass overwrite=True"
-            )
-        if final.is_symlink() or not (final / "data" / "metadata.json").is_file():
+        is_dataset = not final.is_symlink() and (
+            (final / "data" / "metadata.json").is_file()
+            or any(final.glob(".replaced-*/data/metadata.json"))  # a replacement cut short
+        )
+        if not is_dataset:
             raise DatasetError(
-                f"Refusing to overwrite {final}: it is not a Minari dataset (no "
-                "data/metadata.json); remove it yourself or choose another id",
+                f"{final} exists and is not a Minari dataset (no data/metadata.json); it is "
+                "never replaced: choose another id, or remove it yourself",
                 field="dataset_id",
             )
+        if not overwrite:
+            raise FileExistsError(
+                f"A Minari dataset already exists at {final}; replace it with overwrite=True "
+                "(on the command line: collect --overwrite)"
+            )
     return final
+
+
+def dataset_lock(final: str | os.PathLike) -> FileLock:
+    """Locks the dataset folder ``final`` for writing: ``.<name>.lock`` beside it.
+
+    Raises:
+        DatasetError: another live process is writing that dataset.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return lock_file(
+        final.parent / f".{final.name}.lock",
+        subject=f"the dataset {str(final)!r}",
+        advice="it is being written; wait for that process to finish",
+        error=DatasetError,
+    )
+
+
+@contextlib.contextmanager
+def _writing(final: Path) -> Iterator[None]:
+    """Holds :func:`dataset_lock` of ``final``; the folders made for the lock file alone
+    are removed again when nothing was written into them."""
+    missing = [p for p in (final.parent, *final.parent.parents) if not p.exists()]
+    if not missing:
+        remove_stale_locks(final.parent, ".*.lock")  # of writers killed with kill -9
+    try:
+        with dataset_lock(final):
+            yield
+    finally:
+        for folder in missing:  # deepest first; a folder written into is not empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def resolve_minari_path(
@@ -209,7 +253,9 @@ def write_minari(
     truncations; ``action_log_prob`` / ``action_prob``, when present, go to
     ``infos`` (see :data:`BEHAVIOR_INFO_KEYS`). The dataset is built in a temporary
     directory and renamed into place, so an interrupted write leaves nothing that
-    loads. Its last file is a manifest (``torchrl_offline.manifest.json``, beside
+    loads; ``overwrite`` replaces only ``data/`` and the manifest, any other file of the
+    folder stays, and a lock file (:func:`dataset_lock`) keeps a second writer of the
+    same dataset out. Its last file is a manifest (``torchrl_offline.manifest.json``, beside
     ``data/``) of every episode file's size and hash (not of ``data/metadata.json``, which
     Minari's ``update_metadata`` may rewrite), which
     :func:`~torchrl_offline.data.load_minari` and ``torchrl-offline verify`` check.
@@ -232,7 +278,7 @@ def write_minari(
             stored in ``infos`` like the behaviour fields; entry 0 (the reset info) is NaN
             for floating fields and -1 for integer ones.
         overwrite: replace an existing dataset with the same id (only a Minari dataset:
-            an unrelated directory is never replaced).
+            an unrelated directory is never replaced; the dataset's other files stay).
 
     Returns:
         The dataset directory (``<root>/<dataset_id>``).
@@ -240,10 +286,51 @@ def write_minari(
     Raises:
         DatasetError: invalid transitions, non-contiguous episodes, a next observation
             that differs from the following observation of its episode, a
-            ``dataset_id`` that is not an id, or ``overwrite`` of a directory that is not
-            a Minari dataset.
+            ``dataset_id`` that is not an id, an existing directory that is not a Minari
+            dataset, or another process writing the same dataset.
         FileExistsError: the dataset exists and ``overwrite`` is False.
     """
+    final = minari_root(root) / check_dataset_id(dataset_id)
+    with _writing(final):
+        return _write_minari(
+            transitions,
+            dataset_id,
+            observation_space=observation_space,
+            action_space=action_space,
+            root=root,
+            env_spec=env_spec,
+            data_format=data_format,
+            ref_min_score=ref_min_score,
+            ref_max_score=ref_max_score,
+            algorithm_name=algorithm_name,
+            description=description,
+            author=author,
+            extra_metadata=extra_metadata,
+            extra_info_keys=extra_info_keys,
+            overwrite=overwrite,
+        )
+
+
+def _write_minari(
+    transitions: TensorDictBase,
+    dataset_id: str,
+    *,
+    observation_space: gym.Space,
+    action_space: gym.Space,
+    root: str | os.PathLike | None,
+    env_spec: gym.envs.registration.EnvSpec | str | None,
+    data_format: str,
+    ref_min_score: float | None,
+    ref_max_score: float | None,
+    algorithm_name: str | None,
+    description: str | None,
+    author: str | None,
+    extra_metadata: Mapping[str, Any] | None,
+    extra_info_keys: Sequence[str],
+    overwrite: bool,
+) -> Path:
+    """:func:`write_minari` once the dataset's lock is held (``collect_dataset`` holds it
+    across the whole collection)."""
     import minari
     from minari.dataset.minari_storage import MinariStorage
 
@@ -313,7 +400,7 @@ def write_minari(
     if extra_metadata:
         metadata.update(json.loads(json.dumps(dict(extra_metadata), default=str)))
 
-    with atomic_directory(final, overwrite=overwrite) as tmp:
+    with atomic_directory(final, overwrite=overwrite, replace_only=DATASET_ENTRIES) as tmp:
         storage = MinariStorage.new(
             tmp / "data",
             observation_space=observation_space,

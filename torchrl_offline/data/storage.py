@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from torchrl.envs.transforms import Transform
 
 from torchrl_offline.data.errors import DatasetError
 from torchrl_offline.integrity import MANIFEST, verify_manifest, write_manifest
-from torchrl_offline.leftovers import owner_tag, remove_stale
+from torchrl_offline.leftovers import OWNER, owner_tag, remove_stale
 
 __all__ = [
     "COMPLETE_MARKER",
@@ -56,6 +56,9 @@ COMPLETE_MARKER = "torchrl_offline.json"
 _BUILD = re.compile(
     r"\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)(?:-(?P<host>[0-9a-f]{8}))?-[0-9a-f]{8}"
 )
+
+#: Old entries of a directory being replaced in place (``.replaced-<owner>-<id>``).
+_REPLACED = re.compile(rf"\.replaced-{OWNER}-[0-9a-f]{{8}}")
 
 
 class OfflineReplayBuffer(TensorDictReplayBuffer):
@@ -114,7 +117,9 @@ def default_cache_dir() -> Path:
 
 
 @contextlib.contextmanager
-def atomic_directory(final: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(
+    final: str | Path, *, overwrite: bool = False, replace_only: Collection[str] | None = None
+) -> Iterator[Path]:
     """Build a directory under a temporary name and rename it into place on success.
 
     On any exception the temporary directory is removed and ``final`` is left
@@ -126,6 +131,11 @@ def atomic_directory(final: str | Path, *, overwrite: bool = False) -> Iterator[
     Args:
         final: the directory to create.
         overwrite: replace an existing ``final`` directory.
+        replace_only: with ``overwrite``, the entries of ``final`` that are replaced
+            (by the build's entries of the same names); any other file of ``final``
+            stays. The old entries are moved into ``final/.replaced-<owner>-<id>``
+            first, and a replacement interrupted by ``kill -9`` is rolled back for the
+            entries it had not replaced yet by the next call for ``final``.
 
     Yields:
         The temporary directory to fill (a sibling of ``final``).
@@ -133,6 +143,8 @@ def atomic_directory(final: str | Path, *, overwrite: bool = False) -> Iterator[
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_builds(final.parent)
+    if replace_only is not None:
+        _roll_back_replacements(final, replace_only)
     tmp = final.parent / f".{final.name}.tmp-{owner_tag()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -144,12 +156,40 @@ def atomic_directory(final: str | Path, *, overwrite: bool = False) -> Iterator[
         if not overwrite:
             shutil.rmtree(tmp, ignore_errors=True)
             return
+        if replace_only is not None:
+            _replace_entries(final, tmp, replace_only)
+            return
         trash = final.parent / f".{final.name}.old-{owner_tag()}-{uuid.uuid4().hex[:8]}"
         os.replace(final, trash)
         os.replace(tmp, final)
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(tmp, final)
+
+
+def _replace_entries(final: Path, built: Path, names: Collection[str]) -> None:
+    """Moves ``names`` of ``final`` aside, those of ``built`` in (in the order given: put
+    the file that makes the directory valid last), then drops the old ones."""
+    trash = final / f".replaced-{owner_tag()}-{uuid.uuid4().hex[:8]}"
+    trash.mkdir()
+    for name in reversed(list(names)):
+        if (final / name).exists() or (final / name).is_symlink():
+            os.replace(final / name, trash / name)
+    for name in names:
+        if (built / name).exists():
+            os.replace(built / name, final / name)
+    shutil.rmtree(built, ignore_errors=True)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _roll_back_replacements(final: Path, names: Collection[str]) -> None:
+    """Puts back the entries that a killed :func:`_replace_entries` had moved aside and
+    not replaced yet (only dead processes' replacements)."""
+    for trash in remove_stale(final, _REPLACED, remove=False) if final.is_dir() else []:
+        for name in names:
+            if (trash / name).exists() and not (final / name).exists():
+                os.replace(trash / name, final / name)
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def remove_stale_builds(folder: str | os.PathLike) -> list[Path]:

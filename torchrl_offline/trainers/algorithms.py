@@ -45,6 +45,7 @@ __all__ = [
     "LOSS_KEYS",
     "Algorithm",
     "AlgorithmError",
+    "HyperparameterError",
     "algorithm_defaults",
     "algorithm_of",
     "build_algorithm",
@@ -199,6 +200,11 @@ _DISCRETE_OF = {
 
 class AlgorithmError(ValueError):
     """An unknown algorithm, an unknown or invalid hyperparameter, or unsupported specs."""
+
+
+class HyperparameterError(AlgorithmError):
+    """An unknown hyperparameter, or a value of the wrong type or out of range: an error
+    in the settings alone (the command line reports it as a usage error)."""
 
 
 @dataclass
@@ -387,14 +393,35 @@ def algorithm_defaults(name: str) -> dict[str, Any]:
     return {**_COMMON, **_DEFAULTS[name], **_loss_kwargs_defaults(name)}
 
 
+def _check_type(key: str, value: Any, default: Any) -> None:
+    """Refuses a value whose type cannot stand for the default's: a number for a number
+    (an ``int`` for an ``int``), ``True``/``False`` for a flag. Defaults that are
+    ``None``, strings or tuples take what the loss or the network builder accepts."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, bool):
+        ok, what = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, what = number and isinstance(value, int), "an integer"
+    elif isinstance(default, float):
+        ok, what = number, "a number"
+    else:
+        return
+    if not ok:
+        raise HyperparameterError(
+            f"hyperparameter {key} must be {what} (default {default!r}), got {value!r}"
+        )
+
+
 def _resolve(name: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
     defaults = algorithm_defaults(name)
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
-        raise AlgorithmError(
+        raise HyperparameterError(
             f"Unknown hyperparameter {unknown[0]!r} for {name}; valid keys: "
             f"{', '.join(sorted(defaults))}"
         )
+    for key, value in overrides.items():
+        _check_type(key, value, defaults[key])
     hp = {**defaults, **overrides}
     hidden = hp["hidden_sizes"]
     if isinstance(hidden, int):
@@ -402,23 +429,23 @@ def _resolve(name: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
     try:
         hp["hidden_sizes"] = tuple(int(h) for h in hidden)
     except (TypeError, ValueError):
-        raise AlgorithmError(f"hidden_sizes must be a tuple of ints, got {hidden!r}") from None
+        raise HyperparameterError(f"hidden_sizes must be a tuple of ints, got {hidden!r}") from None
     if not hp["hidden_sizes"] or min(hp["hidden_sizes"]) < 1:
-        raise AlgorithmError(f"hidden_sizes must be positive ints, got {hidden!r}")
+        raise HyperparameterError(f"hidden_sizes must be positive ints, got {hidden!r}")
     for key, value in hp.items():
         if key.endswith("_lr") and not (isinstance(value, (int, float)) and value > 0):
-            raise AlgorithmError(f"{key} must be a positive number, got {value!r}")
+            raise HyperparameterError(f"{key} must be a positive number, got {value!r}")
     if "actor" in hp and hp["actor"] not in _ACTORS:
-        raise AlgorithmError(
+        raise HyperparameterError(
             f"actor must be one of {', '.join(_ACTORS)} for {name}, got {hp['actor']!r}"
         )
     if not 0.0 <= float(hp["gamma"]) <= 1.0:
-        raise AlgorithmError(f"gamma must be in [0, 1], got {hp['gamma']!r}")
+        raise HyperparameterError(f"gamma must be in [0, 1], got {hp['gamma']!r}")
     if not 0.0 < float(hp["tau"]) <= 1.0:
-        raise AlgorithmError(f"tau must be in (0, 1], got {hp['tau']!r}")
+        raise HyperparameterError(f"tau must be in (0, 1], got {hp['tau']!r}")
     delay = hp.get("policy_update_delay", 1)
     if isinstance(delay, bool) or not isinstance(delay, int) or delay < 1:
-        raise AlgorithmError(f"policy_update_delay must be an int >= 1, got {delay!r}")
+        raise HyperparameterError(f"policy_update_delay must be an int >= 1, got {delay!r}")
     return hp
 
 

@@ -5,11 +5,15 @@ same directory, flushed to disk and renamed over the target, so a crash while sa
 leaves the previous file untouched. The state is serialized first, and the file holds
 those bytes with their size and content hash (BLAKE2b, :mod:`torchrl_offline.integrity`):
 every load checks both before reading the state, so a truncated or bit-flipped file never
-loads (torch itself does not check its zip records' checksums). Files are read with
-``torch.load(weights_only=True)`` (no arbitrary code runs on load); a truncated, corrupt
-or foreign file raises :class:`CheckpointError` naming the path and, when there is one,
-the previous good checkpoint of the same directory. Checkpoints written before the hash
-existed (format ``/1``) still load, unchecked, with a logged note.
+loads (torch itself does not check its zip records' checksums). Read a checkpoint with
+:func:`load_checkpoint`: ``torch.load`` alone returns that envelope (``format``, ``size``,
+``hash``, ``payload``, ``read_with``), not the state. Both layers are read with
+``torch.load(weights_only=True)`` (no arbitrary code runs on load); a truncated or
+corrupt file raises :class:`CheckpointError` naming the path and, when there is one, the
+previous good checkpoint of the same directory (a run resumes from it with
+``resume=PATH``, ``--resume PATH``); a file that is not a checkpoint of ours raises
+:class:`NotACheckpointError`. Checkpoints written before the hash existed (format ``/1``)
+still load, unchecked, with a logged note.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 import random
 import re
 import uuid
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,7 +37,9 @@ from torchrl_offline.leftovers import OWNER, owner_tag, remove_stale
 
 __all__ = [
     "CheckpointError",
+    "NotACheckpointError",
     "checkpoint_path",
+    "checkpoint_step",
     "get_rng_state",
     "latest_checkpoint",
     "list_checkpoints",
@@ -55,6 +62,16 @@ _TMP = re.compile(rf"\..+\.{OWNER}-[0-9a-f]{{32}}\.tmp")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the run; the message names the file."""
+
+
+class NotACheckpointError(CheckpointError):
+    """A file that is not a checkpoint of torchrl_offline at all (rather than a damaged one)."""
+
+
+#: How to read a checkpoint, stored in its envelope for whoever opens it with torch.load.
+READ_WITH = "torchrl_offline.trainers.checkpoint.load_checkpoint(path)"
+_ZIP_MAGIC = b"PK\x03\x04"
+_ZIP_SIGNATURES = (_ZIP_MAGIC, b"PK\x01\x02", b"PK\x05\x06")  # record, directory, end
 
 
 def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
@@ -92,6 +109,7 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
         "size": len(payload),
         "hash": content_digest(payload),
         "payload": torch.frombuffer(payload, dtype=torch.uint8),
+        "read_with": READ_WITH,
     }
     tmp = path.with_name(f".{path.name}.{owner_tag()}-{uuid.uuid4().hex}.tmp")
     try:
@@ -137,7 +155,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         if not path.is_file() or (good := _previous_good(path)) is None:
             raise
         raise CheckpointError(
-            f"{err}; the previous good checkpoint of this directory is {str(good)!r}"
+            f"{err}; a run continues from an older checkpoint with --resume CHECKPOINT "
+            "(resume=CHECKPOINT in Python; the newer ones are then set aside); the previous "
+            f"good checkpoint of this directory is {str(good)!r}"
         ) from err
 
 
@@ -163,10 +183,31 @@ def _corrupt(path: Path, reason: str) -> CheckpointError:
     )
 
 
+def _not_ours(path: Path, why: str) -> NotACheckpointError:
+    return NotACheckpointError(f"{str(path)!r} is not a checkpoint of torchrl_offline ({why})")
+
+
+def _written_by_torch_save(path: Path) -> bool:
+    """Whether ``path`` looks like a file of ``torch.save`` (a zip archive holding a
+    ``data.pkl`` record), or one cut short or damaged; ``False`` for any other file. A
+    checkpoint holds a dozen zip record signatures (its envelope's and its state's), so
+    one with any left is taken for a damaged checkpoint."""
+    data = path.read_bytes()
+    if len(data) >= len(_ZIP_MAGIC) and not any(sig in data for sig in _ZIP_SIGNATURES):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):  # truncated: its central directory is gone
+        return True
+
+
 def _torch_load(source: Any, path: Path) -> Any:
     try:
         return torch.load(source, map_location="cpu", weights_only=True)
     except Exception as err:  # zip/pickle errors differ across torch versions
+        if isinstance(source, Path) and not _written_by_torch_save(source):
+            raise _not_ours(path, "not a file written by torch.save") from err
         first = str(err).splitlines()[0] if str(err) else ""
         raise _corrupt(path, f"{type(err).__name__}: {first}") from err
 
@@ -183,9 +224,7 @@ def _read(path: Path) -> tuple[dict[str, Any], bool]:
         )
         return record["state"], False
     if kind != FORMAT:
-        raise CheckpointError(
-            f"{str(path)!r} is not a torchrl_offline checkpoint (no {FORMAT!r} marker)"
-        )
+        raise _not_ours(path, f"a torch file without the {FORMAT!r} marker")
     payload, size, digest = record.get("payload"), record.get("size"), record.get("hash")
     if not (
         isinstance(payload, torch.Tensor)
@@ -222,6 +261,20 @@ def _previous_good(path: Path) -> Path | None:
             continue
         return other
     return None
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The step of a checkpoint file named by :func:`checkpoint_path`.
+
+    Examples:
+        >>> from torchrl_offline.trainers.checkpoint import checkpoint_step
+        >>> checkpoint_step("runs/a/checkpoints/checkpoint_000002000.pt")
+        2000
+    """
+    match = _NAME.match(Path(path).name)
+    if match is None:
+        raise CheckpointError(f"{str(path)!r} is not named like a checkpoint (checkpoint_N.pt)")
+    return int(match.group(1))
 
 
 def checkpoint_path(directory: str | os.PathLike, step: int) -> Path:

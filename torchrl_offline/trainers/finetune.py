@@ -46,7 +46,6 @@ from torchrl_offline.trainers.algorithms import Algorithm, AlgorithmError
 from torchrl_offline.trainers.checkpoint import (
     CheckpointError,
     checkpoint_path,
-    latest_checkpoint,
     load_checkpoint,
 )
 from torchrl_offline.trainers.hooks import (
@@ -68,7 +67,12 @@ from torchrl_offline.trainers.offline import (
     _with_new_defaults,
     as_env,
 )
-from torchrl_offline.trainers.resume import check_resumable, run_identity
+from torchrl_offline.trainers.resume import (
+    check_resumable,
+    resume_point,
+    run_identity,
+    set_aside_newer,
+)
 
 __all__ = ["TRAINING_KEYS", "OnlineSource", "finetune"]
 
@@ -555,7 +559,7 @@ def finetune(
     total_steps: int,
     seed: int = 0,
     out_dir: str | os.PathLike | None = None,
-    resume: bool = False,
+    resume: bool | str | os.PathLike = False,
     overwrite: bool = False,
     batch_size: int = 256,
     offline_fraction: float = 0.5,
@@ -603,9 +607,10 @@ def finetune(
         total_steps: gradient steps of fine-tuning.
         seed: seeds torch, NumPy, Python and the env.
         out_dir: run directory for logs and checkpoints (``None`` writes nothing).
-        resume: continue from the newest fine-tuning checkpoint in ``out_dir`` (an error
-            when there is none); ``algorithm``'s weights are replaced by the
-            checkpoint's. The dataset (content fingerprint), batch size, seed and
+        resume: ``True`` continues from the newest fine-tuning checkpoint in ``out_dir``
+            (an error when there is none), a checkpoint file of ``out_dir/checkpoints``
+            from that one (the newer ones are renamed ``<name>.set-aside``);
+            ``algorithm``'s weights are replaced by the checkpoint's. The dataset (content fingerprint), batch size, seed and
             fine-tuning settings must be the checkpoint's.
         overwrite: replace the run already in ``out_dir`` (only a run directory of ours);
             without it (or ``resume``) a directory holding a run is refused, as in
@@ -668,7 +673,12 @@ def finetune(
     del args["overwrite"]
     out = Path(out_dir) if out_dir is not None else None
     claim = _claim(
-        out, None, kind="finetune", algorithm=algorithm.name, resume=resume, overwrite=overwrite
+        out,
+        None,
+        kind="finetune",
+        algorithm=algorithm.name,
+        resume=bool(resume),
+        overwrite=overwrite,
     )
     try:
         return _finetune(**args)
@@ -685,7 +695,7 @@ def _finetune(
     total_steps: int,
     seed: int,
     out_dir: str | os.PathLike | None,
-    resume: bool,
+    resume: bool | str | os.PathLike,
     batch_size: int,
     offline_fraction: float,
     anneal_steps: int | None,
@@ -808,7 +818,7 @@ def _finetune(
             )
             checkpointer.register(trainer)
             if resume:
-                _resume(trainer, checkpointer, metadata)
+                _resume(trainer, checkpointer, metadata, resume)
         trainer.train()
     finally:
         collector.shutdown()
@@ -820,11 +830,14 @@ def _finetune(
 
 
 def _resume(
-    trainer: OfflineTrainer, checkpointer: CheckpointHook, metadata: Mapping[str, Any]
+    trainer: OfflineTrainer,
+    checkpointer: CheckpointHook,
+    metadata: Mapping[str, Any],
+    resume: bool | str | os.PathLike = True,
 ) -> None:
-    """Loads the newest checkpoint of ``checkpointer``'s folder, if it is a fine-tuning
-    checkpoint of the same algorithm and settings."""
-    path = latest_checkpoint(checkpointer.directory)
+    """Loads the newest checkpoint of ``checkpointer``'s folder (or the one ``resume``
+    names), if it is a fine-tuning checkpoint of the same algorithm and settings."""
+    path = resume_point(checkpointer.directory, resume)
     if path is None:
         return
     state = load_checkpoint(path)
@@ -836,6 +849,7 @@ def _resume(
             "fine-tuning another out_dir (the offline run is its starting point)"
         )
     check_resumable(saved, current, path, compare=("finetune",), run="fine-tuning run")
+    set_aside_newer(path, resume)
     trainer.load_checkpoint_state(state)
     checkpointer.last_path = path
 

@@ -65,7 +65,12 @@ from torchrl_offline.trainers.hooks import (
     make_logger,
 )
 from torchrl_offline.trainers.normalization import NormalizeObservations, observation_moments
-from torchrl_offline.trainers.resume import check_resumable, run_identity
+from torchrl_offline.trainers.resume import (
+    check_resumable,
+    resume_point,
+    run_identity,
+    set_aside_newer,
+)
 from torchrl_offline.trainers.run_dir import RunLock, claim_run_directory
 
 if TYPE_CHECKING:
@@ -639,7 +644,7 @@ def train(
     total_steps: int,
     seed: int = 0,
     out_dir: str | os.PathLike | None = None,
-    resume: bool = False,
+    resume: bool | str | os.PathLike = False,
     overwrite: bool = False,
     batch_size: int = 256,
     overrides: Mapping[str, Any] | None = None,
@@ -686,8 +691,10 @@ def train(
         seed: the run's seed.
         out_dir: the run directory (``checkpoints/`` and ``logs/``); ``None`` writes
             nothing.
-        resume: continue from the newest checkpoint in ``out_dir`` (an error when there
-            is none).
+        resume: ``True`` continues from the newest checkpoint in ``out_dir`` (an error
+            when there is none); a checkpoint file of ``out_dir/checkpoints`` continues
+            from that one (e.g. the previous good checkpoint that a damaged newest one's
+            error names), after renaming the newer ones to ``<name>.set-aside``.
         overwrite: replace the run already in ``out_dir`` (only a run directory of
             ours: its checkpoints, logs, ``summary.json`` and ``run.json`` go; other
             files stay).
@@ -757,7 +764,7 @@ def train(
             context,
             kind="train",
             algorithm=algorithm if isinstance(algorithm, str) else algorithm.name,
-            resume=resume,
+            resume=bool(resume),
             overwrite=args.pop("overwrite"),
         )
         return _train(context=context, **args)
@@ -776,7 +783,7 @@ def _train(
     total_steps: int,
     seed: int,
     out_dir: str | os.PathLike | None,
-    resume: bool,
+    resume: bool | str | os.PathLike,
     batch_size: int,
     overrides: Mapping[str, Any] | None,
     normalize_observations: bool,
@@ -851,7 +858,7 @@ def _train(
                 "seed": seed,
                 "batch_size": batch_size,
                 "total_steps": total_steps,
-                "resume": resume,
+                "resume": bool(resume),
                 "checkpointing": out is not None,
                 "checkpoint_interval": checkpoint_interval,
                 "dataset": dist_mod.dataset_fingerprint(dataset),
@@ -953,7 +960,7 @@ def _setup_hooks(
     *,
     seed: int,
     out: Path | None,
-    resume: bool,
+    resume: bool | str | os.PathLike,
     eval_env: EnvBase | str | None,
     eval_interval: int,
     eval_episodes: int,
@@ -1014,7 +1021,7 @@ def _setup_hooks(
                 dist_mod.resume_distributed(
                     trainer,
                     checkpointer,
-                    lambda: _find_resumable(directory, metadata, algo.name),
+                    lambda: _find_resumable(directory, metadata, algo.name, resume),
                     seed=seed,
                 )
         elif out is not None:
@@ -1023,7 +1030,7 @@ def _setup_hooks(
             )
             checkpointer.register(trainer)
             if resume:
-                _resume(trainer, checkpointer, metadata, algo.name)
+                _resume(trainer, checkpointer, metadata, algo.name, resume)
         elif resume:
             raise ValueError("resume=True needs out_dir")
     except BaseException:
@@ -1034,9 +1041,13 @@ def _setup_hooks(
 
 
 def _resume(
-    trainer: OfflineTrainer, checkpointer: CheckpointHook, metadata: Mapping[str, Any], name: str
+    trainer: OfflineTrainer,
+    checkpointer: CheckpointHook,
+    metadata: Mapping[str, Any],
+    name: str,
+    resume: bool | str | os.PathLike = True,
 ) -> None:
-    found = _find_resumable(checkpointer.directory, metadata, name)
+    found = _find_resumable(checkpointer.directory, metadata, name, resume)
     if found is None:
         return
     path, state = found
@@ -1049,16 +1060,27 @@ def _resume(
 
 
 def _find_resumable(
-    directory: Path, metadata: Mapping[str, Any], name: str
+    directory: Path,
+    metadata: Mapping[str, Any],
+    name: str,
+    resume: bool | str | os.PathLike = True,
 ) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint in ``directory`` and its state, checked to be of this run
+    """The checkpoint to resume (``resume`` when it is a path, else the newest in
+    ``directory``) and its state, checked to be of this run
     (:func:`~torchrl_offline.trainers.resume.check_resumable`: same algorithm, spaces,
     hyperparameters, normalisation, dataset, batch size and seed), or ``None`` when
-    there is none."""
-    path = latest_checkpoint(directory)
+    there is none. Resuming from a named checkpoint sets the newer ones aside."""
+    path = resume_point(directory, resume)
     if path is None:
         return None
     state = load_checkpoint(path)
     saved = _with_new_defaults(_read_metadata(state, path))
+    if saved.get("finetune"):
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} is from fine-tuning, not offline training: resume it "
+            "with `torchrl-offline finetune --resume` (finetune() in Python), or give this "
+            "training run another output directory"
+        )
     check_resumable(saved, json.loads(json.dumps(metadata)), path)
+    set_aside_newer(path, resume)
     return path, state

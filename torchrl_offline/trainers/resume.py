@@ -5,26 +5,88 @@ metadata (:func:`run_identity`: the dataset's content fingerprint, the batch siz
 seed, beside the algorithm description) and, on resume, :func:`resume_mismatches` lists
 what differs: the algorithm, the observation and action spaces, the hyperparameters,
 the dataset, the batch size, the seed. A checkpoint written before these fields existed
-resumes with a logged note.
+resumes with a logged note. :func:`resume_point` picks the checkpoint to continue: the
+newest, or one the caller names (the previous good one when the newest is damaged), in
+which case :func:`set_aside_newer` renames the newer checkpoints out of the way.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from torchrl_offline.data.fingerprint import dataset_fingerprint, fingerprint_difference
-from torchrl_offline.trainers.checkpoint import CheckpointError
+from torchrl_offline.trainers.checkpoint import (
+    CheckpointError,
+    checkpoint_step,
+    latest_checkpoint,
+    list_checkpoints,
+)
 
-__all__ = ["check_resumable", "resume_mismatches", "run_identity"]
+__all__ = [
+    "SET_ASIDE",
+    "check_resumable",
+    "resume_mismatches",
+    "resume_point",
+    "run_identity",
+    "set_aside_newer",
+]
 
 logger = logging.getLogger("torchrl_offline")
 
 #: Run-identity entries compared on resume (in this order), after the algorithm's.
 IDENTITY_KEYS = ("dataset", "batch_size", "seed")
+#: Suffix given to the checkpoints newer than the one a run resumes from by name.
+SET_ASIDE = ".set-aside"
+
+
+def resume_point(directory: Path, resume: bool | str | os.PathLike) -> Path | None:
+    """The checkpoint a resumed run continues: ``resume`` itself when it is a path (it must
+    be a checkpoint of ``directory``), else the newest of ``directory`` (``None`` if none).
+
+    Raises:
+        CheckpointError: ``resume`` names a file that does not exist or is not a
+            checkpoint of ``directory``.
+    """
+    if isinstance(resume, bool):
+        return latest_checkpoint(directory)
+    path = Path(resume).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {str(path)!r} to resume from does not exist")
+    mine = list_checkpoints(directory)
+    if path.resolve() not in [p.resolve() for p in mine]:
+        raise CheckpointError(
+            f"{str(path)!r} is not a checkpoint of this run: a run resumes from one of its "
+            f"own, in {str(directory)!r}" + (f" (newest: {mine[-1].name})" if mine else "")
+        )
+    return directory / path.name
+
+
+def set_aside_newer(path: Path, resume: bool | str | os.PathLike) -> list[Path]:
+    """When ``resume`` named ``path``, renames the checkpoints of its folder with a higher
+    step to ``<name>.set-aside`` (kept, no longer listed, loaded or pruned), so that the
+    run continues from ``path``; returns the new names.
+    """
+    if isinstance(resume, bool):
+        return []
+    step = checkpoint_step(path)
+    moved = []
+    for newer in list_checkpoints(path.parent):
+        if checkpoint_step(newer) > step:
+            target = newer.with_name(newer.name + SET_ASIDE)
+            os.replace(newer, target)
+            moved.append(target)
+            logger.warning(
+                "resuming from %s: the newer checkpoint %s is set aside as %s",
+                path.name,
+                newer.name,
+                target.name,
+            )
+    return moved
 
 
 def run_identity(dataset: Any, *, batch_size: int, seed: int) -> dict[str, Any]:
@@ -138,11 +200,17 @@ def check_resumable(
     """
     found = resume_mismatches(saved, current, compare=compare)
     if found:
+        hint = ""
+        if any(text.startswith("dataset content") for text in found):
+            hint = (
+                ". If it is the same dataset, its files may be damaged: check them with "
+                "`torchrl-offline verify DATASET`"
+            )
         raise CheckpointError(
             f"Checkpoint {str(path)!r} holds a {run} of {saved.get('algorithm')} that this "
             f"{current.get('algorithm')} {run} cannot continue: {'; '.join(found)} "
             "(checkpoint vs this run). Resume with the same dataset and settings, or use "
-            "another output directory"
+            f"another output directory{hint}"
         )
     absent = [key for key in IDENTITY_KEYS if key not in saved]
     if absent:

@@ -4,43 +4,36 @@
 :func:`~torchrl_offline.trainers.finetune.finetune` call before writing anything into
 their ``out_dir``:
 
-* a lock file (``run.lock``) keeps a second process out while the first runs. The lock
-  is an OS file lock (``flock``), which the kernel releases when its process dies, even
-  by ``kill -9``; the file records the holder's pid, host and start time for the error
-  message. A lock left behind by a dead process is taken over with a logged note (where
-  the file system has no ``flock``, the recorded pid and host decide: a lock of this
-  host whose pid is not running is stale);
-* a directory that already holds a run (a ``run.json`` marker, checkpoints or a
-  ``summary.json`` of ours) is refused unless the caller resumes it or asks to
-  overwrite it;
-* ``overwrite`` replaces only what is recognisably a run of ours (marker or
-  checkpoints): it removes ``checkpoints/``, ``logs/``, ``summary.json`` and
+* a lock file (``run.lock``, :func:`torchrl_offline.locks.lock_file`) keeps a second
+  process out while the first runs; a lock left behind by a dead process is taken over
+  with a logged note;
+* a directory that already holds a run (checkpoints, or a ``summary.json`` of ours) is
+  refused unless the caller resumes it or asks to overwrite it. A ``run.json`` marker
+  alone (a run that failed or was killed before its first checkpoint) is not a run: it
+  has nothing to resume or to lose, and a new run takes the directory;
+* ``overwrite`` replaces only what is recognisably a run of ours (marker, checkpoints
+  or summary): it removes ``checkpoints/``, ``logs/``, ``summary.json`` and
   ``run.json`` and leaves any other file alone; a directory that is not a run is never
   emptied;
-* ``resume`` with nothing to resume is an error, not a silent fresh start.
+* a ``run.json`` or ``summary.json`` that we did not write is never replaced, and a
+  dataset folder (or a folder inside one) is never a run directory;
+* ``resume`` with nothing to resume is an error, not a silent fresh start, and resumes
+  only a run of its own kind (``train`` or ``finetune``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-import errno
 import json
 import logging
 import os
 import shutil
-import socket
 import uuid
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from torchrl_offline.locks import FileLock, lock_file
 from torchrl_offline.trainers.checkpoint import latest_checkpoint
-
-try:  # POSIX; elsewhere the pid/host record alone decides
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["RunDirectoryError", "RunLock", "claim_run_directory", "describe_run", "holds_run"]
 
@@ -76,13 +69,12 @@ def _summary(directory: Path) -> dict[str, Any] | None:
 
 
 def holds_run(directory: str | os.PathLike) -> bool:
-    """Whether ``directory`` holds a run of ours: a ``run.json`` marker, checkpoints in
-    ``checkpoints/`` or a ``summary.json`` written by ``torchrl-offline train``."""
+    """Whether ``directory`` holds a run of ours: checkpoints in ``checkpoints/`` or a
+    ``summary.json`` written by ``torchrl-offline train`` or ``finetune``. A ``run.json``
+    marker alone (a run stopped before its first checkpoint) is not a run."""
     directory = Path(directory)
     return (
-        _marker(directory) is not None
-        or latest_checkpoint(directory / "checkpoints") is not None
-        or _summary(directory) is not None
+        latest_checkpoint(directory / "checkpoints") is not None or _summary(directory) is not None
     )
 
 
@@ -106,27 +98,29 @@ class RunLock:
     """The claim on a run directory returned by :func:`claim_run_directory`.
 
     Use it as a context manager, or call :meth:`release` when the run ends; releasing
-    removes ``run.lock``. A process killed while holding it leaves the file behind, and
-    the next claim takes it over.
+    removes ``run.lock``, and the ``run.json`` this claim wrote when the run left nothing
+    (no checkpoint, no ``summary.json``): a run that failed before its first checkpoint
+    does not block the corrected retry. A process killed while holding it leaves the
+    lock file behind, and the next claim takes it over.
 
     Attributes:
         directory: the run directory.
     """
 
-    def __init__(self, directory: Path, fd: int, path: Path) -> None:
+    def __init__(self, directory: Path, lock: FileLock) -> None:
         self.directory = directory
-        self._fd: int | None = fd
-        self._path = path
+        self._lock = lock
+        self._new_marker = False  # set by claim_run_directory when it wrote run.json
 
     def release(self) -> None:
         """Releases the lock (idempotent)."""
-        if self._fd is None:
+        if not self._lock.held:
             return
         try:
-            self._path.unlink(missing_ok=True)  # unlinked while still held: no race
+            if self._new_marker and not holds_run(self.directory):
+                (self.directory / RUN_MARKER).unlink(missing_ok=True)
         finally:
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
+            self._lock.release()
 
     def __enter__(self) -> RunLock:
         return self
@@ -139,102 +133,38 @@ class RunLock:
     ) -> None:
         self.release()
 
-    def __del__(self) -> None:  # a forgotten claim still ends with the process
-        if getattr(self, "_fd", None) is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-
-
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
-def _holder(path: Path) -> dict[str, Any]:
-    try:
-        record = json.loads(path.read_text() or "{}")
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def _in_use(directory: Path, holder: dict[str, Any]) -> RunDirectoryError:
-    who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
-    since = f", since {holder['started']}" if holder.get("started") else ""
-    return RunDirectoryError(
-        f"the run directory {str(directory)!r} is in use by another process ({who}{since}); "
-        "wait for it to finish or choose another output directory"
-    )
-
 
 def _lock(directory: Path) -> RunLock:
     """Takes ``directory/run.lock`` or raises :class:`RunDirectoryError` naming its holder."""
-    path = directory / LOCK_FILE
-    for _ in range(100):  # retried only when the file was replaced while we waited
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            locked = _flock(fd)
-            if locked is False:
-                raise _in_use(directory, _holder(path))
-            try:
-                same_file = os.fstat(fd).st_ino == os.stat(path).st_ino
-            except FileNotFoundError:  # released (unlinked) by its holder meanwhile
-                same_file = False
-            if not same_file:
-                os.close(fd)
-                continue
-            previous = _holder(path)
-            if previous and locked is None:  # no flock here: the record decides
-                alive = previous.get("host") != socket.gethostname() or _pid_running(
-                    int(previous.get("pid", -1))
-                )
-                if alive:
-                    raise _in_use(directory, previous)
-            if previous:
-                logger.warning(
-                    "taking over the stale lock of %s: pid %s on %s (started %s) is gone",
-                    directory,
-                    previous.get("pid", "?"),
-                    previous.get("host", "?"),
-                    previous.get("started", "?"),
-                )
-            record = {
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "started": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                    timespec="seconds"
-                ),
-            }
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(record).encode(), 0)
-            os.fsync(fd)
-            return RunLock(directory, fd, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-            raise
-    raise RunDirectoryError(f"could not lock {str(path)!r}: it keeps being replaced")
+    lock = lock_file(
+        directory / LOCK_FILE,
+        subject=f"the run directory {str(directory)!r}",
+        advice="wait for it to finish or choose another output directory",
+        error=RunDirectoryError,
+    )
+    return RunLock(directory, lock)
 
 
-def _flock(fd: int) -> bool | None:
-    """``True`` when locked, ``False`` when another process holds it, ``None`` when the
-    file system has no ``flock`` (the pid record decides then)."""
-    if fcntl is None:  # pragma: no cover - Windows
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    except OSError as err:
-        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return False
-        return None  # ENOLCK, EOPNOTSUPP...: e.g. some network file systems
-    return True
+def _dataset_around(directory: Path) -> Path | None:
+    """The dataset folder (Minari dataset or converted dataset) that is ``directory`` or
+    holds it, if any."""
+    from torchrl_offline.data.storage import COMPLETE_MARKER
+
+    here = directory.resolve()
+    for folder in (here, *here.parents):
+        if (folder / "data" / "metadata.json").is_file() or (folder / COMPLETE_MARKER).is_file():
+            return folder
+    return None
+
+
+def _foreign_files(directory: Path) -> list[str]:
+    """Files of ``directory`` that a run of ours would replace but that we did not write."""
+    found = []
+    if (directory / RUN_MARKER).exists() and _marker(directory) is None:
+        found.append(RUN_MARKER)
+    if (directory / "summary.json").exists() and _summary(directory) is None:
+        found.append("summary.json")
+    return found
 
 
 def _clear_run(directory: Path) -> None:
@@ -272,15 +202,18 @@ def claim_run_directory(
 
     Raises:
         RunDirectoryError: another live process holds the directory; it holds a run and
-            neither ``resume`` nor ``overwrite`` is set; ``resume`` finds no checkpoint;
-            ``overwrite`` of a directory that is not a run of ours; both flags set.
+            neither ``resume`` nor ``overwrite`` is set; ``resume`` finds no checkpoint
+            or a run of the other kind; ``overwrite`` of a directory that is not a run
+            of ours; a ``run.json`` or ``summary.json`` we did not write would be
+            replaced; the directory is (inside) a dataset folder; both flags set.
 
     Examples:
         >>> import tempfile
+        >>> from pathlib import Path
         >>> from torchrl_offline.trainers.run_dir import claim_run_directory
-        >>> out = tempfile.mkdtemp()
+        >>> out = Path(tempfile.mkdtemp())
         >>> with claim_run_directory(out, kind="train", algorithm="iql"):
-        ...     pass  # train here
+        ...     _ = (out / "summary.json").write_text('{"algorithm": "iql", "step": 0}')
         >>> try:
         ...     claim_run_directory(out, kind="train", algorithm="cql")
         ... except ValueError as err:
@@ -292,6 +225,13 @@ def claim_run_directory(
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise RunDirectoryError(f"the run directory {str(directory)!r} is a file")
+    if (dataset := _dataset_around(directory)) is not None:
+        where = "is" if dataset == directory.resolve() else f"is inside {str(dataset)!r},"
+        raise RunDirectoryError(
+            f"the run directory {str(directory)!r} {where} a dataset folder: a run written "
+            "there would be mixed with the dataset's files (and replaced with it by "
+            "collect --overwrite); choose an output directory outside the dataset"
+        )
     if resume and not directory.is_dir():
         raise RunDirectoryError(
             f"nothing to resume in {str(directory)!r}: the directory does not exist; start "
@@ -306,14 +246,34 @@ def claim_run_directory(
             shutil.rmtree(leftover, ignore_errors=True)
         for leftover in directory.glob(f".{RUN_MARKER}.*.tmp"):
             leftover.unlink(missing_ok=True)
+        if foreign := _foreign_files(directory):
+            names = " and ".join(foreign)
+            raise RunDirectoryError(
+                f"the directory {str(directory)!r} holds a {names} that torchrl_offline did "
+                f"not write, which this {algorithm} run would replace; move it away or "
+                "choose another output directory"
+            )
         existing = holds_run(directory)
+        marker = _marker(directory)
         if resume:
             if latest_checkpoint(directory / "checkpoints") is None:
-                held = f"it holds {describe_run(directory)}" if existing else "it holds no run"
+                if existing:
+                    held = f"it holds {describe_run(directory)}"
+                elif marker is not None:
+                    held = "it holds a run that stopped before its first checkpoint"
+                else:
+                    held = "it holds no run"
                 raise RunDirectoryError(
                     f"nothing to resume in {str(directory)!r}: no checkpoint in its "
                     f"checkpoints/ folder ({held}); start without resume"
                     + (", or with overwrite to replace it" if existing else "")
+                )
+            if marker is not None and marker.get("kind", kind) != kind:
+                raise RunDirectoryError(
+                    f"the directory {str(directory)!r} holds {describe_run(directory)}, and "
+                    f"a {kind} run resumes only a {kind} run: resume it with "
+                    f"`torchrl-offline {marker['kind']} --resume` ({marker['kind']}() in "
+                    "Python), or choose another output directory"
                 )
         elif existing and not overwrite:
             raise RunDirectoryError(
@@ -322,18 +282,19 @@ def claim_run_directory(
                 f"{algorithm} run"
             )
         elif overwrite and any(p.name != LOCK_FILE for p in directory.iterdir()):
-            if not existing:
+            if not existing and marker is None:
                 raise RunDirectoryError(
                     f"refusing to overwrite {str(directory)!r}: it is not a run directory of "
                     "torchrl_offline (no run.json, checkpoints/checkpoint_*.pt or summary.json)"
                 )
             logger.warning("overwriting %s in %s", describe_run(directory), directory)
             _clear_run(directory)
-        if not resume or _marker(directory) is None:
+        if not resume or marker is None:
             marker = {"format": _FORMAT, "kind": kind, "algorithm": algorithm}
             tmp = directory / f".{RUN_MARKER}.{uuid.uuid4().hex[:8]}.tmp"
             tmp.write_text(json.dumps(marker, indent=1) + "\n")
             os.replace(tmp, directory / RUN_MARKER)
+            claim._new_marker = not resume
     except BaseException:
         claim.release()
         raise
