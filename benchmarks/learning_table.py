@@ -172,7 +172,7 @@ def build_torchrl(
     Returns a :class:`~torchrl_offline.trainers.algorithms.Algorithm`, so
     :func:`~torchrl_offline.trainers.offline.train` runs it exactly as it runs ours.
     """
-    from torchrl.modules import QValueActor, ValueOperator
+    from torchrl.modules import ValueOperator
     from torchrl.objectives import (
         CQLLoss,
         DiscreteCQLLoss,
@@ -181,7 +181,9 @@ def build_torchrl(
         SoftUpdate,
     )
 
-    # The same network builders build_algorithm uses (module-private there).
+    # The same network builders build_algorithm uses.
+    from torchrl_offline.objectives.declaration import collect_parameters
+    from torchrl_offline.objectives.networks import NetworkFactory
     from torchrl_offline.trainers import algorithms as A
 
     base = name.removeprefix("torchrl_")
@@ -194,24 +196,23 @@ def build_torchrl(
         hp["hidden_sizes"] = tuple(hidden)
     if actor is not None:
         hp["actor"] = actor
-    h = tuple(hp["hidden_sizes"])
-    n_obs = A._obs_dim(obs_spec)
-    n_act = A._n_actions(act_spec) if discrete else int(act_spec.shape[-1])
+    nets = NetworkFactory(A._obs_dim(obs_spec), act_spec, tuple(hp["hidden_sizes"]))
+    n_obs, n_act = nets.observation_dim, nets.action_dim
     if base == "iql":
         # TorchRL clips the advantage weights at 100 itself, like ours (max_weight=100).
         iql = {"loss_function": "l2", "temperature": 3.0, "expectile": 0.7}
         hp.update(iql)
-        value = A._value(n_obs, h)
+        value = nets.value()
         if discrete:
-            actor = A._categorical_actor(n_obs, act_spec, h)
+            actor = nets.categorical_actor()
             # TorchRL reads Q(s, .) under "state_action_value" (ours: "state_value")
             qvalue = ValueOperator(
-                A._mlp(n_obs, n_act, h), in_keys=["observation"], out_keys=["state_action_value"]
+                nets.mlp(n_obs, n_act), in_keys=["observation"], out_keys=["state_action_value"]
             )
             loss = DiscreteIQLLoss(actor, qvalue, value, action_space=act_spec, **iql)
         else:
-            actor = A._stochastic_actor(hp["actor"], n_obs, act_spec, h)
-            qvalue = A._q_continuous(n_obs, n_act, h)
+            actor = nets.stochastic_actor(hp["actor"])
+            qvalue = nets.qvalue()
             loss = IQLLoss(actor, qvalue, value, **iql)
         groups = [
             ("actor", loss.actor_network_params, hp["actor_lr"]),
@@ -221,7 +222,7 @@ def build_torchrl(
         keys = ("loss_actor", "loss_qvalue", "loss_value")
         policy = actor
     elif base == "cql" and discrete:
-        policy = QValueActor(A._mlp(n_obs, n_act, h), in_keys=["observation"], spec=act_spec)
+        policy = nets.qvalue_actor()
         loss = DiscreteCQLLoss(policy, loss_function="l2", action_space=act_spec)
         groups = [("qvalue", loss.value_network_params, hp["critic_lr"])]
         keys = ("loss_qvalue", "loss_cql")
@@ -238,8 +239,8 @@ def build_torchrl(
                 "temperature",
             )
         }
-        actor = A._tanh_normal_actor(n_obs, act_spec, h)
-        qvalue = A._q_continuous(n_obs, n_act, h)
+        actor = nets.tanh_normal_actor()
+        qvalue = nets.qvalue()
         loss = CQLLoss(actor, qvalue, action_spec=act_spec, **cql)
         groups = [
             ("actor", loss.actor_network_params, hp["actor_lr"]),
@@ -249,8 +250,8 @@ def build_torchrl(
         keys = ("loss_actor", "loss_qvalue", "loss_cql", "loss_alpha")
         policy = actor
     elif base == "td3_bc" and not discrete:
-        actor = A._deterministic_actor(n_obs, act_spec, h)
-        qvalue = A._q_continuous(n_obs, n_act, h)
+        actor = nets.deterministic_actor()
+        qvalue = nets.qvalue()
         loss = TD3BCLoss(
             actor,
             qvalue,
@@ -269,11 +270,8 @@ def build_torchrl(
     else:
         raise ValueError(f"no TorchRL loss for {name!r} on a {'dis' * discrete}continuous task")
 
-    def params(p):
-        return A._params(p) if not isinstance(p, list) else p
-
     optimizer = torch.optim.Adam(
-        [{"params": params(p), "lr": float(lr), "name": g} for g, p, lr in groups]
+        [{"params": collect_parameters(p), "lr": float(lr), "name": g} for g, p, lr in groups]
     )
     loss.make_value_estimator(gamma=float(hp["gamma"]))
     target_updater = SoftUpdate(loss, tau=float(hp["tau"]))

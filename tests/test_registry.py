@@ -76,5 +76,18 @@ def test_bad_entry_point_name(fresh_registry, monkeypatch):
 
 @pytest.mark.parametrize("kind", registry.KINDS)
 def test_every_builtin_resolves(kind):
+    from torchrl_offline.objectives.declaration import AlgorithmDeclaration
+
     for name in registry.names(kind):
-        assert callable(registry.get(kind, name)), (kind, name)
+        obj = registry.get(kind, name)
+        if kind == "algorithm":
+            assert isinstance(obj, AlgorithmDeclaration) and obj.name == name
+        else:
+            assert callable(obj), (kind, name)
+
+
+def test_every_algorithm_loss_is_a_loss():
+    """An algorithm's loss class is the loss of the same name."""
+    for name in registry.names("algorithm"):
+        assert name in registry.names("loss")
+        assert registry.get("loss", name) is registry.get("algorithm", name).loss_class

@@ -1,4 +1,5 @@
-"""Components looked up by kind and name: losses, datasets, OPE estimators, behaviour policies, hooks.
+"""Components looked up by kind and name: algorithms, losses, datasets, OPE estimators,
+behaviour policies, hooks.
 
 Built-in components are registered lazily (as ``"module:attribute"`` strings, imported on
 first use), so ``registry.names("loss")`` costs nothing. Other packages add components
@@ -6,7 +7,12 @@ through the entry-point group ``torchrl_offline.components``; each entry point i
 ``"<kind>:<name>"`` and points at the object::
 
     [project.entry-points."torchrl_offline.components"]
-    "loss:my_algo" = "my_package.losses:MyAlgoLoss"
+    "algorithm:my_algo" = "my_package.my_algo:MY_ALGO_ALGORITHM"
+
+An ``"algorithm"`` is an
+:class:`~torchrl_offline.objectives.declaration.AlgorithmDeclaration`: it can be
+trained by name (``torchrl-offline train --algo my_algo``), and its loss class is the
+``"loss"`` of the same name.
 
 Examples:
     >>> from torchrl_offline import registry
@@ -24,12 +30,20 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
-__all__ = ["ENTRY_POINT_GROUP", "KINDS", "RegistryError", "get", "names", "register"]
+__all__ = [
+    "BUILTIN_ALGORITHMS",
+    "ENTRY_POINT_GROUP",
+    "KINDS",
+    "RegistryError",
+    "get",
+    "names",
+    "register",
+]
 
 #: The entry-point group other packages use to add components.
 ENTRY_POINT_GROUP = "torchrl_offline.components"
 #: The kinds of component the registry knows.
-KINDS = ("loss", "dataset", "ope", "behavior_policy", "hook")
+KINDS = ("algorithm", "loss", "dataset", "ope", "behavior_policy", "hook")
 
 T = TypeVar("T")
 
@@ -106,9 +120,12 @@ def _load_entry_points() -> None:
 
 
 def names(kind: str) -> list[str]:
-    """Sorted names registered under ``kind`` (built-ins and entry points)."""
+    """Sorted names registered under ``kind`` (built-ins and entry points); the losses
+    include those of the registered algorithms."""
     _check_kind(kind)
     _load_entry_points()
+    if kind == "loss":
+        return sorted(set(_entries["loss"]) | set(_entries["algorithm"]))
     return sorted(_entries[kind])
 
 
@@ -120,6 +137,8 @@ def get(kind: str, name: str) -> Any:
     """
     _check_kind(kind)
     _load_entry_points()
+    if kind == "loss" and name not in _entries["loss"] and name in _entries["algorithm"]:
+        return get("algorithm", name).loss_class
     try:
         obj = _entries[kind][name]
     except KeyError:
@@ -142,15 +161,17 @@ def get(kind: str, name: str) -> Any:
 
 # Built-in components (lazy).
 _BUILTINS = {
-    "loss": {
-        "iql": "torchrl_offline.objectives.iql:IQLLoss",
-        "discrete_iql": "torchrl_offline.objectives.iql:DiscreteIQLLoss",
-        "cql": "torchrl_offline.objectives.cql:CQLLoss",
-        "discrete_cql": "torchrl_offline.objectives.cql:DiscreteCQLLoss",
-        "awac": "torchrl_offline.objectives.awac:AWACLoss",
-        "discrete_awac": "torchrl_offline.objectives.awac:DiscreteAWACLoss",
-        "td3_bc": "torchrl_offline.objectives.td3_bc:TD3BCLoss",
-        "bc": "torchrl_offline.objectives.bc:BCLoss",
+    # each algorithm's loss is the "loss" of the same name
+    "algorithm": {
+        "awac": "torchrl_offline.objectives.awac:AWAC_ALGORITHM",
+        "bc": "torchrl_offline.objectives.bc:BC_ALGORITHM",
+        "cql": "torchrl_offline.objectives.cql:CQL_ALGORITHM",
+        "discrete_awac": "torchrl_offline.objectives.awac:DISCRETE_AWAC_ALGORITHM",
+        "discrete_bc": "torchrl_offline.objectives.bc:DISCRETE_BC_ALGORITHM",
+        "discrete_cql": "torchrl_offline.objectives.cql:DISCRETE_CQL_ALGORITHM",
+        "discrete_iql": "torchrl_offline.objectives.iql:DISCRETE_IQL_ALGORITHM",
+        "iql": "torchrl_offline.objectives.iql:IQL_ALGORITHM",
+        "td3_bc": "torchrl_offline.objectives.td3_bc:TD3_BC_ALGORITHM",
     },
     "dataset": {
         "minari": "torchrl_offline.data.minari:load_minari",
@@ -181,6 +202,9 @@ _BUILTINS = {
         "ope": "torchrl_offline.ope.hook:OPEHook",
     },
 }
+#: The algorithms this package declares (other packages add theirs by entry point).
+BUILTIN_ALGORITHMS = tuple(_BUILTINS["algorithm"])
+
 for _kind, _table in _BUILTINS.items():
     for _name, _target in _table.items():
         register(_kind, _name, _target)

@@ -25,7 +25,7 @@ from torchrl_offline.objectives.iql import IQLLoss
 from torchrl_offline.trainers.offline import OfflineTrainer, train
 
 # Config fields that are not constructor arguments, per kind.
-_LOSS_EXTRA = {"gamma"}  # given to make_value_estimator
+_LOSS_EXTRA = {"gamma", "algorithm"}  # make_value_estimator's; make_loss's
 _NOT_FIELDS = {"self", "kwargs"}
 
 
@@ -75,8 +75,8 @@ def _same(config_default, ctor_default) -> bool:
 
 def test_every_registered_loss_has_a_stored_config():
     cs = register_configs()
-    assert set(registry.names("loss")) <= set(LOSS_CONFIGS)
-    for name in registry.names("loss"):
+    assert set(registry.BUILTIN_ALGORITHMS) == set(LOSS_CONFIGS)
+    for name in registry.names("algorithm"):
         assert f"offline_{name}.yaml" in cs.repo["loss"], name
 
 
@@ -87,7 +87,9 @@ def test_loss_config_defaults_equal_the_constructor(name):
     params = _params(cls.__init__, follow_kwargs_to=follow)
     fields = _fields(LOSS_CONFIGS[name])
     assert set(fields) - _LOSS_EXTRA == set(params) - _LOSS_EXTRA
-    assert ("gamma" in fields) == (name != "bc")  # every loss with a value estimator
+    # every loss with target networks has a value estimator
+    assert ("gamma" in fields) == registry.get("algorithm", name).target_update
+    assert fields["algorithm"] == name
     for key, param in params.items():
         if key not in fields:  # gamma of the constructors that still take it
             continue

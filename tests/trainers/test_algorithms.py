@@ -15,8 +15,11 @@ from torchrl_offline import registry
 from torchrl_offline.trainers.algorithms import (
     ALGORITHMS,
     AlgorithmError,
+    HyperparameterError,
     algorithm_defaults,
+    algorithm_names,
     build_algorithm,
+    declaration,
     make_lr_scheduler,
     specs_from_dataset,
 )
@@ -26,9 +29,39 @@ OBS = Unbounded(shape=(3,))
 BOX = Bounded(-2.0, 2.0, (1,))
 
 
-def test_every_registered_loss_has_an_algorithm():
-    for name in registry.names("loss"):
-        assert name in ALGORITHMS
+def test_every_builtin_loss_has_an_algorithm():
+    for name in registry.BUILTIN_ALGORITHMS:
+        assert name in ALGORITHMS and name in algorithm_names()
+    assert set(algorithm_names()) <= set(registry.names("loss"))
+
+
+def test_an_unknown_algorithm_or_preset_names_the_valid_ones():
+    with pytest.raises(AlgorithmError, match="valid names: .*td3_bc"):
+        build_algorithm("td4_bc", OBS, BOX)
+    with pytest.raises(HyperparameterError, match="valid presets: adroit, antmaze, .*mujoco"):
+        build_algorithm("iql", OBS, BOX, preset="gym")
+
+
+def test_a_preset_sets_its_values_and_overrides_apply_on_top():
+    algo = build_algorithm("iql", OBS, BOX, hidden_sizes=(8,), preset="antmaze")
+    assert (algo.loss.expectile, algo.loss.temperature) == (0.9, 10.0)
+    assert algo.hyperparameters["expectile"] == 0.9  # a checkpoint rebuilds the same loss
+    algo = build_algorithm("iql", OBS, BOX, hidden_sizes=(8,), preset="antmaze", expectile=0.8)
+    assert (algo.loss.expectile, algo.loss.temperature) == (0.8, 10.0)
+
+
+def test_a_choice_outside_the_declared_values_is_refused():
+    with pytest.raises(HyperparameterError, match="actor_lr_schedule must be one of cosine"):
+        build_algorithm("iql", OBS, BOX, actor_lr_schedule="linear")
+
+
+def test_declarations_do_not_restate_the_loss_defaults():
+    """Declared defaults are network/optimizer/loop settings; the loss's come from it."""
+    for name in algorithm_names():
+        decl = declaration(name)
+        assert not set(decl.defaults) & set(decl.loss_arguments()), name
+        for group in decl.optimizer:
+            assert group.lr in decl.defaults, (name, group.lr)
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)

@@ -29,6 +29,7 @@ examples:
   torchrl-offline train --algo cql --dataset data.parquet --steps 1000 --out runs/cql \\
       --set hidden_sizes=(64,64) --set min_q_weight=5.0
   torchrl-offline train --algo iql --list-hyperparameters
+  torchrl-offline train --algo iql --preset antmaze --dataset DATA --steps 1000000 --out runs/am
   torchrun --nproc-per-node 2 -m torchrl_offline train --algo iql --dataset pendulum/mixed-v0 \\
       --steps 20000 --out runs/iql-ddp          # data-parallel (see docs/distributed.md)
 """
@@ -57,6 +58,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="hyperparameter override (repeatable); see --list-hyperparameters",
+    )
+    parser.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="a published setting of the algorithm (see --list-hyperparameters); "
+        "--set values apply on top of it",
     )
     parser.add_argument(
         "--list-hyperparameters",
@@ -126,17 +133,35 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def _check_algorithm(name: str) -> None:
-    from torchrl_offline.trainers.algorithms import ALGORITHMS
+    from torchrl_offline.trainers.algorithms import algorithm_names
 
-    if name not in ALGORITHMS:
-        raise UsageError(f"unknown algorithm {name!r}; valid names: {', '.join(ALGORITHMS)}")
+    if name not in algorithm_names():
+        raise UsageError(f"unknown algorithm {name!r}; valid names: {', '.join(algorithm_names())}")
+
+
+def _preset(name: str, preset: str | None) -> dict[str, Any]:
+    """The settings of ``--preset`` (``--set`` values go on top)."""
+    if preset is None:
+        return {}
+    from torchrl_offline.trainers.algorithms import declaration
+
+    presets = declaration(name).presets
+    if preset not in presets:
+        raise UsageError(
+            f"--preset: {name} has no preset {preset!r}; valid presets: "
+            f"{', '.join(sorted(presets)) or '(none)'}"
+        )
+    return dict(presets[preset])
 
 
 def _list_hyperparameters(name: str) -> int:
-    from torchrl_offline.trainers.algorithms import algorithm_defaults
+    from torchrl_offline.trainers.algorithms import algorithm_defaults, declaration
 
     for key, value in algorithm_defaults(name).items():
         print(f"{key:<24}{value!r}")
+    for preset, values in sorted(declaration(name).presets.items()):
+        settings = ", ".join(f"{k}={v!r}" for k, v in values.items())
+        print(f"--preset {preset:<15}{settings}")
     return 0
 
 
@@ -185,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--{option.replace('_', '-')} must be positive")
     if getattr(args, "dist_timeout", 600.0) <= 0:
         raise UsageError("--dist-timeout must be positive")
-    overrides = parse_overrides(args.overrides)
+    overrides = {**_preset(args.algo, args.preset), **parse_overrides(args.overrides)}
     if nothing_to_do(args):
         return 0
     from torchrl_offline.trainers.algorithms import HyperparameterError
@@ -229,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
             progress=args.progress,
             distributed=False if context is None else context,
         )
-    except HyperparameterError as err:  # the --set values alone are wrong
+    except HyperparameterError as err:  # the --set/--preset values alone are wrong
         raise UsageError(f"--set: {err}") from None
     finally:
         if env is not None:

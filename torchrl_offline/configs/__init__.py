@@ -2,9 +2,11 @@
 
 :func:`register_configs` stores, next to TorchRL's own entries:
 
-* group ``loss``: ``offline_iql``, ``offline_discrete_iql``, ``offline_cql``,
-  ``offline_discrete_cql``, ``offline_awac``, ``offline_discrete_awac``,
-  ``offline_td3_bc``, ``offline_bc`` (:mod:`torchrl_offline.configs.objectives`);
+* group ``loss``: ``offline_<name>`` for every registered algorithm (``offline_iql``,
+  ``offline_discrete_iql``, ``offline_cql``, ``offline_discrete_cql``, ``offline_awac``,
+  ``offline_discrete_awac``, ``offline_td3_bc``, ``offline_bc``, ``offline_discrete_bc``
+  and those other packages declare), generated from the declarations
+  (:mod:`torchrl_offline.configs.objectives`);
 * group ``dataset``: ``minari``, ``logged``, ``collect``, and the same configs in group
   ``replay_buffer`` as ``offline_minari``, ``offline_logged``, ``offline_collect``
   (:mod:`torchrl_offline.configs.data`);
@@ -60,10 +62,13 @@ from torchrl_offline.configs.objectives import (
     OfflineBCLossConfig,
     OfflineCQLLossConfig,
     OfflineDiscreteAWACLossConfig,
+    OfflineDiscreteBCLossConfig,
     OfflineDiscreteCQLLossConfig,
     OfflineDiscreteIQLLossConfig,
     OfflineIQLLossConfig,
     OfflineTD3BCLossConfig,
+    loss_config,
+    loss_configs,
 )
 from torchrl_offline.configs.trainers import OfflineTrainerConfig, default_loss_components
 
@@ -80,6 +85,7 @@ __all__ = [
     "OfflineBCLossConfig",
     "OfflineCQLLossConfig",
     "OfflineDiscreteAWACLossConfig",
+    "OfflineDiscreteBCLossConfig",
     "OfflineDiscreteCQLLossConfig",
     "OfflineDiscreteIQLLossConfig",
     "OfflineIQLLossConfig",
@@ -88,13 +94,15 @@ __all__ = [
     "TanhMeanGaussianActorConfig",
     "config_entries",
     "default_loss_components",
+    "loss_config",
+    "loss_configs",
     "register_configs",
 ]
 
 
 def config_entries() -> list[tuple[str, str, type]]:
     """Our ``(group, name, config class)`` entries, in storing order."""
-    entries = [("loss", f"offline_{name}", node) for name, node in LOSS_CONFIGS.items()]
+    entries = [("loss", f"offline_{name}", node) for name, node in loss_configs().items()]
     for name, node in DATASET_CONFIGS.items():
         entries.append(("dataset", name, node))
         entries.append(("replay_buffer", f"offline_{name}", node))

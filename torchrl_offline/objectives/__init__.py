@@ -1,19 +1,23 @@
-"""Offline RL loss modules in TorchRL's conventions.
+"""Offline RL loss modules in TorchRL's conventions, each with its algorithm's declaration.
 
 Each loss is a :class:`torchrl.objectives.LossModule`; where TorchRL has a loss of the
 same name, ours takes the same constructor arguments and tensordict keys (a drop-in
-replacement) with the paper's defaults.
+replacement) with the paper's defaults. Next to each loss, an
+:class:`~torchrl_offline.objectives.declaration.AlgorithmDeclaration` (``IQL_ALGORITHM``,
+...) says what a training run needs around it.
 """
 
 from torchrl_offline.objectives.awac import AWACLoss, DiscreteAWACLoss
 from torchrl_offline.objectives.bc import ActorOutputError, BCLoss
 from torchrl_offline.objectives.common import OfflineLossError
 from torchrl_offline.objectives.cql import CQL_PRESETS, CQLLoss, DiscreteCQLLoss
+from torchrl_offline.objectives.declaration import AlgorithmDeclaration, ParamGroup
 from torchrl_offline.objectives.gaussian_actor import (
     TanhMeanGaussian,
     make_tanh_mean_gaussian_actor,
 )
 from torchrl_offline.objectives.iql import IQL_PRESETS, DiscreteIQLLoss, IQLLoss
+from torchrl_offline.objectives.networks import NetworkFactory
 from torchrl_offline.objectives.target_update import FusedSoftUpdate
 from torchrl_offline.objectives.td3_bc import TD3BCLoss
 
@@ -22,6 +26,7 @@ __all__ = [
     "IQL_PRESETS",
     "AWACLoss",
     "ActorOutputError",
+    "AlgorithmDeclaration",
     "BCLoss",
     "CQLLoss",
     "DiscreteAWACLoss",
@@ -29,7 +34,9 @@ __all__ = [
     "DiscreteIQLLoss",
     "FusedSoftUpdate",
     "IQLLoss",
+    "NetworkFactory",
     "OfflineLossError",
+    "ParamGroup",
     "TD3BCLoss",
     "TanhMeanGaussian",
     "make_tanh_mean_gaussian_actor",

@@ -24,9 +24,11 @@ from torchrl.data.utils import _find_action_space
 from torchrl_offline.objectives._actor_critic import ActorCriticLoss
 from torchrl_offline.objectives._tanh_normal import TanhNormalSamples, fast_tanh_normal_bounds
 from torchrl_offline.objectives.common import OfflineLossError, check_batch, td_target
+from torchrl_offline.objectives.declaration import AlgorithmDeclaration, ParamGroup
 from torchrl_offline.objectives.gaussian_actor import advise_on_actor
+from torchrl_offline.objectives.networks import STOCHASTIC_ACTORS
 
-__all__ = ["AWACLoss", "DiscreteAWACLoss"]
+__all__ = ["AWAC_ALGORITHM", "DISCRETE_AWAC_ALGORITHM", "AWACLoss", "DiscreteAWACLoss"]
 
 
 class AWACLoss(ActorCriticLoss):
@@ -543,3 +545,49 @@ class DiscreteAWACLoss(AWACLoss):
         probs = self._probs(dist)
         q_data = self._chosen(q_all, tensordict.get(self.tensor_keys.action)).min(0).values
         return q_data - (probs * q_min).sum(-1)
+
+
+# ------------------------------------------------------------------------- declaration
+_AWAC_OPTIMIZER = (
+    ParamGroup("actor", "actor_lr", "actor_network_params"),
+    ParamGroup("qvalue", "critic_lr", "qvalue_network_params"),
+)
+
+#: AWAC as :func:`~torchrl_offline.trainers.algorithms.build_algorithm` builds it: the
+#: paper's (and CORL's) Gaussian actor with a tanh mean and a state-independent log-std
+#: (with ``actor="tanh_normal"`` AWAC ends below the dataset average on mixed data:
+#: ``benchmarks/learning_algos.py --algo awac``), twin ``Q(s, a)``, 3x256 MLPs, Adam at
+#: 3e-4.
+AWAC_ALGORITHM = AlgorithmDeclaration(
+    name="awac",
+    loss_class=AWACLoss,
+    networks=lambda nets, hp: {
+        "actor_network": nets.stochastic_actor(hp["actor"]),
+        "qvalue_network": nets.qvalue(),
+    },
+    optimizer=_AWAC_OPTIMIZER,
+    loss_terms=("loss_actor", "loss_qvalue"),
+    defaults={
+        "actor": "gaussian",
+        "hidden_sizes": (256, 256, 256),
+        "actor_lr": 3e-4,
+        "critic_lr": 3e-4,
+    },
+    choices={"actor": STOCHASTIC_ACTORS},
+    discrete_variant="discrete_awac",
+)
+
+#: Discrete AWAC: a categorical actor and ``Q(s, .)``, 3x256 MLPs, Adam at 3e-4.
+DISCRETE_AWAC_ALGORITHM = AlgorithmDeclaration(
+    name="discrete_awac",
+    loss_class=DiscreteAWACLoss,
+    networks=lambda nets, hp: {
+        "actor_network": nets.categorical_actor(),
+        "qvalue_network": nets.qvalue(),
+    },
+    optimizer=_AWAC_OPTIMIZER,
+    loss_terms=("loss_actor", "loss_qvalue"),
+    action="discrete",
+    defaults={"hidden_sizes": (256, 256, 256), "actor_lr": 3e-4, "critic_lr": 3e-4},
+    action_spec_argument="action_space",
+)

@@ -35,8 +35,9 @@ from torchrl_offline.objectives.common import (
     module_apply,
     tanh_normal_log_prob,
 )
+from torchrl_offline.objectives.declaration import AlgorithmDeclaration, ParamGroup
 
-__all__ = ["ActorOutputError", "BCLoss"]
+__all__ = ["BC_ALGORITHM", "DISCRETE_BC_ALGORITHM", "ActorOutputError", "BCLoss"]
 
 
 class ActorOutputError(OfflineLossError, RuntimeError):
@@ -338,3 +339,29 @@ class BCLoss(LazyInKeys, LossModule):
             td_out = TensorDict({"loss_bc": loss, **diagnostics})
         count_update(self, "_num_updates", td_out, batch=tensordict, batch_keys=required)
         return td_out
+
+
+# ------------------------------------------------------------------------- declaration
+#: Behaviour cloning of continuous actions: a deterministic tanh actor, Adam at 3e-4.
+BC_ALGORITHM = AlgorithmDeclaration(
+    name="bc",
+    loss_class=BCLoss,
+    networks=lambda nets, hp: {"actor_network": nets.deterministic_actor()},
+    optimizer=(ParamGroup("actor", "actor_lr", "actor_network_params"),),
+    loss_terms=("loss_bc",),
+    defaults={"actor_lr": 3e-4},
+    discrete_variant="discrete_bc",
+    target_update=False,
+)
+
+#: Behaviour cloning of discrete actions: a categorical actor, Adam at 3e-4.
+DISCRETE_BC_ALGORITHM = AlgorithmDeclaration(
+    name="discrete_bc",
+    loss_class=BCLoss,
+    networks=lambda nets, hp: {"actor_network": nets.categorical_actor()},
+    optimizer=(ParamGroup("actor", "actor_lr", "actor_network_params"),),
+    loss_terms=("loss_bc",),
+    action="discrete",
+    defaults={"actor_lr": 3e-4},
+    target_update=False,
+)

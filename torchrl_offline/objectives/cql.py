@@ -49,8 +49,9 @@ from torchrl_offline.objectives.common import (
     td_target,
     uniform_actions,
 )
+from torchrl_offline.objectives.declaration import AlgorithmDeclaration, ParamGroup
 
-__all__ = ["CQL_PRESETS", "CQLLoss", "DiscreteCQLLoss"]
+__all__ = ["CQL_ALGORITHM", "CQL_PRESETS", "DISCRETE_CQL_ALGORITHM", "CQLLoss", "DiscreteCQLLoss"]
 
 #: Named settings of the conservative term, by use (:meth:`CQLLoss.from_preset`).
 #:
@@ -1155,3 +1156,52 @@ class DiscreteCQLLoss(LossModule):
         """The Bellman target of the flat batch from ``next_value`` ``[B]`` or ``[B, K]``."""
         shape = (*tensordict.batch_size, *next_value.shape[1:])
         return td_target(self, tensordict, next_value.reshape(shape)).reshape(next_value.shape)
+
+
+# ------------------------------------------------------------------------- declaration
+def _temperatures(loss: LossModule) -> list[nn.Parameter]:
+    """The entropy temperature and the Lagrange multiplier (when learned)."""
+    return [p for n, p in loss.named_parameters() if n.startswith("log_alpha")]
+
+
+#: CQL as :func:`~torchrl_offline.trainers.algorithms.build_algorithm` builds it: SAC's
+#: ``TanhNormal`` actor, twin ``Q(s, a)``, 3x256 MLPs (the paper's), Adam at 1e-4 for the
+#: actor and the temperatures (the CQL authors' code and CORL: 3e-4 made the policy
+#: unstable, ``benchmarks/learning_algos.py --algo cql``) and 3e-4 for the critics;
+#: presets: :data:`CQL_PRESETS`.
+CQL_ALGORITHM = AlgorithmDeclaration(
+    name="cql",
+    loss_class=CQLLoss,
+    networks=lambda nets, hp: {
+        "actor_network": nets.tanh_normal_actor(),
+        "qvalue_network": nets.qvalue(),
+    },
+    optimizer=(
+        ParamGroup("actor", "actor_lr", "actor_network_params"),
+        ParamGroup("qvalue", "critic_lr", "qvalue_network_params"),
+        ParamGroup("alpha", "alpha_lr", _temperatures),
+    ),
+    loss_terms=("loss_actor", "loss_qvalue", "loss_cql", "loss_alpha", "loss_alpha_prime"),
+    defaults={
+        "hidden_sizes": (256, 256, 256),
+        "actor_lr": 1e-4,
+        "critic_lr": 3e-4,
+        "alpha_lr": 1e-4,
+    },
+    presets=CQL_PRESETS,
+    discrete_variant="discrete_cql",
+    action_spec_argument="action_spec",
+)
+
+#: Discrete CQL (CQL on QR-/DQN): a greedy ``QValueActor`` over ``Q(s, .)``, Adam at 3e-4.
+DISCRETE_CQL_ALGORITHM = AlgorithmDeclaration(
+    name="discrete_cql",
+    loss_class=DiscreteCQLLoss,
+    networks=lambda nets, hp: {"value_network": nets.qvalue_actor()},
+    optimizer=(ParamGroup("qvalue", "critic_lr", "value_network_params"),),
+    loss_terms=("loss_qvalue", "loss_cql"),
+    action="discrete",
+    defaults={"critic_lr": 3e-4},
+    action_spec_argument="action_space",
+    policy="value_network",
+)

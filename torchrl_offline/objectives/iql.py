@@ -49,9 +49,18 @@ from torchrl_offline.objectives.common import (
     tanh_normal_log_prob,
     td_target,
 )
+from torchrl_offline.objectives.declaration import AlgorithmDeclaration, ParamGroup
 from torchrl_offline.objectives.gaussian_actor import advise_on_actor
+from torchrl_offline.objectives.networks import STOCHASTIC_ACTORS
 
-__all__ = ["IQL_PRESETS", "DiscreteIQLLoss", "IQLLoss", "expectile_loss"]
+__all__ = [
+    "DISCRETE_IQL_ALGORITHM",
+    "IQL_ALGORITHM",
+    "IQL_PRESETS",
+    "DiscreteIQLLoss",
+    "IQLLoss",
+    "expectile_loss",
+]
 
 #: Published IQL hyperparameters (Kostrikov et al., 2022, appendix), by task family.
 IQL_PRESETS: dict[str, dict[str, float]] = {
@@ -689,3 +698,56 @@ class DiscreteIQLLoss(IQLLoss):
             if len(event) == 0 and action.ndim > len(dist.batch_shape):
                 action = action.squeeze(-1)
         return dist.log_prob(action)
+
+
+# ------------------------------------------------------------------------- declaration
+_IQL_OPTIMIZER = (
+    ParamGroup("actor", "actor_lr", "actor_network_params"),
+    ParamGroup("qvalue", "critic_lr", "qvalue_network_params"),
+    ParamGroup("value", "value_lr", "value_network_params"),
+)
+_IQL_TERMS = ("loss_actor", "loss_qvalue", "loss_value")
+
+#: IQL as :func:`~torchrl_offline.trainers.algorithms.build_algorithm` builds it: the
+#: paper's Gaussian actor (``actor="tanh_normal"`` for TorchRL's ``TanhNormal``, which
+#: stays below the dataset average on mixed data: ``docs/benchmarks.md``), twin
+#: ``Q(s, a)`` and ``V(s)``, 2x256 MLPs, Adam at 3e-4 with the actor's rate on a cosine
+#: decay (the paper's code); presets: :data:`IQL_PRESETS`.
+IQL_ALGORITHM = AlgorithmDeclaration(
+    name="iql",
+    loss_class=IQLLoss,
+    networks=lambda nets, hp: {
+        "actor_network": nets.stochastic_actor(hp["actor"]),
+        "qvalue_network": nets.qvalue(),
+        "value_network": nets.value(),
+    },
+    optimizer=_IQL_OPTIMIZER,
+    loss_terms=_IQL_TERMS,
+    defaults={
+        "actor": "gaussian",
+        "actor_lr": 3e-4,
+        "critic_lr": 3e-4,
+        "value_lr": 3e-4,
+        "actor_lr_schedule": "cosine",
+    },
+    choices={"actor": STOCHASTIC_ACTORS, "actor_lr_schedule": ("cosine", "constant")},
+    presets=IQL_PRESETS,
+    discrete_variant="discrete_iql",
+)
+
+#: Discrete IQL: a categorical actor and ``Q(s, .)``, Adam at 3e-4.
+DISCRETE_IQL_ALGORITHM = AlgorithmDeclaration(
+    name="discrete_iql",
+    loss_class=DiscreteIQLLoss,
+    networks=lambda nets, hp: {
+        "actor_network": nets.categorical_actor(),
+        "qvalue_network": nets.qvalue(),
+        "value_network": nets.value(),
+    },
+    optimizer=_IQL_OPTIMIZER,
+    loss_terms=_IQL_TERMS,
+    action="discrete",
+    defaults={"actor_lr": 3e-4, "critic_lr": 3e-4, "value_lr": 3e-4},
+    presets=IQL_PRESETS,
+    action_spec_argument="action_space",
+)

@@ -26,8 +26,9 @@ from torchrl_offline.objectives.common import (
     module_apply,
     td_target,
 )
+from torchrl_offline.objectives.declaration import AlgorithmDeclaration, ParamGroup
 
-__all__ = ["TD3BCLoss"]
+__all__ = ["TD3_BC_ALGORITHM", "TD3BCLoss"]
 
 _EXTRA_STATE = "_extra_state"
 
@@ -398,3 +399,25 @@ class TD3BCLoss(ActorCriticLoss):
             )
         losses = {"loss_actor": loss_actor, "loss_qvalue": loss_qvalue}
         return self._pack(tensordict, losses, {**actor_metadata, **metadata}, "_num_calls")
+
+
+# ------------------------------------------------------------------------- declaration
+#: TD3+BC as :func:`~torchrl_offline.trainers.algorithms.build_algorithm` builds it: a
+#: deterministic tanh actor, twin ``Q(s, a)``, 2x256 MLPs, Adam at 3e-4 and the paper's
+#: delayed policy update (the actor on every 2nd update: the trainer's job, as in
+#: TorchRL, since the loss computes both terms on every call).
+TD3_BC_ALGORITHM = AlgorithmDeclaration(
+    name="td3_bc",
+    loss_class=TD3BCLoss,
+    networks=lambda nets, hp: {
+        "actor_network": nets.deterministic_actor(),
+        "qvalue_network": nets.qvalue(),
+    },
+    optimizer=(
+        ParamGroup("actor", "actor_lr", "actor_network_params"),
+        ParamGroup("qvalue", "critic_lr", "qvalue_network_params"),
+    ),
+    loss_terms=("loss_actor", "loss_qvalue"),
+    defaults={"actor_lr": 3e-4, "critic_lr": 3e-4, "policy_update_delay": 2},
+    action_spec_argument="action_spec",
+)

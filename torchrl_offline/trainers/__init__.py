@@ -7,7 +7,8 @@ Public names live in their modules:
 * :mod:`torchrl_offline.trainers.finetune`: ``finetune`` (offline-to-online), ``OnlineSource``;
 * :mod:`torchrl_offline.trainers.plot`: ``plot_learning_curves`` (PNG, Pillow only);
 * :mod:`torchrl_offline.trainers.algorithms`: ``build_algorithm``, ``Algorithm``,
-  ``ALGORITHMS``, ``algorithm_defaults``, ``specs_from_dataset``, ``make_lr_scheduler``;
+  ``ALGORITHMS``, ``algorithm_names``, ``declaration``, ``algorithm_defaults``,
+  ``specs_from_dataset``, ``make_lr_scheduler``;
 * :mod:`torchrl_offline.trainers.hooks`: ``EvaluationHook``, ``CheckpointHook``,
   ``LogLosses``, ``ProgressBar``, ``evaluate_policy``, ``make_logger``;
 * :mod:`torchrl_offline.trainers.checkpoint`: ``save_checkpoint``, ``load_checkpoint``,
@@ -25,7 +26,9 @@ from torchrl_offline.trainers.algorithms import (
     Algorithm,
     AlgorithmError,
     algorithm_defaults,
+    algorithm_names,
     build_algorithm,
+    declaration,
 )
 from torchrl_offline.trainers.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from torchrl_offline.trainers.distributed import (
@@ -77,7 +80,9 @@ __all__ = [
     "RunDirectoryError",
     "TrainResult",
     "algorithm_defaults",
+    "algorithm_names",
     "build_algorithm",
+    "declaration",
     "evaluate_policy",
     "finetune",
     "init_distributed",

@@ -10,124 +10,87 @@ networks.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tensordict.nn import (
-    NormalParamExtractor,
-    TensorDictModule,
-    TensorDictModuleBase,
-    TensorDictSequential,
-)
-from torch import nn
-from torchrl.data import Bounded, Categorical, Composite, OneHot, TensorSpec, Unbounded
-from torchrl.modules import (
-    MLP,
-    ProbabilisticActor,
-    QValueActor,
-    TanhModule,
-    TanhNormal,
-    ValueOperator,
-)
+from tensordict.nn import TensorDictModuleBase
+from torchrl.data import Bounded, Categorical, Composite, TensorSpec, Unbounded
 from torchrl.objectives import LossModule
 from torchrl.objectives.utils import TargetNetUpdater
 
 from torchrl_offline import registry
-from torchrl_offline.objectives.gaussian_actor import make_tanh_mean_gaussian_actor
+from torchrl_offline.objectives.declaration import AlgorithmDeclaration
+from torchrl_offline.objectives.networks import NetworkFactory, is_discrete
 from torchrl_offline.objectives.target_update import FusedSoftUpdate
 
 __all__ = [
     "ALGORITHMS",
-    "LOSS_KEYS",
     "Algorithm",
     "AlgorithmError",
     "HyperparameterError",
     "algorithm_defaults",
+    "algorithm_names",
     "algorithm_of",
     "build_algorithm",
+    "declaration",
     "default_policy_update_delay",
     "loss_keys",
     "make_lr_scheduler",
     "specs_from_dataset",
 ]
 
-#: Algorithms :func:`build_algorithm` knows (the built-in loss names of the registry).
-ALGORITHMS = (
-    "awac",
-    "bc",
-    "cql",
-    "discrete_awac",
-    "discrete_bc",
-    "discrete_cql",
-    "discrete_iql",
-    "iql",
-    "td3_bc",
-)
+#: The algorithms this package declares (:func:`algorithm_names` adds other packages').
+ALGORITHMS = registry.BUILTIN_ALGORITHMS
 
-# Settings shared by every algorithm (the network and optimizer side); the loss's own
-# keyword arguments are added per algorithm from its constructor signature.
-_COMMON = {"hidden_sizes": (256, 256), "gamma": 0.99, "tau": 0.005}
 
-# Per-algorithm defaults (papers / CORL, MuJoCo settings).
-_DEFAULTS: dict[str, dict[str, Any]] = {
-    "iql": {
-        "actor": "gaussian",
-        "actor_lr": 3e-4,
-        "critic_lr": 3e-4,
-        "value_lr": 3e-4,
-        "actor_lr_schedule": "cosine",
-    },
-    "discrete_iql": {"actor_lr": 3e-4, "critic_lr": 3e-4, "value_lr": 3e-4},
-    "cql": {
-        "hidden_sizes": (256, 256, 256),
-        "actor_lr": 1e-4,
-        "critic_lr": 3e-4,
-        # the entropy temperature at the policy's rate, as in the CQL authors' code and
-        # CORL (3e-4 made the policy unstable: benchmarks/learning_algos.py --algo cql)
-        "alpha_lr": 1e-4,
-    },
-    "discrete_cql": {"critic_lr": 3e-4},
-    "awac": {
-        "actor": "gaussian",
-        "hidden_sizes": (256, 256, 256),
-        "actor_lr": 3e-4,
-        "critic_lr": 3e-4,
-    },
-    "discrete_awac": {"hidden_sizes": (256, 256, 256), "actor_lr": 3e-4, "critic_lr": 3e-4},
-    # the paper's delayed policy update: the actor on every 2nd update (the trainer's
-    # job, as in TorchRL: the loss computes both terms on every call)
-    "td3_bc": {"actor_lr": 3e-4, "critic_lr": 3e-4, "policy_update_delay": 2},
-    "bc": {"actor_lr": 3e-4},
-    "discrete_bc": {"actor_lr": 3e-4},
-}
+def algorithm_names() -> list[str]:
+    """Every algorithm :func:`build_algorithm` can build: ours and those other packages
+    declare through the ``torchrl_offline.components`` entry points.
 
-# Continuous stochastic actors ("actor" hyperparameter of iql and awac): the paper's
-# Gaussian (tanh mean, state-independent log-std) or TorchRL's TanhNormal.
-_ACTORS = ("gaussian", "tanh_normal")
+    Examples:
+        >>> from torchrl_offline.trainers.algorithms import algorithm_names
+        >>> "iql" in algorithm_names() and "discrete_cql" in algorithm_names()
+        True
+    """
+    return registry.names("algorithm")
 
-# Loss entries summed for the backward pass (diagnostic "loss_*" entries are left out).
-#: The loss entries each algorithm sums for its backward pass (see :func:`loss_keys`).
-LOSS_KEYS = {
-    "iql": ("loss_actor", "loss_qvalue", "loss_value"),
-    "discrete_iql": ("loss_actor", "loss_qvalue", "loss_value"),
-    "cql": ("loss_actor", "loss_qvalue", "loss_cql", "loss_alpha", "loss_alpha_prime"),
-    "discrete_cql": ("loss_qvalue", "loss_cql"),
-    "awac": ("loss_actor", "loss_qvalue"),
-    "discrete_awac": ("loss_actor", "loss_qvalue"),
-    "td3_bc": ("loss_actor", "loss_qvalue"),
-    "bc": ("loss_bc",),
-    "discrete_bc": ("loss_bc",),
-}
+
+def declaration(name: str) -> AlgorithmDeclaration:
+    """The :class:`~torchrl_offline.objectives.declaration.AlgorithmDeclaration` of
+    algorithm ``name``.
+
+    Raises:
+        AlgorithmError: an unknown name (the message lists the valid ones), or a
+            registered object that is not a declaration.
+
+    Examples:
+        >>> from torchrl_offline.trainers.algorithms import declaration
+        >>> declaration("td3_bc").defaults["policy_update_delay"]
+        2
+    """
+    if name not in algorithm_names():
+        raise AlgorithmError(
+            f"Unknown algorithm {name!r}; valid names: {', '.join(algorithm_names())}"
+        )
+    try:
+        decl = registry.get("algorithm", name)
+    except registry.RegistryError as err:
+        raise AlgorithmError(str(err)) from err
+    if not isinstance(decl, AlgorithmDeclaration):
+        raise AlgorithmError(
+            f"The algorithm {name!r} is registered as {decl!r}, which is not an "
+            "AlgorithmDeclaration"
+        )
+    return decl
 
 
 def loss_keys(name: str, loss: LossModule) -> tuple[str, ...]:
     """The loss entries summed for the backward pass of algorithm ``name``'s ``loss``.
 
-    The algorithm's terms (:data:`LOSS_KEYS`) that this loss module writes: CQL's
+    The algorithm's declared terms that this loss module writes: CQL's
     ``loss_alpha_prime`` only with ``with_lagrange=True``.
 
     Examples:
@@ -139,11 +102,12 @@ def loss_keys(name: str, loss: LossModule) -> tuple[str, ...]:
         ('loss_actor', 'loss_qvalue', 'loss_cql', 'loss_alpha', 'loss_alpha_prime')
     """
     written = getattr(loss, "out_keys", None)
-    return tuple(k for k in LOSS_KEYS[name] if written is None or k in written)
+    return tuple(k for k in declaration(name).loss_terms if written is None or k in written)
 
 
 def algorithm_of(loss_module: LossModule) -> str | None:
-    """The algorithm of :data:`ALGORITHMS` whose loss class ``loss_module`` is, if any.
+    """The registered algorithm whose loss class ``loss_module`` is, if any (the first
+    in name order when several share a class: ``"bc"`` for :class:`BCLoss`).
 
     Examples:
         >>> from torchrl.data import Bounded, Unbounded
@@ -153,8 +117,12 @@ def algorithm_of(loss_module: LossModule) -> str | None:
         >>> algorithm_of(algo.loss)
         'td3_bc'
     """
-    for name in LOSS_KEYS:
-        if name != "discrete_bc" and type(loss_module) is registry.get("loss", name):
+    for name in algorithm_names():
+        try:
+            decl = declaration(name)
+        except AlgorithmError:  # another package's broken entry point: not this loss
+            continue
+        if type(loss_module) is decl.loss_class:
             return name
     return None
 
@@ -174,28 +142,6 @@ def default_policy_update_delay(loss_module: LossModule) -> int:
     """
     name = algorithm_of(loss_module)
     return 1 if name is None else int(algorithm_defaults(name).get("policy_update_delay", 1))
-
-
-# Constructor arguments the builder sets itself (or that are deprecated), never overrides.
-_RESERVED = {
-    "self",
-    "actor_network",
-    "qvalue_network",
-    "value_network",
-    "gamma",
-    "priority_key",
-    "action_spec",
-    "bounds",
-    "action_space",
-    "kwargs",
-}
-
-_DISCRETE_OF = {
-    "iql": "discrete_iql",
-    "cql": "discrete_cql",
-    "awac": "discrete_awac",
-    "bc": "discrete_bc",
-}
 
 
 class AlgorithmError(ValueError):
@@ -258,12 +204,7 @@ def _leaf(spec: TensorSpec, key: str) -> TensorSpec:
     return spec
 
 
-def _is_discrete(spec: TensorSpec) -> bool:
-    return isinstance(spec, (Categorical, OneHot))
-
-
-def _n_actions(spec: TensorSpec) -> int:
-    return int(spec.space.n)
+_is_discrete = is_discrete
 
 
 def _obs_dim(spec: TensorSpec) -> int:
@@ -342,39 +283,6 @@ def specs_from_dataset(dataset: Any) -> tuple[TensorSpec, TensorSpec]:
 
 
 # ---------------------------------------------------------------------- hyperparameters
-def _loss_class(name: str) -> type[LossModule]:
-    if name == "discrete_bc":
-        return registry.get("loss", "bc")
-    return registry.get("loss", name)
-
-
-def _loss_kwargs_defaults(name: str) -> dict[str, Any]:
-    """Keyword arguments (with defaults) of the loss's constructor, following ``**kwargs``
-    up the class hierarchy (``DiscreteIQLLoss(..., **kwargs)`` forwards to ``IQLLoss``)."""
-    out: dict[str, Any] = {}
-    for cls in _loss_class(name).__mro__:
-        if "__init__" not in vars(cls) or cls.__init__ is object.__init__:
-            continue
-        forwards = False
-        for pname, param in inspect.signature(cls.__init__).parameters.items():
-            if param.kind is param.VAR_KEYWORD:
-                forwards = True
-            elif (
-                pname not in _RESERVED
-                and param.kind is not param.VAR_POSITIONAL
-                and param.default is not inspect.Parameter.empty
-            ):
-                out.setdefault(pname, param.default)
-        if not forwards:
-            break
-    return out
-
-
-def _check_name(name: str) -> None:
-    if name not in ALGORITHMS:
-        raise AlgorithmError(f"Unknown algorithm {name!r}; valid names: {', '.join(ALGORITHMS)}")
-
-
 def algorithm_defaults(name: str) -> dict[str, Any]:
     """The hyperparameters of ``name`` and their defaults: the valid override keys.
 
@@ -389,8 +297,7 @@ def algorithm_defaults(name: str) -> dict[str, Any]:
         >>> d["expectile"], d["temperature"], d["hidden_sizes"], d["actor"]
         (0.7, 3.0, (256, 256), 'gaussian')
     """
-    _check_name(name)
-    return {**_COMMON, **_DEFAULTS[name], **_loss_kwargs_defaults(name)}
+    return declaration(name).hyperparameters()
 
 
 def _check_type(key: str, value: Any, default: Any) -> None:
@@ -412,8 +319,18 @@ def _check_type(key: str, value: Any, default: Any) -> None:
         )
 
 
-def _resolve(name: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    defaults = algorithm_defaults(name)
+def _resolve(
+    decl: AlgorithmDeclaration, preset: str | None, overrides: Mapping[str, Any]
+) -> dict[str, Any]:
+    name = decl.name
+    defaults = decl.hyperparameters()
+    if preset is not None:
+        if preset not in decl.presets:
+            raise HyperparameterError(
+                f"Unknown preset {preset!r} for {name}; valid presets: "
+                f"{', '.join(sorted(decl.presets)) or '(none)'}"
+            )
+        overrides = {**decl.presets[preset], **overrides}
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
         raise HyperparameterError(
@@ -435,10 +352,11 @@ def _resolve(name: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in hp.items():
         if key.endswith("_lr") and not (isinstance(value, (int, float)) and value > 0):
             raise HyperparameterError(f"{key} must be a positive number, got {value!r}")
-    if "actor" in hp and hp["actor"] not in _ACTORS:
-        raise HyperparameterError(
-            f"actor must be one of {', '.join(_ACTORS)} for {name}, got {hp['actor']!r}"
-        )
+    for key, allowed in decl.choices.items():
+        if hp[key] not in allowed:
+            raise HyperparameterError(
+                f"{key} must be one of {', '.join(map(str, allowed))} for {name}, got {hp[key]!r}"
+            )
     if not 0.0 <= float(hp["gamma"]) <= 1.0:
         raise HyperparameterError(f"gamma must be in [0, 1], got {hp['gamma']!r}")
     if not 0.0 < float(hp["tau"]) <= 1.0:
@@ -457,113 +375,40 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
-# ----------------------------------------------------------------------------- networks
-def _mlp(n_in: int, n_out: int, hidden: tuple[int, ...]) -> MLP:
-    return MLP(
-        in_features=n_in, out_features=n_out, num_cells=list(hidden), activation_class=nn.ReLU
-    )
-
-
-def _tanh_normal_actor(n_obs: int, spec: TensorSpec, hidden: tuple[int, ...]) -> ProbabilisticActor:
-    n_act = int(spec.shape[-1])
-    body = TensorDictModule(
-        nn.Sequential(_mlp(n_obs, 2 * n_act, hidden), NormalParamExtractor()),
-        in_keys=["observation"],
-        out_keys=["loc", "scale"],
-    )
-    return ProbabilisticActor(
-        body,
-        in_keys=["loc", "scale"],
-        spec=spec,
-        distribution_class=TanhNormal,
-        distribution_kwargs={"low": spec.space.low, "high": spec.space.high},
-        return_log_prob=False,
-    )
-
-
-def _stochastic_actor(
-    kind: str, n_obs: int, spec: TensorSpec, hidden: tuple[int, ...]
-) -> ProbabilisticActor:
-    if kind == "gaussian":
-        return make_tanh_mean_gaussian_actor(n_obs, spec, num_cells=hidden)
-    return _tanh_normal_actor(n_obs, spec, hidden)
-
-
-def _deterministic_actor(n_obs: int, spec: TensorSpec, hidden: tuple[int, ...]):
-    n_act = int(spec.shape[-1])
-    return TensorDictSequential(
-        TensorDictModule(_mlp(n_obs, n_act, hidden), in_keys=["observation"], out_keys=["param"]),
-        TanhModule(in_keys=["param"], out_keys=["action"], spec=spec),
-    )
-
-
-def _categorical_actor(n_obs: int, spec: TensorSpec, hidden: tuple[int, ...]):
-    dist = torch.distributions.Categorical
-    if isinstance(spec, OneHot):
-        from torchrl.modules.distributions import OneHotCategorical
-
-        dist = OneHotCategorical
-    return ProbabilisticActor(
-        TensorDictModule(
-            _mlp(n_obs, _n_actions(spec), hidden), in_keys=["observation"], out_keys=["logits"]
-        ),
-        in_keys=["logits"],
-        spec=spec,
-        distribution_class=dist,
-        return_log_prob=False,
-    )
-
-
-def _q_continuous(n_obs: int, n_act: int, hidden: tuple[int, ...]) -> ValueOperator:
-    return ValueOperator(_mlp(n_obs + n_act, 1, hidden), in_keys=["observation", "action"])
-
-
-def _q_discrete(n_obs: int, n_act: int, hidden: tuple[int, ...]) -> ValueOperator:
-    return ValueOperator(_mlp(n_obs, n_act, hidden), in_keys=["observation"])
-
-
-def _value(n_obs: int, hidden: tuple[int, ...]) -> ValueOperator:
-    return ValueOperator(_mlp(n_obs, 1, hidden), in_keys=["observation"])
-
-
-def _params(*tds) -> list[nn.Parameter]:
-    out: list[nn.Parameter] = []
-    for td in tds:
-        out.extend(p for p in td.values(True, True) if isinstance(p, nn.Parameter))
-    return out
-
-
 # ----------------------------------------------------------------------------- builder
 def build_algorithm(
     name: str,
     observation_spec: TensorSpec,
     action_spec: TensorSpec,
     *,
+    preset: str | None = None,
     observation_norm: tuple[torch.Tensor, torch.Tensor] | None = None,
     **overrides: Any,
 ) -> Algorithm:
     """Builds the standard networks, loss, optimizer and target updater of an algorithm.
 
-    Continuous actions: IQL and AWAC get their papers' Gaussian actor (a tanh-bounded
-    mean and a state-independent log-std,
-    :func:`~torchrl_offline.objectives.gaussian_actor.make_tanh_mean_gaussian_actor`;
-    ``actor="tanh_normal"`` selects TorchRL's ``TanhNormal`` instead), CQL a
-    ``ProbabilisticActor`` with a ``TanhNormal`` over the action box (SAC's actor),
-    TD3+BC and BC a deterministic tanh actor; the critics are ``Q(s, a)`` MLPs (twin,
-    batched inside the loss) and IQL adds ``V(s)``.
-    Discrete actions (a ``Categorical`` or ``OneHot`` spec): ``"iql"``, ``"cql"``,
-    ``"awac"`` and ``"bc"`` resolve to their discrete variants, with categorical actors
+    Everything comes from the algorithm's declaration (:func:`declaration`, next to its
+    loss): the networks, the defaults, the optimizer's parameter groups and learning
+    rates, the loss terms, the target updates. Continuous actions: IQL and AWAC get
+    their papers' Gaussian actor (a tanh-bounded mean and a state-independent log-std;
+    ``actor="tanh_normal"`` selects TorchRL's ``TanhNormal`` instead), CQL SAC's
+    ``TanhNormal`` actor, TD3+BC and BC a deterministic tanh actor; the critics are
+    ``Q(s, a)`` MLPs (twin, batched inside the loss) and IQL adds ``V(s)``. Discrete
+    actions (a ``Categorical`` or ``OneHot`` spec): an algorithm with a discrete variant
+    (``"iql"``, ``"cql"``, ``"awac"``, ``"bc"``) resolves to it, with categorical actors
     and ``Q(s, .)`` critics (DQN-style ``QValueActor`` for CQL).
 
     Networks are initialised from torch's global generator: seed it first for a
     reproducible build.
 
     Args:
-        name: an algorithm of :data:`ALGORITHMS`.
+        name: a registered algorithm (:func:`algorithm_names`).
         observation_spec: the observation spec (a ``Composite`` with an
             ``"observation"`` entry, e.g. ``env.observation_spec``, or the leaf spec).
         action_spec: the action spec (``env.action_spec`` or a ``Composite`` with an
             ``"action"`` entry); bounded for continuous algorithms.
+        preset: a named published setting of the algorithm (e.g. IQL's ``"antmaze"``);
+            ``overrides`` apply on top of it.
         observation_norm: ``(loc, scale)`` if the networks will be trained on
             ``(observation - loc) / scale`` (see
             :mod:`torchrl_offline.trainers.normalization`); ``policy`` is then a
@@ -576,8 +421,8 @@ def build_algorithm(
         An :class:`Algorithm`.
 
     Raises:
-        AlgorithmError: an unknown name or hyperparameter (the message lists the valid
-            ones), or specs the algorithm does not support.
+        AlgorithmError: an unknown name, preset or hyperparameter (the message lists
+            the valid ones), or specs the algorithm does not support.
 
     Examples:
         >>> import torch
@@ -591,109 +436,24 @@ def build_algorithm(
         ['actor', 'qvalue', 'value']
         >>> algo.loss.expectile
         0.8
+        >>> build_algorithm("iql", Unbounded(shape=(3,)), Bounded(-1.0, 1.0, (1,)),
+        ...                 hidden_sizes=(8,), preset="antmaze").loss.temperature
+        10.0
     """
     obs_spec = _leaf(observation_spec, "observation")
     act_spec = _leaf(action_spec, "action")
-    if name in _DISCRETE_OF and _is_discrete(act_spec):
-        name = _DISCRETE_OF[name]
-    _check_name(name)
-    discrete = name.startswith("discrete_")
-    if discrete and not _is_discrete(act_spec):
-        raise AlgorithmError(
-            f"{name} needs a discrete action spec (Categorical or OneHot), got "
-            f"{type(act_spec).__name__}"
-        )
-    if not discrete:
-        if _is_discrete(act_spec):
-            raise AlgorithmError(
-                f"{name} needs a continuous (Bounded) action spec; got a discrete one"
-            )
-        if not isinstance(act_spec, Bounded) or len(act_spec.shape) != 1:
-            raise AlgorithmError(
-                f"{name} needs a bounded 1-d action spec (Bounded with shape (n,)), got "
-                f"{type(act_spec).__name__} with shape {tuple(act_spec.shape)}"
-            )
-        if not bool(
-            torch.isfinite(act_spec.space.low).all() and torch.isfinite(act_spec.space.high).all()
-        ):
-            raise AlgorithmError(f"{name} needs finite action bounds")
-    hp = _resolve(name, overrides)
-    hidden = hp["hidden_sizes"]
+    decl = declaration(name)
+    if decl.discrete_variant is not None and _is_discrete(act_spec):
+        decl = declaration(decl.discrete_variant)
+    name = decl.name
+    _check_action_spec(decl, act_spec)
+    hp = _resolve(decl, preset, overrides)
     n_obs = _obs_dim(obs_spec)
-    loss_kwargs = {k: hp[k] for k in _loss_kwargs_defaults(name)}
-    loss_cls = _loss_class(name)
-    groups: list[dict[str, Any]]
-
-    if name in ("iql", "discrete_iql"):
-        if discrete:
-            actor = _categorical_actor(n_obs, act_spec, hidden)
-            qvalue = _q_discrete(n_obs, _n_actions(act_spec), hidden)
-            loss_kwargs["action_space"] = act_spec
-        else:
-            # The IQL paper's actor (tanh mean, state-independent log-std): with the
-            # TanhNormal actor IQL stays below the dataset average on mixed data (see
-            # benchmarks/learning_pendulum.py).
-            actor = _stochastic_actor(hp["actor"], n_obs, act_spec, hidden)
-            qvalue = _q_continuous(n_obs, int(act_spec.shape[-1]), hidden)
-        loss = loss_cls(actor, qvalue, _value(n_obs, hidden), **loss_kwargs)
-        groups = [
-            ("actor", _params(loss.actor_network_params), hp["actor_lr"]),
-            ("qvalue", _params(loss.qvalue_network_params), hp["critic_lr"]),
-            ("value", _params(loss.value_network_params), hp["value_lr"]),
-        ]
-        policy = actor
-    elif name == "cql":
-        actor = _tanh_normal_actor(n_obs, act_spec, hidden)
-        qvalue = _q_continuous(n_obs, int(act_spec.shape[-1]), hidden)
-        loss = loss_cls(actor, qvalue, action_spec=act_spec, **loss_kwargs)
-        groups = [
-            ("actor", _params(loss.actor_network_params), hp["actor_lr"]),
-            ("qvalue", _params(loss.qvalue_network_params), hp["critic_lr"]),
-        ]
-        alpha = [p for n, p in loss.named_parameters() if n.startswith("log_alpha")]
-        if alpha:
-            groups.append(("alpha", alpha, hp["alpha_lr"]))
-        policy = actor
-    elif name == "discrete_cql":
-        policy = QValueActor(
-            _mlp(n_obs, _n_actions(act_spec), hidden), in_keys=["observation"], spec=act_spec
-        )
-        loss = loss_cls(policy, action_space=act_spec, **loss_kwargs)
-        groups = [("qvalue", _params(loss.value_network_params), hp["critic_lr"])]
-    elif name in ("awac", "discrete_awac"):
-        if discrete:
-            actor = _categorical_actor(n_obs, act_spec, hidden)
-            qvalue = _q_discrete(n_obs, _n_actions(act_spec), hidden)
-            loss = loss_cls(actor, qvalue, action_space=act_spec, **loss_kwargs)
-        else:
-            # The AWAC paper's (and CORL's) actor, tanh mean and state-independent
-            # log-std; with TanhNormal AWAC ends below the dataset average on mixed
-            # data (benchmarks/learning_algos.py --algo awac).
-            actor = _stochastic_actor(hp["actor"], n_obs, act_spec, hidden)
-            qvalue = _q_continuous(n_obs, int(act_spec.shape[-1]), hidden)
-            loss = loss_cls(actor, qvalue, **loss_kwargs)
-        groups = [
-            ("actor", _params(loss.actor_network_params), hp["actor_lr"]),
-            ("qvalue", _params(loss.qvalue_network_params), hp["critic_lr"]),
-        ]
-        policy = actor
-    elif name == "td3_bc":
-        actor = _deterministic_actor(n_obs, act_spec, hidden)
-        qvalue = _q_continuous(n_obs, int(act_spec.shape[-1]), hidden)
-        loss = loss_cls(actor, qvalue, action_spec=act_spec, **loss_kwargs)
-        groups = [
-            ("actor", _params(loss.actor_network_params), hp["actor_lr"]),
-            ("qvalue", _params(loss.qvalue_network_params), hp["critic_lr"]),
-        ]
-        policy = actor
-    else:  # bc, discrete_bc
-        if discrete:
-            actor = _categorical_actor(n_obs, act_spec, hidden)
-        else:
-            actor = _deterministic_actor(n_obs, act_spec, hidden)
-        loss = loss_cls(actor, **loss_kwargs)
-        groups = [("actor", _params(loss.actor_network_params), hp["actor_lr"])]
-        policy = actor
+    networks = dict(decl.networks(NetworkFactory(n_obs, act_spec, hp["hidden_sizes"]), hp))
+    spec_kwargs = {} if decl.action_spec_argument is None else {decl.action_spec_argument: act_spec}
+    loss_kwargs = {k: hp[k] for k in decl.loss_arguments()}
+    loss = decl.loss_class(**networks, **spec_kwargs, **loss_kwargs)
+    policy = networks[decl.policy]
 
     if observation_norm is not None:
         from torchrl_offline.trainers.normalization import NormalizedPolicy
@@ -710,12 +470,17 @@ def build_algorithm(
         policy = NormalizedPolicy(policy, loc, scale)
     # fused: one kernel over all parameters (about 3x faster than Adam's per-tensor loop on
     # CPU, see docs/benchmarks.md); same update rule.
+    groups = [(g.name, g.parameters(loss), hp[g.lr]) for g in decl.optimizer]
     optimizer = torch.optim.Adam(
-        [{"params": params, "lr": float(lr), "name": gname} for gname, params, lr in groups],
+        [
+            {"params": params, "lr": float(lr), "name": gname}
+            for gname, params, lr in groups
+            if params
+        ],
         fused=True,
     )
     target_updater = None
-    if not name.endswith("bc") or name == "td3_bc":
+    if decl.target_update:
         loss.make_value_estimator(gamma=float(hp["gamma"]))
         target_updater = FusedSoftUpdate(loss, tau=float(hp["tau"]))
     return Algorithm(
@@ -731,6 +496,28 @@ def build_algorithm(
         action_spec=act_spec,
         observation_norm=observation_norm,
     )
+
+
+def _check_action_spec(decl: AlgorithmDeclaration, act_spec: TensorSpec) -> None:
+    name = decl.name
+    if decl.action == "discrete":
+        if not _is_discrete(act_spec):
+            raise AlgorithmError(
+                f"{name} needs a discrete action spec (Categorical or OneHot), got "
+                f"{type(act_spec).__name__}"
+            )
+        return
+    if _is_discrete(act_spec):
+        raise AlgorithmError(f"{name} needs a continuous (Bounded) action spec; got a discrete one")
+    if not isinstance(act_spec, Bounded) or len(act_spec.shape) != 1:
+        raise AlgorithmError(
+            f"{name} needs a bounded 1-d action spec (Bounded with shape (n,)), got "
+            f"{type(act_spec).__name__} with shape {tuple(act_spec.shape)}"
+        )
+    if not bool(
+        torch.isfinite(act_spec.space.low).all() and torch.isfinite(act_spec.space.high).all()
+    ):
+        raise AlgorithmError(f"{name} needs finite action bounds")
 
 
 def make_lr_scheduler(

@@ -1,0 +1,228 @@
+"""One declaration per algorithm: everything around its loss that a run needs.
+
+An :class:`AlgorithmDeclaration` sits next to its loss class and says which networks
+the loss takes (built from the specs by a
+:class:`~torchrl_offline.objectives.networks.NetworkFactory`), the network, optimizer
+and training-loop settings with their defaults, which loss entries are summed for the
+backward pass, which parameters each learning rate drives, the named presets and the
+discrete variant. The loss's own keyword arguments are read from its constructor, so no
+default is written twice.
+
+:func:`~torchrl_offline.trainers.algorithms.build_algorithm`, the command line, the
+Hydra configs, checkpoints and the benchmarks read declarations from the registry
+(kind ``"algorithm"``); another package declares one through the entry-point group
+``torchrl_offline.components`` (``"algorithm:<name>" = "pkg.module:DECLARATION"``).
+
+Examples:
+    >>> from torchrl_offline import registry
+    >>> iql = registry.get("algorithm", "iql")
+    >>> iql.loss_class.__name__, iql.loss_terms
+    ('IQLLoss', ('loss_actor', 'loss_qvalue', 'loss_value'))
+    >>> iql.hyperparameters()["expectile"], iql.hyperparameters()["actor_lr"]
+    (0.7, 0.0003)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from torch import nn
+from torchrl.objectives import LossModule
+
+from torchrl_offline.objectives.networks import NetworkFactory
+
+__all__ = [
+    "COMMON_DEFAULTS",
+    "AlgorithmDeclaration",
+    "ParamGroup",
+    "collect_parameters",
+    "constructor_defaults",
+    "constructor_parameters",
+]
+
+#: Settings every algorithm has: the hidden sizes of its networks, the discount given to
+#: the loss's value estimator and the soft target-update rate.
+COMMON_DEFAULTS: Mapping[str, Any] = {"hidden_sizes": (256, 256), "gamma": 0.99, "tau": 0.005}
+
+# Constructor arguments the builder sets itself (or that are deprecated): never settings.
+_SET_BY_BUILDER = frozenset({"gamma", "priority_key", "action_spec", "bounds", "action_space"})
+
+Networks = Mapping[str, TensorDictModuleBase]
+
+
+def collect_parameters(source: Any) -> list[nn.Parameter]:
+    """The trainable parameters held by ``source``: a tensordict of parameters (a loss's
+    ``<name>_network_params``), a module, one parameter, or an iterable of these.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl_offline.objectives.declaration import collect_parameters
+        >>> len(collect_parameters(torch.nn.Linear(2, 3)))
+        2
+    """
+    if source is None:
+        return []
+    if isinstance(source, nn.Parameter):
+        return [source]
+    if isinstance(source, TensorDictBase):
+        return [p for p in source.values(True, True) if isinstance(p, nn.Parameter)]
+    if isinstance(source, nn.Module):
+        return [p for p in source.parameters() if p.requires_grad]
+    out: list[nn.Parameter] = []
+    for item in source:
+        out.extend(collect_parameters(item))
+    return out
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """One optimizer parameter group: a name, the setting holding its learning rate and
+    the loss's parameters it updates.
+
+    Args:
+        name: the group's name (``optimizer.param_groups[i]["name"]``).
+        lr: the hyperparameter holding its learning rate (e.g. ``"actor_lr"``).
+        params: the loss attribute holding the parameters (e.g.
+            ``"actor_network_params"``), or a function of the loss returning them. A
+            group with no parameters (an optional term switched off) is left out.
+    """
+
+    name: str
+    lr: str
+    params: str | Callable[[LossModule], Iterable[nn.Parameter]]
+
+    def parameters(self, loss: LossModule) -> list[nn.Parameter]:
+        """The parameters of ``loss`` this group updates."""
+        if callable(self.params):
+            return collect_parameters(list(self.params(loss)))
+        return collect_parameters(getattr(loss, self.params, None))
+
+
+@dataclass(frozen=True)
+class AlgorithmDeclaration:
+    """Everything around a loss class that a training run needs, declared once.
+
+    Args:
+        name: the algorithm's name (``--algo`` on the command line).
+        loss_class: the :class:`~torchrl.objectives.LossModule` subclass.
+        networks: ``networks(factory, hyperparameters)`` returns the loss's network
+            arguments by constructor name (``{"actor_network": ..., ...}``), built in
+            that order from the
+            :class:`~torchrl_offline.objectives.networks.NetworkFactory`.
+        optimizer: the parameter groups of the one Adam optimizer, each at its own
+            learning rate.
+        loss_terms: the loss entries summed for the backward pass (those the loss does
+            not write, e.g. an optional term switched off, are skipped).
+        action: ``"continuous"`` (a bounded 1-d action spec) or ``"discrete"``
+            (``Categorical`` or ``OneHot``).
+        defaults: network, optimizer and training-loop settings with their defaults
+            (learning rates, ``hidden_sizes`` to replace :data:`COMMON_DEFAULTS`',
+            ``policy_update_delay``, ``actor_lr_schedule``); the loss's own keyword
+            arguments are added from its constructor.
+        choices: settings that take one of a few values, e.g. ``{"actor": ("gaussian",
+            "tanh_normal")}``.
+        presets: named published settings (a name to overrides).
+        discrete_variant: the algorithm to build instead for a discrete action spec.
+        action_spec_argument: the constructor argument that receives the action spec
+            (``"action_spec"``, ``"action_space"``), if any.
+        policy: the network (a key of ``networks``) to act with.
+        target_update: whether the loss has target networks (soft-updated at ``tau``
+            after each step, with a value estimator at ``gamma``).
+    """
+
+    name: str
+    loss_class: type[LossModule]
+    networks: Callable[[NetworkFactory, Mapping[str, Any]], Networks]
+    optimizer: tuple[ParamGroup, ...]
+    loss_terms: tuple[str, ...]
+    action: Literal["continuous", "discrete"] = "continuous"
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    discrete_variant: str | None = None
+    action_spec_argument: str | None = None
+    policy: str = "actor_network"
+    target_update: bool = True
+
+    def __post_init__(self) -> None:
+        if self.action not in ("continuous", "discrete"):
+            raise ValueError(
+                f"algorithm {self.name!r}: action must be 'continuous' or 'discrete', "
+                f"got {self.action!r}"
+            )
+        if not (isinstance(self.loss_class, type) and issubclass(self.loss_class, LossModule)):
+            raise TypeError(
+                f"algorithm {self.name!r}: loss_class must be a LossModule subclass, "
+                f"got {self.loss_class!r}"
+            )
+        if not self.loss_terms:
+            raise ValueError(f"algorithm {self.name!r}: loss_terms is empty")
+        lrs = {g.lr for g in self.optimizer}
+        missing = sorted(lrs - set(self.defaults))
+        if missing:
+            raise ValueError(
+                f"algorithm {self.name!r}: learning rate {missing[0]!r} has no default"
+            )
+
+    def loss_arguments(self) -> dict[str, Any]:
+        """The loss constructor's settings and their defaults: its keyword arguments
+        with defaults, following ``**kwargs`` up the class hierarchy, less the networks
+        (``*_network``) and the arguments the builder sets (specs, ``gamma``)."""
+        return {
+            k: v
+            for k, v in constructor_defaults(self.loss_class).items()
+            if k not in _SET_BY_BUILDER
+        }
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """Every setting and its default: :data:`COMMON_DEFAULTS`, the declared
+        ``defaults``, then the loss's own arguments (:meth:`loss_arguments`)."""
+        return {**COMMON_DEFAULTS, **self.defaults, **self.loss_arguments()}
+
+
+def constructor_parameters(cls: type) -> list[inspect.Parameter]:
+    """The parameters of ``cls``'s constructor in order, following ``**kwargs`` up the
+    class hierarchy (``DiscreteIQLLoss(..., **kwargs)`` forwards to ``IQLLoss``), without
+    ``self`` and the ``*args``/``**kwargs`` catch-alls.
+
+    Examples:
+        >>> from torchrl_offline.objectives import DiscreteIQLLoss
+        >>> from torchrl_offline.objectives.declaration import constructor_parameters
+        >>> [p.name for p in constructor_parameters(DiscreteIQLLoss)][:3]
+        ['actor_network', 'qvalue_network', 'value_network']
+    """
+    out: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass.__init__ is object.__init__:
+            continue
+        forwards = False
+        for name, param in inspect.signature(klass.__init__).parameters.items():
+            if param.kind is param.VAR_KEYWORD:
+                forwards = True
+            elif name != "self" and param.kind is not param.VAR_POSITIONAL:
+                out.setdefault(name, param)
+        if not forwards:
+            break
+    return list(out.values())
+
+
+def constructor_defaults(cls: type) -> dict[str, Any]:
+    """The keyword arguments with defaults of ``cls``'s constructor
+    (:func:`constructor_parameters`), without the networks (``*_network``).
+
+    Examples:
+        >>> from torchrl_offline.objectives import TD3BCLoss
+        >>> from torchrl_offline.objectives.declaration import constructor_defaults
+        >>> constructor_defaults(TD3BCLoss)["alpha"]
+        2.5
+    """
+    return {
+        p.name: p.default
+        for p in constructor_parameters(cls)
+        if not p.name.endswith("_network") and p.default is not inspect.Parameter.empty
+    }
