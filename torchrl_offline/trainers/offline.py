@@ -35,7 +35,7 @@ from torchrl_offline.trainers.metadata import load_algorithm
 from torchrl_offline.trainers.normalization import observation_moments
 from torchrl_offline.trainers.process_group import DistributedContext
 from torchrl_offline.trainers.run import RunBuilder, RunSettings, TrainResult
-from torchrl_offline.trainers.strategy import SingleProcess, strategy_for
+from torchrl_offline.trainers.strategy import Strategy, strategy_for
 from torchrl_offline.trainers.trainer import OfflineSource, OfflineTrainer
 
 __all__ = [
@@ -188,7 +188,7 @@ def _algorithm(
     data: ReplayBuffer,
     overrides: Mapping[str, Any] | None,
     normalize_observations: bool,
-    strategy: SingleProcess,
+    strategy: Strategy,
 ) -> Algorithm:
     """``algorithm`` built for ``data``'s specs (the main process's observation
     statistics, when normalising), or the built ``algorithm`` as it is."""

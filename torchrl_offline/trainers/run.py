@@ -43,7 +43,7 @@ from torchrl_offline.trainers.hooks import (
 from torchrl_offline.trainers.metadata import algorithm_metadata
 from torchrl_offline.trainers.normalization import NormalizeObservations
 from torchrl_offline.trainers.resume import find_resumable, run_identity
-from torchrl_offline.trainers.strategy import SingleProcess
+from torchrl_offline.trainers.strategy import SingleProcess, Strategy
 from torchrl_offline.trainers.trainer import OfflineTrainer
 
 __all__ = ["RunBuilder", "RunSettings", "TrainResult", "seed_everything"]
@@ -168,7 +168,7 @@ class RunBuilder:
     Keyword Args:
         kind (str): ``"train"`` or ``"finetune"``: recorded in the run directory, and a
             run resumes only checkpoints of its kind. Defaults to ``"train"``.
-        strategy (SingleProcess, optional): how the run is spread over processes;
+        strategy (Strategy, optional): how the run is spread over processes;
             :class:`~torchrl_offline.trainers.strategy.SingleProcess` when omitted.
 
     Attributes:
@@ -203,7 +203,7 @@ class RunBuilder:
         settings: RunSettings,
         *,
         kind: str = "train",
-        strategy: SingleProcess | None = None,
+        strategy: Strategy | None = None,
     ) -> None:
         self.strategy = strategy if strategy is not None else SingleProcess()
         if not self.strategy.is_main:  # the main process alone evaluates, runs hooks, logs

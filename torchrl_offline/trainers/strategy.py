@@ -13,8 +13,8 @@ work done on one rank stops every rank, and stop requests are shared
 (:class:`~torchrl_offline.trainers.distributed.DistributedSync`).
 
 The run builder (:class:`~torchrl_offline.trainers.run.RunBuilder`) calls the same
-methods whatever the strategy; :func:`strategy_for` picks one from ``train``'s
-``distributed`` argument.
+methods of :class:`Strategy` whatever the strategy, never branching on which one it
+has; :func:`strategy_for` picks one from ``train``'s ``distributed`` argument.
 """
 
 from __future__ import annotations
@@ -47,18 +47,18 @@ from torchrl_offline.trainers.process_group import (
 )
 from torchrl_offline.trainers.run_dir import RunLock, claim_run_directory
 
-__all__ = ["DataParallel", "SingleProcess", "strategy_for"]
+__all__ = ["DataParallel", "SingleProcess", "Strategy", "strategy_for"]
 
 _T = TypeVar("_T")
 #: Finds the checkpoint to resume and its state (``None``: nothing to resume).
 Finder = Callable[[], "tuple[Path, Mapping[str, Any]] | None"]
 
 
-class SingleProcess:
-    """A run in this process alone: the default strategy.
+class Strategy:
+    """How a run is spread over processes: the questions the run builder asks.
 
-    Every method is what a run does without distribution (no sharding, no collectives);
-    :class:`DataParallel` overrides them.
+    The answers here are a single process's (no sharding, no collectives, every side
+    effect here): :class:`SingleProcess` keeps them, :class:`DataParallel` overrides them.
 
     Examples:
         >>> from torchrl_offline.trainers.strategy import SingleProcess
@@ -146,7 +146,13 @@ class SingleProcess:
         """Registers the strategy's own hooks, after every other hook (none here)."""
 
 
-class DataParallel(SingleProcess):
+class SingleProcess(Strategy):
+    """A run in this process alone: the default strategy (whole dataset, TorchRL's
+    optimization step, :class:`~torchrl_offline.trainers.hooks.CheckpointHook`, every side
+    effect in this process)."""
+
+
+class DataParallel(Strategy):
     """One rank of a data-parallel run over ``torch.distributed``.
 
     Args:
@@ -261,14 +267,14 @@ class DataParallel(SingleProcess):
         DistributedSync(self.context).register(trainer)
 
 
-def strategy_for(distributed: bool | DistributedContext | None) -> SingleProcess:
+def strategy_for(distributed: bool | DistributedContext | None) -> Strategy:
     """The strategy for ``train(distributed=...)``.
 
     ``None`` joins the data-parallel run when the process was launched by ``torchrun``
     (else runs alone), ``True`` always (the process group already initialized, or one
     made from the torchrun environment; an error without either), ``False`` never; a
     :class:`~torchrl_offline.trainers.distributed.DistributedContext` is used as is (and
-    left open by :meth:`~SingleProcess.close`).
+    left open by :meth:`~Strategy.close`).
 
     Raises:
         TypeError: another value.
