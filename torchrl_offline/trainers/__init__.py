@@ -2,9 +2,15 @@
 
 Public names live in their modules:
 
-* :mod:`torchrl_offline.trainers.offline`: ``train``, ``OfflineTrainer``, ``OfflineSource``,
-  ``TrainResult``, ``load_algorithm``;
+* :mod:`torchrl_offline.trainers.offline`: ``train`` (and, from the modules below,
+  ``OfflineTrainer``, ``OfflineSource``, ``TrainResult``, ``load_algorithm``);
 * :mod:`torchrl_offline.trainers.finetune`: ``finetune`` (offline-to-online), ``OnlineSource``;
+* :mod:`torchrl_offline.trainers.trainer`: ``OfflineTrainer``, ``OfflineSource`` (the loop);
+* :mod:`torchrl_offline.trainers.run`: ``RunBuilder``, ``RunSettings``, ``TrainResult`` (the run
+  setup ``train`` and ``finetune`` share); :mod:`torchrl_offline.trainers.strategy`:
+  ``SingleProcess``, ``DataParallel`` (how a run is spread over processes);
+* :mod:`torchrl_offline.trainers.metadata`: ``load_algorithm``, ``algorithm_metadata`` (the
+  algorithm description in checkpoints); :mod:`torchrl_offline.trainers.envs`: ``as_env``;
 * :mod:`torchrl_offline.trainers.plot`: ``plot_learning_curves`` (PNG, Pillow only);
 * :mod:`torchrl_offline.trainers.algorithms`: ``build_algorithm``, ``Algorithm``,
   ``ALGORITHMS``, ``algorithm_names``, ``declaration``, ``algorithm_defaults``,
@@ -18,7 +24,9 @@ Public names live in their modules:
   must share with its checkpoint;
 * :mod:`torchrl_offline.trainers.distributed`: ``init_distributed``, ``DistributedContext``,
   ``DistributedError``, ``AllReduceStepper``, ``DistributedSync``,
-  ``DistributedCheckpointHook`` (data-parallel training, see ``docs/distributed.md``).
+  ``DistributedCheckpointHook`` (data-parallel training, see ``docs/distributed.md``; defined
+  in :mod:`~torchrl_offline.trainers.process_group` and
+  :mod:`~torchrl_offline.trainers.data_parallel`).
 """
 
 from torchrl_offline.trainers.algorithms import (

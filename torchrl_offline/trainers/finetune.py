@@ -3,7 +3,8 @@ experience gathered by a TorchRL :class:`~torchrl.collectors.Collector`.
 
 Batches come from TorchRL's :class:`~torchrl.data.OfflineToOnlineReplayBuffer`: a fixed
 fraction of each batch from the offline dataset, the rest from the online buffer, the
-fraction optionally annealed linearly to zero. The training loop is an
+fraction optionally annealed linearly to zero. The run is set up by the run builder
+offline training uses (:mod:`~torchrl_offline.trainers.run`): the training loop is an
 :class:`~torchrl_offline.trainers.offline.OfflineTrainer`, so every hook of offline
 training (evaluation, logging, checkpoints, TorchRL's hooks) works here too, and steps
 are gradient steps.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import uuid
 import warnings
@@ -30,7 +30,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase, TensorDictSequential
@@ -43,36 +42,11 @@ from torchrl.trainers import TrainerHookBase
 
 from torchrl_offline.integrity import MANIFEST, verify_manifest, write_manifest
 from torchrl_offline.trainers.algorithms import Algorithm, AlgorithmError
-from torchrl_offline.trainers.checkpoint import (
-    CheckpointError,
-    checkpoint_path,
-    load_checkpoint,
-)
-from torchrl_offline.trainers.hooks import (
-    CheckpointHook,
-    EvaluationHook,
-    LogLosses,
-    ProgressBar,
-    make_logger,
-)
-from torchrl_offline.trainers.normalization import NormalizeObservations
-from torchrl_offline.trainers.offline import (
-    OfflineTrainer,
-    TrainResult,
-    _algorithm_metadata,
-    _check_env,
-    _claim,
-    _read_metadata,
-    _reference,
-    _with_new_defaults,
-    as_env,
-)
-from torchrl_offline.trainers.resume import (
-    check_resumable,
-    resume_point,
-    run_identity,
-    set_aside_newer,
-)
+from torchrl_offline.trainers.checkpoint import CheckpointError, checkpoint_path
+from torchrl_offline.trainers.env_state import env_state as _env_state
+from torchrl_offline.trainers.env_state import set_env_state as _set_env_state
+from torchrl_offline.trainers.envs import as_env, check_env
+from torchrl_offline.trainers.run import RunBuilder, RunSettings, TrainResult
 
 __all__ = ["TRAINING_KEYS", "OnlineSource", "finetune"]
 
@@ -104,114 +78,6 @@ class _Selected:
 
     def __len__(self) -> int:
         return len(self.buffer)
-
-
-# ----------------------------------------------------------------------------- env state
-# A gymnasium env's state is read from the attributes of its wrappers and of the unwrapped
-# env: numbers, strings, NumPy arrays and generators, and lists, tuples and str-keyed dicts
-# of them (MuJoCo's MjData through mj_getState).
-# Spaces, specs, rendering objects and the MuJoCo model are constants and skipped. Any
-# other attribute (a Box2D world, say) makes the state unsaveable: None.
-_SKIPPED_NAMES = ("env", "spec", "metadata", "model", "render_mode")
-_SKIPPED_PARTS = ("render", "screen", "clock", "viewer", "space", "ezpickle", "saved_kwargs")
-
-
-def _gym_chain(env: EnvBase) -> list[Any] | None:
-    """The gymnasium wrappers and env behind a TorchRL ``GymEnv``, outermost first."""
-    inner = getattr(getattr(env, "base_env", env), "_env", None)  # through a TransformedEnv
-    if inner is None or not hasattr(inner, "unwrapped"):
-        return None
-    chain = [inner]
-    while chain[-1] is not chain[-1].unwrapped and hasattr(chain[-1], "env"):
-        chain.append(chain[-1].env)
-    return chain
-
-
-def _encode(value: Any) -> Any:
-    """A weights-only-loadable form of one attribute, or raises TypeError."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, np.random.Generator):
-        return {"generator": value.bit_generator.state}
-    if isinstance(value, (np.ndarray, np.generic)) and np.asarray(value).dtype.kind in "biuf":
-        return {"array": torch.from_numpy(np.array(value)), "scalar": np.ndim(value) == 0}
-    if isinstance(value, (tuple, list)):
-        return {"sequence": [_encode(v) for v in value], "tuple": isinstance(value, tuple)}
-    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        return {"mapping": {k: _encode(v) for k, v in value.items()}}
-    raise TypeError(type(value).__name__)
-
-
-def _decode(value: Any) -> Any:
-    if not isinstance(value, dict):
-        return value
-    if "generator" in value:
-        state = value["generator"]
-        generator = np.random.Generator(getattr(np.random, state["bit_generator"])())
-        generator.bit_generator.state = state
-        return generator
-    if "array" in value:
-        array = value["array"].numpy().copy()
-        return array[()] if value["scalar"] else array
-    if "mapping" in value:
-        return {k: _decode(v) for k, v in value["mapping"].items()}
-    items = [_decode(v) for v in value["sequence"]]
-    return tuple(items) if value["tuple"] else items
-
-
-def _mujoco_state(data: Any, model: Any) -> torch.Tensor:
-    import mujoco
-
-    kind = mujoco.mjtState.mjSTATE_INTEGRATION
-    state = np.empty(mujoco.mj_stateSize(model, kind))
-    mujoco.mj_getState(model, data, state, kind)
-    return torch.from_numpy(state)
-
-
-def _env_state(env: EnvBase) -> list[dict[str, Any]] | None:
-    """The simulator state of a gymnasium env, one dict per wrapper, or ``None`` when the
-    env is not a gymnasium env or holds state of an unsupported type."""
-    chain = _gym_chain(env)
-    if chain is None:
-        return None
-    states = []
-    for layer in chain:
-        state: dict[str, Any] = {}
-        for name, value in vars(layer).items():
-            if name in _SKIPPED_NAMES or any(p in name for p in _SKIPPED_PARTS):
-                continue
-            if type(value).__name__ == "MjData":
-                state[name] = {"mujoco": _mujoco_state(value, layer.model)}
-                continue
-            try:
-                state[name] = _encode(value)
-            except TypeError:
-                return None
-        states.append(state)
-    return states
-
-
-def _set_env_state(env: EnvBase, states: Sequence[Mapping[str, Any]]) -> None:
-    chain = _gym_chain(env)
-    if chain is None or len(chain) != len(states):
-        raise CheckpointError(
-            "the checkpoint's environment state does not fit this environment "
-            f"({len(states)} gymnasium layers saved)"
-        )
-    for layer, state in zip(chain, states):
-        for name, value in state.items():
-            if isinstance(value, dict) and "mujoco" in value:
-                import mujoco
-
-                mujoco.mj_setState(
-                    layer.model,
-                    getattr(layer, name),
-                    value["mujoco"].numpy().copy(),
-                    mujoco.mjtState.mjSTATE_INTEGRATION,
-                )
-                mujoco.mj_forward(layer.model, getattr(layer, name))
-            else:
-                setattr(layer, name, _decode(value))
 
 
 # ----------------------------------------------------------------------------- online buffer
@@ -667,191 +533,67 @@ def finetune(
         raise AlgorithmError(f"online_capacity must be >= 1, got {online_capacity}")
     if anneal_steps is not None and anneal_steps < 1:
         raise AlgorithmError(f"anneal_steps must be >= 1 or None, got {anneal_steps}")
-    if resume and out_dir is None:
-        raise ValueError("resume=True needs out_dir")
-    args = dict(locals())
-    del args["overwrite"]
-    out = Path(out_dir) if out_dir is not None else None
-    claim = _claim(
-        out,
-        None,
+    builder = RunBuilder(
+        RunSettings.pick(locals()),
         kind="finetune",
-        algorithm=algorithm.name,
-        resume=bool(resume),
-        overwrite=overwrite,
     )
-    try:
-        return _finetune(**args)
-    finally:
-        if claim is not None:
-            claim.release()
-
-
-def _finetune(
-    algorithm: Algorithm,
-    dataset: ReplayBuffer,
-    env: EnvBase | str,
-    *,
-    total_steps: int,
-    seed: int,
-    out_dir: str | os.PathLike | None,
-    resume: bool | str | os.PathLike,
-    batch_size: int,
-    offline_fraction: float,
-    anneal_steps: int | None,
-    online_capacity: int,
-    frames_per_batch: int,
-    utd_ratio: float,
-    exploration_noise: float,
-    eval_env: EnvBase | str | None,
-    eval_interval: int,
-    eval_episodes: int,
-    eval_max_steps: int,
-    checkpoint_interval: int,
-    keep_checkpoints: int,
-    log_interval: int,
-    logger: str | Logger | None,
-    progress: bool,
-    hooks: Sequence[TrainerHookBase],
-) -> TrainResult:
-    """The body of :func:`finetune`, in its claimed run directory."""
-    identity = run_identity(dataset, batch_size=batch_size, seed=seed)
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-    algo = algorithm
-    train_env = as_env(env)
-    try:
-        _check_env(train_env, algo)
-    except AlgorithmError:
-        if train_env is not env:
-            train_env.close()
-        raise
-    train_env.set_seed(seed)
-    policy, exploration = _exploration_policy(algo, exploration_noise)
-    collector = Collector(
-        train_env,
-        policy,
-        frames_per_batch=int(frames_per_batch),
-        total_frames=-1,
-        auto_register_policy_transforms=True,
-    )
-    mixed = OfflineToOnlineReplayBuffer(
-        _Selected(dataset),
-        online_capacity=int(online_capacity),
-        offline_fraction=float(offline_fraction),
-        batch_size=int(batch_size),
-    )
-    out = Path(out_dir) if out_dir is not None else None
-    source = OnlineSource(
-        collector,
-        mixed,
-        batch_size=batch_size,
-        collect_every=round(frames_per_batch / utd_ratio),
-        anneal_steps=anneal_steps,
-        exploration=exploration,
-        checkpoint_dir=out / "checkpoints" if out is not None else None,
-    )
-    log_dir = None
-    if isinstance(logger, Logger):
-        the_logger: Logger | None = logger
-    elif logger and out is not None:
-        log_dir = out / "logs"
-        the_logger = make_logger(logger, log_dir, exp_name=f"{algo.name}_finetune")
-    else:
-        the_logger = None
-
-    settings = {
-        "batch_size": int(batch_size),
-        "offline_fraction": float(offline_fraction),
-        "anneal_steps": anneal_steps,
-        "online_capacity": int(online_capacity),
-        "frames_per_batch": int(frames_per_batch),
-        "utd_ratio": float(utd_ratio),
-        "exploration_noise": float(exploration_noise),
-    }
-    metadata = {**_algorithm_metadata(algo), "finetune": settings, **identity}
-    trainer = OfflineTrainer(
-        replay_buffer=dataset,
-        loss_module=algo.loss,
-        optimizer=algo.optimizer,
-        total_steps=total_steps,
-        batch_size=batch_size,
-        loss_components=algo.loss_keys,
-        target_net_updater=algo.target_updater,
-        policy_update_delay=algo.policy_update_delay,
-        logger=the_logger,
-        log_interval=log_interval,
-        metadata=metadata,
-    )
-    trainer.collector = source
-    trainer.replay_buffer = mixed
-    if algo.observation_norm is not None:  # online data is raw, like the offline data
-        NormalizeObservations(*algo.observation_norm).register(trainer)
-    _OnlineReturns(source).register(trainer)
-    _reset_learning_rates(algo)
-    LogLosses(log_interval).register(trainer)
-    evaluation = None
-    eval_env_arg = eval_env
-    try:
-        if eval_env is not None:
-            eval_env = as_env(eval_env)
-            evaluation = EvaluationHook(
-                eval_env,
-                algo.policy,
-                interval=eval_interval,
-                num_episodes=eval_episodes,
-                seed=seed + 1,
-                max_steps=eval_max_steps,
-                reference=_reference(dataset),
-            )
-            _check_env(eval_env, algo)
-            evaluation.register(trainer)
-        for hook in hooks:
-            hook.register(trainer)
-        if progress:
-            ProgressBar().register(trainer)
-        checkpointer = None
-        if out is not None:
-            checkpointer = CheckpointHook(
-                out / "checkpoints", interval=checkpoint_interval, keep=keep_checkpoints
-            )
-            checkpointer.register(trainer)
-            if resume:
-                _resume(trainer, checkpointer, metadata, resume)
-        trainer.train()
-    finally:
-        collector.shutdown()
-        if train_env is not env:
-            train_env.close()
-        if evaluation is not None and evaluation.env is not eval_env_arg:
-            evaluation.env.close()
-    return TrainResult.of_run(algo, trainer, evaluation, checkpointer, log_dir)
-
-
-def _resume(
-    trainer: OfflineTrainer,
-    checkpointer: CheckpointHook,
-    metadata: Mapping[str, Any],
-    resume: bool | str | os.PathLike = True,
-) -> None:
-    """Loads the newest checkpoint of ``checkpointer``'s folder (or the one ``resume``
-    names), if it is a fine-tuning checkpoint of the same algorithm and settings."""
-    path = resume_point(checkpointer.directory, resume)
-    if path is None:
-        return
-    state = load_checkpoint(path)
-    saved = _with_new_defaults(_read_metadata(state, path))
-    current = json.loads(json.dumps(metadata))
-    if not saved.get("finetune"):
-        raise CheckpointError(
-            f"Checkpoint {str(path)!r} is from offline training, not fine-tuning; give "
-            "fine-tuning another out_dir (the offline run is its starting point)"
+    with builder.claimed(algorithm.name, overwrite=overwrite):
+        data, identity = builder.start(dataset)
+        train_env = as_env(env)
+        try:
+            check_env(train_env, algorithm)
+        except AlgorithmError:
+            if train_env is not env:
+                train_env.close()
+            raise
+        train_env.set_seed(seed)
+        policy, exploration = _exploration_policy(algorithm, exploration_noise)
+        collector = Collector(
+            train_env,
+            policy,
+            frames_per_batch=int(frames_per_batch),
+            total_frames=-1,
+            auto_register_policy_transforms=True,
         )
-    check_resumable(saved, current, path, compare=("finetune",), run="fine-tuning run")
-    set_aside_newer(path, resume)
-    trainer.load_checkpoint_state(state)
-    checkpointer.last_path = path
+        try:
+            mixed = OfflineToOnlineReplayBuffer(
+                _Selected(data),
+                online_capacity=int(online_capacity),
+                offline_fraction=float(offline_fraction),
+                batch_size=int(batch_size),
+            )
+            out = builder.settings.out_dir
+            source = OnlineSource(
+                collector,
+                mixed,
+                batch_size=batch_size,
+                collect_every=round(frames_per_batch / utd_ratio),
+                anneal_steps=anneal_steps,
+                exploration=exploration,
+                checkpoint_dir=out / "checkpoints" if out is not None else None,
+            )
+            settings = {
+                "batch_size": int(batch_size),
+                "offline_fraction": float(offline_fraction),
+                "anneal_steps": anneal_steps,
+                "online_capacity": int(online_capacity),
+                "frames_per_batch": int(frames_per_batch),
+                "utd_ratio": float(utd_ratio),
+                "exploration_noise": float(exploration_noise),
+            }
+            metadata = builder.metadata(algorithm, identity, finetune=settings)
+            trainer = builder.trainer(
+                algorithm, data, metadata, exp_name=f"{algorithm.name}_finetune"
+            )
+            trainer.collector = source
+            trainer.replay_buffer = mixed
+            _OnlineReturns(source).register(trainer)
+            _reset_learning_rates(algorithm)
+            return builder.run(trainer, algorithm, data, eval_seed=seed + 1)
+        finally:
+            collector.shutdown()
+            if train_env is not env:
+                train_env.close()
 
 
 _LR_KEYS = {"actor": "actor_lr", "qvalue": "critic_lr", "value": "value_lr", "alpha": "alpha_lr"}

@@ -8,10 +8,12 @@ the dataset, the batch size, the seed. A checkpoint written before these fields 
 resumes with a logged note. :func:`resume_point` picks the checkpoint to continue: the
 newest, or one the caller names (the previous good one when the newest is damaged), in
 which case :func:`set_aside_newer` renames the newer checkpoints out of the way.
+:func:`find_resumable` does all of it for a run about to resume.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -25,11 +27,14 @@ from torchrl_offline.trainers.checkpoint import (
     checkpoint_step,
     latest_checkpoint,
     list_checkpoints,
+    load_checkpoint,
 )
+from torchrl_offline.trainers.metadata import read_metadata, with_new_defaults
 
 __all__ = [
     "SET_ASIDE",
     "check_resumable",
+    "find_resumable",
     "resume_mismatches",
     "resume_point",
     "run_identity",
@@ -220,3 +225,54 @@ def check_resumable(
             path,
             ", ".join(absent),
         )
+
+
+def find_resumable(
+    directory: Path,
+    metadata: Mapping[str, Any],
+    resume: bool | str | os.PathLike = True,
+    *,
+    kind: str = "train",
+) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint a ``kind`` run resumes and its state, or ``None`` when there is none.
+
+    The checkpoint is ``resume`` when it is a path, else the newest of ``directory``
+    (:func:`resume_point`); it must be of the same kind (offline training, ``"train"``,
+    or fine-tuning, ``"finetune"``, whose settings are compared too) and of this run
+    (:func:`check_resumable`: same algorithm, spaces, hyperparameters, normalisation,
+    dataset, batch size and seed, ``metadata`` being this run's). Resuming from a named
+    checkpoint sets the newer ones aside (:func:`set_aside_newer`).
+
+    Raises:
+        CheckpointError: the checkpoint is unreadable, of the other kind or of another run.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from torchrl_offline.trainers.resume import find_resumable
+        >>> find_resumable(Path(tempfile.mkdtemp()), {"algorithm": "iql"}) is None
+        True
+    """
+    path = resume_point(directory, resume)
+    if path is None:
+        return None
+    state = load_checkpoint(path)
+    saved = with_new_defaults(read_metadata(state, path))
+    current = json.loads(json.dumps(metadata))
+    if kind == "finetune":
+        if not saved.get("finetune"):
+            raise CheckpointError(
+                f"Checkpoint {str(path)!r} is from offline training, not fine-tuning; give "
+                "fine-tuning another out_dir (the offline run is its starting point)"
+            )
+        check_resumable(saved, current, path, compare=("finetune",), run="fine-tuning run")
+    else:
+        if saved.get("finetune"):
+            raise CheckpointError(
+                f"Checkpoint {str(path)!r} is from fine-tuning, not offline training: resume "
+                "it with `torchrl-offline finetune --resume` (finetune() in Python), or give "
+                "this training run another output directory"
+            )
+        check_resumable(saved, current, path)
+    set_aside_newer(path, resume)
+    return path, state
