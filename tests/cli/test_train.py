@@ -252,3 +252,22 @@ def test_train_resume_of_a_finetuning_run_names_both_kinds(trained_run, tmp_path
     err = capsys.readouterr().err
     assert "holds an iql finetune run" in err and "a train run resumes only a train run" in err
     assert "sampler" not in err
+
+
+def test_a_preset_sets_the_papers_values_and_set_goes_on_top(trained_run, tmp_path, capsys):
+    run = tmp_path / "preset"
+    argv = ["train", "--algo", "iql", "--dataset", trained_run["dataset"], "--root",
+            trained_run["root"], "--out", str(run), "--steps", "2", "--preset", "antmaze", *TINY,
+            "--set", "temperature=5.0"]  # fmt: skip
+    assert main(argv) == 0
+    hp = json.loads((run / "summary.json").read_text())["hyperparameters"]
+    assert (hp["expectile"], hp["temperature"]) == (0.9, 5.0)
+    argv = [a.replace("antmaze", "gym") for a in argv]
+    assert main([*argv, "--out", str(tmp_path / "x")]) == 2
+    assert "iql has no preset 'gym'; valid presets: adroit, antmaze" in capsys.readouterr().err
+
+
+def test_list_hyperparameters_lists_the_presets(capsys):
+    assert main(["train", "--algo", "cql", "--list-hyperparameters"]) == 0
+    out = capsys.readouterr().out
+    assert "--preset lagrange" in out and "lagrange_thresh=5.0" in out

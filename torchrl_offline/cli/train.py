@@ -139,10 +139,9 @@ def _check_algorithm(name: str) -> None:
         raise UsageError(f"unknown algorithm {name!r}; valid names: {', '.join(algorithm_names())}")
 
 
-def _preset(name: str, preset: str | None) -> dict[str, Any]:
-    """The settings of ``--preset`` (``--set`` values go on top)."""
+def _check_preset(name: str, preset: str | None) -> None:
     if preset is None:
-        return {}
+        return
     from torchrl_offline.trainers.algorithms import declaration
 
     presets = declaration(name).presets
@@ -151,7 +150,6 @@ def _preset(name: str, preset: str | None) -> dict[str, Any]:
             f"--preset: {name} has no preset {preset!r}; valid presets: "
             f"{', '.join(sorted(presets)) or '(none)'}"
         )
-    return dict(presets[preset])
 
 
 def _list_hyperparameters(name: str) -> int:
@@ -210,7 +208,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--{option.replace('_', '-')} must be positive")
     if getattr(args, "dist_timeout", 600.0) <= 0:
         raise UsageError("--dist-timeout must be positive")
-    overrides = {**_preset(args.algo, args.preset), **parse_overrides(args.overrides)}
+    _check_preset(args.algo, args.preset)
+    overrides = parse_overrides(args.overrides)
     if nothing_to_do(args):
         return 0
     from torchrl_offline.trainers.algorithms import HyperparameterError
@@ -242,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
             batch_size=args.batch_size,
+            preset=args.preset,
             overrides=overrides,
             eval_env=env,
             eval_interval=args.eval_every,
@@ -255,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
             distributed=False if context is None else context,
         )
     except HyperparameterError as err:  # the --set/--preset values alone are wrong
-        raise UsageError(f"--set: {err}") from None
+        raise UsageError(f"{'--preset/' if args.preset else ''}--set: {err}") from None
     finally:
         if env is not None:
             env.close()

@@ -59,6 +59,7 @@ def train(
     resume: bool | str | os.PathLike = False,
     overwrite: bool = False,
     batch_size: int = 256,
+    preset: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     normalize_observations: bool = False,
     eval_env: EnvBase | str | None = None,
@@ -111,6 +112,8 @@ def train(
             ours: its checkpoints, logs, ``summary.json`` and ``run.json`` go; other
             files stay).
         batch_size: transitions per update.
+        preset: a named published setting of the algorithm (e.g. IQL's ``"antmaze"``,
+            with a name only); ``overrides`` apply on top of it.
         overrides: hyperparameters for ``build_algorithm`` (with a name only).
         normalize_observations: train the networks on observations normalised by the
             dataset's mean and standard deviation (with a name only); the policy still
@@ -173,7 +176,7 @@ def train(
         name = algorithm if isinstance(algorithm, str) else algorithm.name
         with builder.claimed(name, overwrite=overwrite):
             data, identity = builder.start(dataset)
-            algo = _algorithm(algorithm, data, overrides, normalize_observations, strategy)
+            algo = _algorithm(algorithm, data, preset, overrides, normalize_observations, strategy)
             trainer = builder.trainer(algo, data, builder.metadata(algo, identity))
             scheduler = make_lr_scheduler(algo, total_steps)
             if scheduler is not None:
@@ -186,6 +189,7 @@ def train(
 def _algorithm(
     algorithm: str | Algorithm,
     data: ReplayBuffer,
+    preset: str | None,
     overrides: Mapping[str, Any] | None,
     normalize_observations: bool,
     strategy: Strategy,
@@ -193,10 +197,10 @@ def _algorithm(
     """``algorithm`` built for ``data``'s specs (the main process's observation
     statistics, when normalising), or the built ``algorithm`` as it is."""
     if not isinstance(algorithm, str):
-        if overrides or normalize_observations:
+        if overrides or preset is not None or normalize_observations:
             raise AlgorithmError(
-                "overrides and normalize_observations apply to an algorithm name, not a "
-                "built Algorithm (pass observation_norm= to build_algorithm instead)"
+                "preset, overrides and normalize_observations apply to an algorithm name, "
+                "not a built Algorithm (pass them to build_algorithm instead)"
             )
         return algorithm
     obs_spec, act_spec = specs_from_dataset(data)
@@ -208,6 +212,7 @@ def _algorithm(
         algorithm,
         obs_spec,
         act_spec,
+        preset=preset,
         observation_norm=norm,
         **dict(overrides or {}),
     )
