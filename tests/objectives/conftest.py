@@ -10,6 +10,8 @@ Fixtures:
 * ``evaluate_actor``: a function ``evaluate_actor(actor, env_id, episodes=3, seed=0,
   max_steps=200) -> float`` returning a TorchRL actor's mean undiscounted return,
   acting deterministically (``ExplorationType.DETERMINISTIC``).
+* ``one_thread``: runs the test on one torch thread (tiny networks are faster so, and do
+  not fight other processes).
 
 All datasets are TensorDicts with TorchRL keys (``observation``, ``action``,
 ``("next", "observation")``, ``("next", "reward")`` shaped ``[N, 1]``,
@@ -185,6 +187,15 @@ def evaluate(
 def evaluate_actor():
     """``evaluate_actor(actor, env_id, episodes=3, seed=0, max_steps=200) -> float``."""
     return evaluate
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks run faster on one thread, and do not fight other processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class _OfflineSource:

@@ -10,8 +10,9 @@ replacement) with the paper's defaults. Next to each loss, an
 from torchrl_offline.objectives.awac import AWACLoss, DiscreteAWACLoss
 from torchrl_offline.objectives.bc import ActorOutputError, BCLoss
 from torchrl_offline.objectives.common import OfflineLossError
-from torchrl_offline.objectives.cql import CQL_PRESETS, CQLLoss, DiscreteCQLLoss
+from torchrl_offline.objectives.cql import CQL_PRESETS, CQLLoss
 from torchrl_offline.objectives.declaration import AlgorithmDeclaration, ParamGroup
+from torchrl_offline.objectives.discrete_cql import DiscreteCQLLoss
 from torchrl_offline.objectives.gaussian_actor import (
     TanhMeanGaussian,
     make_tanh_mean_gaussian_actor,
