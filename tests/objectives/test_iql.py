@@ -14,6 +14,7 @@ from torchrl.data import Bounded, Categorical, OneHot
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import HardUpdate, SoftUpdate
 from torchrl.objectives import IQLLoss as TorchRLIQLLoss
+from torchrl.objectives.utils import ValueEstimators
 
 from torchrl_offline.objectives.common import OfflineLossError
 from torchrl_offline.objectives.iql import IQL_PRESETS, DiscreteIQLLoss, IQLLoss, expectile_loss
@@ -238,6 +239,20 @@ def test_td_error_written_for_prioritized_replay():
     loss.set_keys(priority="prio")
     loss(td)
     assert "prio" in td.keys()
+
+
+@pytest.mark.parametrize("estimator", [ValueEstimators.TD0, ValueEstimators.TD1])
+def test_n_step_discount_with_every_estimator(estimator):
+    """``steps_to_next_obs = k`` discounts ``V(s')`` by ``gamma ** k``, whatever the estimator."""
+    loss = make_loss()
+    td = make_batch()
+    td["steps_to_next_obs"] = torch.full((16, 1), 3)
+    loss.make_value_estimator(estimator, gamma=0.5)
+    with torch.no_grad():
+        n_step = loss._critic_target(td)
+        loss.make_value_estimator(estimator, gamma=0.125)
+        one_step = loss._critic_target(td.exclude("steps_to_next_obs"))
+    torch.testing.assert_close(n_step, one_step)
 
 
 def test_set_keys_renames_inputs():

@@ -63,8 +63,8 @@ class ActorCriticLoss(LazyInKeys, LossModule):
 
     Examples:
         >>> from torchrl_offline.objectives._actor_critic import ActorCriticLoss
-        >>> from torchrl_offline.objectives import AWACLoss, CQLLoss, TD3BCLoss
-        >>> all(issubclass(c, ActorCriticLoss) for c in (AWACLoss, CQLLoss, TD3BCLoss))
+        >>> from torchrl_offline.objectives import AWACLoss, CQLLoss, IQLLoss, TD3BCLoss
+        >>> all(issubclass(c, ActorCriticLoss) for c in (AWACLoss, CQLLoss, IQLLoss, TD3BCLoss))
         True
     """
 

@@ -27,23 +27,18 @@ from tensordict.utils import NestedKey
 from torch import Tensor
 from torchrl.data.tensor_specs import TensorSpec
 from torchrl.data.utils import _find_action_space
-from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import (
     _GAMMA_LMBDA_DEPREC_ERROR,
-    ValueEstimators,
     distance_loss,
 )
-from torchrl.objectives.value import TD0Estimator
 
-from torchrl_offline.objectives._keys import LazyInKeys
+from torchrl_offline.objectives._actor_critic import ActorCriticLoss
 from torchrl_offline.objectives.common import (
     OfflineLossError,
     actor_distribution,
     check_batch,
     count_update,
-    ensemble_apply,
     find_action_spec,
-    make_loss_value_estimator,
     module_apply,
     next_key,
     tanh_normal_log_prob,
@@ -87,7 +82,7 @@ def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
     return weight * diff.square()
 
 
-class IQLLoss(LazyInKeys, LossModule):
+class IQLLoss(ActorCriticLoss):
     r"""Implicit Q-Learning loss for continuous actions; a drop-in for TorchRL's ``IQLLoss``.
 
     Presented in "Offline Reinforcement Learning with Implicit Q-Learning",
@@ -95,6 +90,11 @@ class IQLLoss(LazyInKeys, LossModule):
     on the minimum of the target critics, the twin critics by TD on ``V(s')``, and the
     actor by advantage-weighted log-likelihood of the dataset action with weights
     ``exp(temperature * A)`` clipped at ``max_weight``.
+
+    The keys' plumbing, the value estimator, the batched critics and the TD target come
+    from :class:`~torchrl_offline.objectives._actor_critic.ActorCriticLoss`; this class
+    holds IQL's own math: the expectile regression of ``V``, the advantage-weighted actor
+    and the critics' regression on ``r + gamma V(s')``.
 
     Compared with ``torchrl.objectives.IQLLoss`` (same arguments and keys):
 
@@ -223,13 +223,9 @@ class IQLLoss(LazyInKeys, LossModule):
     # (("collector", "mask"), "shifted_valid"; it selects the critic's batch without
     # them) while its actor and value terms use them; its discrete IQL masks all three.
     _masked_critic: ClassVar[bool] = False
-    default_value_estimator = ValueEstimators.TD0
-    SUPPORTED_VALUE_ESTIMATORS = (
-        ValueEstimators.TD0,
-        ValueEstimators.TD1,
-        ValueEstimators.TDLambda,
-    )
     out_keys = ["loss_actor", "loss_qvalue", "loss_value", "entropy"]
+    # TD0 (default), TD1 or TD(lambda) on V(s'), the value network's ``value`` output
+    _estimator_value: ClassVar[str] = "value"
     PRESETS: ClassVar[dict[str, dict[str, float]]] = IQL_PRESETS
 
     actor_network: TensorDictModule
@@ -322,6 +318,7 @@ class IQLLoss(LazyInKeys, LossModule):
         spec = find_action_spec(actor_network)
         shape = getattr(spec, "shape", None)
         self._action_dim = int(shape[-1]) if shape is not None and len(shape) else None
+        self.register_load_state_dict_post_hook(self._drop_caches)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -368,38 +365,7 @@ class IQLLoss(LazyInKeys, LossModule):
             actor_network, qvalue_network, value_network, **{**cls.PRESETS[preset], **kwargs}
         )
 
-    # ------------------------------------------------------------------ keys / estimator
-    def _forward_value_estimator_keys(self, **kwargs) -> None:
-        self._in_keys = None
-        if self._value_estimator is not None:
-            self._value_estimator.set_keys(
-                value=self.tensor_keys.value,
-                reward=self.tensor_keys.reward,
-                done=self.tensor_keys.done,
-                terminated=self.tensor_keys.terminated,
-            )
-
-    def make_value_estimator(self, value_type: ValueEstimators = None, **hyperparams):
-        """Builds the estimator of the critics' target ``r + gamma V(s')`` (TD0 by default).
-
-        Args:
-            value_type (ValueEstimators, optional): ``TD0`` (default), ``TD1`` or
-                ``TDLambda``, or a ``ValueEstimatorBase`` subclass.
-            **hyperparams: e.g. ``gamma`` (default 0.99).
-        """
-        return make_loss_value_estimator(
-            self,
-            value_type,
-            tensor_keys={
-                "value_target": "value_target",
-                "value": self.tensor_keys.value,
-                "reward": self.tensor_keys.reward,
-                "done": self.tensor_keys.done,
-                "terminated": self.tensor_keys.terminated,
-            },
-            **hyperparams,
-        )
-
+    # ------------------------------------------------------------------ keys
     def _set_in_keys(self) -> None:
         keys = [
             self.tensor_keys.action,
@@ -433,7 +399,7 @@ class IQLLoss(LazyInKeys, LossModule):
                 action = torch.max(torch.min(action, high - margin), low + margin)
         return dist.log_prob(action)
 
-    def _check_action(self, tensordict: TensorDictBase) -> None:
+    def _check_action_dim(self, tensordict: TensorDictBase) -> None:
         if self._action_dim is None:
             return
         action = tensordict.get(self.tensor_keys.action)
@@ -450,31 +416,17 @@ class IQLLoss(LazyInKeys, LossModule):
 
     def _qvalues(self, params: TensorDictBase, tensordict: TensorDictBase) -> Tensor:
         """All critics' values of the logged action, ``[E, *batch]``."""
-        inputs = [tensordict.get(k) for k in self.qvalue_network.in_keys]
-        q = ensemble_apply(
-            self.qvalue_network,
-            params,
-            *inputs,
-            out_key=self.tensor_keys.state_action_value,
-            vectorize=not self.deactivate_vmap,
-        )
+        q = self._critics(params, [tensordict.get(k) for k in self.qvalue_network.in_keys])
         return self._select_action_value(q, tensordict)
 
     def _select_action_value(self, q: Tensor, tensordict: TensorDictBase) -> Tensor:
-        return q.squeeze(-1)
+        return q  # the critics take the action as input
 
     def _critic_target(self, tensordict: TensorDictBase) -> Tensor:
-        estimator = self.value_estimator
-        if type(estimator) is TD0Estimator:
-            next_inputs = [tensordict.get(next_key(k)) for k in self.value_network.in_keys]
-            next_value = self._value(self.value_network_params, next_inputs)  # under no_grad
-            return td_target(self, tensordict, next_value)
-        td = tensordict.select(
-            "next", *self.value_network.in_keys, self.tensor_keys.action, strict=False
-        )
-        return estimator.value_estimate(td, target_params=self.target_value_network_params).squeeze(
-            -1
-        )
+        """``r + gamma (1 - terminated) V(s')`` (or the configured estimator's target)."""
+        next_inputs = [tensordict.get(next_key(k)) for k in self.value_network.in_keys]
+        next_value = self._value(self.value_network_params, next_inputs)  # under no_grad
+        return td_target(self, tensordict, next_value)
 
     # ------------------------------------------------------------------ losses
     def _reduce(self, loss: Tensor, tensordict: TensorDictBase | None) -> Tensor:
@@ -483,7 +435,8 @@ class IQLLoss(LazyInKeys, LossModule):
     def _min_target_q(self, tensordict: TensorDictBase) -> Tensor:
         """Minimum over the target critics of the logged action's value, ``[*batch]``."""
         with torch.no_grad():
-            target_q = self._qvalues(self.target_qvalue_network_params, tensordict).min(0)[0]
+            params = self._critic_params("target_qvalue_network_params")
+            target_q = self._qvalues(params, tensordict).min(0)[0]
         return target_q
 
     def value_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict]:
@@ -541,7 +494,7 @@ class IQLLoss(LazyInKeys, LossModule):
         """TD regression of every critic on ``r + gamma (1 - terminated) V(s')``."""
         with torch.no_grad():
             target = self._critic_target(tensordict)
-        q = self._qvalues(self.qvalue_network_params, tensordict)
+        q = self._qvalues(self._critic_params("qvalue_network_params"), tensordict)
         target = target.expand_as(q)
         if self.loss_function in ("l2", "mse"):
             per_critic = (q - target).square()
@@ -568,7 +521,7 @@ class IQLLoss(LazyInKeys, LossModule):
         """
         if self.check_inputs:
             check_batch(tensordict, self.in_keys, finite=False)
-            self._check_action(tensordict)
+            self._check_action_dim(tensordict)
         loss_value, meta_v = self.value_loss(tensordict)
         loss_actor, meta_a = self.actor_loss(tensordict, _cache=meta_v)
         loss_qvalue, meta_q = self.qvalue_loss(tensordict)
@@ -667,7 +620,7 @@ class DiscreteIQLLoss(IQLLoss):
                 f"got {self.action_space!r}"
             )
 
-    def _check_action(self, tensordict: TensorDictBase) -> None:
+    def _check_action_dim(self, tensordict: TensorDictBase) -> None:
         pass  # indices are range-checked against the critic's output in _select_action_value
 
     def _select_action_value(self, q: Tensor, tensordict: TensorDictBase) -> Tensor:
