@@ -553,5 +553,8 @@ def test_presets_are_named_and_overridable():
     assert (lagrange.min_q_weight, lagrange.with_lagrange) == (1.0, True)
     assert (lagrange.deterministic_backup, lagrange.target_action_gap) == (False, 2.0)
     assert CQL_PRESETS["lagrange"]["lagrange_thresh"] == 5.0
+    # d3rlpy's 5 alpha' (gap - 10): the threshold on the unweighted gap, times the weight
+    d3rlpy = CQLLoss.from_preset("d3rlpy", make_actor(), make_critic())
+    assert d3rlpy.target_action_gap / d3rlpy.min_q_weight == 10.0 and d3rlpy.with_lagrange
     with pytest.raises(KeyError, match="unknown CQL preset 'nope'.*'lagrange'"):
         CQLLoss.from_preset("nope", make_actor(), make_critic())
