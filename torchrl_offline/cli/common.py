@@ -15,12 +15,15 @@ __all__ = [
     "add_resume_option",
     "add_run_options",
     "check_run_flags",
+    "finish_run",
     "local_datasets",
     "nothing_to_do",
     "open_dataset",
     "parse_scalar",
+    "print_run_files",
     "progress_bar",
     "resumed_step",
+    "run_keywords",
 ]
 
 #: File suffixes read as users' logs (through ``from_logged``) rather than Minari datasets.
@@ -182,10 +185,85 @@ def nothing_to_do(args: argparse.Namespace) -> bool:
     return True
 
 
-def check_run_flags(args: argparse.Namespace) -> None:
-    """Refuses ``--resume`` together with ``--overwrite`` (a usage error)."""
+#: The counts of a training run that must be at least 1 (``--steps``, ``--batch-size`` and
+#: those of :func:`add_run_options`).
+_RUN_COUNTS = (
+    "steps",
+    "batch_size",
+    "eval_every",
+    "eval_episodes",
+    "eval_max_steps",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+)
+
+
+def run_keywords(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of ``train``/``finetune`` that :func:`add_run_options` sets
+    (evaluation, checkpoint and logging intervals, logger, progress bar).
+
+    Examples:
+        >>> import argparse
+        >>> from torchrl_offline.cli.common import add_run_options, run_keywords
+        >>> parser = argparse.ArgumentParser()
+        >>> add_run_options(parser, auto_env="the dataset's env")
+        >>> args = parser.parse_args(["--logger", "none", "--eval-every", "100"])
+        >>> args.progress = False  # the command's --no-progress
+        >>> kwargs = run_keywords(args)
+        >>> kwargs["logger"] is None, kwargs["eval_interval"]
+        (True, 100)
+    """
+    return {
+        "eval_interval": args.eval_every,
+        "eval_episodes": args.eval_episodes,
+        "eval_max_steps": args.eval_max_steps,
+        "checkpoint_interval": args.checkpoint_every,
+        "keep_checkpoints": args.keep_checkpoints,
+        "log_interval": args.log_every,
+        "logger": None if args.logger == "none" else args.logger,
+        "progress": args.progress,
+    }
+
+
+def print_run_files(result: Any) -> None:
+    """Prints where a run's last checkpoint and its logs are."""
+    if result.checkpoint is not None:
+        print(f"checkpoint: {result.checkpoint}")
+    if result.log_dir is not None:
+        print(f"logs: {result.log_dir}")
+
+
+def finish_run(result: Any) -> int:
+    """Says why a run stopped early, if it did; its exit status (130 when interrupted,
+    with how to resume)."""
+    if result.stop_reason == "interrupted":
+        print("interrupted: resume with the same command plus --resume", file=sys.stderr)
+        return 130
+    if result.stop_reason:
+        print(f"stopped early: {result.stop_reason}")
+    return 0
+
+
+def check_run_flags(args: argparse.Namespace, *, counts: tuple[str, ...] = ()) -> None:
+    """Refuses ``--resume`` together with ``--overwrite``, and a run's count option
+    (``--steps``, ``--batch-size``, the intervals, then ``counts``) below 1: usage errors.
+
+    Examples:
+        >>> import argparse
+        >>> from torchrl_offline.cli.common import UsageError, check_run_flags
+        >>> try:
+        ...     check_run_flags(argparse.Namespace(steps=0))
+        ... except UsageError as err:
+        ...     print(err)
+        --steps must be positive
+    """
     if getattr(args, "resume", False) and getattr(args, "overwrite", False):
         raise UsageError("--resume and --overwrite exclude each other: pick one")
+    for option in (*_RUN_COUNTS, *counts):
+        value = getattr(args, option, None)
+        if value is not None and value < 1:
+            raise UsageError(f"--{option.replace('_', '-')} must be positive")
 
 
 def parse_scalar(text: str) -> Any:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,11 @@ from torchrl_offline.cli.common import (
     add_resume_option,
     add_run_options,
     check_run_flags,
+    finish_run,
     nothing_to_do,
     open_dataset,
+    print_run_files,
+    run_keywords,
 )
 
 __all__ = ["add_parser", "run"]
@@ -101,22 +103,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    check_run_flags(args)
-    positive = (
-        "steps",
-        "batch_size",
-        "online_capacity",
-        "frames_per_batch",
-        "eval_every",
-        "eval_episodes",
-        "eval_max_steps",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "log_every",
-    )
-    for option in positive:
-        if getattr(args, option) < 1:
-            raise UsageError(f"--{option.replace('_', '-')} must be positive")
+    check_run_flags(args, counts=("online_capacity", "frames_per_batch"))
     if not 0.0 < args.offline_fraction < 1.0:
         raise UsageError(f"--offline-fraction must be in (0, 1), got {args.offline_fraction}")
     if args.anneal_steps is not None and args.anneal_steps < 1:
@@ -200,15 +187,8 @@ def run(args: argparse.Namespace) -> int:
             utd_ratio=args.utd_ratio,
             exploration_noise=args.exploration_noise,
             eval_env=envs[1] if eval_id is not None else None,
-            eval_interval=args.eval_every,
-            eval_episodes=args.eval_episodes,
-            eval_max_steps=args.eval_max_steps,
-            checkpoint_interval=args.checkpoint_every,
-            keep_checkpoints=args.keep_checkpoints,
-            log_interval=args.log_every,
-            logger=None if args.logger == "none" else args.logger,
-            progress=args.progress,
             hooks=[run_state],
+            **run_keywords(args),
         )
     finally:
         for env in envs:
@@ -221,10 +201,7 @@ def run(args: argparse.Namespace) -> int:
             f"online episodes: {len(online)}, mean return of the last {len(last)}: "
             f"{sum(last) / len(last):.2f}"
         )
-    if result.checkpoint is not None:
-        print(f"checkpoint: {result.checkpoint}")
-    if result.log_dir is not None:
-        print(f"logs: {result.log_dir}")
+    print_run_files(result)
     for label, entry in _first_and_last(result.evaluations):
         score = entry.get("normalized_score")
         norm = f", normalized score {score:.1f}" if score is not None else ""
@@ -233,12 +210,7 @@ def run(args: argparse.Namespace) -> int:
             f"{entry['return_mean']:.2f} +- {entry['return_std']:.2f}{norm}"
         )
     _write_summary(out, result, file, step, online)
-    if result.stop_reason == "interrupted":
-        print("interrupted: resume with the same command plus --resume", file=sys.stderr)
-        return 130
-    if result.stop_reason:
-        print(f"stopped early: {result.stop_reason}")
-    return 0
+    return finish_run(result)
 
 
 class _RunState:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import sys
 from typing import Any
 
 from torchrl_offline.cli.common import (
@@ -14,8 +13,11 @@ from torchrl_offline.cli.common import (
     add_resume_option,
     add_run_options,
     check_run_flags,
+    finish_run,
     nothing_to_do,
     open_dataset,
+    print_run_files,
+    run_keywords,
 )
 
 __all__ = ["add_parser", "parse_overrides", "run"]
@@ -193,19 +195,6 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise UsageError(f"the following arguments are required: {', '.join(missing)}")
     check_run_flags(args)
-    positive = (
-        "steps",
-        "batch_size",
-        "eval_every",
-        "eval_episodes",
-        "eval_max_steps",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "log_every",
-    )
-    for option in positive:
-        if getattr(args, option) < 1:
-            raise UsageError(f"--{option.replace('_', '-')} must be positive")
     if getattr(args, "dist_timeout", 600.0) <= 0:
         raise UsageError("--dist-timeout must be positive")
     _check_preset(args.algo, args.preset)
@@ -244,15 +233,8 @@ def run(args: argparse.Namespace) -> int:
             preset=args.preset,
             overrides=overrides,
             eval_env=env,
-            eval_interval=args.eval_every,
-            eval_episodes=args.eval_episodes,
-            eval_max_steps=args.eval_max_steps,
-            checkpoint_interval=args.checkpoint_every,
-            keep_checkpoints=args.keep_checkpoints,
-            log_interval=args.log_every,
-            logger=None if args.logger == "none" else args.logger,
-            progress=args.progress,
             distributed=False if context is None else context,
+            **run_keywords(args),
         )
     except HyperparameterError as err:  # the --set/--preset values alone are wrong
         raise UsageError(f"{'--preset/' if args.preset else ''}--set: {err}") from None
@@ -264,10 +246,7 @@ def run(args: argparse.Namespace) -> int:
     if context is not None and not context.is_main:
         return 130 if result.stop_reason == "interrupted" else 0  # rank 0 reports
     print(f"{result.algorithm.name}: {result.step} gradient steps")
-    if result.checkpoint is not None:
-        print(f"checkpoint: {result.checkpoint}")
-    if result.log_dir is not None:
-        print(f"logs: {result.log_dir}")
+    print_run_files(result)
     if result.evaluations:
         last = result.evaluations[-1]
         score = last.get("normalized_score")
@@ -277,12 +256,7 @@ def run(args: argparse.Namespace) -> int:
             f"{last['return_mean']:.2f} +- {last['return_std']:.2f}{norm}"
         )
     _write_summary(args.out, result)
-    if result.stop_reason == "interrupted":
-        print("interrupted: resume with the same command plus --resume", file=sys.stderr)
-        return 130
-    if result.stop_reason:
-        print(f"stopped early: {result.stop_reason}")
-    return 0
+    return finish_run(result)
 
 
 def _distributed_context(args: argparse.Namespace) -> Any:
