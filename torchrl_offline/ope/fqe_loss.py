@@ -39,6 +39,7 @@ from torchrl_offline.objectives.common import (
     check_batch,
     check_finite_losses,
     find_action_spec,
+    logged_action_value,
     make_loss_value_estimator,
     module_apply,
     next_key,
@@ -388,28 +389,18 @@ class FQELoss(LossModule):
 
     def _action_value(self, q: Tensor, action: Tensor) -> Tensor:
         """Discrete critic output ``[*batch, n]`` at the logged action -> ``[*batch]``."""
-        n_actions = q.shape[-1]
         # The data's encoding decides, not the policy's: a one-hot policy may be evaluated on
         # index actions and the other way round (``load_minari(one_hot_actions=...)``).
-        one_hot_data = action.shape[-1] > 1 or (n_actions == 1 and self.discrete_space == "one_hot")
-        if action.ndim == q.ndim and one_hot_data:
-            if action.shape[-1] != n_actions:
-                raise OfflineLossError(
-                    f"one-hot key {self.tensor_keys.action!r} has {action.shape[-1]} entries but "
-                    f"the critic outputs {n_actions} action values"
-                )
-            return (q * action.to(q.dtype)).sum(-1)
-        if action.ndim == q.ndim:  # [*batch, 1] index
-            action = action.squeeze(-1)
-        index = action.long()
-        bad = (index < 0) | (index >= n_actions)
-        if self.check_inputs and bool(bad.any()):
-            first = int(bad.reshape(-1).nonzero()[0, 0])
-            raise OfflineLossError(
-                f"key {self.tensor_keys.action!r} holds an action index outside "
-                f"[0, {n_actions}) (first at flat batch index {first})"
-            )
-        return q.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+        one_hot_data = action.ndim == q.ndim and (
+            action.shape[-1] > 1 or (q.shape[-1] == 1 and self.discrete_space == "one_hot")
+        )
+        return logged_action_value(
+            q,
+            action,
+            one_hot=one_hot_data,
+            action_key=self.tensor_keys.action,
+            check_inputs=self.check_inputs,
+        )
 
     def state_action_value(self, tensordict: TensorDictBase, *, target: bool = False) -> Tensor:
         """``Q(s, a)`` at the logged actions of ``tensordict``, shaped ``[*batch]``."""
