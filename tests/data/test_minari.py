@@ -18,6 +18,7 @@ from torchrl.data.datasets import load_dataset
 from torchrl.data.replay_buffers.samplers import SliceSampler
 
 import torchrl_offline.data.minari as minari_module
+import torchrl_offline.data.minari_reader as minari_reader
 from torchrl_offline.data.errors import DatasetError, DatasetNotFoundError
 from torchrl_offline.data.minari import load_minari, minari_content_hash
 from torchrl_offline.data.minari_writer import write_minari
@@ -329,7 +330,7 @@ def test_interrupted_conversion_leaves_nothing_valid(tmp_path, monkeypatch):
     env = gym.make("CartPole-v1")
     episodes = _episodes(env.observation_space, env.action_space, [3, 3, 3], ["term"] * 3)
     _make("test/crash-v0", episodes, "arrow", env=env)
-    real_validate = minari_module.validate_transitions
+    real_validate = minari_reader.validate_transitions
     calls = []
 
     def crash_on_second_chunk(td, **kwargs):
@@ -338,7 +339,7 @@ def test_interrupted_conversion_leaves_nothing_valid(tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated interruption")
         return real_validate(td, **kwargs)
 
-    monkeypatch.setattr(minari_module, "validate_transitions", crash_on_second_chunk)
+    monkeypatch.setattr(minari_reader, "validate_transitions", crash_on_second_chunk)
     threads = torch.get_num_threads()
     with pytest.raises(KeyboardInterrupt):
         load_minari("test/crash-v0", chunk_transitions=3)
@@ -349,7 +350,7 @@ def test_interrupted_conversion_leaves_nothing_valid(tmp_path, monkeypatch):
     assert list((cache / "minari").iterdir()) == []  # the temporary directory is gone too
 
     # a directory left by a killed process (no completion marker) is never loaded
-    monkeypatch.setattr(minari_module, "validate_transitions", real_validate)
+    monkeypatch.setattr(minari_reader, "validate_transitions", real_validate)
     buffer = load_minari("test/crash-v0")
     abandoned = buffer.path.parent / f".{buffer.path.name}.tmp-{2**22 + 1}-0badc0de"
     shutil.copytree(buffer.path, abandoned)

@@ -22,6 +22,7 @@ from torchrl_offline.objectives.common import (
     ensemble_forward,
     find_action_spec,
     from_unit_interval,
+    logged_action_value,
     module_apply,
     to_unit_interval,
     uniform_actions,
@@ -256,3 +257,28 @@ def test_losses_check_batch_values_with_the_losses_in_one_read():
     broken = TensorDict({"loss_a": torch.tensor(float("nan"))})
     with pytest.raises(OfflineLossError, match="'loss_a' at update step 7"):
         check_finite_losses(broken, 7, batch=batch, batch_keys=["obs"])
+
+
+@pytest.mark.parametrize("ensemble_dims", [0, 1])
+def test_logged_action_value_reads_indices_and_one_hot_alike(ensemble_dims):
+    q = torch.randn(*(2,) * ensemble_dims, 6, 4)
+    index = torch.tensor([0, 3, 1, 2, 2, 0])
+    expected = q.gather(-1, index.expand(*q.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+    for action, one_hot in (
+        (index, False),
+        (index[:, None], False),
+        (torch.nn.functional.one_hot(index, 4), True),
+        (torch.nn.functional.one_hot(index, 4).float(), True),
+    ):
+        value = logged_action_value(q, action, one_hot=one_hot, ensemble_dims=ensemble_dims)
+        assert value.shape == q.shape[:-1]
+        torch.testing.assert_close(value, expected)
+
+
+def test_logged_action_value_errors_name_the_key_and_first_bad_index():
+    q = torch.randn(2, 6, 4)
+    bad = torch.tensor([0, 1, 4, 0, -1, 0])
+    with pytest.raises(OfflineLossError, match=r"'act' .*\[0, 4\) \(first at flat batch index 2\)"):
+        logged_action_value(q, bad, one_hot=False, action_key="act", ensemble_dims=1)
+    with pytest.raises(OfflineLossError, match="'action' has 3 entries .* outputs 4"):
+        logged_action_value(q, torch.zeros(6, 3), one_hot=True, ensemble_dims=1)

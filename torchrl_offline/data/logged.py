@@ -3,8 +3,9 @@
 :func:`from_logged` reads a log column by column and chunk by chunk, works out
 episode boundaries (from done flags or an episode-id column) and next
 observations (from the following row of the same episode when the log has
-none), validates everything, and writes the transitions in TorchRL's layout
-into a memory-mapped storage that is renamed into place only once complete.
+none), validates everything (against the spaces of :mod:`.log_spaces`), and writes
+the transitions in TorchRL's layout into a memory-mapped storage that is renamed into
+place only once complete.
 The same transitions can also be written as a Minari dataset.
 """
 
@@ -15,7 +16,6 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,14 @@ from torchrl_offline.data.log_sources import (
     dotted,
     open_source,
 )
+from torchrl_offline.data.log_spaces import (
+    _infer_space,
+    _leaf_spaces,
+    _space_from_leaves,
+    _Stats,
+    _stored_dtype,
+    _stored_shape,
+)
 from torchrl_offline.data.storage import (
     COMPLETE_MARKER,
     OfflineReplayBuffer,
@@ -67,107 +75,6 @@ logger = logging.getLogger("torchrl_offline")
 
 #: Bumped whenever the stored layout changes, so older cached conversions are not reused.
 _FORMAT_VERSION = 1
-
-
-# --------------------------------------------------------------------------- spaces
-
-
-def _leaf_spaces(space: gym.Space, prefix: Name) -> dict[Name, gym.Space]:
-    """Every leaf space of ``space`` keyed by its target (Dict keys, Tuple entries "0", ...)."""
-    if isinstance(space, gym.spaces.Dict):
-        out: dict[Name, gym.Space] = {}
-        for name, sub in space.spaces.items():
-            out.update(_leaf_spaces(sub, (*prefix, str(name))))
-        return out
-    if isinstance(space, gym.spaces.Tuple):
-        out = {}
-        for i, sub in enumerate(space.spaces):
-            out.update(_leaf_spaces(sub, (*prefix, str(i))))
-        return out
-    if isinstance(
-        space,
-        (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary),
-    ):
-        return {prefix: space}
-    raise DatasetError(
-        f"Field {dotted(prefix)!r}: the {type(space).__name__} space is not supported",
-        field=dotted(prefix),
-    )
-
-
-def _space_from_leaves(leaves: dict[Name, gym.Space], depth: int) -> gym.Space:
-    """Rebuild a (Dict) space from inferred leaves; ``depth`` is the prefix length."""
-    if len(leaves) == 1 and len(next(iter(leaves))) == depth:
-        return next(iter(leaves.values()))
-    groups: dict[str, dict[Name, gym.Space]] = {}
-    for key, sub in leaves.items():
-        groups.setdefault(key[depth], {})[key] = sub
-    return gym.spaces.Dict({k: _space_from_leaves(v, depth + 1) for k, v in groups.items()})
-
-
-def _stored_shape(space: gym.Space) -> tuple[int, ...]:
-    return () if isinstance(space, gym.spaces.Discrete) else tuple(space.shape)
-
-
-def _stored_dtype(space: gym.Space, float_dtype: torch.dtype) -> torch.dtype:
-    if isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)):
-        return torch.int64
-    if np.issubdtype(space.dtype, np.floating):
-        return float_dtype
-    return torch.from_numpy(np.zeros((), space.dtype)).dtype
-
-
-@dataclass
-class _Stats:
-    """Per-field facts gathered in the first pass (for spaces and the storage spec)."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype  # of the source data (bools count as int64)
-    low: np.ndarray
-    high: np.ndarray
-
-    @classmethod
-    def of(cls, value: np.ndarray) -> _Stats:
-        return cls(value.shape[1:], value.dtype, value.min(0), value.max(0))
-
-    def update(self, value: np.ndarray, field: str, offset: int) -> None:
-        if value.shape[1:] != self.shape:
-            raise DatasetError(
-                f"Field {field!r}: values at index {offset} have shape {list(value.shape[1:])}, "
-                f"earlier values have {list(self.shape)}",
-                field=field,
-                index=offset,
-            )
-        self.low = np.minimum(self.low, value.min(0))
-        self.high = np.maximum(self.high, value.max(0))
-
-
-def _infer_space(
-    stats: _Stats, *, action: bool, float_np: np.dtype, field: str, first_negative: int | None
-) -> gym.Space:
-    """Box for floating data (data bounds for actions, unbounded for observations); integer
-    data as Discrete(max + 1) when scalar; integer action vectors as MultiDiscrete, integer
-    observation arrays (e.g. uint8 images) as a Box of their dtype over the data's range."""
-    if stats.dtype.kind == "f":
-        if action:
-            return gym.spaces.Box(
-                stats.low.astype(float_np), stats.high.astype(float_np), stats.shape, float_np
-            )
-        return gym.spaces.Box(-np.inf, np.inf, stats.shape, float_np)
-    if first_negative is not None:
-        if action:
-            raise DatasetError(
-                f"Field {field!r}: the integer action at index {first_negative} is negative, so "
-                "no Discrete action space can be inferred; pass action_space=",
-                field=field,
-                index=first_negative,
-            )
-        return gym.spaces.Box(stats.low, stats.high, stats.shape, stats.dtype)
-    if stats.shape in ((), (1,)):
-        return gym.spaces.Discrete(int(stats.high.max()) + 1)
-    if action:
-        return gym.spaces.MultiDiscrete(stats.high.astype(np.int64) + 1)
-    return gym.spaces.Box(stats.low, stats.high, stats.shape, stats.dtype)
 
 
 # --------------------------------------------------------------------------- tensors

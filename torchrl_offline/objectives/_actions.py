@@ -1,5 +1,7 @@
-"""Action-range helpers: ``low``/``high`` read from a TorchRL spec (never a silent
-``[-1, 1]``), uniform actions in the box and the maps to and from ``[-1, 1]``.
+"""What the losses need to know of actions: for continuous ones ``low``/``high`` read from
+a TorchRL spec (never a silent ``[-1, 1]``), uniform actions in the box and the maps to and
+from ``[-1, 1]``; for discrete ones the critic's value of the logged action (indices or
+one-hot, range- and shape-checked).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ __all__ = [
     "action_bounds",
     "find_action_spec",
     "from_unit_interval",
+    "logged_action_value",
     "to_unit_interval",
     "uniform_actions",
 ]
@@ -156,3 +159,68 @@ def from_unit_interval(action: Tensor, low: Tensor, high: Tensor) -> Tensor:
         tensor([2., 0.])
     """
     return low + (action + 1.0) * (0.5 * (high - low))
+
+
+def logged_action_value(
+    q: Tensor,
+    action: Tensor,
+    *,
+    one_hot: bool,
+    action_key: NestedKey = "action",
+    check_inputs: bool = True,
+    ensemble_dims: int = 0,
+) -> Tensor:
+    """The value of the logged discrete action in a critic's per-action output.
+
+    Args:
+        q (Tensor): the critic's values ``[*ensemble, *batch, n_actions]``, with
+            ``ensemble_dims`` leading dimensions that the action does not have.
+        action (Tensor): the logged actions: one-hot ``[*batch, n_actions]``, or indices
+            ``[*batch]`` or ``[*batch, 1]``.
+
+    Keyword Args:
+        one_hot (bool): whether ``action`` is one-hot (else integer indices).
+        action_key (NestedKey, optional): the batch key of the action, named in errors.
+            Defaults to ``"action"``.
+        check_inputs (bool, optional): range-check indices against ``[0, n_actions)``.
+            Defaults to ``True`` (the one-hot width is always checked).
+        ensemble_dims (int, optional): leading dimensions of ``q`` (e.g. a critic
+            ensemble). Defaults to ``0``.
+
+    Returns:
+        Tensor: ``[*ensemble, *batch]``.
+
+    Raises:
+        OfflineLossError: if a one-hot action's width is not the critic's number of
+            actions, or an index is outside ``[0, n_actions)`` (naming the first bad flat
+            batch index).
+
+    Examples:
+        >>> import torch
+        >>> from torchrl_offline.objectives.common import logged_action_value
+        >>> q = torch.tensor([[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]])  # one critic, 2 states
+        >>> logged_action_value(q, torch.tensor([[2], [0]]), one_hot=False, ensemble_dims=1)
+        tensor([[3., 4.]])
+        >>> logged_action_value(q[0], torch.tensor([[0, 1, 0], [0, 0, 1]]), one_hot=True)
+        tensor([2., 6.])
+    """
+    n_actions = q.shape[-1]
+    if one_hot:
+        if action.shape[-1] != n_actions:
+            raise OfflineLossError(
+                f"one-hot key {action_key!r} has {action.shape[-1]} entries but "
+                f"the critic outputs {n_actions} action values"
+            )
+        return (q * action.to(q.dtype)).sum(-1)
+    index = action.long()
+    if index.ndim == q.ndim - ensemble_dims:  # [*batch, 1] index
+        index = index.squeeze(-1)
+    if check_inputs:
+        bad = (index < 0) | (index >= n_actions)
+        if bool(bad.any()):
+            first = int(bad.reshape(-1).nonzero()[0, 0])
+            raise OfflineLossError(
+                f"key {action_key!r} holds an action index outside "
+                f"[0, {n_actions}) (first at flat batch index {first})"
+            )
+    return q.gather(-1, index.expand(*q.shape[:-1]).unsqueeze(-1)).squeeze(-1)

@@ -23,7 +23,12 @@ from torchrl.data.utils import _find_action_space
 
 from torchrl_offline.objectives._actor_critic import ActorCriticLoss
 from torchrl_offline.objectives._tanh_normal import TanhNormalSamples, fast_tanh_normal_bounds
-from torchrl_offline.objectives.common import OfflineLossError, check_batch, td_target
+from torchrl_offline.objectives.common import (
+    OfflineLossError,
+    check_batch,
+    logged_action_value,
+    td_target,
+)
 from torchrl_offline.objectives.declaration import AlgorithmDeclaration, ParamGroup
 from torchrl_offline.objectives.gaussian_actor import advise_on_actor
 from torchrl_offline.objectives.networks import STOCHASTIC_ACTORS
@@ -477,26 +482,14 @@ class DiscreteAWACLoss(AWACLoss):
 
     def _chosen(self, q: Tensor, action: Tensor) -> Tensor:
         """Values of the data actions: ``[E, *batch]``."""
-        if self.action_space == "one_hot":
-            if action.shape[-1] != q.shape[-1]:
-                raise OfflineLossError(
-                    f"qvalue_network outputs {q.shape[-1]} action values but the one-hot batch "
-                    f"key {self.tensor_keys.action!r} has {action.shape[-1]} entries"
-                )
-            return (q * action.to(q.dtype)).sum(-1)
-        index = action.long()
-        if index.ndim == q.ndim - 1:  # a trailing singleton dim
-            index = index.squeeze(-1)
-        if self.check_inputs:
-            bad = (index < 0) | (index >= q.shape[-1])
-            if bool(bad.any()):
-                first = int(bad.reshape(-1).nonzero()[0, 0])
-                raise OfflineLossError(
-                    f"batch key {self.tensor_keys.action!r} holds an action index outside "
-                    f"[0, {q.shape[-1]}) (first at flat index {first})"
-                )
-        index = index.expand(q.shape[0], *index.shape).unsqueeze(-1)
-        return q.gather(-1, index).squeeze(-1)
+        return logged_action_value(
+            q,
+            action,
+            one_hot=self.action_space == "one_hot",
+            action_key=self.tensor_keys.action,
+            check_inputs=self.check_inputs,
+            ensemble_dims=1,
+        )
 
     @staticmethod
     def _probs(dist) -> Tensor:

@@ -12,7 +12,8 @@ Each idea lives in its own module; this one gathers their public names:
   :func:`tanh_normal_log_prob`;
 * action ranges read from TorchRL specs (:mod:`._actions`): :func:`find_action_spec`,
   :func:`action_bounds`, :func:`uniform_actions`, :func:`to_unit_interval`,
-  :func:`from_unit_interval`;
+  :func:`from_unit_interval`; the critic's value of a logged discrete action
+  :func:`logged_action_value`;
 * the critics' target (:mod:`._targets`): :func:`make_loss_value_estimator`,
   :func:`bootstrap_target`, :func:`td_target`, :func:`next_key`.
 """
@@ -23,6 +24,7 @@ from torchrl_offline.objectives._actions import (
     action_bounds,
     find_action_spec,
     from_unit_interval,
+    logged_action_value,
     to_unit_interval,
     uniform_actions,
 )
@@ -60,6 +62,7 @@ __all__ = [
     "ensemble_forward",
     "find_action_spec",
     "from_unit_interval",
+    "logged_action_value",
     "make_loss_value_estimator",
     "module_apply",
     "next_key",

@@ -39,6 +39,7 @@ from torchrl_offline.objectives.common import (
     check_batch,
     count_update,
     find_action_spec,
+    logged_action_value,
     module_apply,
     next_key,
     tanh_normal_log_prob,
@@ -624,26 +625,14 @@ class DiscreteIQLLoss(IQLLoss):
         pass  # indices are range-checked against the critic's output in _select_action_value
 
     def _select_action_value(self, q: Tensor, tensordict: TensorDictBase) -> Tensor:
-        action = tensordict.get(self.tensor_keys.action)
-        n_actions = q.shape[-1]
-        if self.action_space == "one_hot":
-            if action.shape[-1] != n_actions:
-                raise OfflineLossError(
-                    f"one-hot key {self.tensor_keys.action!r} has {action.shape[-1]} entries but "
-                    f"the critic outputs {n_actions} action values"
-                )
-            return (q * action.to(q.dtype)).sum(-1)
-        if action.ndim == q.ndim - 1:  # [*batch, 1] index
-            action = action.squeeze(-1)
-        index = action.long()
-        if self.check_inputs and bool(((index < 0) | (index >= n_actions)).any()):
-            first = int(((index < 0) | (index >= n_actions)).reshape(-1).nonzero()[0, 0])
-            raise OfflineLossError(
-                f"key {self.tensor_keys.action!r} holds an action index outside "
-                f"[0, {n_actions}) (first at flat batch index {first})"
-            )
-        index = index.unsqueeze(0).unsqueeze(-1).expand(q.shape[0], *index.shape, 1)
-        return q.gather(-1, index).squeeze(-1)
+        return logged_action_value(
+            q,
+            tensordict.get(self.tensor_keys.action),
+            one_hot=self.action_space == "one_hot",
+            action_key=self.tensor_keys.action,
+            check_inputs=self.check_inputs,
+            ensemble_dims=1,
+        )
 
     def _logged_action_log_prob(self, dist, action: Tensor) -> Tensor:
         if self.action_space == "categorical":
