@@ -239,17 +239,26 @@ def test_defaults_list_loss_keywords():
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of .lr_scheduler.step")
-def test_iql_cosine_schedule_on_the_actor_only():
-    algo = build_algorithm("iql", OBS, BOX, hidden_sizes=(8,))
-    sched = make_lr_scheduler(algo, total_steps=4)
+@pytest.mark.parametrize("horizon, total", [(0, 4), (6, 4), (1_000_000, 3)])
+def test_iql_cosine_schedule_on_the_actor_only(horizon, total):
+    """The paper's cosine over ``actor_lr_decay_steps`` (0: over the run)."""
+    algo = build_algorithm("iql", OBS, BOX, hidden_sizes=(8,), actor_lr_decay_steps=horizon)
+    sched = make_lr_scheduler(algo, total_steps=total)
     lrs = []
-    for _ in range(4):
+    for _ in range(total):
         sched.step()
         lrs.append(algo.optimizer.param_groups[0]["lr"])
-    expected = [3e-4 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(1, 5)]
+    n = horizon or total
+    expected = [3e-4 * 0.5 * (1 + math.cos(math.pi * k / n)) for k in range(1, total + 1)]
     assert lrs == pytest.approx(expected)
     assert algo.optimizer.param_groups[1]["lr"] == 3e-4
     assert make_lr_scheduler(build_algorithm("td3_bc", OBS, BOX, hidden_sizes=(8,)), 4) is None
+
+
+def test_iql_decays_over_the_papers_million_steps_by_default():
+    assert algorithm_defaults("iql")["actor_lr_decay_steps"] == 1_000_000
+    with pytest.raises(HyperparameterError, match="actor_lr_decay_steps must be an int >= 0"):
+        build_algorithm("iql", OBS, BOX, actor_lr_decay_steps=-1)
 
 
 def test_specs_from_dataset_reads_the_spaces():

@@ -653,8 +653,10 @@ _IQL_TERMS = ("loss_actor", "loss_qvalue", "loss_value")
 #: IQL as :func:`~torchrl_offline.trainers.algorithms.build_algorithm` builds it: the
 #: paper's Gaussian actor (``actor="tanh_normal"`` for TorchRL's ``TanhNormal``, which
 #: stays below the dataset average on mixed data: ``docs/benchmarks.md``), twin
-#: ``Q(s, a)`` and ``V(s)``, 2x256 MLPs, Adam at 3e-4 with the actor's rate on a cosine
-#: decay (the paper's code); presets: :data:`IQL_PRESETS`.
+#: ``Q(s, a)`` and ``V(s)``, 2x256 MLPs, Adam at 3e-4 with the actor's rate on the paper's
+#: cosine decay over its 1,000,000 steps (``actor_lr_decay_steps``; ``0`` decays over the
+#: run instead, which at short budgets ends the actor's training early and cost 10 to 28
+#: points on mixed data: ``docs/benchmarks.md``); presets: :data:`IQL_PRESETS`.
 IQL_ALGORITHM = AlgorithmDeclaration(
     name="iql",
     loss_class=IQLLoss,
@@ -671,6 +673,7 @@ IQL_ALGORITHM = AlgorithmDeclaration(
         "critic_lr": 3e-4,
         "value_lr": 3e-4,
         "actor_lr_schedule": "cosine",
+        "actor_lr_decay_steps": 1_000_000,
     },
     choices={"actor": STOCHASTIC_ACTORS, "actor_lr_schedule": ("cosine", "constant")},
     presets=IQL_PRESETS,

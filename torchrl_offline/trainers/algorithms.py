@@ -361,6 +361,9 @@ def _resolve(
         raise HyperparameterError(f"gamma must be in [0, 1], got {hp['gamma']!r}")
     if not 0.0 < float(hp["tau"]) <= 1.0:
         raise HyperparameterError(f"tau must be in (0, 1], got {hp['tau']!r}")
+    for key, value in hp.items():
+        if key.endswith("_steps") and not (isinstance(value, int) and value >= 0):
+            raise HyperparameterError(f"{key} must be an int >= 0, got {value!r}")
     delay = hp.get("policy_update_delay", 1)
     if isinstance(delay, bool) or not isinstance(delay, int) or delay < 1:
         raise HyperparameterError(f"policy_update_delay must be an int >= 1, got {delay!r}")
@@ -526,7 +529,8 @@ def make_lr_scheduler(
     """The learning-rate schedule of the algorithm over ``total_steps`` updates, if any.
 
     IQL decays the actor's learning rate with a cosine schedule (``actor_lr_schedule=
-    "cosine"``, as in the paper's code); the other groups and algorithms keep a
+    "cosine"``, as in the paper's code) over ``actor_lr_decay_steps`` updates (the
+    paper's 1,000,000; ``0`` for ``total_steps``); the other groups and algorithms keep a
     constant rate (``None`` is returned when nothing is scheduled). Step it once per
     update, e.g. with TorchRL's ``LRSchedulerHook``.
 
@@ -534,7 +538,7 @@ def make_lr_scheduler(
         >>> from torchrl.data import Bounded, Unbounded
         >>> from torchrl_offline.trainers.algorithms import build_algorithm, make_lr_scheduler
         >>> algo = build_algorithm("iql", Unbounded(shape=(3,)), Bounded(-1.0, 1.0, (1,)),
-        ...                        hidden_sizes=(8,))
+        ...                        hidden_sizes=(8,), actor_lr_decay_steps=0)
         >>> sched = make_lr_scheduler(algo, total_steps=10)
         >>> for _ in range(10):
         ...     sched.step()
@@ -545,9 +549,10 @@ def make_lr_scheduler(
         return None
     if total_steps < 1:
         raise AlgorithmError(f"total_steps must be >= 1, got {total_steps}")
+    horizon = int(algorithm.hyperparameters.get("actor_lr_decay_steps", 0)) or total_steps
 
     def cosine(step: int) -> float:
-        return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, horizon) / horizon))
 
     def constant(step: int) -> float:
         return 1.0
