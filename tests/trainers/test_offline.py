@@ -23,7 +23,7 @@ from torchrl_offline.trainers.run_dir import RunDirectoryError
 TINY = {"hidden_sizes": (16,)}
 
 
-def _run(name, out_dir, *, total=10, hooks=(), resume=False, discrete=False, **kw):
+def _run(name, out_dir, *, total=10, hooks=(), resume=False, discrete=False, overrides=(), **kw):
     return train(
         name,
         make_dataset(discrete=discrete),
@@ -32,7 +32,7 @@ def _run(name, out_dir, *, total=10, hooks=(), resume=False, discrete=False, **k
         out_dir=out_dir,
         resume=resume,
         batch_size=16,
-        overrides=TINY,
+        overrides={**TINY, **dict(overrides)},
         checkpoint_interval=4,
         progress=False,
         hooks=hooks,
@@ -66,6 +66,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, name):
 
 def test_resume_with_evaluation_and_schedule(tmp_path):
     kw = {"eval_env": "Pendulum-v1", "eval_interval": 5, "eval_episodes": 1, "eval_max_steps": 10}
+    kw["overrides"] = {"actor_lr_decay_steps": 0}  # IQL's cosine over this run's 10 updates
     full = _run("iql", tmp_path / "full", **kw)
     _run("iql", tmp_path / "part", hooks=[StopAt(6)], **kw)
     resumed = _run("iql", tmp_path / "part", resume=True, **kw)
