@@ -224,14 +224,20 @@ def build_ours(algo: str, overrides: dict, *, hidden: int, steps: int):
         **overrides,
     )
     scheduler = make_lr_scheduler(built, steps)
+    delay = built.policy_update_delay
 
     def update(batch, step: int) -> None:
         out = built.loss(batch)
-        loss = sum(out[k] for k in built.loss_keys)
+        # the delayed policy update (TD3+BC's 2), as OfflineTrainer does it: the critic
+        # term alone on the other steps (Adam leaves the actor untouched), the targets
+        # moving with the actor
+        full = step % delay == 0
+        keys = built.loss_keys if full else ("loss_qvalue",)
+        loss = sum(out[k] for k in keys)
         built.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         built.optimizer.step()
-        if built.target_updater is not None:
+        if built.target_updater is not None and full:
             built.target_updater.step()
         if scheduler is not None:
             scheduler.step()

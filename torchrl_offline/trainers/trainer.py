@@ -143,8 +143,9 @@ class OfflineTrainer(Trainer):
         batch_size (int, optional): sample size (the buffer's default when omitted).
         loss_components (sequence of str, optional): loss entries summed for backward;
             every ``loss*`` entry when omitted.
-        target_net_updater (TargetNetUpdater, optional): stepped after every update
-            through TorchRL's ``TargetNetUpdaterHook``.
+        target_net_updater (TargetNetUpdater, optional): stepped after every full
+            update (every update unless ``policy_update_delay`` delays the actor; then
+            with the actor, as in TD3) through TorchRL's ``TargetNetUpdaterHook``.
         logger (Logger, optional): a TorchRL logger.
         log_interval (int): TorchRL's logging interval, in steps. Defaults to ``1000``.
         clip_norm (float, optional): gradient-norm clipping. Defaults to ``None``.
@@ -157,8 +158,10 @@ class OfflineTrainer(Trainer):
         policy_update_delay (int, optional): delayed policy updates (TD3's): the full
             loss (actor included) on every ``policy_update_delay``-th step, the critic
             term alone (the loss's ``qvalue_loss``) on the others, so the actor's
-            parameters get no gradient and the optimizer leaves them as they are.
-            Defaults to the loss's algorithm's (2 for our ``TD3BCLoss``, 1 otherwise:
+            parameters get no gradient and the optimizer leaves them as they are. The
+            target networks move on the full steps only (TD3's Algorithm 1, the TD3+BC
+            authors' code, d3rlpy and TorchRL's TD3+BC script). Defaults to the loss's
+            algorithm's (2 for our ``TD3BCLoss``, 1 otherwise:
             :func:`~torchrl_offline.trainers.algorithms.default_policy_update_delay`).
 
     Examples:
@@ -237,8 +240,7 @@ class OfflineTrainer(Trainer):
         self._checkpointers: list[CheckpointHook] = []
         self._interrupted = False
         if target_net_updater is not None:
-            hook = TargetNetUpdaterHook(target_net_updater)
-            hook.register(self, "target_net_updater")
+            _DelayedTargetUpdate(target_net_updater, self).register(self, "target_net_updater")
 
     # -------------------------------------------------------------------- properties
     @property
@@ -347,3 +349,18 @@ class OfflineTrainer(Trainer):
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+
+
+class _DelayedTargetUpdate(TargetNetUpdaterHook):
+    """TorchRL's target-update hook, skipped on the critic-only steps of a delayed policy
+    update (the targets move with the actor, as in TD3)."""
+
+    def __init__(self, target_params_updater: TargetNetUpdater, trainer: OfflineTrainer):
+        super().__init__(target_params_updater)
+        self._trainer = trainer
+
+    def __call__(self, tensordict: TensorDictBase | None = None) -> TensorDictBase | None:
+        trainer = self._trainer
+        if trainer._optim_count % trainer.policy_update_delay == 0:
+            return super().__call__(tensordict)
+        return tensordict
