@@ -268,3 +268,23 @@ def test_specs_from_dataset_reads_the_spaces():
     assert act_spec.space.low.item() == -2.0 and act_spec.space.high.item() == 2.0
     _, disc = specs_from_dataset(make_dataset(discrete=True))
     assert isinstance(disc, Categorical) and disc.space.n == 3
+
+
+def test_a_default_preset_applies_unless_another_is_named(monkeypatch):
+    """The recommended setting (``default_preset``) where it is not the loss's own
+    defaults; naming another preset replaces it, values not on top of it."""
+    from dataclasses import replace
+
+    from torchrl_offline.objectives.cql import CQL_ALGORITHM
+
+    monkeypatch.setattr(registry, "_entries", {k: dict(v) for k, v in registry._entries.items()})
+    custom = replace(CQL_ALGORITHM, name="cql_test", default_preset="lagrange")
+    registry.register("algorithm", "cql_test", custom)
+    assert algorithm_defaults("cql_test")["min_q_weight"] == 1.0
+    algo = build_algorithm("cql_test", OBS, BOX, hidden_sizes=(8,))
+    assert (algo.loss.min_q_weight, algo.loss.with_lagrange) == (1.0, True)
+    algo = build_algorithm("cql_test", OBS, BOX, hidden_sizes=(8,), preset="mujoco")
+    assert (algo.loss.min_q_weight, algo.loss.with_lagrange) == (10.0, False)
+    assert algo.hyperparameters["lagrange_thresh"] == 10.0  # the loss's, not "lagrange"'s
+    with pytest.raises(ValueError, match="default_preset 'nope' is not one of its presets"):
+        replace(CQL_ALGORITHM, default_preset="nope")

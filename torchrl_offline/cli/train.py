@@ -159,9 +159,11 @@ def _list_hyperparameters(name: str) -> int:
 
     for key, value in algorithm_defaults(name).items():
         print(f"{key:<24}{value!r}")
-    for preset, values in sorted(declaration(name).presets.items()):
+    decl = declaration(name)
+    for preset, values in sorted(decl.presets.items()):
         settings = ", ".join(f"{k}={v!r}" for k, v in values.items())
-        print(f"--preset {preset:<15}{settings}")
+        default = " (the default)" if preset == decl.default_preset else ""
+        print(f"--preset {preset:<15}{settings}{default}")
     return 0
 
 

@@ -127,6 +127,8 @@ class AlgorithmDeclaration:
         choices: settings that take one of a few values, e.g. ``{"actor": ("gaussian",
             "tanh_normal")}``.
         presets: named published settings (a name to overrides).
+        default_preset: the preset applied when none is named: the recommended setting
+            where it differs from the loss constructor's (the paper's) defaults.
         discrete_variant: the algorithm to build instead for a discrete action spec.
         action_spec_argument: the constructor argument that receives the action spec
             (``"action_spec"``, ``"action_space"``), if any.
@@ -148,6 +150,7 @@ class AlgorithmDeclaration:
     action_spec_argument: str | None = None
     policy: str = "actor_network"
     target_update: bool = True
+    default_preset: str | None = None
 
     def __post_init__(self) -> None:
         if self.action not in ("continuous", "discrete"):
@@ -162,6 +165,11 @@ class AlgorithmDeclaration:
             )
         if not self.loss_terms:
             raise ValueError(f"algorithm {self.name!r}: loss_terms is empty")
+        if self.default_preset is not None and self.default_preset not in self.presets:
+            raise ValueError(
+                f"algorithm {self.name!r}: default_preset {self.default_preset!r} is not "
+                "one of its presets"
+            )
         lrs = {g.lr for g in self.optimizer}
         missing = sorted(lrs - set(self.defaults))
         if missing:
@@ -179,10 +187,24 @@ class AlgorithmDeclaration:
             if k not in _SET_BY_BUILDER
         }
 
-    def hyperparameters(self) -> dict[str, Any]:
+    def hyperparameters(self, preset: str | None = None) -> dict[str, Any]:
         """Every setting and its default: :data:`COMMON_DEFAULTS`, the declared
-        ``defaults``, then the loss's own arguments (:meth:`loss_arguments`)."""
-        return {**COMMON_DEFAULTS, **self.defaults, **self.loss_arguments()}
+        ``defaults``, the loss's own arguments (:meth:`loss_arguments`), then the values
+        of ``preset`` (``default_preset`` when ``None``).
+
+        Raises:
+            KeyError: an unknown preset (the message lists the valid ones).
+        """
+        out = {**COMMON_DEFAULTS, **self.defaults, **self.loss_arguments()}
+        preset = self.default_preset if preset is None else preset
+        if preset is not None:
+            if preset not in self.presets:
+                raise KeyError(
+                    f"Unknown preset {preset!r} for {self.name}; valid presets: "
+                    f"{', '.join(sorted(self.presets)) or '(none)'}"
+                )
+            out.update(self.presets[preset])
+        return out
 
 
 def constructor_parameters(cls: type) -> list[inspect.Parameter]:

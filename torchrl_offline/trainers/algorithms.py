@@ -283,13 +283,14 @@ def specs_from_dataset(dataset: Any) -> tuple[TensorSpec, TensorSpec]:
 
 
 # ---------------------------------------------------------------------- hyperparameters
-def algorithm_defaults(name: str) -> dict[str, Any]:
+def algorithm_defaults(name: str, preset: str | None = None) -> dict[str, Any]:
     """The hyperparameters of ``name`` and their defaults: the valid override keys.
 
     Network and optimizer settings (``hidden_sizes``, ``gamma``, ``tau``, learning
     rates; for continuous IQL and AWAC ``actor``, ``"gaussian"`` for the papers'
     Gaussian with a tanh-bounded mean or ``"tanh_normal"`` for TorchRL's ``TanhNormal``)
-    come first, then the loss module's own keyword arguments.
+    come first, then the loss module's own keyword arguments, with the values of
+    ``preset`` (the algorithm's default preset when ``None``, if it has one).
 
     Examples:
         >>> from torchrl_offline.trainers.algorithms import algorithm_defaults
@@ -297,7 +298,10 @@ def algorithm_defaults(name: str) -> dict[str, Any]:
         >>> d["expectile"], d["temperature"], d["hidden_sizes"], d["actor"]
         (0.7, 3.0, (256, 256), 'gaussian')
     """
-    return declaration(name).hyperparameters()
+    try:
+        return declaration(name).hyperparameters(preset)
+    except KeyError as err:
+        raise HyperparameterError(err.args[0]) from None
 
 
 def _check_type(key: str, value: Any, default: Any) -> None:
@@ -323,14 +327,10 @@ def _resolve(
     decl: AlgorithmDeclaration, preset: str | None, overrides: Mapping[str, Any]
 ) -> dict[str, Any]:
     name = decl.name
-    defaults = decl.hyperparameters()
-    if preset is not None:
-        if preset not in decl.presets:
-            raise HyperparameterError(
-                f"Unknown preset {preset!r} for {name}; valid presets: "
-                f"{', '.join(sorted(decl.presets)) or '(none)'}"
-            )
-        overrides = {**decl.presets[preset], **overrides}
+    try:
+        defaults = decl.hyperparameters(preset)
+    except KeyError as err:
+        raise HyperparameterError(err.args[0]) from None
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
         raise HyperparameterError(
