@@ -191,7 +191,9 @@ def build_torchrl(
     act_spec = A._leaf(action_spec, "action")
     discrete = A._is_discrete(act_spec)
     ours = f"discrete_{base}" if discrete else base
-    hp = A.algorithm_defaults(ours)
+    # TorchRL's CQL row keeps the paper's fixed conservative weight (the "mujoco" preset):
+    # TorchRL's Lagrange form is not the paper's (docs/objectives.md, "Drop-in status")
+    hp = A.algorithm_defaults(ours, preset="mujoco" if ours == "cql" else None)
     if hidden is not None:
         hp["hidden_sizes"] = tuple(hidden)
     if actor is not None:

@@ -165,9 +165,13 @@ def test_paper_defaults():
     assert [g["lr"] for g in iql.optimizer.param_groups] == [3e-4, 3e-4, 3e-4]
     assert iql.target_updater is not None and iql.hyperparameters["tau"] == 0.005
     cql = build_algorithm("cql", OBS, BOX)
-    assert cql.loss.min_q_weight == 10.0
+    # the recommended conservative term: d3rlpy's 5 alpha' (gap - 10), by dual descent
+    assert (cql.loss.min_q_weight, cql.loss.with_lagrange) == (5.0, True)
+    assert cql.loss.target_action_gap == 50.0
     lrs = {g["name"]: g["lr"] for g in cql.optimizer.param_groups}
-    assert lrs == {"actor": 1e-4, "qvalue": 3e-4, "alpha": 1e-4}
+    assert lrs == {"actor": 1e-4, "qvalue": 3e-4, "alpha": 1e-4}  # alpha and alpha'
+    paper = build_algorithm("cql", OBS, BOX, preset="mujoco")
+    assert (paper.loss.min_q_weight, paper.loss.with_lagrange) == (10.0, False)
     td3 = build_algorithm("td3_bc", OBS, BOX)
     assert (td3.loss.alpha, td3.policy_update_delay) == (2.5, 2)
     assert build_algorithm("awac", OBS, BOX).loss.awac_lambda == pytest.approx(1 / 3)
