@@ -224,20 +224,19 @@ def build_ours(algo: str, overrides: dict, *, hidden: int, steps: int):
         **overrides,
     )
     scheduler = make_lr_scheduler(built, steps)
-    delay = built.policy_update_delay
+    delay, target_delay = built.policy_update_delay, built.target_update_delay
 
     def update(batch, step: int) -> None:
         out = built.loss(batch)
-        # the delayed policy update (TD3+BC's 2), as OfflineTrainer does it: the critic
-        # term alone on the other steps (Adam leaves the actor untouched), the targets
-        # moving with the actor
-        full = step % delay == 0
-        keys = built.loss_keys if full else ("loss_qvalue",)
+        # the delayed policy update (TD3+BC's 2) and target updates, as OfflineTrainer
+        # does them: the critic term alone on the other steps (Adam leaves the actor
+        # untouched)
+        keys = built.loss_keys if step % delay == 0 else ("loss_qvalue",)
         loss = sum(out[k] for k in keys)
         built.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         built.optimizer.step()
-        if built.target_updater is not None and full:
+        if built.target_updater is not None and step % target_delay == 0:
             built.target_updater.step()
         if scheduler is not None:
             scheduler.step()

@@ -173,7 +173,8 @@ def test_paper_defaults():
     paper = build_algorithm("cql", OBS, BOX, preset="mujoco")
     assert (paper.loss.min_q_weight, paper.loss.with_lagrange) == (10.0, False)
     td3 = build_algorithm("td3_bc", OBS, BOX)
-    assert (td3.loss.alpha, td3.policy_update_delay) == (2.5, 2)
+    assert (td3.loss.alpha, td3.policy_update_delay, td3.target_update_delay) == (2.5, 2, 1)
+    assert build_algorithm("td3_bc", OBS, BOX, target_update_delay=2).target_update_delay == 2
     assert build_algorithm("awac", OBS, BOX).loss.awac_lambda == pytest.approx(1 / 3)
     assert build_algorithm("bc", OBS, BOX).target_updater is None
 

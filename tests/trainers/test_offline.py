@@ -199,10 +199,12 @@ def test_policy_update_delay_updates_the_actor_on_every_second_step_only():
         assert ("loss_actor" in losses[-1].keys()) == (step % 2 == 0)
 
 
-def test_the_targets_move_with_the_delayed_actor_only():
-    """TD3's Algorithm 1 (and the TD3+BC authors' code): the target networks are
-    updated on the full steps, with the actor, not after the critic-only ones."""
-    algo, trainer = _td3_bc_trainer(make_dataset(), 1, policy_update_delay=2, targets=True)
+def test_the_targets_can_move_with_the_delayed_actor_only():
+    """TD3's Algorithm 1 (and the TD3+BC authors' code): with ``target_update_delay``
+    equal to the policy delay the targets move on the full steps, with the actor."""
+    algo, trainer = _td3_bc_trainer(
+        make_dataset(), 1, policy_update_delay=2, target_update_delay=2, targets=True
+    )
     targets = (algo.loss.target_actor_network_params, algo.loss.target_qvalue_network_params)
     for step in (1, 2, 3, 4):
         before = [t.clone() for t in targets]
@@ -212,8 +214,8 @@ def test_the_targets_move_with_the_delayed_actor_only():
         assert moved == [step % 2 == 0] * 2, step
 
 
-def test_without_a_delay_the_targets_move_on_every_step():
-    algo, trainer = _td3_bc_trainer(make_dataset(), 1, policy_update_delay=1, targets=True)
+def test_by_default_the_targets_move_on_every_step():
+    algo, trainer = _td3_bc_trainer(make_dataset(), 1, policy_update_delay=2, targets=True)
     target = algo.loss.target_qvalue_network_params
     for step in (1, 2):
         before = target.clone()

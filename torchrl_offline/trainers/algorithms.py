@@ -173,6 +173,9 @@ class Algorithm:
         policy_update_delay: the actor term enters every ``policy_update_delay``-th
             update only (TD3+BC: 2); pass it to
             :class:`~torchrl_offline.trainers.offline.OfflineTrainer`.
+        target_update_delay: the target networks move after every
+            ``target_update_delay``-th update (TD3's own setting is its policy delay);
+            pass it to the trainer too.
         hyperparameters: every effective setting (defaults and overrides), JSON-able.
         observation_spec: the observation spec the networks were built for.
         action_spec: the action spec the networks were built for.
@@ -187,6 +190,7 @@ class Algorithm:
     loss_keys: tuple[str, ...]
     target_updater: TargetNetUpdater | None
     policy_update_delay: int = 1
+    target_update_delay: int = 1
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     observation_spec: TensorSpec | None = None
     action_spec: TensorSpec | None = None
@@ -364,9 +368,10 @@ def _resolve(
     for key, value in hp.items():
         if key.endswith("_steps") and not (isinstance(value, int) and value >= 0):
             raise HyperparameterError(f"{key} must be an int >= 0, got {value!r}")
-    delay = hp.get("policy_update_delay", 1)
-    if isinstance(delay, bool) or not isinstance(delay, int) or delay < 1:
-        raise HyperparameterError(f"policy_update_delay must be an int >= 1, got {delay!r}")
+    for key in ("policy_update_delay", "target_update_delay"):
+        delay = hp.get(key, 1)
+        if isinstance(delay, bool) or not isinstance(delay, int) or delay < 1:
+            raise HyperparameterError(f"{key} must be an int >= 1, got {delay!r}")
     return hp
 
 
@@ -494,6 +499,7 @@ def build_algorithm(
         loss_keys=loss_keys(name, loss),
         target_updater=target_updater,
         policy_update_delay=int(hp.get("policy_update_delay", 1)),
+        target_update_delay=int(hp.get("target_update_delay", 1)),
         hyperparameters={k: _jsonable(v) for k, v in hp.items()},
         observation_spec=obs_spec,
         action_spec=act_spec,

@@ -315,6 +315,7 @@ class RunBuilder:
             loss_components=algo.loss_keys,
             target_net_updater=algo.target_updater,
             policy_update_delay=algo.policy_update_delay,
+            target_update_delay=algo.target_update_delay,
             logger=logger,
             log_interval=settings.log_interval,
             metadata=metadata,

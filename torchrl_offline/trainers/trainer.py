@@ -143,9 +143,8 @@ class OfflineTrainer(Trainer):
         batch_size (int, optional): sample size (the buffer's default when omitted).
         loss_components (sequence of str, optional): loss entries summed for backward;
             every ``loss*`` entry when omitted.
-        target_net_updater (TargetNetUpdater, optional): stepped after every full
-            update (every update unless ``policy_update_delay`` delays the actor; then
-            with the actor, as in TD3) through TorchRL's ``TargetNetUpdaterHook``.
+        target_net_updater (TargetNetUpdater, optional): stepped through TorchRL's
+            ``TargetNetUpdaterHook`` after every ``target_update_delay``-th update.
         logger (Logger, optional): a TorchRL logger.
         log_interval (int): TorchRL's logging interval, in steps. Defaults to ``1000``.
         clip_norm (float, optional): gradient-norm clipping. Defaults to ``None``.
@@ -158,11 +157,14 @@ class OfflineTrainer(Trainer):
         policy_update_delay (int, optional): delayed policy updates (TD3's): the full
             loss (actor included) on every ``policy_update_delay``-th step, the critic
             term alone (the loss's ``qvalue_loss``) on the others, so the actor's
-            parameters get no gradient and the optimizer leaves them as they are. The
-            target networks move on the full steps only (TD3's Algorithm 1, the TD3+BC
-            authors' code, d3rlpy and TorchRL's TD3+BC script). Defaults to the loss's
-            algorithm's (2 for our ``TD3BCLoss``, 1 otherwise:
+            parameters get no gradient and the optimizer leaves them as they are.
+            Defaults to the loss's algorithm's (2 for our ``TD3BCLoss``, 1 otherwise:
             :func:`~torchrl_offline.trainers.algorithms.default_policy_update_delay`).
+        target_update_delay (int, optional): the target networks move after every
+            ``target_update_delay``-th update only. TD3's Algorithm 1 (and the TD3+BC
+            authors' code, d3rlpy, TorchRL's TD3+BC script) moves them with the delayed
+            actor: ``target_update_delay=policy_update_delay``. Defaults to ``1``, every
+            update.
 
     Examples:
         >>> import torch
@@ -205,6 +207,7 @@ class OfflineTrainer(Trainer):
         metadata: Mapping[str, Any] | None = None,
         optimization_stepper: OptimizationStepper | None = None,
         policy_update_delay: int | None = None,
+        target_update_delay: int = 1,
     ) -> None:
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
@@ -237,6 +240,9 @@ class OfflineTrainer(Trainer):
         )
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.policy_update_delay = int(policy_update_delay)
+        if int(target_update_delay) < 1:
+            raise ValueError(f"target_update_delay must be >= 1, got {target_update_delay}")
+        self.target_update_delay = int(target_update_delay)
         self._checkpointers: list[CheckpointHook] = []
         self._interrupted = False
         if target_net_updater is not None:
@@ -352,8 +358,8 @@ class OfflineTrainer(Trainer):
 
 
 class _DelayedTargetUpdate(TargetNetUpdaterHook):
-    """TorchRL's target-update hook, skipped on the critic-only steps of a delayed policy
-    update (the targets move with the actor, as in TD3)."""
+    """TorchRL's target-update hook, run after every ``trainer.target_update_delay``-th
+    update only (TD3 moves the targets with its delayed actor)."""
 
     def __init__(self, target_params_updater: TargetNetUpdater, trainer: OfflineTrainer):
         super().__init__(target_params_updater)
@@ -361,6 +367,6 @@ class _DelayedTargetUpdate(TargetNetUpdaterHook):
 
     def __call__(self, tensordict: TensorDictBase | None = None) -> TensorDictBase | None:
         trainer = self._trainer
-        if trainer._optim_count % trainer.policy_update_delay == 0:
+        if trainer._optim_count % trainer.target_update_delay == 0:
             return super().__call__(tensordict)
         return tensordict
