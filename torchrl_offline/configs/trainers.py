@@ -99,6 +99,7 @@ class OfflineTrainerConfig(TrainerConfig):
     metadata: Any = None
     optimization_stepper: Any = None
     policy_update_delay: int | None = None
+    target_update_delay: int = 1
     eval_env: str | None = None
     eval_interval: int = 5000
     eval_episodes: int = 10
@@ -127,7 +128,7 @@ def default_loss_components(loss_module: LossModule) -> tuple[str, ...] | None:
         >>> algo = build_algorithm("cql", Unbounded(shape=(3,)), Bounded(-1.0, 1.0, (1,)),
         ...                        hidden_sizes=(8,))
         >>> default_loss_components(algo.loss)
-        ('loss_actor', 'loss_qvalue', 'loss_cql', 'loss_alpha')
+        ('loss_actor', 'loss_qvalue', 'loss_cql', 'loss_alpha', 'loss_alpha_prime')
     """
     from torchrl_offline.trainers.algorithms import algorithm_of, loss_keys
 
@@ -165,6 +166,7 @@ def _make_offline_trainer(
     metadata: Any,
     optimization_stepper: Any,
     policy_update_delay: int | None,
+    target_update_delay: int,
     eval_env: str | None,
     eval_interval: int,
     eval_episodes: int,
@@ -212,6 +214,7 @@ def _make_offline_trainer(
         seed=seed,
         metadata=plain(metadata),
         policy_update_delay=policy_update_delay,
+        target_update_delay=int(target_update_delay),
         **extra,
     )
     if eval_env:
