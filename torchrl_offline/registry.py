@@ -168,9 +168,12 @@ _BUILTINS = {
         "cql": "torchrl_offline.objectives.cql:CQL_ALGORITHM",
         "discrete_awac": "torchrl_offline.objectives.awac:DISCRETE_AWAC_ALGORITHM",
         "discrete_bc": "torchrl_offline.objectives.bc:DISCRETE_BC_ALGORITHM",
+        "discrete_bcq": "torchrl_offline.objectives.discrete_bcq:DISCRETE_BCQ_ALGORITHM",
         "discrete_cql": "torchrl_offline.objectives.discrete_cql:DISCRETE_CQL_ALGORITHM",
         "discrete_iql": "torchrl_offline.objectives.iql:DISCRETE_IQL_ALGORITHM",
+        "edac": "torchrl_offline.objectives.edac:EDAC_ALGORITHM",
         "iql": "torchrl_offline.objectives.iql:IQL_ALGORITHM",
+        "sac_n": "torchrl_offline.objectives.edac:SAC_N_ALGORITHM",
         "td3_bc": "torchrl_offline.objectives.td3_bc:TD3_BC_ALGORITHM",
     },
     "dataset": {

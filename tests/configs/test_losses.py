@@ -71,6 +71,11 @@ DETERMINISTIC = TensorDictSequentialConfig(
         TanhModuleConfig(in_keys=["param"], out_keys=["action"], low=-1.0, high=1.0),
     ]
 )
+ENSEMBLE = {
+    "actor_network": TANH_NORMAL,
+    "qvalue_network": Q_SA,
+    "action_spec": {"low": -1.0, "high": 1.0, "shape": [ACT]},
+}
 
 # name -> (fields, whether actions are discrete); networks are TorchRL model configs
 CASES = {
@@ -104,6 +109,22 @@ CASES = {
         {"actor_network": CATEGORICAL, "qvalue_network": Q_S, "action_space": "categorical"},
         True,
     ),
+    "discrete_bcq": (
+        {
+            "value_network": TensorDictSequentialConfig(
+                modules=[
+                    TensorDictModuleConfig(
+                        module=_mlp(OBS, N_ACTIONS), in_keys=["observation"], out_keys=[key]
+                    )
+                    for key in ("action_value", "logits")
+                ]
+            ),
+            "action_space": "categorical",
+        },
+        True,
+    ),
+    "edac": ({**ENSEMBLE, "num_qvalue_nets": 3}, False),
+    "sac_n": ({**ENSEMBLE, "num_qvalue_nets": 3}, False),
     "discrete_cql": (
         {
             "value_network": QValueModelConfig(

@@ -21,6 +21,7 @@ from torchrl_offline.configs import (
     config_entries,
     register_configs,
 )
+from torchrl_offline.objectives.edac import EDACLoss
 from torchrl_offline.objectives.iql import IQLLoss
 from torchrl_offline.trainers.offline import OfflineTrainer, train
 
@@ -83,7 +84,8 @@ def test_every_registered_loss_has_a_stored_config():
 @pytest.mark.parametrize("name", sorted(LOSS_CONFIGS))
 def test_loss_config_defaults_equal_the_constructor(name):
     cls = registry.get("loss", name)
-    follow = IQLLoss.__init__ if name == "discrete_iql" else None
+    # subclasses forwarding **kwargs: the parent's arguments are theirs too
+    follow = {"discrete_iql": IQLLoss.__init__, "sac_n": EDACLoss.__init__}.get(name)
     params = _params(cls.__init__, follow_kwargs_to=follow)
     fields = _fields(LOSS_CONFIGS[name])
     assert set(fields) - _LOSS_EXTRA == set(params) - _LOSS_EXTRA

@@ -53,9 +53,12 @@ __all__ = [
     "OfflineCQLLossConfig",
     "OfflineDiscreteAWACLossConfig",
     "OfflineDiscreteBCLossConfig",
+    "OfflineDiscreteBCQLossConfig",
     "OfflineDiscreteCQLLossConfig",
     "OfflineDiscreteIQLLossConfig",
+    "OfflineEDACLossConfig",
     "OfflineIQLLossConfig",
+    "OfflineSACNLossConfig",
     "OfflineTD3BCLossConfig",
     "loss_config",
     "loss_configs",
@@ -77,7 +80,8 @@ def _field(param: inspect.Parameter) -> tuple[str, Any, Any]:
 
 
 def _class_name(name: str) -> str:
-    words = {"iql": "IQL", "cql": "CQL", "awac": "AWAC", "td3": "TD3", "bc": "BC"}
+    words = {"iql": "IQL", "cql": "CQL", "awac": "AWAC", "td3": "TD3", "bc": "BC", "bcq": "BCQ"}
+    words |= {"edac": "EDAC", "sac": "SAC", "n": "N"}
     return "Offline" + "".join(words.get(w, w.capitalize()) for w in name.split("_")) + "LossConfig"
 
 
@@ -161,3 +165,6 @@ OfflineDiscreteAWACLossConfig = LOSS_CONFIGS["discrete_awac"]
 OfflineTD3BCLossConfig = LOSS_CONFIGS["td3_bc"]
 OfflineBCLossConfig = LOSS_CONFIGS["bc"]
 OfflineDiscreteBCLossConfig = LOSS_CONFIGS["discrete_bc"]
+OfflineDiscreteBCQLossConfig = LOSS_CONFIGS["discrete_bcq"]
+OfflineEDACLossConfig = LOSS_CONFIGS["edac"]
+OfflineSACNLossConfig = LOSS_CONFIGS["sac_n"]

@@ -12,7 +12,9 @@ from torchrl_offline.objectives.bc import ActorOutputError, BCLoss
 from torchrl_offline.objectives.common import OfflineLossError
 from torchrl_offline.objectives.cql import CQL_PRESETS, CQLLoss
 from torchrl_offline.objectives.declaration import AlgorithmDeclaration, ParamGroup
+from torchrl_offline.objectives.discrete_bcq import DiscreteBCQActor, DiscreteBCQLoss
 from torchrl_offline.objectives.discrete_cql import DiscreteCQLLoss
+from torchrl_offline.objectives.edac import EDACLoss, SACNLoss
 from torchrl_offline.objectives.gaussian_actor import (
     TanhMeanGaussian,
     make_tanh_mean_gaussian_actor,
@@ -31,13 +33,17 @@ __all__ = [
     "BCLoss",
     "CQLLoss",
     "DiscreteAWACLoss",
+    "DiscreteBCQActor",
+    "DiscreteBCQLoss",
     "DiscreteCQLLoss",
     "DiscreteIQLLoss",
+    "EDACLoss",
     "FusedSoftUpdate",
     "IQLLoss",
     "NetworkFactory",
     "OfflineLossError",
     "ParamGroup",
+    "SACNLoss",
     "TD3BCLoss",
     "TanhMeanGaussian",
     "make_tanh_mean_gaussian_actor",

@@ -194,13 +194,23 @@ class ActorCriticLoss(LazyInKeys, LossModule):
     def _drop_caches(self, *args) -> None:
         self._erase_cache()
 
-    def _critics(self, params: TensorDictBase, inputs: Sequence[Tensor]) -> Tensor:
-        """All critics at once: ``[E, *batch, *out]`` with a trailing singleton dropped."""
+    def _critics(
+        self, params: TensorDictBase, inputs: Sequence[Tensor], *, stacked_inputs: bool = False
+    ) -> Tensor:
+        """All critics at once: ``[E, *batch, *out]`` with a trailing singleton dropped.
+
+        With ``stacked_inputs`` every input is ``[E, *batch, in]`` and critic ``i`` reads
+        slice ``i`` (:func:`~torchrl_offline.objectives.common.ensemble_apply`)."""
         key = self.tensor_keys.state_action_value
         if self.deactivate_vmap:
             out = torch.stack(
                 [
-                    module_apply(self.qvalue_network, params[i], *inputs, out_key=key)
+                    module_apply(
+                        self.qvalue_network,
+                        params[i],
+                        *[x[i] for x in inputs] if stacked_inputs else inputs,
+                        out_key=key,
+                    )
                     for i in range(len(params))
                 ]
             )
@@ -211,6 +221,7 @@ class ActorCriticLoss(LazyInKeys, LossModule):
                 *inputs,
                 out_key=key,
                 randomness=self.vmap_randomness,
+                stacked_inputs=stacked_inputs,
             )
         return out.squeeze(-1)
 

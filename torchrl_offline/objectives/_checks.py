@@ -26,6 +26,7 @@ __all__ = [
     "OfflineLossError",
     "check_batch",
     "check_finite_losses",
+    "check_loss_settings",
     "check_output_dim",
     "count_update",
 ]
@@ -262,3 +263,20 @@ def check_output_dim(name: str, got: int, expected: int, what: str = "action") -
         raise OfflineLossError(
             f"{name} produces {got} {what} dims but the {what} spec has {expected}"
         )
+
+
+def check_loss_settings(reduction: str | None, loss_function: str) -> str:
+    """Refuses an unknown ``reduction`` or regression ``loss_function``; returns the
+    reduction (``None`` is ``"mean"``).
+
+    Examples:
+        >>> from torchrl_offline.objectives._checks import check_loss_settings
+        >>> check_loss_settings(None, "l2")
+        'mean'
+    """
+    reduction = "mean" if reduction is None else reduction
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+    if loss_function not in ("l2", "l1", "smooth_l1"):
+        raise ValueError(f"unknown loss_function {loss_function!r}")
+    return reduction

@@ -288,15 +288,20 @@ def _vmap_call(
     tensordict: TensorDictBase,
     randomness: str,
     vectorize: bool = True,
+    stacked_inputs: bool = False,
 ) -> TensorDictBase:
     def call(params, td):
         with params.to_module(module, preserve_module_state=False):
             return module(td)
 
     if not vectorize:
-        outs = [call(stacked_params[i], tensordict.copy()) for i in range(stacked_params.shape[0])]
+        outs = [
+            call(stacked_params[i], tensordict[i] if stacked_inputs else tensordict.copy())
+            for i in range(stacked_params.shape[0])
+        ]
         return torch.stack(outs)
-    return torch.vmap(call, (0, None), randomness=randomness)(stacked_params, tensordict)
+    in_dims = (0, 0 if stacked_inputs else None)
+    return torch.vmap(call, in_dims, randomness=randomness)(stacked_params, tensordict)
 
 
 def ensemble_apply(
@@ -306,6 +311,7 @@ def ensemble_apply(
     out_key: NestedKey | None = None,
     randomness: str = "different",
     vectorize: bool = True,
+    stacked_inputs: bool = False,
 ) -> Tensor:
     """Evaluates an ensemble of copies of ``module`` on shared inputs; returns a tensor.
 
@@ -325,6 +331,10 @@ def ensemble_apply(
         randomness (str, optional): ``torch.vmap`` randomness for the generic path.
         vectorize (bool, optional): if ``False``, loop over the members instead of
             batching them (for debugging and reference). Defaults to ``True``.
+        stacked_inputs (bool, optional): every input has the ensemble dimension first
+            (``[E, *batch, in]``) and member ``i`` reads slice ``i`` instead of a shared
+            batch, e.g. per-member copies of an action, so that each member's gradient
+            with respect to its own copy can be taken. Defaults to ``False``.
 
     Returns:
         Tensor: shaped ``[E, *batch, out]``.
@@ -344,6 +354,9 @@ def ensemble_apply(
     plan = _mlp_plan(module) if vectorize else None
     if plan is not None:
         x = _cat_inputs(inputs)
+        if stacked_inputs:  # [E, *batch, in]: one slice per member
+            out = _plan_apply_stacked(plan, stacked_params, x.reshape(x.shape[0], -1, x.shape[-1]))
+            return out.reshape(*x.shape[:-1], out.shape[-1])
         batch = x.shape[:-1]
         out = _plan_apply_stacked(plan, stacked_params, x.reshape(-1, x.shape[-1]))
         return out.reshape(out.shape[0], *batch, out.shape[-1])
@@ -351,7 +364,7 @@ def ensemble_apply(
     td = TensorDict(
         {k: t.expand(*batch, t.shape[-1]) for k, t in zip(module.in_keys, inputs)}, batch
     )
-    out = _vmap_call(module, stacked_params, td, randomness, vectorize)
+    out = _vmap_call(module, stacked_params, td, randomness, vectorize, stacked_inputs)
     return out.get(module.out_keys[0] if out_key is None else out_key)
 
 

@@ -13,7 +13,6 @@ both in ``torchrl.objectives.cql``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -31,6 +30,7 @@ from torchrl.objectives.utils import (
 )
 
 from torchrl_offline.objectives._actor_critic import ActorCriticLoss
+from torchrl_offline.objectives._temperature import EntropyTemperature
 from torchrl_offline.objectives.common import (
     OfflineLossError,
     action_bounds,
@@ -80,7 +80,7 @@ _BACKUP_ACTIONS = ("sample", "mean")
 _SCALAR_MODES = (None, "exclude", "non_tensor")
 
 
-class CQLLoss(ActorCriticLoss):
+class CQLLoss(EntropyTemperature, ActorCriticLoss):
     r"""Continuous Conservative Q-Learning on top of SAC (Kumar et al., 2020).
 
     For each critic :math:`Q_j` the loss is the soft Bellman error plus the
@@ -328,15 +328,6 @@ class CQLLoss(ActorCriticLoss):
         self.cql_variant = cql_variant
 
         device = next(iter(self.actor_network_params.values(True, True))).device
-        self.register_buffer("alpha_init", torch.tensor(float(alpha_init), device=device))
-        self.min_log_alpha = None if min_alpha is None else math.log(min_alpha)
-        self.max_log_alpha = None if max_alpha is None else math.log(max_alpha)
-        self.fixed_alpha = fixed_alpha
-        log_alpha = torch.tensor(math.log(alpha_init), device=device)
-        if fixed_alpha:
-            self.register_buffer("log_alpha", log_alpha)
-        else:
-            self.register_parameter("log_alpha", nn.Parameter(log_alpha))
         if with_lagrange:
             self.register_parameter("log_alpha_prime", nn.Parameter(torch.zeros((), device=device)))
 
@@ -350,9 +341,15 @@ class CQLLoss(ActorCriticLoss):
             )
         self.register_buffer("action_low", low.to(device=device, dtype=torch.float32))
         self.register_buffer("action_high", high.to(device=device, dtype=torch.float32))
-        if target_entropy == "auto":
-            target_entropy = -float(low.numel())
-        self.register_buffer("target_entropy", torch.tensor(float(target_entropy), device=device))
+        self._init_temperature(
+            alpha_init=alpha_init,
+            min_alpha=min_alpha,
+            max_alpha=max_alpha,
+            fixed_alpha=fixed_alpha,
+            target_entropy=target_entropy,
+            action_dim=low.numel(),
+            device=device,
+        )
         self._checked_shapes = False
         self._num_updates = 0
 
@@ -416,13 +413,6 @@ class CQLLoss(ActorCriticLoss):
     @_cache_values
     def _cached_detach_qvalue_params(self):
         return self.qvalue_network_params.detach()
-
-    @property
-    def _alpha(self) -> Tensor:
-        log_alpha = self.log_alpha.detach()
-        if self.min_log_alpha is not None or self.max_log_alpha is not None:
-            log_alpha = log_alpha.clamp(self.min_log_alpha, self.max_log_alpha)
-        return log_alpha.exp()
 
     @property
     def _alpha_prime(self) -> Tensor:
@@ -599,8 +589,7 @@ class CQLLoss(ActorCriticLoss):
             actor_metadata (dict): the metadata of :meth:`actor_loss`.
             mask_tensordict (TensorDictBase, optional): the batch, for its masks.
         """
-        log_prob = actor_metadata[self.tensor_keys.log_prob]
-        loss = -self.log_alpha * (log_prob + self.target_entropy)
+        loss = self._temperature_loss(actor_metadata[self.tensor_keys.log_prob])
         return self._reduce_loss(loss, tensordict=mask_tensordict), {}
 
     def q_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict]:
@@ -735,7 +724,7 @@ class CQLLoss(ActorCriticLoss):
         # log pi(a_data | s); the s' half of the batch is padding for the [2B] dist.
         logp_data = dist.log_prob(torch.cat([data_action, a_next], 0))[:bsz]
         loss_actor_bc = alpha * logp_pi - logp_data
-        loss_alpha = -self.log_alpha * (logp_pi.detach() + self.target_entropy)
+        loss_alpha = self._temperature_loss(logp_pi)
 
         # Bellman target.
         with torch.no_grad():
