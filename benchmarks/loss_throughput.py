@@ -48,13 +48,24 @@ CASES_DIR = pathlib.Path(__file__).resolve().parent / "throughput_cases"
 PEAK_CASE = "peak/matmul"
 ADAM_CHOICES = {"fused": {"fused": True}, "foreach": {"foreach": True}, "default": {}}
 
+# SAC-N with 10 critics: actor at s and s' ; target critics at (s', a') ; critics at
+# (s, a_pi) for the actor (frozen) ; critics at the data actions
+_SAC_N = [
+    ("pi", 1, "params"),
+    ("pi", 1, None),
+    ("q", 10, None),
+    ("q", 10, "input"),
+    ("q", 10, "params"),
+]
+
 #: Network passes of one update, per algorithm, for :func:`analytic_flops`: tuples
 #: ``(network, rows, backward)`` where ``network`` is ``"q"`` (input obs + act, one
-#: output), ``"v"`` (obs -> 1), ``"pi"`` (obs -> 2 act, Gaussian) or ``"pi_det"``
-#: (obs -> act), ``rows`` the number of input rows in units of the batch size (twin
-#: critics count twice) and ``backward`` one of ``None`` (no gradient), ``"params"``
-#: (weight and hidden-input gradients) or ``"input"`` (input gradients only, down to
-#: the action input, as when the actor's loss goes through a frozen critic).
+#: output), ``"v"`` (obs -> 1), ``"pi"`` (obs -> 2 act, Gaussian), ``"pi_det"``
+#: (obs -> act) or ``"q_disc"`` (obs -> one value per action, ``act`` actions), ``rows``
+#: the number of input rows in units of the batch size (twin critics count twice) and
+#: ``backward`` one of ``None`` (no gradient), ``"params"`` (weight and hidden-input
+#: gradients) or ``"input"`` (input gradients only, down to the action input, as when
+#: the actor's loss goes through a frozen critic).
 PASSES: dict[str, list[tuple[str, float, str | None]]] = {
     # V(s) and V(s') ; target twin Q(s, a) ; twin Q(s, a) ; actor log-likelihood
     "iql": [
@@ -84,6 +95,13 @@ PASSES: dict[str, list[tuple[str, float, str | None]]] = {
     # actor at s and s' (one call) ; target twin Q(s', a') ; twin Q(s, a_pi) for the actor
     # (frozen critic) ; twin Q on the data action plus 3 x 10 sampled actions per state
     "cql": [("pi", 2, "params"), ("q", 2, None), ("q", 2, "input"), ("q", 2 * 31, "params")],
+    # discrete BCQ: Q and imitation heads at s (trained) and at s' (filter, argmax) ;
+    # target Q head at s'
+    "discrete_bcq": [("q_disc", 2, "params"), ("q_disc", 2, None), ("q_disc", 1, None)],
+    "sac_n": _SAC_N,
+    # EDAC adds each critic's action gradient at the data actions (kept in the graph) and
+    # the backward through it: about one more forward and parameter backward of the critics
+    "edac": [*_SAC_N, ("q", 10, "params")],
     "bc_det": [("pi_det", 1, "params")],
     "bc_stoch": [("pi", 1, "params")],
 }
@@ -106,7 +124,7 @@ def load_cases(
 
 def _layer_sizes(network: str, obs_dim: int, act_dim: int, hidden: int) -> list[int]:
     first = obs_dim + act_dim if network == "q" else obs_dim
-    last = {"q": 1, "v": 1, "pi": 2 * act_dim, "pi_det": act_dim}[network]
+    last = {"q": 1, "v": 1, "pi": 2 * act_dim, "pi_det": act_dim, "q_disc": act_dim}[network]
     return [first, hidden, hidden, last]
 
 

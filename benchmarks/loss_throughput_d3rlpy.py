@@ -1,10 +1,13 @@
-"""Updates per second of d3rlpy 2.8.1's IQL, TD3+BC, AWAC and CQL, with the matmul peak.
+"""Updates per second of d3rlpy 2.8.1's IQL, TD3+BC, AWAC, CQL and discrete BCQ, with the matmul peak.
 
 Run with a Python that has d3rlpy (it pins its own gymnasium, so it lives in its own
 venv; install ``torch==2.13.0`` from the CPU index first). The settings match
 ``loss_throughput.py``: batch 256, 2x256 ReLU encoders for every network, observation 17,
 action 6, one torch thread, a fixed batch, round-robin timing with the same 2048^3
-fp32 matmul timed in the same rounds. Since d3rlpy and torchrl_offline cannot share a
+fp32 matmul timed in the same rounds; discrete BCQ has 6 discrete actions, a Q function
+and an imitation model each on its own 2x256 encoder (``share_encoder=False``, as
+``throughput_cases/discrete_bcq.py``) and the logit penalty 1e-2. Since d3rlpy and
+torchrl_offline cannot share a
 process, compare the two through their share of that peak, or run both scripts back to
 back and compare updates/s when the machine is quiet. Usage::
 
@@ -37,6 +40,14 @@ def _algos(hidden: int, batch_size: int) -> dict[str, object]:
         "cql": d3rlpy.algos.CQLConfig(
             conservative_weight=10.0, n_action_samples=10, alpha_threshold=10.0, **common
         ),
+        "discrete_bcq": d3rlpy.algos.DiscreteBCQConfig(
+            batch_size=batch_size,
+            encoder_factory=enc,
+            share_encoder=False,
+            action_flexibility=0.3,
+            beta=1e-2,
+            learning_rate=3e-4,
+        ),
     }
 
 
@@ -47,19 +58,28 @@ def cases(obs_dim: int, act_dim: int, batch_size: int, hidden: int) -> dict[str,
     n = 10_000
     timeouts = np.zeros(n)
     timeouts[999::1000] = 1.0
-    dataset = d3rlpy.dataset.MDPDataset(
-        observations=rng.standard_normal((n, obs_dim)).astype(np.float32),
-        actions=rng.uniform(-1, 1, (n, act_dim)).astype(np.float32),
-        rewards=rng.standard_normal(n).astype(np.float32),
-        terminals=np.zeros(n),
-        timeouts=timeouts,
-    )
-    batch = dataset.sample_transition_batch(batch_size)
+    actions = {  # continuous in [-1, 1]^act_dim, or one of act_dim discrete actions
+        False: rng.uniform(-1, 1, (n, act_dim)).astype(np.float32),
+        True: rng.integers(act_dim, size=(n, 1)),
+    }
+    datasets = {
+        discrete: d3rlpy.dataset.MDPDataset(
+            observations=rng.standard_normal((n, obs_dim)).astype(np.float32),
+            actions=action,
+            rewards=rng.standard_normal(n).astype(np.float32),
+            terminals=np.zeros(n),
+            timeouts=timeouts,
+            action_space=d3rlpy.ActionSpace.DISCRETE if discrete else None,
+        )
+        for discrete, action in actions.items()
+    }
     out = {}
     for name, config in _algos(hidden, batch_size).items():
+        dataset = datasets[name.startswith("discrete_")]
+        batch = dataset.sample_transition_batch(batch_size)
         algo = config.create(device="cpu:0")
         algo.build_with_dataset(dataset)
-        out[f"{name}/d3rlpy"] = lambda algo=algo: algo.update(batch)
+        out[f"{name}/d3rlpy"] = lambda algo=algo, batch=batch: algo.update(batch)
     return out
 
 
@@ -103,7 +123,7 @@ def main() -> None:
     )
     for k, v in results.items():
         med = statistics.median(v)
-        print(f"{k:16s} {med:8.1f} updates/s  {med / (peak / 1e9):.3f} updates/s per peak GFLOP/s")
+        print(f"{k:20s} {med:8.1f} updates/s  {med / (peak / 1e9):.3f} updates/s per peak GFLOP/s")
 
 
 if __name__ == "__main__":

@@ -2,10 +2,15 @@
 
 Each builder returns fresh TorchRL modules shaped like TorchRL's own offline example
 scripts: ReLU MLPs, a ``ProbabilisticActor`` with ``TanhNormal`` over a ``Bounded``
-action spec, ``ValueOperator`` critics, plus a fixed random batch with TorchRL keys.
+action spec, ``ValueOperator`` critics, plus a fixed random batch with TorchRL keys. The
+``plain_*`` helpers are the plain-torch cases' pieces: an ensemble of MLP critics with
+stacked weights (one ``baddbmm`` per layer) and a tanh-Gaussian policy.
 """
 
 from __future__ import annotations
+
+import itertools
+import math
 
 import torch
 from tensordict import TensorDict
@@ -110,3 +115,53 @@ def loss_update(loss_module, optimizers, updater, batch):
             updater.step()
 
     return step
+
+
+# ----------------------------------------------------------------------------- plain torch
+def plain_stacked_mlp(n: int, sizes: list[int]) -> torch.nn.ParameterList:
+    """``n`` ReLU MLPs with layer ``sizes``, their weights stacked: ``[W0, b0, W1, b1, ...]``
+    with ``W`` of shape ``[n, in, out]`` and ``b`` of shape ``[n, 1, out]``, each member
+    initialised like ``nn.Linear``."""
+    params = []
+    for i, o in itertools.pairwise(sizes):
+        w = torch.empty(n, i, o)
+        for k in range(n):
+            torch.nn.init.kaiming_uniform_(w[k].T, a=math.sqrt(5))
+        b = torch.empty(n, 1, o).uniform_(-1 / math.sqrt(i), 1 / math.sqrt(i))
+        params += [torch.nn.Parameter(w), torch.nn.Parameter(b)]
+    return torch.nn.ParameterList(params)
+
+
+def plain_stacked_apply(params, x: torch.Tensor) -> torch.Tensor:
+    """All members of :func:`plain_stacked_mlp` on ``x``: ``[M, in]`` shared by the
+    members, or ``[n, M, in]`` one slice per member; returns ``[n, M, out]``."""
+    n_layers = len(params) // 2
+    if x.ndim == 2:
+        x = x.expand(params[0].shape[0], *x.shape)
+    for layer in range(n_layers):
+        x = torch.baddbmm(params[2 * layer + 1], x, params[2 * layer])
+        if layer < n_layers - 1:
+            x = torch.relu(x)
+    return x
+
+
+def plain_actor(obs_dim: int, act_dim: int, hidden: int) -> torch.nn.Sequential:
+    """A 2-hidden-layer ReLU MLP giving a tanh-Gaussian's ``(mu, pre-softplus std)``."""
+    return torch.nn.Sequential(
+        torch.nn.Linear(obs_dim, hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, 2 * act_dim),
+    )
+
+
+def plain_tanh_normal(actor: torch.nn.Module, obs: torch.Tensor, shape=()):
+    """A reparameterised draw of ``tanh(N(mu, softplus(s) + 1e-4))`` (``shape`` extra
+    leading sample dims) and its log-density."""
+    mu, log_std = actor(obs).chunk(2, -1)
+    std = torch.nn.functional.softplus(log_std) + 1e-4
+    u = mu + std * torch.randn(*shape, *mu.shape)
+    logp = (-0.5 * ((u - mu) / std) ** 2 - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+    logp = logp - (2 * (math.log(2) - u - torch.nn.functional.softplus(-2 * u))).sum(-1)
+    return torch.tanh(u), logp

@@ -9,7 +9,6 @@ deterministic backup and a fixed CQL weight.
 
 from __future__ import annotations
 
-import itertools
 import math
 import pathlib
 import sys
@@ -55,26 +54,9 @@ def _loss_update(loss_module, data: TensorDict, *, ours: bool) -> Callable[[], N
 def _plain_torch(obs_dim: int, act_dim: int, batch_size: int, hidden: int, data: TensorDict):
     """A minimal hand-written CQL(H) update with stacked (vectorized) twin critics."""
     n_critics = 2
-    sizes = [obs_dim + act_dim, hidden, hidden, 1]
-
-    def stacked_layer(i, o):
-        w = torch.empty(n_critics, i, o)
-        for k in range(n_critics):
-            nn.init.kaiming_uniform_(w[k].T, a=math.sqrt(5))
-        b = torch.empty(n_critics, 1, o).uniform_(-1 / math.sqrt(i), 1 / math.sqrt(i))
-        return nn.Parameter(w), nn.Parameter(b)
-
-    critic = nn.ParameterList(
-        [p for i, o in itertools.pairwise(sizes) for p in stacked_layer(i, o)]
-    )
+    critic = _nets.plain_stacked_mlp(n_critics, [obs_dim + act_dim, hidden, hidden, 1])
     target = [p.detach().clone() for p in critic]
-    actor = nn.Sequential(
-        nn.Linear(obs_dim, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, 2 * act_dim),
-    )
+    actor = _nets.plain_actor(obs_dim, act_dim, hidden)
     log_alpha = nn.Parameter(torch.zeros(()))
     optim = _adam([*critic, *actor.parameters(), log_alpha])
     n = NUM_RANDOM
@@ -82,21 +64,11 @@ def _plain_torch(obs_dim: int, act_dim: int, batch_size: int, hidden: int, data:
 
     def q(params, o, a):
         x = torch.cat([o.expand(*a.shape[:-1], o.shape[-1]), a], -1)
-        shape = x.shape[:-1]
-        x = x.reshape(1, -1, x.shape[-1]).expand(n_critics, -1, -1)
-        for layer in range(len(params) // 2):
-            x = torch.baddbmm(params[2 * layer + 1], x, params[2 * layer])
-            if layer < len(params) // 2 - 1:
-                x = torch.relu(x)
-        return x.reshape(n_critics, *shape)
+        out = _nets.plain_stacked_apply(params, x.reshape(-1, x.shape[-1]))
+        return out.reshape(n_critics, *x.shape[:-1])
 
     def policy(o, shape=()):
-        mu, log_std = actor(o).chunk(2, -1)
-        std = nn.functional.softplus(log_std) + 1e-4
-        u = mu + std * torch.randn(*shape, *mu.shape)
-        logp = (-0.5 * ((u - mu) / std) ** 2 - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
-        logp = logp - (2 * (math.log(2) - u - nn.functional.softplus(-2 * u))).sum(-1)
-        return torch.tanh(u), logp
+        return _nets.plain_tanh_normal(actor, o, shape)
 
     def update() -> None:
         obs, act = data["observation"], data["action"]
