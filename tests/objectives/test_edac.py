@@ -248,6 +248,8 @@ def test_sac_n_is_edac_without_the_diversity_term():
     sac_n.make_value_estimator(gamma=GAMMA)
     assert "loss_diversity" not in sac_n(make_batch()).keys()
     assert registry.get("loss", "sac_n") is SACNLoss and registry.get("loss", "edac") is EDACLoss
+    sac_n.select_out_keys("loss_qvalue", "alpha")  # TorchRL's output filter
+    assert sorted(sac_n(make_batch()).keys()) == ["alpha", "loss_qvalue"]
 
 
 def test_reduction_set_keys_and_nested_batch():

@@ -44,7 +44,7 @@ def _tensors(algo):
     return {k: v for k, v in algo.loss.state_dict().items() if torch.is_tensor(v)}
 
 
-@pytest.mark.parametrize("name", ["iql", "td3_bc", "cql", "discrete_cql"])
+@pytest.mark.parametrize("name", ["iql", "td3_bc", "cql", "discrete_cql", "edac", "discrete_bcq"])
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, name):
     discrete = name.startswith("discrete")
     full = _run(name, tmp_path / "full", discrete=discrete)

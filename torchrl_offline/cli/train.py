@@ -163,7 +163,7 @@ def _list_hyperparameters(name: str) -> int:
     for preset, values in sorted(decl.presets.items()):
         settings = ", ".join(f"{k}={v!r}" for k, v in values.items())
         default = " (the default)" if preset == decl.default_preset else ""
-        print(f"--preset {preset:<15}{settings}{default}")
+        print(f"{'--preset ' + preset:<23} {settings}{default}")
     return 0
 
 

@@ -302,13 +302,21 @@ class EDACLoss(EntropyTemperature, ActorCriticLoss):
         self._num_calls = 0
         self.register_load_state_dict_post_hook(self._drop_caches)
 
+    _out_keys: list[str] | None = None
+
     @property
     def out_keys(self) -> list[str]:
         """The loss terms (``loss_diversity`` only with ``eta > 0``) and diagnostics."""
+        if self._out_keys is not None:  # set by select_out_keys
+            return self._out_keys
         losses = ["loss_actor", "loss_qvalue", "loss_diversity", "loss_alpha"]
         if self.eta == 0:
             losses.remove("loss_diversity")
         return [*losses, "alpha", "entropy", "pred_value", "target_value", "q_std"]
+
+    @out_keys.setter
+    def out_keys(self, values: list[str]) -> None:
+        self._out_keys = list(values)
 
     # ------------------------------------------------------------------ network calls
     def _sample(self, tensordict: TensorDictBase, *, nxt: bool) -> tuple[Tensor, Tensor]:
