@@ -165,6 +165,8 @@ _BUILTINS = {
     "algorithm": {
         "awac": "torchrl_offline.objectives.awac:AWAC_ALGORITHM",
         "bc": "torchrl_offline.objectives.bc:BC_ALGORITHM",
+        "bcq": "torchrl_offline.objectives.bcq:BCQ_ALGORITHM",
+        "bear": "torchrl_offline.objectives.bear:BEAR_ALGORITHM",
         "cql": "torchrl_offline.objectives.cql:CQL_ALGORITHM",
         "discrete_awac": "torchrl_offline.objectives.awac:DISCRETE_AWAC_ALGORITHM",
         "discrete_bc": "torchrl_offline.objectives.bc:DISCRETE_BC_ALGORITHM",

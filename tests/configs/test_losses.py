@@ -21,6 +21,7 @@ from torchrl.trainers.algorithms.configs import (
 from torchrl_offline import registry
 from torchrl_offline.configs import (
     LOSS_CONFIGS,
+    BehaviorVAEConfig,
     CategoricalActorConfig,
     TanhMeanGaussianActorConfig,
     default_loss_components,
@@ -72,8 +73,23 @@ DETERMINISTIC = TensorDictSequentialConfig(
     ]
 )
 
+BEHAVIOR_VAE = BehaviorVAEConfig(
+    observation_dim=OBS, action_spec={"low": -1.0, "high": 1.0, "shape": [ACT]}, num_cells=[8]
+)
+PERTURBATION = TensorDictModuleConfig(
+    module=_mlp(OBS + ACT, ACT), in_keys=["observation", "action"], out_keys=["perturbation"]
+)
+
 # name -> (fields, whether actions are discrete); networks are TorchRL model configs
 CASES = {
+    "bcq": (
+        {"actor_network": PERTURBATION, "qvalue_network": Q_SA, "behavior_network": BEHAVIOR_VAE},
+        False,
+    ),
+    "bear": (
+        {"actor_network": TANH_NORMAL, "qvalue_network": Q_SA, "behavior_network": BEHAVIOR_VAE},
+        False,
+    ),
     "iql": ({"actor_network": PAPER_GAUSSIAN, "qvalue_network": Q_SA, "value_network": V_S}, False),
     "cql": (
         {

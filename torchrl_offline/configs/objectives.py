@@ -50,6 +50,8 @@ __all__ = [
     "LOSS_CONFIGS",
     "OfflineAWACLossConfig",
     "OfflineBCLossConfig",
+    "OfflineBCQLossConfig",
+    "OfflineBEARLossConfig",
     "OfflineCQLLossConfig",
     "OfflineDiscreteAWACLossConfig",
     "OfflineDiscreteBCLossConfig",
@@ -78,6 +80,7 @@ def _field(param: inspect.Parameter) -> tuple[str, Any, Any]:
 
 def _class_name(name: str) -> str:
     words = {"iql": "IQL", "cql": "CQL", "awac": "AWAC", "td3": "TD3", "bc": "BC"}
+    words |= {"bcq": "BCQ", "bear": "BEAR"}
     return "Offline" + "".join(words.get(w, w.capitalize()) for w in name.split("_")) + "LossConfig"
 
 
@@ -160,4 +163,6 @@ OfflineAWACLossConfig = LOSS_CONFIGS["awac"]
 OfflineDiscreteAWACLossConfig = LOSS_CONFIGS["discrete_awac"]
 OfflineTD3BCLossConfig = LOSS_CONFIGS["td3_bc"]
 OfflineBCLossConfig = LOSS_CONFIGS["bc"]
+OfflineBCQLossConfig = LOSS_CONFIGS["bcq"]
+OfflineBEARLossConfig = LOSS_CONFIGS["bear"]
 OfflineDiscreteBCLossConfig = LOSS_CONFIGS["discrete_bc"]

@@ -9,6 +9,9 @@ replacement) with the paper's defaults. Next to each loss, an
 
 from torchrl_offline.objectives.awac import AWACLoss, DiscreteAWACLoss
 from torchrl_offline.objectives.bc import ActorOutputError, BCLoss
+from torchrl_offline.objectives.bcq import BCQLoss
+from torchrl_offline.objectives.bear import BEARLoss
+from torchrl_offline.objectives.behavior_vae import BehaviorVAE, make_behavior_vae
 from torchrl_offline.objectives.common import OfflineLossError
 from torchrl_offline.objectives.cql import CQL_PRESETS, CQLLoss
 from torchrl_offline.objectives.declaration import AlgorithmDeclaration, ParamGroup
@@ -29,6 +32,9 @@ __all__ = [
     "ActorOutputError",
     "AlgorithmDeclaration",
     "BCLoss",
+    "BCQLoss",
+    "BEARLoss",
+    "BehaviorVAE",
     "CQLLoss",
     "DiscreteAWACLoss",
     "DiscreteCQLLoss",
@@ -40,5 +46,6 @@ __all__ = [
     "ParamGroup",
     "TD3BCLoss",
     "TanhMeanGaussian",
+    "make_behavior_vae",
     "make_tanh_mean_gaussian_actor",
 ]

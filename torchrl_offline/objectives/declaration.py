@@ -132,7 +132,10 @@ class AlgorithmDeclaration:
         discrete_variant: the algorithm to build instead for a discrete action spec.
         action_spec_argument: the constructor argument that receives the action spec
             (``"action_spec"``, ``"action_space"``), if any.
-        policy: the network (a key of ``networks``) to act with.
+        policy: the network (a key of ``networks``) to act with, or, for a policy that is
+            not one network (BCQ's best of sampled and perturbed actions), a function
+            ``policy(loss, networks)`` returning the TorchRL module that acts (it reads
+            the observation and writes ``"action"``); see :meth:`build_policy`.
         target_update: whether the loss has target networks (soft-updated at ``tau``
             after each step, with a value estimator at ``gamma``).
     """
@@ -148,7 +151,7 @@ class AlgorithmDeclaration:
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     discrete_variant: str | None = None
     action_spec_argument: str | None = None
-    policy: str = "actor_network"
+    policy: str | Callable[[LossModule, Networks], TensorDictModuleBase] = "actor_network"
     target_update: bool = True
     default_preset: str | None = None
 
@@ -176,6 +179,13 @@ class AlgorithmDeclaration:
             raise ValueError(
                 f"algorithm {self.name!r}: learning rate {missing[0]!r} has no default"
             )
+
+    def build_policy(self, loss: LossModule, networks: Networks) -> TensorDictModuleBase:
+        """The module to act with: ``networks[policy]``, or ``policy(loss, networks)``
+        when :attr:`policy` is a function."""
+        if callable(self.policy):
+            return self.policy(loss, networks)
+        return networks[self.policy]
 
     def loss_arguments(self) -> dict[str, Any]:
         """The loss constructor's settings and their defaults: its keyword arguments

@@ -36,6 +36,7 @@ from torchrl.modules import (
     ValueOperator,
 )
 
+from torchrl_offline.objectives.behavior_vae import BehaviorVAE, make_behavior_vae
 from torchrl_offline.objectives.gaussian_actor import make_tanh_mean_gaussian_actor
 
 __all__ = ["STOCHASTIC_ACTORS", "NetworkFactory", "is_discrete"]
@@ -182,3 +183,13 @@ class NetworkFactory:
     def value(self) -> ValueOperator:
         """``V(s)``."""
         return ValueOperator(self.mlp(self.observation_dim, 1), in_keys=["observation"])
+
+    # ------------------------------------------------------------ behaviour models
+    def behavior_vae(self, hidden_sizes: tuple[int, ...] | None = None) -> BehaviorVAE:
+        """The conditional VAE of the behaviour policy (BCQ's and BEAR's), with MLPs of
+        ``hidden_sizes`` (the factory's when ``None``)."""
+        return make_behavior_vae(
+            self.observation_dim,
+            self.action_spec,
+            num_cells=tuple(self.hidden_sizes if hidden_sizes is None else hidden_sizes),
+        )

@@ -271,15 +271,6 @@ class TD3BCLoss(ActorCriticLoss):
         self._tanh_head = _tanh_head(self.actor_network, self.tensor_keys.action)
 
     # ------------------------------------------------------------------ network calls
-    @property
-    def _cache_q1_detached(self) -> TensorDictBase:
-        cached = self.__dict__.get("_cache_q1_detached_val")
-        if cached is None:
-            params = self.qvalue_network_params.data
-            cached = _leaf_view(self.qvalue_network, params[0] if params.ndim else params)
-            self.__dict__["_cache_q1_detached_val"] = cached
-        return cached
-
     def _sub_params(self, name: str) -> TensorDictBase:
         """Parameters of the actor's body (cached view, cleared on ``.to()``)."""
         cache_name = "_cache_sub_" + name

@@ -461,7 +461,7 @@ def build_algorithm(
     spec_kwargs = {} if decl.action_spec_argument is None else {decl.action_spec_argument: act_spec}
     loss_kwargs = {k: hp[k] for k in decl.loss_arguments()}
     loss = decl.loss_class(**networks, **spec_kwargs, **loss_kwargs)
-    policy = networks[decl.policy]
+    policy = decl.build_policy(loss, networks)
 
     if observation_norm is not None:
         from torchrl_offline.trainers.normalization import NormalizedPolicy
