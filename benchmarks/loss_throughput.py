@@ -51,10 +51,13 @@ ADAM_CHOICES = {"fused": {"fused": True}, "foreach": {"foreach": True}, "default
 #: Network passes of one update, per algorithm, for :func:`analytic_flops`: tuples
 #: ``(network, rows, backward)`` where ``network`` is ``"q"`` (input obs + act, one
 #: output), ``"v"`` (obs -> 1), ``"pi"`` (obs -> 2 act, Gaussian) or ``"pi_det"``
-#: (obs -> act), ``rows`` the number of input rows in units of the batch size (twin
+#: (obs -> act), ``"xi"`` (obs + act -> act, BCQ's perturbation model) or the behaviour
+#: VAE's ``"vae_enc"`` (obs + act -> 2 latent, latent = 2 act) and ``"vae_dec"`` (obs +
+#: latent -> act), ``rows`` the number of input rows in units of the batch size (twin
 #: critics count twice) and ``backward`` one of ``None`` (no gradient), ``"params"``
-#: (weight and hidden-input gradients) or ``"input"`` (input gradients only, down to
-#: the action input, as when the actor's loss goes through a frozen critic).
+#: (weight and hidden-input gradients), ``"input"`` (input gradients only, down to
+#: the action input, as when the actor's loss goes through a frozen critic) or ``"all"``
+#: (both, as for the VAE's decoder, whose latent input carries the encoder's gradient).
 PASSES: dict[str, list[tuple[str, float, str | None]]] = {
     # V(s) and V(s') ; target twin Q(s, a) ; twin Q(s, a) ; actor log-likelihood
     "iql": [
@@ -84,6 +87,31 @@ PASSES: dict[str, list[tuple[str, float, str | None]]] = {
     # actor at s and s' (one call) ; target twin Q(s', a') ; twin Q(s, a_pi) for the actor
     # (frozen critic) ; twin Q on the data action plus 3 x 10 sampled actions per state
     "cql": [("pi", 2, "params"), ("q", 2, None), ("q", 2, "input"), ("q", 2 * 31, "params")],
+    # VAE ; target: 10 decoded, perturbed (target xi) actions per s' and target twin Q ;
+    # twin Q(s, a) ; actor: one decoded action, xi, Q1 with input gradients
+    "bcq": [
+        ("vae_enc", 1, "params"),
+        ("vae_dec", 1, "all"),
+        ("vae_dec", 10, None),
+        ("xi", 10, None),
+        ("q", 20, None),
+        ("q", 2, "params"),
+        ("vae_dec", 1, None),
+        ("xi", 1, "params"),
+        ("q", 1, "input"),
+    ],
+    # VAE ; target actor at s' (10 samples of one pass) and target twin Q on them ; twin
+    # Q(s, a) ; actor at s (5 samples), 5 VAE samples for the MMD, twin Q on the 5 samples
+    "bear": [
+        ("vae_enc", 1, "params"),
+        ("vae_dec", 1, "all"),
+        ("pi", 1, None),
+        ("q", 20, None),
+        ("q", 2, "params"),
+        ("pi", 1, "params"),
+        ("vae_dec", 5, None),
+        ("q", 10, "input"),
+    ],
     "bc_det": [("pi_det", 1, "params")],
     "bc_stoch": [("pi", 1, "params")],
 }
@@ -105,9 +133,13 @@ def load_cases(
 
 
 def _layer_sizes(network: str, obs_dim: int, act_dim: int, hidden: int) -> list[int]:
-    first = obs_dim + act_dim if network == "q" else obs_dim
-    last = {"q": 1, "v": 1, "pi": 2 * act_dim, "pi_det": act_dim}[network]
-    return [first, hidden, hidden, last]
+    with_action = {"q", "xi", "vae_enc"}
+    first = obs_dim + act_dim if network in with_action else obs_dim
+    if network == "vae_dec":
+        first = obs_dim + 2 * act_dim
+    last = {"q": 1, "v": 1, "pi": 2 * act_dim, "pi_det": act_dim, "xi": act_dim}
+    last.update(vae_enc=4 * act_dim, vae_dec=act_dim)
+    return [first, hidden, hidden, last[network]]
 
 
 def mlp_flops(sizes: list[int], rows: float, backward: str | None) -> float:
@@ -125,6 +157,8 @@ def mlp_flops(sizes: list[int], rows: float, backward: str | None) -> float:
             total += mac + (mac if layer > 0 else 0.0)
         elif backward == "input":
             total += mac
+        elif backward == "all":
+            total += 2 * mac
     return total
 
 

@@ -1,4 +1,4 @@
-"""Updates per second of d3rlpy 2.8.1's IQL, TD3+BC, AWAC and CQL, with the matmul peak.
+"""Updates per second of d3rlpy 2.8.1's IQL, TD3+BC, AWAC, CQL, BCQ and BEAR, with the matmul peak.
 
 Run with a Python that has d3rlpy (it pins its own gymnasium, so it lives in its own
 venv; install ``torch==2.13.0`` from the CPU index first). The settings match
@@ -36,6 +36,20 @@ def _algos(hidden: int, batch_size: int) -> dict[str, object]:
         "awac": d3rlpy.algos.AWACConfig(lam=1.0 / 3.0, **common),
         "cql": d3rlpy.algos.CQLConfig(
             conservative_weight=10.0, n_action_samples=10, alpha_threshold=10.0, **common
+        ),
+        # BCQ and BEAR as in throughput_cases/bcq.py and bear.py: 10 target samples, BEAR's
+        # MMD over 5 samples per state after the warm-up; d3rlpy's imitator is the VAE
+        "bcq": d3rlpy.algos.BCQConfig(
+            imitator_encoder_factory=enc, n_action_samples=10, action_flexibility=0.05, **common
+        ),
+        "bear": d3rlpy.algos.BEARConfig(
+            imitator_encoder_factory=enc,
+            n_target_samples=10,
+            n_mmd_action_samples=5,
+            mmd_kernel="laplacian",
+            mmd_sigma=20.0,
+            warmup_steps=0,
+            **common,
         ),
     }
 

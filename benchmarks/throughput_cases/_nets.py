@@ -110,3 +110,42 @@ def loss_update(loss_module, optimizers, updater, batch):
             updater.step()
 
     return step
+
+
+def stacked_mlp(n_members: int, sizes: list[int]) -> list[torch.nn.Parameter]:
+    """``[w0, b0, w1, b1, ...]`` of ``n_members`` ReLU MLPs with layer ``sizes``, stacked
+    (weights ``[n, in, out]``, biases ``[n, 1, out]``) and initialised as ``nn.Linear``:
+    a plain-torch critic ensemble evaluated with one ``baddbmm`` per layer."""
+    import itertools
+    import math
+
+    params = []
+    for i, o in itertools.pairwise(sizes):
+        w = torch.empty(n_members, i, o)
+        for k in range(n_members):
+            torch.nn.init.kaiming_uniform_(w[k].T, a=math.sqrt(5))
+        b = torch.empty(n_members, 1, o).uniform_(-1 / math.sqrt(i), 1 / math.sqrt(i))
+        params += [torch.nn.Parameter(w), torch.nn.Parameter(b)]
+    return params
+
+
+def stacked_apply(params, x: torch.Tensor) -> torch.Tensor:
+    """The stacked MLPs of :func:`stacked_mlp` on ``x`` ``[rows, in]``: ``[n, rows]``."""
+    x = x.expand(len(params[0]), *x.shape)
+    layers = len(params) // 2
+    for layer in range(layers):
+        x = torch.baddbmm(params[2 * layer + 1], x, params[2 * layer])
+        if layer < layers - 1:
+            x = torch.relu(x)
+    return x.squeeze(-1)
+
+
+def plain_mlp(in_dim: int, out_dim: int, hidden: int) -> torch.nn.Sequential:
+    """A 2-hidden-layer ReLU MLP of ``nn.Linear`` layers (the plain-torch cases' networks)."""
+    return torch.nn.Sequential(
+        torch.nn.Linear(in_dim, hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, out_dim),
+    )

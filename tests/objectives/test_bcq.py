@@ -379,3 +379,23 @@ def test_build_algorithm_train_and_checkpoint(tmp_path):
     torch.manual_seed(3)
     torch.testing.assert_close(loaded.policy(state.clone())["action"], expected)
     assert (expected.abs() <= 2.0).all()
+
+
+def test_finetunes_online(tmp_path):
+    """Offline-to-online: the best-of-n policy (plus the Gaussian exploration noise
+    fine-tuning adds to policies that are not ``ProbabilisticActor``) collects in the env."""
+    from torchrl_offline.trainers.finetune import finetune
+
+    data = make_dataset()
+    torch.manual_seed(0)
+    algo = build_algorithm(
+        "bcq", *specs_from_dataset(data), hidden_sizes=(16,), vae_hidden_sizes=(16,)
+    )
+    before = algo.loss.actor_network_params.clone()
+    result = finetune(algo, data, "Pendulum-v1", total_steps=10, batch_size=16,
+                      frames_per_batch=5, out_dir=tmp_path, progress=False)  # fmt: skip
+    assert result.step == 10 and result.checkpoint.exists()
+    after = algo.loss.actor_network_params
+    assert any(
+        not torch.equal(a, b) for a, b in zip(before.values(True, True), after.values(True, True))
+    )
