@@ -276,6 +276,14 @@ def check_set_keys(make, keys):
     return loss
 
 
+def test_critics_in_a_python_loop_give_the_same_losses():
+    batch = make_batch()
+    fast = make_loss()(batch.clone())  # make_loss seeds torch: both draw the same noise
+    loop = make_loss(deactivate_vmap=True)(batch.clone())
+    for key in ("loss_actor", "loss_qvalue", "loss_behavior", "pred_value", "target_value"):
+        torch.testing.assert_close(fast[key], loop[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
 def test_missing_keys_and_nan_are_named():
     loss = make_loss()
     with pytest.raises(OfflineLossError, match=r"missing the key \('next', 'reward'\)"):
