@@ -149,3 +149,30 @@ def plain_mlp(in_dim: int, out_dim: int, hidden: int) -> torch.nn.Sequential:
         torch.nn.ReLU(),
         torch.nn.Linear(hidden, out_dim),
     )
+
+
+def plain_vae_loss(encoder, decoder, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """BCQ's and BEAR's VAE loss in plain torch (reconstruction MSE + 0.5 KL, log-std
+    clamped to [-4, 15], decoder squashed by tanh into [-1, 1])."""
+    mean, log_std = encoder(torch.cat([obs, act], -1)).chunk(2, -1)
+    log_std = log_std.clamp(-4.0, 15.0)
+    std = log_std.exp()
+    recon = torch.tanh(decoder(torch.cat([obs, mean + std * torch.randn_like(std)], -1)))
+    kl = (-0.5 * (1 + 2 * log_std - mean.pow(2) - std.pow(2))).mean()
+    return ((recon - act) ** 2).mean() + 0.5 * kl
+
+
+def ours_and_plain(
+    algo: str, ours, plain, obs_dim: int, act_dim: int, batch_size: int, hidden: int
+):
+    """``{f"{algo}/ours": ..., f"{algo}/plain_torch": ...}``: both built from the same seed
+    on copies of one random batch, ``ours`` / ``plain`` taking ``(obs_dim, act_dim,
+    hidden, batch)``."""
+    data = random_batch(obs_dim, act_dim, batch_size)
+    torch.manual_seed(0)
+    ours_case = ours(obs_dim, act_dim, hidden, data.clone())
+    torch.manual_seed(0)
+    return {
+        f"{algo}/ours": ours_case,
+        f"{algo}/plain_torch": plain(obs_dim, act_dim, hidden, data.clone()),
+    }

@@ -87,12 +87,7 @@ def _plain_torch(obs_dim: int, act_dim: int, hidden: int, data: TensorDict):
         next_obs, reward = data["next", "observation"], data["next", "reward"].squeeze(-1)
         not_done = (~data["next", "terminated"]).float().squeeze(-1)
         batch = obs.shape[0]
-        mean, log_std = encoder(torch.cat([obs, act], -1)).chunk(2, -1)
-        log_std = log_std.clamp(-4.0, 15.0)
-        std = log_std.exp()
-        recon = torch.tanh(decoder(torch.cat([obs, mean + std * torch.randn_like(std)], -1)))
-        kl = (-0.5 * (1 + 2 * log_std - mean.pow(2) - std.pow(2))).mean()
-        vae_loss = ((recon - act) ** 2).mean() + 0.5 * kl
+        vae_loss = _nets.plain_vae_loss(encoder, decoder, obs, act)
         with torch.no_grad():
             a2 = torch.tanh(sample(actor_target, next_obs, N_TARGET, False))
             s2 = next_obs.expand(N_TARGET, *next_obs.shape)
@@ -133,11 +128,4 @@ def cases(
     obs_dim: int, act_dim: int, batch_size: int, hidden: int
 ) -> dict[str, Callable[[], None]]:
     """One-update closures for ``bear/ours`` and ``bear/plain_torch``."""
-    data = _nets.random_batch(obs_dim, act_dim, batch_size)
-    torch.manual_seed(0)
-    ours = _ours(obs_dim, act_dim, hidden, data.clone())
-    torch.manual_seed(0)
-    return {
-        "bear/ours": ours,
-        "bear/plain_torch": _plain_torch(obs_dim, act_dim, hidden, data.clone()),
-    }
+    return _nets.ours_and_plain("bear", _ours, _plain_torch, obs_dim, act_dim, batch_size, hidden)
