@@ -171,6 +171,7 @@ _BUILTINS = {
         "discrete_cql": "torchrl_offline.objectives.discrete_cql:DISCRETE_CQL_ALGORITHM",
         "discrete_iql": "torchrl_offline.objectives.iql:DISCRETE_IQL_ALGORITHM",
         "iql": "torchrl_offline.objectives.iql:IQL_ALGORITHM",
+        "rebrac": "torchrl_offline.objectives.rebrac:REBRAC_ALGORITHM",
         "td3_bc": "torchrl_offline.objectives.td3_bc:TD3_BC_ALGORITHM",
     },
     "dataset": {

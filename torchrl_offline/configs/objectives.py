@@ -56,6 +56,7 @@ __all__ = [
     "OfflineDiscreteCQLLossConfig",
     "OfflineDiscreteIQLLossConfig",
     "OfflineIQLLossConfig",
+    "OfflineReBRACLossConfig",
     "OfflineTD3BCLossConfig",
     "loss_config",
     "loss_configs",
@@ -77,7 +78,14 @@ def _field(param: inspect.Parameter) -> tuple[str, Any, Any]:
 
 
 def _class_name(name: str) -> str:
-    words = {"iql": "IQL", "cql": "CQL", "awac": "AWAC", "td3": "TD3", "bc": "BC"}
+    words = {
+        "iql": "IQL",
+        "cql": "CQL",
+        "awac": "AWAC",
+        "td3": "TD3",
+        "bc": "BC",
+        "rebrac": "ReBRAC",
+    }
     return "Offline" + "".join(words.get(w, w.capitalize()) for w in name.split("_")) + "LossConfig"
 
 
@@ -161,3 +169,4 @@ OfflineDiscreteAWACLossConfig = LOSS_CONFIGS["discrete_awac"]
 OfflineTD3BCLossConfig = LOSS_CONFIGS["td3_bc"]
 OfflineBCLossConfig = LOSS_CONFIGS["bc"]
 OfflineDiscreteBCLossConfig = LOSS_CONFIGS["discrete_bc"]
+OfflineReBRACLossConfig = LOSS_CONFIGS["rebrac"]

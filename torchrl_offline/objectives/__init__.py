@@ -19,12 +19,14 @@ from torchrl_offline.objectives.gaussian_actor import (
 )
 from torchrl_offline.objectives.iql import IQL_PRESETS, DiscreteIQLLoss, IQLLoss
 from torchrl_offline.objectives.networks import NetworkFactory
+from torchrl_offline.objectives.rebrac import REBRAC_PRESETS, ReBRACLoss
 from torchrl_offline.objectives.target_update import FusedSoftUpdate
 from torchrl_offline.objectives.td3_bc import TD3BCLoss
 
 __all__ = [
     "CQL_PRESETS",
     "IQL_PRESETS",
+    "REBRAC_PRESETS",
     "AWACLoss",
     "ActorOutputError",
     "AlgorithmDeclaration",
@@ -38,6 +40,7 @@ __all__ = [
     "NetworkFactory",
     "OfflineLossError",
     "ParamGroup",
+    "ReBRACLoss",
     "TD3BCLoss",
     "TanhMeanGaussian",
     "make_tanh_mean_gaussian_actor",
