@@ -46,6 +46,7 @@ def _batch(discrete: bool) -> TensorDict:
             "action": action,
             "next": {
                 "observation": torch.randn(BATCH, OBS, generator=g),
+                "action": action.clone(),  # the dataset's next action (ReBRAC reads it)
                 "reward": torch.randn(BATCH, 1, generator=g),
                 "done": torch.zeros(BATCH, 1, dtype=torch.bool),
                 "terminated": torch.zeros(BATCH, 1, dtype=torch.bool),
@@ -90,6 +91,10 @@ CASES = {
         False,
     ),
     "bc": ({"actor_network": DETERMINISTIC}, False),
+    "rebrac": (
+        {"actor_network": DETERMINISTIC, "qvalue_network": Q_SA, "bounds": [-1.0, 1.0]},
+        False,
+    ),
     "discrete_bc": ({"actor_network": CATEGORICAL}, True),
     "discrete_iql": (
         {

@@ -67,7 +67,9 @@ class OfflineTrainerConfig(TrainerConfig):
     the loss has target networks; ``loss_components`` defaults to the loss's own terms
     (:func:`default_loss_components`); ``policy_update_delay`` defaults to the
     algorithm's (2 for TD3+BC,
-    :func:`~torchrl_offline.trainers.algorithms.default_policy_update_delay`).
+    :func:`~torchrl_offline.trainers.algorithms.default_policy_update_delay`); the
+    entries the loss's algorithm derives from the episode order (its declaration's
+    ``derived_keys``, e.g. ReBRAC's next actions) are added to the replay buffer.
 
     As in :func:`~torchrl_offline.trainers.offline.train`: ``eval_env`` (a gymnasium id)
     adds an :class:`~torchrl_offline.trainers.hooks.EvaluationHook` of the loss's policy
@@ -197,6 +199,7 @@ def _make_offline_trainer(
     components = plain(loss_components)
     if components is None:
         components = default_loss_components(loss_module)
+    replay_buffer = _with_derived_keys(loss_module, replay_buffer)
     extra = {}
     if optimization_stepper is not None:
         extra["optimization_stepper"] = optimization_stepper
@@ -250,6 +253,20 @@ def _make_offline_trainer(
     elif resume:
         raise ConfigError("trainer.resume needs trainer.checkpoint_dir")
     return trainer
+
+
+def _with_derived_keys(loss_module: LossModule, replay_buffer: Any) -> Any:
+    """``replay_buffer`` with the entries the loss's algorithm derives from the episodes
+    (as :func:`~torchrl_offline.trainers.offline.train` adds them)."""
+    from torchrl_offline.data.episodes import with_derived_keys
+    from torchrl_offline.trainers.algorithms import algorithm_of, declaration
+
+    name = algorithm_of(loss_module)
+    keys = () if name is None else declaration(name).derived_keys
+    if not keys:
+        return replay_buffer
+    gamma = float(getattr(loss_module.value_estimator, "gamma", 0.99))
+    return with_derived_keys(replay_buffer, keys, gamma=gamma)
 
 
 def _policy_of(loss_module: LossModule) -> Any:

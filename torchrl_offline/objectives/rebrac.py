@@ -19,6 +19,7 @@ from tensordict.utils import NestedKey, unravel_key
 from torch import Tensor
 from torchrl.data.tensor_specs import TensorSpec
 
+from torchrl_offline.data.episodes import NEXT_ACTION
 from torchrl_offline.objectives._checks import _key_str
 from torchrl_offline.objectives.common import OfflineLossError
 from torchrl_offline.objectives.declaration import AlgorithmDeclaration, ParamGroup
@@ -62,9 +63,10 @@ class ReBRACLoss(TD3BCLoss):
 
     The dataset's next action is read from the batch at ``tensor_keys.next_action``
     (``("next", "action")``). Datasets do not store it: it is the action of the next
-    step of the same episode, which the training loop derives from the episode order.
-    At terminal transitions it is multiplied by :math:`1 - d = 0`, so any finite value
-    does.
+    step of the same episode, derived from the episode order by
+    :func:`~torchrl_offline.data.episodes.with_derived_keys` (``train`` and
+    ``finetune`` do it for ReBRAC). At terminal transitions it is multiplied by
+    :math:`1 - d = 0`; after a truncation the step's own action stands in.
 
     As in TorchRL's TD3+BC, :meth:`forward` computes both terms on every call; the
     delayed policy update is the training loop's (call :meth:`qvalue_loss` on every
@@ -224,8 +226,9 @@ class ReBRACLoss(TD3BCLoss):
                 f"ReBRACLoss reads the dataset's next action (the action logged at the "
                 f"next step of the same episode) at batch key {_key_str(key)}, which the "
                 "batch does not hold. Offline datasets do not store it: derive it from the "
-                "episode order (train() and build_algorithm's trainer add it to sampled "
-                "batches), or name the key that holds it with "
+                "episode order with torchrl_offline.data.episodes.with_derived_keys(buffer, "
+                "[('next', 'action')], gamma=...) (or derive_keys for a TensorDict; train() "
+                "and finetune() do it for ReBRAC), or name the key that holds it with "
                 "loss.set_keys(next_action=...)"
             )
         return value
@@ -365,8 +368,8 @@ REBRAC_PRESETS: dict[str, dict[str, float]] = {
 #: paper's deterministic tanh actor and twin ``Q(s, a)``, 3x256 MLPs with a LayerNorm
 #: after each hidden ReLU of the critics (``actor_layer_norm`` / ``critic_layer_norm``),
 #: Adam at 1e-3 for both, the actor and the targets on every 2nd update; presets:
-#: :data:`REBRAC_PRESETS`. The training loop adds the dataset's next action to the
-#: sampled batches.
+#: :data:`REBRAC_PRESETS`. The dataset's next action is a derived key
+#: (:mod:`torchrl_offline.data.episodes`), which ``train`` and ``finetune`` add.
 REBRAC_ALGORITHM = AlgorithmDeclaration(
     name="rebrac",
     loss_class=ReBRACLoss,
@@ -390,4 +393,5 @@ REBRAC_ALGORITHM = AlgorithmDeclaration(
     },
     presets=REBRAC_PRESETS,
     action_spec_argument="action_spec",
+    derived_keys=(NEXT_ACTION,),
 )
