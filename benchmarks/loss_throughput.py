@@ -51,8 +51,9 @@ ADAM_CHOICES = {"fused": {"fused": True}, "foreach": {"foreach": True}, "default
 #: Network passes of one update, per algorithm, for :func:`analytic_flops`: tuples
 #: ``(network, rows, backward)`` where ``network`` is ``"q"`` (input obs + act, one
 #: output), ``"v"`` (obs -> 1), ``"pi"`` (obs -> 2 act, Gaussian) or ``"pi_det"``
-#: (obs -> act), ``rows`` the number of input rows in units of the batch size (twin
-#: critics count twice) and ``backward`` one of ``None`` (no gradient), ``"params"``
+#: (obs -> act), with ``":3"`` appended for 3 hidden layers instead of 2, ``rows``
+#: the number of input rows in units of the batch size (twin critics count twice) and
+#: ``backward`` one of ``None`` (no gradient), ``"params"``
 #: (weight and hidden-input gradients) or ``"input"`` (input gradients only, down to
 #: the action input, as when the actor's loss goes through a frozen critic).
 PASSES: dict[str, list[tuple[str, float, str | None]]] = {
@@ -84,6 +85,15 @@ PASSES: dict[str, list[tuple[str, float, str | None]]] = {
     # actor at s and s' (one call) ; target twin Q(s', a') ; twin Q(s, a_pi) for the actor
     # (frozen critic) ; twin Q on the data action plus 3 x 10 sampled actions per state
     "cql": [("pi", 2, "params"), ("q", 2, None), ("q", 2, "input"), ("q", 2 * 31, "params")],
+    # TD3+BC's passes on 3-hidden-layer networks (LayerNorm has no matmul), the actor's
+    # term through both critics (the minimum)
+    "rebrac": [
+        ("pi_det:3", 1, None),
+        ("q:3", 2, None),
+        ("q:3", 2, "params"),
+        ("pi_det:3", 0.5, "params"),
+        ("q:3", 1, "input"),
+    ],
     "bc_det": [("pi_det", 1, "params")],
     "bc_stoch": [("pi", 1, "params")],
 }
@@ -105,9 +115,10 @@ def load_cases(
 
 
 def _layer_sizes(network: str, obs_dim: int, act_dim: int, hidden: int) -> list[int]:
+    network, _, depth = network.partition(":")  # "q:3": 3 hidden layers (default 2)
     first = obs_dim + act_dim if network == "q" else obs_dim
     last = {"q": 1, "v": 1, "pi": 2 * act_dim, "pi_det": act_dim}[network]
-    return [first, hidden, hidden, last]
+    return [first, *[hidden] * int(depth or 2), last]
 
 
 def mlp_flops(sizes: list[int], rows: float, backward: str | None) -> float:
