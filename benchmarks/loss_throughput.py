@@ -84,6 +84,8 @@ PASSES: dict[str, list[tuple[str, float, str | None]]] = {
     # actor at s and s' (one call) ; target twin Q(s', a') ; twin Q(s, a_pi) for the actor
     # (frozen critic) ; twin Q on the data action plus 3 x 10 sampled actions per state
     "cql": [("pi", 2, "params"), ("q", 2, None), ("q", 2, "input"), ("q", 2 * 31, "params")],
+    # V(s) ; actor log-likelihood (no critic, no targets)
+    "awr": [("v", 1, "params"), ("pi", 1, "params")],
     "bc_det": [("pi_det", 1, "params")],
     "bc_stoch": [("pi", 1, "params")],
 }

@@ -44,7 +44,9 @@ def _batch(discrete: bool) -> TensorDict:
         {
             "observation": torch.randn(BATCH, OBS, generator=g),
             "action": action,
+            "mc_return": torch.randn(BATCH, 1, generator=g),  # the derived entries
             "next": {
+                "action": action.flip(0),
                 "observation": torch.randn(BATCH, OBS, generator=g),
                 "reward": torch.randn(BATCH, 1, generator=g),
                 "done": torch.zeros(BATCH, 1, dtype=torch.bool),
@@ -102,6 +104,11 @@ CASES = {
     ),
     "discrete_awac": (
         {"actor_network": CATEGORICAL, "qvalue_network": Q_S, "action_space": "categorical"},
+        True,
+    ),
+    "awr": ({"actor_network": PAPER_GAUSSIAN, "value_network": V_S}, False),
+    "discrete_awr": (
+        {"actor_network": CATEGORICAL, "value_network": V_S, "action_space": "categorical"},
         True,
     ),
     "discrete_cql": (

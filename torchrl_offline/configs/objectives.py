@@ -49,9 +49,11 @@ from torchrl_offline.objectives.declaration import AlgorithmDeclaration, constru
 __all__ = [
     "LOSS_CONFIGS",
     "OfflineAWACLossConfig",
+    "OfflineAWRLossConfig",
     "OfflineBCLossConfig",
     "OfflineCQLLossConfig",
     "OfflineDiscreteAWACLossConfig",
+    "OfflineDiscreteAWRLossConfig",
     "OfflineDiscreteBCLossConfig",
     "OfflineDiscreteCQLLossConfig",
     "OfflineDiscreteIQLLossConfig",
@@ -158,6 +160,8 @@ OfflineCQLLossConfig = LOSS_CONFIGS["cql"]
 OfflineDiscreteCQLLossConfig = LOSS_CONFIGS["discrete_cql"]
 OfflineAWACLossConfig = LOSS_CONFIGS["awac"]
 OfflineDiscreteAWACLossConfig = LOSS_CONFIGS["discrete_awac"]
+OfflineAWRLossConfig = LOSS_CONFIGS["awr"]
+OfflineDiscreteAWRLossConfig = LOSS_CONFIGS["discrete_awr"]
 OfflineTD3BCLossConfig = LOSS_CONFIGS["td3_bc"]
 OfflineBCLossConfig = LOSS_CONFIGS["bc"]
 OfflineDiscreteBCLossConfig = LOSS_CONFIGS["discrete_bc"]

@@ -8,6 +8,7 @@ replacement) with the paper's defaults. Next to each loss, an
 """
 
 from torchrl_offline.objectives.awac import AWACLoss, DiscreteAWACLoss
+from torchrl_offline.objectives.awr import AWRLoss, DiscreteAWRLoss
 from torchrl_offline.objectives.bc import ActorOutputError, BCLoss
 from torchrl_offline.objectives.common import OfflineLossError
 from torchrl_offline.objectives.cql import CQL_PRESETS, CQLLoss
@@ -26,11 +27,13 @@ __all__ = [
     "CQL_PRESETS",
     "IQL_PRESETS",
     "AWACLoss",
+    "AWRLoss",
     "ActorOutputError",
     "AlgorithmDeclaration",
     "BCLoss",
     "CQLLoss",
     "DiscreteAWACLoss",
+    "DiscreteAWRLoss",
     "DiscreteCQLLoss",
     "DiscreteIQLLoss",
     "FusedSoftUpdate",
