@@ -86,6 +86,7 @@ PASSES: dict[str, list[tuple[str, float, str | None]]] = {
     "cql": [("pi", 2, "params"), ("q", 2, None), ("q", 2, "input"), ("q", 2 * 31, "params")],
     # V(s) ; actor log-likelihood (no critic, no targets)
     "awr": [("v", 1, "params"), ("pi", 1, "params")],
+    "cal_ql": [("pi", 2, "params"), ("q", 2, None), ("q", 2, "input"), ("q", 2 * 31, "params")],
     "bc_det": [("pi_det", 1, "params")],
     "bc_stoch": [("pi", 1, "params")],
 }

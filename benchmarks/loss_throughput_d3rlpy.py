@@ -37,6 +37,9 @@ def _algos(hidden: int, batch_size: int) -> dict[str, object]:
         "cql": d3rlpy.algos.CQLConfig(
             conservative_weight=10.0, n_action_samples=10, alpha_threshold=10.0, **common
         ),
+        "cal_ql": d3rlpy.algos.CalQLConfig(
+            conservative_weight=5.0, n_action_samples=10, alpha_threshold=10.0, **common
+        ),
     }
 
 

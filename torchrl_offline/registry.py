@@ -166,6 +166,7 @@ _BUILTINS = {
         "awac": "torchrl_offline.objectives.awac:AWAC_ALGORITHM",
         "awr": "torchrl_offline.objectives.awr:AWR_ALGORITHM",
         "bc": "torchrl_offline.objectives.bc:BC_ALGORITHM",
+        "cal_ql": "torchrl_offline.objectives.cal_ql:CAL_QL_ALGORITHM",
         "cql": "torchrl_offline.objectives.cql:CQL_ALGORITHM",
         "discrete_awac": "torchrl_offline.objectives.awac:DISCRETE_AWAC_ALGORITHM",
         "discrete_awr": "torchrl_offline.objectives.awr:DISCRETE_AWR_ALGORITHM",

@@ -86,6 +86,15 @@ CASES = {
         },
         False,
     ),
+    "cal_ql": (
+        {
+            "actor_network": TANH_NORMAL,
+            "qvalue_network": Q_SA,
+            "action_spec": {"low": -1.0, "high": 1.0, "shape": [ACT]},
+            "num_random": 2,
+        },
+        False,
+    ),
     "awac": ({"actor_network": TANH_NORMAL, "qvalue_network": Q_SA}, False),
     "td3_bc": (
         {"actor_network": DETERMINISTIC, "qvalue_network": Q_SA, "bounds": [-1.0, 1.0]},

@@ -52,6 +52,7 @@ __all__ = [
     "OfflineAWRLossConfig",
     "OfflineBCLossConfig",
     "OfflineCQLLossConfig",
+    "OfflineCalQLLossConfig",
     "OfflineDiscreteAWACLossConfig",
     "OfflineDiscreteAWRLossConfig",
     "OfflineDiscreteBCLossConfig",
@@ -157,6 +158,7 @@ LOSS_CONFIGS: dict[str, type[LossConfig]] = {
 OfflineIQLLossConfig = LOSS_CONFIGS["iql"]
 OfflineDiscreteIQLLossConfig = LOSS_CONFIGS["discrete_iql"]
 OfflineCQLLossConfig = LOSS_CONFIGS["cql"]
+OfflineCalQLLossConfig = LOSS_CONFIGS["cal_ql"]
 OfflineDiscreteCQLLossConfig = LOSS_CONFIGS["discrete_cql"]
 OfflineAWACLossConfig = LOSS_CONFIGS["awac"]
 OfflineDiscreteAWACLossConfig = LOSS_CONFIGS["discrete_awac"]
