@@ -94,6 +94,9 @@ PASSES: dict[str, list[tuple[str, float, str | None]]] = {
         ("pi_det:3", 0.5, "params"),
         ("q:3", 1, "input"),
     ],
+    # V(s) ; actor log-likelihood (no critic, no targets)
+    "awr": [("v", 1, "params"), ("pi", 1, "params")],
+    "cal_ql": [("pi", 2, "params"), ("q", 2, None), ("q", 2, "input"), ("q", 2 * 31, "params")],
     "bc_det": [("pi_det", 1, "params")],
     "bc_stoch": [("pi", 1, "params")],
 }

@@ -54,6 +54,9 @@ def _algos(hidden: int, batch_size: int) -> dict[str, object]:
             critic_beta=0.01,
             update_actor_interval=2,
         ),
+        "cal_ql": d3rlpy.algos.CalQLConfig(
+            conservative_weight=5.0, n_action_samples=10, alpha_threshold=10.0, **common
+        ),
     }
 
 

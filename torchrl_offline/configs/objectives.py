@@ -49,9 +49,12 @@ from torchrl_offline.objectives.declaration import AlgorithmDeclaration, constru
 __all__ = [
     "LOSS_CONFIGS",
     "OfflineAWACLossConfig",
+    "OfflineAWRLossConfig",
     "OfflineBCLossConfig",
     "OfflineCQLLossConfig",
+    "OfflineCalQLLossConfig",
     "OfflineDiscreteAWACLossConfig",
+    "OfflineDiscreteAWRLossConfig",
     "OfflineDiscreteBCLossConfig",
     "OfflineDiscreteCQLLossConfig",
     "OfflineDiscreteIQLLossConfig",
@@ -84,6 +87,8 @@ def _class_name(name: str) -> str:
         "awac": "AWAC",
         "td3": "TD3",
         "bc": "BC",
+        "awr": "AWR",
+        "ql": "QL",
         "rebrac": "ReBRAC",
     }
     return "Offline" + "".join(words.get(w, w.capitalize()) for w in name.split("_")) + "LossConfig"
@@ -163,9 +168,12 @@ LOSS_CONFIGS: dict[str, type[LossConfig]] = {
 OfflineIQLLossConfig = LOSS_CONFIGS["iql"]
 OfflineDiscreteIQLLossConfig = LOSS_CONFIGS["discrete_iql"]
 OfflineCQLLossConfig = LOSS_CONFIGS["cql"]
+OfflineCalQLLossConfig = LOSS_CONFIGS["cal_ql"]
 OfflineDiscreteCQLLossConfig = LOSS_CONFIGS["discrete_cql"]
 OfflineAWACLossConfig = LOSS_CONFIGS["awac"]
 OfflineDiscreteAWACLossConfig = LOSS_CONFIGS["discrete_awac"]
+OfflineAWRLossConfig = LOSS_CONFIGS["awr"]
+OfflineDiscreteAWRLossConfig = LOSS_CONFIGS["discrete_awr"]
 OfflineTD3BCLossConfig = LOSS_CONFIGS["td3_bc"]
 OfflineBCLossConfig = LOSS_CONFIGS["bc"]
 OfflineDiscreteBCLossConfig = LOSS_CONFIGS["discrete_bc"]

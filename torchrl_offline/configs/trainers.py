@@ -67,9 +67,7 @@ class OfflineTrainerConfig(TrainerConfig):
     the loss has target networks; ``loss_components`` defaults to the loss's own terms
     (:func:`default_loss_components`); ``policy_update_delay`` defaults to the
     algorithm's (2 for TD3+BC,
-    :func:`~torchrl_offline.trainers.algorithms.default_policy_update_delay`); the
-    entries the loss's algorithm derives from the episode order (its declaration's
-    ``derived_keys``, e.g. ReBRAC's next actions) are added to the replay buffer.
+    :func:`~torchrl_offline.trainers.algorithms.default_policy_update_delay`).
 
     As in :func:`~torchrl_offline.trainers.offline.train`: ``eval_env`` (a gymnasium id)
     adds an :class:`~torchrl_offline.trainers.hooks.EvaluationHook` of the loss's policy
@@ -136,6 +134,27 @@ def default_loss_components(loss_module: LossModule) -> tuple[str, ...] | None:
 
     name = algorithm_of(loss_module)
     return None if name is None else loss_keys(name, loss_module)
+
+
+def _with_derived_keys(loss_module: LossModule, replay_buffer: Any) -> Any:
+    """The buffer with the entries the loss's algorithm derives from the episode order
+    (``"mc_return"`` at the loss's discount, 0.99 without a value estimator), as ``train``
+    adds them; a buffer already holding them is used as it is."""
+    from torchrl_offline.data.episodes import with_derived_keys
+    from torchrl_offline.objectives.declaration import COMMON_DEFAULTS
+    from torchrl_offline.trainers.algorithms import algorithm_of, declaration
+
+    name = algorithm_of(loss_module)
+    keys = () if name is None else declaration(name).derived_keys
+    stored = getattr(getattr(replay_buffer, "storage", None), "_storage", None)
+    if stored is not None and hasattr(stored, "keys"):
+        keys = tuple(k for k in keys if k not in stored.keys(True))
+    if not keys:
+        return replay_buffer
+    estimator = getattr(loss_module, "_value_estimator", None)
+    gamma = getattr(estimator, "gamma", None) if estimator is not None else None
+    gamma = float(COMMON_DEFAULTS["gamma"] if gamma is None else gamma)
+    return with_derived_keys(replay_buffer, keys, gamma=gamma)
 
 
 def _call_partial(value: Any, field: str, expected: type, *args: Any) -> Any:
@@ -253,20 +272,6 @@ def _make_offline_trainer(
     elif resume:
         raise ConfigError("trainer.resume needs trainer.checkpoint_dir")
     return trainer
-
-
-def _with_derived_keys(loss_module: LossModule, replay_buffer: Any) -> Any:
-    """``replay_buffer`` with the entries the loss's algorithm derives from the episodes
-    (as :func:`~torchrl_offline.trainers.offline.train` adds them)."""
-    from torchrl_offline.data.episodes import with_derived_keys
-    from torchrl_offline.trainers.algorithms import algorithm_of, declaration
-
-    name = algorithm_of(loss_module)
-    keys = () if name is None else declaration(name).derived_keys
-    if not keys:
-        return replay_buffer
-    gamma = float(getattr(loss_module.value_estimator, "gamma", 0.99))
-    return with_derived_keys(replay_buffer, keys, gamma=gamma)
 
 
 def _policy_of(loss_module: LossModule) -> Any:

@@ -8,7 +8,9 @@ replacement) with the paper's defaults. Next to each loss, an
 """
 
 from torchrl_offline.objectives.awac import AWACLoss, DiscreteAWACLoss
+from torchrl_offline.objectives.awr import AWRLoss, DiscreteAWRLoss
 from torchrl_offline.objectives.bc import ActorOutputError, BCLoss
+from torchrl_offline.objectives.cal_ql import CAL_QL_PRESETS, CalQLLoss
 from torchrl_offline.objectives.common import OfflineLossError
 from torchrl_offline.objectives.cql import CQL_PRESETS, CQLLoss
 from torchrl_offline.objectives.declaration import AlgorithmDeclaration, ParamGroup
@@ -24,15 +26,19 @@ from torchrl_offline.objectives.target_update import FusedSoftUpdate
 from torchrl_offline.objectives.td3_bc import TD3BCLoss
 
 __all__ = [
+    "CAL_QL_PRESETS",
     "CQL_PRESETS",
     "IQL_PRESETS",
     "REBRAC_PRESETS",
     "AWACLoss",
+    "AWRLoss",
     "ActorOutputError",
     "AlgorithmDeclaration",
     "BCLoss",
     "CQLLoss",
+    "CalQLLoss",
     "DiscreteAWACLoss",
+    "DiscreteAWRLoss",
     "DiscreteCQLLoss",
     "DiscreteIQLLoss",
     "FusedSoftUpdate",

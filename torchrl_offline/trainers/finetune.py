@@ -146,7 +146,7 @@ class _ChunkStore:
             if checkpoint_path(self.checkpoint_dir, int(s)).exists()
         }
         index[str(step)] = list(names)
-        self.directory.mkdir(parents=True, exist_ok=True)  # no chunk written yet
+        self.directory.mkdir(parents=True, exist_ok=True)  # no chunk yet: nothing online
         tmp = self.directory / f".index.{uuid.uuid4().hex}.tmp"
         tmp.write_text(json.dumps(index))
         os.replace(tmp, self.directory / "index.json")
