@@ -305,6 +305,16 @@ def test_layer_norm_networks_and_their_batched_fast_path():
     torch.testing.assert_close(module_apply(body, params, x), expected)
 
 
+def test_critics_in_a_loop_give_the_same_losses():
+    batch = make_batch()
+    outs = []
+    for loss in (make_loss(), make_loss(deactivate_vmap=True)):
+        torch.manual_seed(4)
+        outs.append(loss(batch.clone()))
+    for key in ("loss_actor", "loss_qvalue", "target_value", "state_action_value_actor"):
+        torch.testing.assert_close(outs[0][key], outs[1][key], rtol=1e-5, atol=1e-6, msg=key)
+
+
 def test_td3_bc_is_unchanged_by_the_shared_hooks():
     """ReBRAC overrides TD3BCLoss's actor and target hooks; TD3+BC keeps Q_1 and alpha."""
     torch.manual_seed(0)

@@ -136,25 +136,15 @@ class ReBRACLoss(TD3BCLoss):
 
     @dataclass
     class _AcceptedKeys(TD3BCLoss._AcceptedKeys):
-        """Tensordict keys read or written by the loss, configurable with ``set_keys``.
+        """Tensordict keys read or written by the loss, configurable with ``set_keys``:
+        those of :class:`~torchrl_offline.objectives.td3_bc.TD3BCLoss` (``action``,
+        ``state_action_value``, ``priority``, ``reward``, ``done``, ``terminated``,
+        ``priority_weight``) and ReBRAC's own.
 
         Attributes:
-            action (NestedKey): the action. Defaults to ``"action"``.
             next_action (NestedKey): the action the dataset logged at the next state
                 (a full key, not relative to ``"next"``). Defaults to
                 ``("next", "action")``.
-            state_action_value (NestedKey): the critic's output. Defaults to
-                ``"state_action_value"``.
-            priority (NestedKey): where the TD error is written for prioritized
-                replay. Defaults to ``"td_error"``.
-            reward (NestedKey): the reward, read under ``"next"``. Defaults to
-                ``"reward"``.
-            done (NestedKey): the done flag, read under ``"next"``. Defaults to
-                ``"done"``.
-            terminated (NestedKey): the termination flag, read under ``"next"``.
-                Defaults to ``"terminated"``.
-            priority_weight (NestedKey): importance weights of a prioritized sampler.
-                Defaults to ``"priority_weight"``.
         """
 
         next_action: NestedKey = ("next", "action")
