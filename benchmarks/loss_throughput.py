@@ -53,11 +53,12 @@ ADAM_CHOICES = {"fused": {"fused": True}, "foreach": {"foreach": True}, "default
 #: output), ``"v"`` (obs -> 1), ``"pi"`` (obs -> 2 act, Gaussian) or ``"pi_det"``
 #: (obs -> act), ``"xi"`` (obs + act -> act, BCQ's perturbation model) or the behaviour
 #: VAE's ``"vae_enc"`` (obs + act -> 2 latent, latent = 2 act) and ``"vae_dec"`` (obs +
-#: latent -> act), ``rows`` the number of input rows in units of the batch size (twin
-#: critics count twice) and ``backward`` one of ``None`` (no gradient), ``"params"``
-#: (weight and hidden-input gradients), ``"input"`` (input gradients only, down to
-#: the action input, as when the actor's loss goes through a frozen critic) or ``"all"``
-#: (both, as for the VAE's decoder, whose latent input carries the encoder's gradient).
+#: latent -> act), with ``":3"`` appended for 3 hidden layers instead of 2, ``rows`` the
+#: number of input rows in units of the batch size (twin critics count twice) and
+#: ``backward`` one of ``None`` (no gradient), ``"params"`` (weight and hidden-input
+#: gradients), ``"input"`` (input gradients only, down to the action input, as when the
+#: actor's loss goes through a frozen critic) or ``"all"`` (both, as for the VAE's
+#: decoder, whose latent input carries the encoder's gradient).
 PASSES: dict[str, list[tuple[str, float, str | None]]] = {
     # V(s) and V(s') ; target twin Q(s, a) ; twin Q(s, a) ; actor log-likelihood
     "iql": [
@@ -112,6 +113,18 @@ PASSES: dict[str, list[tuple[str, float, str | None]]] = {
         ("vae_dec", 5, None),
         ("q", 10, "input"),
     ],
+    # TD3+BC's passes on 3-hidden-layer networks (LayerNorm has no matmul), the actor's
+    # term through both critics (the minimum)
+    "rebrac": [
+        ("pi_det:3", 1, None),
+        ("q:3", 2, None),
+        ("q:3", 2, "params"),
+        ("pi_det:3", 0.5, "params"),
+        ("q:3", 1, "input"),
+    ],
+    # V(s) ; actor log-likelihood (no critic, no targets)
+    "awr": [("v", 1, "params"), ("pi", 1, "params")],
+    "cal_ql": [("pi", 2, "params"), ("q", 2, None), ("q", 2, "input"), ("q", 2 * 31, "params")],
     "bc_det": [("pi_det", 1, "params")],
     "bc_stoch": [("pi", 1, "params")],
 }
@@ -133,13 +146,13 @@ def load_cases(
 
 
 def _layer_sizes(network: str, obs_dim: int, act_dim: int, hidden: int) -> list[int]:
-    with_action = {"q", "xi", "vae_enc"}
-    first = obs_dim + act_dim if network in with_action else obs_dim
+    network, _, depth = network.partition(":")  # "q:3": 3 hidden layers (default 2)
+    first = obs_dim + act_dim if network in ("q", "xi", "vae_enc") else obs_dim
     if network == "vae_dec":
         first = obs_dim + 2 * act_dim
     last = {"q": 1, "v": 1, "pi": 2 * act_dim, "pi_det": act_dim, "xi": act_dim}
     last.update(vae_enc=4 * act_dim, vae_dec=act_dim)
-    return [first, hidden, hidden, last[network]]
+    return [first, *[hidden] * int(depth or 2), last[network]]
 
 
 def mlp_flops(sizes: list[int], rows: float, backward: str | None) -> float:

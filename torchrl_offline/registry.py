@@ -164,15 +164,19 @@ _BUILTINS = {
     # each algorithm's loss is the "loss" of the same name
     "algorithm": {
         "awac": "torchrl_offline.objectives.awac:AWAC_ALGORITHM",
+        "awr": "torchrl_offline.objectives.awr:AWR_ALGORITHM",
         "bc": "torchrl_offline.objectives.bc:BC_ALGORITHM",
         "bcq": "torchrl_offline.objectives.bcq:BCQ_ALGORITHM",
         "bear": "torchrl_offline.objectives.bear:BEAR_ALGORITHM",
+        "cal_ql": "torchrl_offline.objectives.cal_ql:CAL_QL_ALGORITHM",
         "cql": "torchrl_offline.objectives.cql:CQL_ALGORITHM",
         "discrete_awac": "torchrl_offline.objectives.awac:DISCRETE_AWAC_ALGORITHM",
+        "discrete_awr": "torchrl_offline.objectives.awr:DISCRETE_AWR_ALGORITHM",
         "discrete_bc": "torchrl_offline.objectives.bc:DISCRETE_BC_ALGORITHM",
         "discrete_cql": "torchrl_offline.objectives.discrete_cql:DISCRETE_CQL_ALGORITHM",
         "discrete_iql": "torchrl_offline.objectives.iql:DISCRETE_IQL_ALGORITHM",
         "iql": "torchrl_offline.objectives.iql:IQL_ALGORITHM",
+        "rebrac": "torchrl_offline.objectives.rebrac:REBRAC_ALGORITHM",
         "td3_bc": "torchrl_offline.objectives.td3_bc:TD3_BC_ALGORITHM",
     },
     "dataset": {

@@ -176,3 +176,26 @@ def ours_and_plain(
         f"{algo}/ours": ours_case,
         f"{algo}/plain_torch": plain(obs_dim, act_dim, hidden, data.clone()),
     }
+
+
+def delayed_update(loss_module, optim, updater, batch, *, delay: int = 2, target_every_step=False):
+    """One update as ``OfflineTrainer(policy_update_delay=delay)`` does it (TD3's schedule):
+    the critic term alone (``qvalue_loss``) on most calls, ``forward`` (every term) on
+    every ``delay``-th call, one backward of the summed losses, one optimizer; the targets
+    move on the full updates (on every update with ``target_every_step``)."""
+    counter = [0]
+
+    def step() -> None:
+        counter[0] += 1
+        full = counter[0] % delay == 0
+        if full:
+            out = loss_module(batch)
+            (out["loss_actor"] + out["loss_qvalue"]).backward()
+        else:
+            loss_module.qvalue_loss(batch)[0].backward()
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        if target_every_step or full:
+            updater.step()
+
+    return step

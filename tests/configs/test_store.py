@@ -82,9 +82,11 @@ def test_every_registered_loss_has_a_stored_config():
 @pytest.mark.parametrize("name", sorted(LOSS_CONFIGS))
 def test_loss_config_defaults_equal_the_constructor(name):
     cls = registry.get("loss", name)
-    # a constructor with **kwargs forwards them to its parent's (DiscreteIQLLoss, BCQLoss)
-    forwards = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls).parameters.values())
-    follow = cls.__mro__[1].__init__ if forwards else None
+    # a constructor taking **kwargs passes them to its base class's
+    takes_kwargs = any(
+        p.kind is p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values()
+    )
+    follow = cls.__mro__[1].__init__ if takes_kwargs else None
     params = _params(cls.__init__, follow_kwargs_to=follow)
     fields = _fields(LOSS_CONFIGS[name])
     assert set(fields) - _LOSS_EXTRA == set(params) - _LOSS_EXTRA

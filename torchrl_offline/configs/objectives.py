@@ -49,15 +49,19 @@ from torchrl_offline.objectives.declaration import AlgorithmDeclaration, constru
 __all__ = [
     "LOSS_CONFIGS",
     "OfflineAWACLossConfig",
+    "OfflineAWRLossConfig",
     "OfflineBCLossConfig",
     "OfflineBCQLossConfig",
     "OfflineBEARLossConfig",
     "OfflineCQLLossConfig",
+    "OfflineCalQLLossConfig",
     "OfflineDiscreteAWACLossConfig",
+    "OfflineDiscreteAWRLossConfig",
     "OfflineDiscreteBCLossConfig",
     "OfflineDiscreteCQLLossConfig",
     "OfflineDiscreteIQLLossConfig",
     "OfflineIQLLossConfig",
+    "OfflineReBRACLossConfig",
     "OfflineTD3BCLossConfig",
     "loss_config",
     "loss_configs",
@@ -79,8 +83,18 @@ def _field(param: inspect.Parameter) -> tuple[str, Any, Any]:
 
 
 def _class_name(name: str) -> str:
-    words = {"iql": "IQL", "cql": "CQL", "awac": "AWAC", "td3": "TD3", "bc": "BC"}
-    words |= {"bcq": "BCQ", "bear": "BEAR"}
+    words = {
+        "iql": "IQL",
+        "cql": "CQL",
+        "awac": "AWAC",
+        "td3": "TD3",
+        "bc": "BC",
+        "awr": "AWR",
+        "ql": "QL",
+        "rebrac": "ReBRAC",
+        "bcq": "BCQ",
+        "bear": "BEAR",
+    }
     return "Offline" + "".join(words.get(w, w.capitalize()) for w in name.split("_")) + "LossConfig"
 
 
@@ -158,11 +172,15 @@ LOSS_CONFIGS: dict[str, type[LossConfig]] = {
 OfflineIQLLossConfig = LOSS_CONFIGS["iql"]
 OfflineDiscreteIQLLossConfig = LOSS_CONFIGS["discrete_iql"]
 OfflineCQLLossConfig = LOSS_CONFIGS["cql"]
+OfflineCalQLLossConfig = LOSS_CONFIGS["cal_ql"]
 OfflineDiscreteCQLLossConfig = LOSS_CONFIGS["discrete_cql"]
 OfflineAWACLossConfig = LOSS_CONFIGS["awac"]
 OfflineDiscreteAWACLossConfig = LOSS_CONFIGS["discrete_awac"]
+OfflineAWRLossConfig = LOSS_CONFIGS["awr"]
+OfflineDiscreteAWRLossConfig = LOSS_CONFIGS["discrete_awr"]
 OfflineTD3BCLossConfig = LOSS_CONFIGS["td3_bc"]
 OfflineBCLossConfig = LOSS_CONFIGS["bc"]
 OfflineBCQLossConfig = LOSS_CONFIGS["bcq"]
 OfflineBEARLossConfig = LOSS_CONFIGS["bear"]
 OfflineDiscreteBCLossConfig = LOSS_CONFIGS["discrete_bc"]
+OfflineReBRACLossConfig = LOSS_CONFIGS["rebrac"]

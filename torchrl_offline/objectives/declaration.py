@@ -31,9 +31,11 @@ from typing import Any, Literal
 
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
+from tensordict.utils import NestedKey
 from torch import nn
 from torchrl.objectives import LossModule
 
+from torchrl_offline.data.episodes import check_derived_keys
 from torchrl_offline.objectives.networks import NetworkFactory
 
 __all__ = [
@@ -138,6 +140,11 @@ class AlgorithmDeclaration:
             the observation and writes ``"action"``); see :meth:`build_policy`.
         target_update: whether the loss has target networks (soft-updated at ``tau``
             after each step, with a value estimator at ``gamma``).
+        derived_keys: batch entries the loss reads that the data does not store but its
+            episode order gives (``"mc_return"``, the Monte Carlo return at ``gamma``;
+            ``("next", "action")``): the trainers add them
+            (:func:`~torchrl_offline.data.episodes.with_derived_keys`), to online
+            episodes too when fine-tuning.
     """
 
     name: str
@@ -154,6 +161,7 @@ class AlgorithmDeclaration:
     policy: str | Callable[[LossModule, Networks], TensorDictModuleBase] = "actor_network"
     target_update: bool = True
     default_preset: str | None = None
+    derived_keys: tuple[NestedKey, ...] = ()
 
     def __post_init__(self) -> None:
         if self.action not in ("continuous", "discrete"):
@@ -173,6 +181,10 @@ class AlgorithmDeclaration:
                 f"algorithm {self.name!r}: default_preset {self.default_preset!r} is not "
                 "one of its presets"
             )
+        try:
+            check_derived_keys(self.derived_keys)
+        except ValueError as err:
+            raise ValueError(f"algorithm {self.name!r}: {err}") from None
         lrs = {g.lr for g in self.optimizer}
         missing = sorted(lrs - set(self.defaults))
         if missing:
