@@ -34,6 +34,7 @@ from torch import Tensor
 from torchrl.data.tensor_specs import TensorSpec
 
 from torchrl_offline.objectives._actor_critic import ActorCriticLoss, _leaf_view
+from torchrl_offline.objectives._checks import check_reduction
 from torchrl_offline.objectives.behavior_vae import BehaviorVAE, vae_loss
 from torchrl_offline.objectives.common import (
     OfflineLossError,
@@ -167,11 +168,7 @@ class BehaviorModelLoss(ActorCriticLoss):
         use_prioritized_weights: str | bool = "auto",
         check_inputs: bool = True,
     ) -> None:
-        reduction = "mean" if reduction is None else reduction
-        if reduction not in ("none", "mean", "sum"):
-            raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
-        if loss_function not in ("l2", "l1", "smooth_l1"):
-            raise ValueError(f"unknown loss_function {loss_function!r}")
+        reduction = check_reduction(reduction, loss_function)
         if not 0.0 <= lmbda <= 1.0:
             raise ValueError(f"lmbda must be in [0, 1], got {lmbda}")
         for name, value in (

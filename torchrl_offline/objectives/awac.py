@@ -21,6 +21,7 @@ from torchrl.data.tensor_specs import TensorSpec
 from torchrl.data.utils import _find_action_space
 
 from torchrl_offline.objectives._actor_critic import ActorCriticLoss
+from torchrl_offline.objectives._checks import check_reduction
 from torchrl_offline.objectives._likelihood import LikelihoodActor
 from torchrl_offline.objectives.common import (
     OfflineLossError,
@@ -160,12 +161,7 @@ class AWACLoss(LikelihoodActor, ActorCriticLoss):
         use_prioritized_weights: str | bool = "auto",
         check_inputs: bool = True,
     ) -> None:
-        if reduction is None:
-            reduction = "mean"
-        if reduction not in ("none", "mean", "sum"):
-            raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
-        if loss_function not in ("l2", "l1", "smooth_l1"):
-            raise ValueError(f"unknown loss_function {loss_function!r}")
+        reduction = check_reduction(reduction, loss_function)
         if awac_lambda <= 0:
             raise ValueError(f"awac_lambda must be > 0, got {awac_lambda}")
         if max_weight <= 0:

@@ -22,7 +22,7 @@ from torchrl.data.utils import _find_action_space
 from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import distance_loss
 
-from torchrl_offline.objectives._checks import count_update
+from torchrl_offline.objectives._checks import check_reduction, count_update
 from torchrl_offline.objectives._keys import LazyInKeys
 from torchrl_offline.objectives._likelihood import LikelihoodActor
 from torchrl_offline.objectives.common import OfflineLossError, check_batch
@@ -133,11 +133,7 @@ class AWRLoss(LikelihoodActor, LazyInKeys, LossModule):
         reduction: str | None = None,
         check_inputs: bool = True,
     ) -> None:
-        reduction = "mean" if reduction is None else reduction
-        if reduction not in ("none", "mean", "sum"):
-            raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
-        if loss_function not in ("l2", "l1", "smooth_l1"):
-            raise ValueError(f"unknown loss_function {loss_function!r}")
+        reduction = check_reduction(reduction, loss_function)
         if beta <= 0:
             raise ValueError(f"beta must be > 0, got {beta}")
         if max_weight <= 0:

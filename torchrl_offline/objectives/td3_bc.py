@@ -18,6 +18,7 @@ from torchrl.data.tensor_specs import TensorSpec
 from torchrl.modules import MLP, TanhModule
 
 from torchrl_offline.objectives._actor_critic import ActorCriticLoss, _leaf_view
+from torchrl_offline.objectives._checks import check_reduction
 from torchrl_offline.objectives.common import (
     OfflineLossError,
     action_bounds,
@@ -190,12 +191,7 @@ class TD3BCLoss(ActorCriticLoss):
         use_prioritized_weights: str | bool = "auto",
         check_inputs: bool = True,
     ) -> None:
-        if reduction is None:
-            reduction = "mean"
-        if reduction not in ("none", "mean", "sum"):
-            raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
-        if loss_function not in ("l2", "l1", "smooth_l1"):
-            raise ValueError(f"unknown loss_function {loss_function!r}")
+        reduction = check_reduction(reduction, loss_function)
         super().__init__()
         self._in_keys = None
         self._set_deprecated_ctor_keys(priority=priority_key)
