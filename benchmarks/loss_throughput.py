@@ -60,12 +60,15 @@ _SAC_N = [
 
 #: Network passes of one update, per algorithm, for :func:`analytic_flops`: tuples
 #: ``(network, rows, backward)`` where ``network`` is ``"q"`` (input obs + act, one
-#: output), ``"v"`` (obs -> 1), ``"pi"`` (obs -> 2 act, Gaussian), ``"pi_det"``
-#: (obs -> act) or ``"q_disc"`` (obs -> one value per action, ``act`` actions), ``rows``
-#: the number of input rows in units of the batch size (twin critics count twice) and
+#: output), ``"v"`` (obs -> 1), ``"pi"`` (obs -> 2 act, Gaussian), ``"pi_det"`` (obs ->
+#: act), ``"q_disc"`` (obs -> one value per action, ``act`` actions), ``"xi"`` (obs + act
+#: -> act, BCQ's perturbation model) or the behaviour VAE's ``"vae_enc"`` (obs + act -> 2
+#: latent, latent = 2 act) and ``"vae_dec"`` (obs + latent -> act), with ``":3"`` appended for 3 hidden layers instead of 2, ``rows`` the
+#: number of input rows in units of the batch size (twin critics count twice) and
 #: ``backward`` one of ``None`` (no gradient), ``"params"`` (weight and hidden-input
-#: gradients) or ``"input"`` (input gradients only, down to the action input, as when
-#: the actor's loss goes through a frozen critic).
+#: gradients), ``"input"`` (input gradients only, down to the action input, as when the
+#: actor's loss goes through a frozen critic) or ``"all"`` (both, as for the VAE's
+#: decoder, whose latent input carries the encoder's gradient).
 PASSES: dict[str, list[tuple[str, float, str | None]]] = {
     # V(s) and V(s') ; target twin Q(s, a) ; twin Q(s, a) ; actor log-likelihood
     "iql": [
@@ -95,6 +98,43 @@ PASSES: dict[str, list[tuple[str, float, str | None]]] = {
     # actor at s and s' (one call) ; target twin Q(s', a') ; twin Q(s, a_pi) for the actor
     # (frozen critic) ; twin Q on the data action plus 3 x 10 sampled actions per state
     "cql": [("pi", 2, "params"), ("q", 2, None), ("q", 2, "input"), ("q", 2 * 31, "params")],
+    # VAE ; target: 10 decoded, perturbed (target xi) actions per s' and target twin Q ;
+    # twin Q(s, a) ; actor: one decoded action, xi, Q1 with input gradients
+    "bcq": [
+        ("vae_enc", 1, "params"),
+        ("vae_dec", 1, "all"),
+        ("vae_dec", 10, None),
+        ("xi", 10, None),
+        ("q", 20, None),
+        ("q", 2, "params"),
+        ("vae_dec", 1, None),
+        ("xi", 1, "params"),
+        ("q", 1, "input"),
+    ],
+    # VAE ; target actor at s' (10 samples of one pass) and target twin Q on them ; twin
+    # Q(s, a) ; actor at s (5 samples), 5 VAE samples for the MMD, twin Q on the 5 samples
+    "bear": [
+        ("vae_enc", 1, "params"),
+        ("vae_dec", 1, "all"),
+        ("pi", 1, None),
+        ("q", 20, None),
+        ("q", 2, "params"),
+        ("pi", 1, "params"),
+        ("vae_dec", 5, None),
+        ("q", 10, "input"),
+    ],
+    # TD3+BC's passes on 3-hidden-layer networks (LayerNorm has no matmul), the actor's
+    # term through both critics (the minimum)
+    "rebrac": [
+        ("pi_det:3", 1, None),
+        ("q:3", 2, None),
+        ("q:3", 2, "params"),
+        ("pi_det:3", 0.5, "params"),
+        ("q:3", 1, "input"),
+    ],
+    # V(s) ; actor log-likelihood (no critic, no targets)
+    "awr": [("v", 1, "params"), ("pi", 1, "params")],
+    "cal_ql": [("pi", 2, "params"), ("q", 2, None), ("q", 2, "input"), ("q", 2 * 31, "params")],
     # discrete BCQ: Q and imitation heads at s (trained) and at s' (filter, argmax) ;
     # target Q head at s'
     "discrete_bcq": [("q_disc", 2, "params"), ("q_disc", 2, None), ("q_disc", 1, None)],
@@ -123,9 +163,13 @@ def load_cases(
 
 
 def _layer_sizes(network: str, obs_dim: int, act_dim: int, hidden: int) -> list[int]:
-    first = obs_dim + act_dim if network == "q" else obs_dim
-    last = {"q": 1, "v": 1, "pi": 2 * act_dim, "pi_det": act_dim, "q_disc": act_dim}[network]
-    return [first, hidden, hidden, last]
+    network, _, depth = network.partition(":")  # "q:3": 3 hidden layers (default 2)
+    first = obs_dim + act_dim if network in ("q", "xi", "vae_enc") else obs_dim
+    if network == "vae_dec":
+        first = obs_dim + 2 * act_dim
+    last = {"q": 1, "v": 1, "pi": 2 * act_dim, "pi_det": act_dim, "xi": act_dim, "q_disc": act_dim}
+    last.update(vae_enc=4 * act_dim, vae_dec=act_dim)
+    return [first, *[hidden] * int(depth or 2), last[network]]
 
 
 def mlp_flops(sizes: list[int], rows: float, backward: str | None) -> float:
@@ -143,6 +187,8 @@ def mlp_flops(sizes: list[int], rows: float, backward: str | None) -> float:
             total += mac + (mac if layer > 0 else 0.0)
         elif backward == "input":
             total += mac
+        elif backward == "all":
+            total += 2 * mac
     return total
 
 

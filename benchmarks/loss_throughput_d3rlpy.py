@@ -1,17 +1,19 @@
-"""Updates per second of d3rlpy 2.8.1's IQL, TD3+BC, AWAC, CQL and discrete BCQ, with the matmul peak.
+"""Updates per second of d3rlpy 2.8.1's algorithms, with the matmul peak of the same run.
 
-Run with a Python that has d3rlpy (it pins its own gymnasium, so it lives in its own
-venv; install ``torch==2.13.0`` from the CPU index first). The settings match
-``loss_throughput.py``: batch 256, 2x256 ReLU encoders for every network, observation 17,
-action 6, one torch thread, a fixed batch, round-robin timing with the same 2048^3
-fp32 matmul timed in the same rounds; discrete BCQ has 6 discrete actions, a Q function
-and an imitation model each on its own 2x256 encoder (``share_encoder=False``, as
-``throughput_cases/discrete_bcq.py``) and the logit penalty 1e-2. Since d3rlpy and
-torchrl_offline cannot share a
-process, compare the two through their share of that peak, or run both scripts back to
-back and compare updates/s when the machine is quiet. Usage::
+IQL, TD3+BC, AWAC, CQL, ReBRAC, Cal-QL, BCQ, BEAR and discrete BCQ. Run with a Python that
+has d3rlpy (it pins its own gymnasium, so it lives in its own venv; install
+``torch==2.13.0`` from the CPU index first). The settings match ``loss_throughput.py``:
+batch 256, 2x256 ReLU encoders for every network (ReBRAC: 3x256, LayerNorm after each ReLU
+of the critics, as its case there), observation 17, action 6, one torch thread, a fixed
+batch, round-robin timing with the same 2048^3 fp32 matmul timed in the same rounds;
+discrete BCQ has 6 discrete actions, a Q function and an imitation model each on its own
+2x256 encoder (``share_encoder=False``, as ``throughput_cases/discrete_bcq.py``) and the
+logit penalty 1e-2. Since d3rlpy and torchrl_offline cannot share a process, compare the
+two through their share of that peak, or run both scripts back to back and compare
+updates/s when the machine is quiet. Usage::
 
     /path/to/d3rlpy-venv/bin/python benchmarks/loss_throughput_d3rlpy.py --rounds 3
+    /path/to/d3rlpy-venv/bin/python benchmarks/loss_throughput_d3rlpy.py --algos rebrac
 """
 
 from __future__ import annotations
@@ -40,6 +42,38 @@ def _algos(hidden: int, batch_size: int) -> dict[str, object]:
         "cql": d3rlpy.algos.CQLConfig(
             conservative_weight=10.0, n_action_samples=10, alpha_threshold=10.0, **common
         ),
+        # BCQ and BEAR as in throughput_cases/bcq.py and bear.py: 10 target samples, BEAR's
+        # MMD over 5 samples per state after the warm-up; d3rlpy's imitator is the VAE
+        "bcq": d3rlpy.algos.BCQConfig(
+            imitator_encoder_factory=enc, n_action_samples=10, action_flexibility=0.05, **common
+        ),
+        "bear": d3rlpy.algos.BEARConfig(
+            imitator_encoder_factory=enc,
+            n_target_samples=10,
+            n_mmd_action_samples=5,
+            mmd_kernel="laplacian",
+            mmd_sigma=20.0,
+            warmup_steps=0,
+            **common,
+        ),
+        # the paper's networks: 3 hidden layers, Linear -> ReLU -> LayerNorm in the critics
+        "rebrac": d3rlpy.algos.ReBRACConfig(
+            batch_size=batch_size,
+            actor_encoder_factory=d3rlpy.models.VectorEncoderFactory(
+                hidden_units=[hidden] * 3, activation="relu"
+            ),
+            critic_encoder_factory=d3rlpy.models.VectorEncoderFactory(
+                hidden_units=[hidden] * 3, activation="relu", use_layer_norm=True
+            ),
+            actor_learning_rate=1e-3,
+            critic_learning_rate=1e-3,
+            actor_beta=0.001,
+            critic_beta=0.01,
+            update_actor_interval=2,
+        ),
+        "cal_ql": d3rlpy.algos.CalQLConfig(
+            conservative_weight=5.0, n_action_samples=10, alpha_threshold=10.0, **common
+        ),
         "discrete_bcq": d3rlpy.algos.DiscreteBCQConfig(
             batch_size=batch_size,
             encoder_factory=enc,
@@ -51,7 +85,9 @@ def _algos(hidden: int, batch_size: int) -> dict[str, object]:
     }
 
 
-def cases(obs_dim: int, act_dim: int, batch_size: int, hidden: int) -> dict[str, Callable]:
+def cases(
+    obs_dim: int, act_dim: int, batch_size: int, hidden: int, algos: list[str] | None = None
+) -> dict[str, Callable]:
     import d3rlpy
 
     rng = np.random.default_rng(0)
@@ -75,6 +111,8 @@ def cases(obs_dim: int, act_dim: int, batch_size: int, hidden: int) -> dict[str,
     }
     out = {}
     for name, config in _algos(hidden, batch_size).items():
+        if algos and name not in algos:
+            continue
         dataset = datasets[name.startswith("discrete_")]
         batch = dataset.sample_transition_batch(batch_size)
         algo = config.create(device="cpu:0")
@@ -95,6 +133,7 @@ def time_case(fn: Callable, seconds: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--algos", nargs="*", default=None, help="algorithms to time")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--warmup", type=int, default=5)
@@ -103,7 +142,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    fns = cases(17, 6, 256, 256)
+    fns = cases(17, 6, 256, 256, args.algos)
     a, b = torch.randn(args.peak_size, args.peak_size), torch.randn(args.peak_size, args.peak_size)
     out = torch.empty_like(a)
     fns["peak/matmul"] = lambda: torch.mm(a, b, out=out)

@@ -31,7 +31,9 @@ def run_example(tmp_path, monkeypatch, capsys):
     torch.set_num_threads(previous)
 
 
-@pytest.mark.parametrize("name", ["iql", "cql", "awac", "td3_bc", "bc", "discrete_cql"])
+@pytest.mark.parametrize(
+    "name", ["iql", "cql", "awac", "td3_bc", "bc", "discrete_cql", "awr", "rebrac", "cal_ql"]
+)
 def test_algorithm_example(run_example, name):
     out = run_example(name, "--steps", "6")
     assert "dataset: 300 transitions; untrained policy return" in out

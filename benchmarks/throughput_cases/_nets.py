@@ -3,8 +3,9 @@
 Each builder returns fresh TorchRL modules shaped like TorchRL's own offline example
 scripts: ReLU MLPs, a ``ProbabilisticActor`` with ``TanhNormal`` over a ``Bounded``
 action spec, ``ValueOperator`` critics, plus a fixed random batch with TorchRL keys. The
-``plain_*`` helpers are the plain-torch cases' pieces: an ensemble of MLP critics with
-stacked weights (one ``baddbmm`` per layer) and a tanh-Gaussian policy.
+plain-torch cases' pieces are here too: critic ensembles with stacked weights
+(``stacked_mlp``, ``stacked_apply``), ``plain_mlp`` and a tanh-Gaussian policy
+(``plain_tanh_normal``).
 """
 
 from __future__ import annotations
@@ -117,48 +118,97 @@ def loss_update(loss_module, optimizers, updater, batch):
     return step
 
 
-# ----------------------------------------------------------------------------- plain torch
-def plain_stacked_mlp(n: int, sizes: list[int]) -> torch.nn.ParameterList:
-    """``n`` ReLU MLPs with layer ``sizes``, their weights stacked: ``[W0, b0, W1, b1, ...]``
-    with ``W`` of shape ``[n, in, out]`` and ``b`` of shape ``[n, 1, out]``, each member
-    initialised like ``nn.Linear``."""
+def stacked_mlp(n_members: int, sizes: list[int]) -> list[torch.nn.Parameter]:
+    """``[w0, b0, w1, b1, ...]`` of ``n_members`` ReLU MLPs with layer ``sizes``, stacked
+    (weights ``[n, in, out]``, biases ``[n, 1, out]``) and initialised as ``nn.Linear``:
+    a plain-torch critic ensemble evaluated with one ``baddbmm`` per layer."""
     params = []
     for i, o in itertools.pairwise(sizes):
-        w = torch.empty(n, i, o)
-        for k in range(n):
+        w = torch.empty(n_members, i, o)
+        for k in range(n_members):
             torch.nn.init.kaiming_uniform_(w[k].T, a=math.sqrt(5))
-        b = torch.empty(n, 1, o).uniform_(-1 / math.sqrt(i), 1 / math.sqrt(i))
+        b = torch.empty(n_members, 1, o).uniform_(-1 / math.sqrt(i), 1 / math.sqrt(i))
         params += [torch.nn.Parameter(w), torch.nn.Parameter(b)]
-    return torch.nn.ParameterList(params)
+    return params
 
 
-def plain_stacked_apply(params, x: torch.Tensor) -> torch.Tensor:
-    """All members of :func:`plain_stacked_mlp` on ``x``: ``[M, in]`` shared by the
-    members, or ``[n, M, in]`` one slice per member; returns ``[n, M, out]``."""
-    n_layers = len(params) // 2
+def stacked_apply(params, x: torch.Tensor) -> torch.Tensor:
+    """The stacked MLPs of :func:`stacked_mlp` on ``x``: ``[rows, in]`` shared by the
+    members, or ``[n, rows, in]`` one slice per member; returns ``[n, rows]``."""
     if x.ndim == 2:
-        x = x.expand(params[0].shape[0], *x.shape)
-    for layer in range(n_layers):
+        x = x.expand(len(params[0]), *x.shape)
+    layers = len(params) // 2
+    for layer in range(layers):
         x = torch.baddbmm(params[2 * layer + 1], x, params[2 * layer])
-        if layer < n_layers - 1:
+        if layer < layers - 1:
             x = torch.relu(x)
-    return x
+    return x.squeeze(-1)
 
 
-def plain_actor(obs_dim: int, act_dim: int, hidden: int) -> torch.nn.Sequential:
-    """A 2-hidden-layer ReLU MLP giving a tanh-Gaussian's ``(mu, pre-softplus std)``."""
+def plain_mlp(in_dim: int, out_dim: int, hidden: int) -> torch.nn.Sequential:
+    """A 2-hidden-layer ReLU MLP of ``nn.Linear`` layers (the plain-torch cases' networks)."""
     return torch.nn.Sequential(
-        torch.nn.Linear(obs_dim, hidden),
+        torch.nn.Linear(in_dim, hidden),
         torch.nn.ReLU(),
         torch.nn.Linear(hidden, hidden),
         torch.nn.ReLU(),
-        torch.nn.Linear(hidden, 2 * act_dim),
+        torch.nn.Linear(hidden, out_dim),
     )
+
+
+def plain_vae_loss(encoder, decoder, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """BCQ's and BEAR's VAE loss in plain torch (reconstruction MSE + 0.5 KL, log-std
+    clamped to [-4, 15], decoder squashed by tanh into [-1, 1])."""
+    mean, log_std = encoder(torch.cat([obs, act], -1)).chunk(2, -1)
+    log_std = log_std.clamp(-4.0, 15.0)
+    std = log_std.exp()
+    recon = torch.tanh(decoder(torch.cat([obs, mean + std * torch.randn_like(std)], -1)))
+    kl = (-0.5 * (1 + 2 * log_std - mean.pow(2) - std.pow(2))).mean()
+    return ((recon - act) ** 2).mean() + 0.5 * kl
+
+
+def ours_and_plain(
+    algo: str, ours, plain, obs_dim: int, act_dim: int, batch_size: int, hidden: int
+):
+    """``{f"{algo}/ours": ..., f"{algo}/plain_torch": ...}``: both built from the same seed
+    on copies of one random batch, ``ours`` / ``plain`` taking ``(obs_dim, act_dim,
+    hidden, batch)``."""
+    data = random_batch(obs_dim, act_dim, batch_size)
+    torch.manual_seed(0)
+    ours_case = ours(obs_dim, act_dim, hidden, data.clone())
+    torch.manual_seed(0)
+    return {
+        f"{algo}/ours": ours_case,
+        f"{algo}/plain_torch": plain(obs_dim, act_dim, hidden, data.clone()),
+    }
+
+
+def delayed_update(loss_module, optim, updater, batch, *, delay: int = 2, target_every_step=False):
+    """One update as ``OfflineTrainer(policy_update_delay=delay)`` does it (TD3's schedule):
+    the critic term alone (``qvalue_loss``) on most calls, ``forward`` (every term) on
+    every ``delay``-th call, one backward of the summed losses, one optimizer; the targets
+    move on the full updates (on every update with ``target_every_step``)."""
+    counter = [0]
+
+    def step() -> None:
+        counter[0] += 1
+        full = counter[0] % delay == 0
+        if full:
+            out = loss_module(batch)
+            (out["loss_actor"] + out["loss_qvalue"]).backward()
+        else:
+            loss_module.qvalue_loss(batch)[0].backward()
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        if target_every_step or full:
+            updater.step()
+
+    return step
 
 
 def plain_tanh_normal(actor: torch.nn.Module, obs: torch.Tensor, shape=()):
     """A reparameterised draw of ``tanh(N(mu, softplus(s) + 1e-4))`` (``shape`` extra
-    leading sample dims) and its log-density."""
+    leading sample dims), ``(mu, s) = actor(obs)``, and its log-density."""
     mu, log_std = actor(obs).chunk(2, -1)
     std = torch.nn.functional.softplus(log_std) + 1e-4
     u = mu + std * torch.randn(*shape, *mu.shape)

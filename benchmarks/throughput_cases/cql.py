@@ -54,9 +54,9 @@ def _loss_update(loss_module, data: TensorDict, *, ours: bool) -> Callable[[], N
 def _plain_torch(obs_dim: int, act_dim: int, batch_size: int, hidden: int, data: TensorDict):
     """A minimal hand-written CQL(H) update with stacked (vectorized) twin critics."""
     n_critics = 2
-    critic = _nets.plain_stacked_mlp(n_critics, [obs_dim + act_dim, hidden, hidden, 1])
+    critic = _nets.stacked_mlp(n_critics, [obs_dim + act_dim, hidden, hidden, 1])
     target = [p.detach().clone() for p in critic]
-    actor = _nets.plain_actor(obs_dim, act_dim, hidden)
+    actor = _nets.plain_mlp(obs_dim, 2 * act_dim, hidden)
     log_alpha = nn.Parameter(torch.zeros(()))
     optim = _adam([*critic, *actor.parameters(), log_alpha])
     n = NUM_RANDOM
@@ -64,7 +64,7 @@ def _plain_torch(obs_dim: int, act_dim: int, batch_size: int, hidden: int, data:
 
     def q(params, o, a):
         x = torch.cat([o.expand(*a.shape[:-1], o.shape[-1]), a], -1)
-        out = _nets.plain_stacked_apply(params, x.reshape(-1, x.shape[-1]))
+        out = _nets.stacked_apply(params, x.reshape(-1, x.shape[-1]))
         return out.reshape(n_critics, *x.shape[:-1])
 
     def policy(o, shape=()):

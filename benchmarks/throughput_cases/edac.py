@@ -44,16 +44,16 @@ def _plain_torch(obs_dim: int, act_dim: int, hidden: int, data: TensorDict, eta:
     diversity term as the paper writes it: every pair's inner product of normalised
     action gradients (a batched ``[N, N]`` Gram matrix per sample)."""
     n = NUM_CRITICS
-    critic = _nets.plain_stacked_mlp(n, [obs_dim + act_dim, hidden, hidden, 1])
+    critic = _nets.stacked_mlp(n, [obs_dim + act_dim, hidden, hidden, 1])
     target = [p.detach().clone() for p in critic]
-    actor = _nets.plain_actor(obs_dim, act_dim, hidden)
+    actor = _nets.plain_mlp(obs_dim, 2 * act_dim, hidden)
     log_alpha = nn.Parameter(torch.zeros(()))
     optim = _nets.adam([*critic, *actor.parameters(), log_alpha], lr=LR)
     off_diagonal = 1.0 - torch.eye(n)
 
     def q(params, o, a):  # a: [B, A] shared, or [N, B, A] one copy per critic
         x = torch.cat([o.expand(*a.shape[:-1], o.shape[-1]), a], -1)
-        return _nets.plain_stacked_apply(params, x).squeeze(-1)
+        return _nets.stacked_apply(params, x)
 
     def update() -> None:
         obs, act = data["observation"], data["action"]

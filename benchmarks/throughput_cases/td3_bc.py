@@ -95,23 +95,9 @@ def _ours(loss_module: TD3BCLoss, data: TensorDict, *, every_step: bool) -> Call
     loss_module.make_value_estimator(gamma=0.99)
     updater = _nets.ours_soft_update(loss_module, TAU)
     optim = _adam(loss_module.parameters())
-
-    counter = [0]
-
-    def update() -> None:
-        counter[0] += 1
-        actor_step = counter[0] % DELAY == 0
-        if actor_step:
-            out = loss_module(data)
-            (out["loss_actor"] + out["loss_qvalue"]).backward()
-        else:
-            loss_module.qvalue_loss(data)[0].backward()
-        optim.step()
-        optim.zero_grad(set_to_none=True)
-        if every_step or actor_step:
-            updater.step()
-
-    return update
+    return _nets.delayed_update(
+        loss_module, optim, updater, data, delay=DELAY, target_every_step=every_step
+    )
 
 
 def _torchrl(loss_module: TorchRLTD3BCLoss, data: TensorDict) -> Callable[[], None]:

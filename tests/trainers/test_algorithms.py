@@ -12,6 +12,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from tests.trainers.conftest import make_dataset
 from torchrl_offline import registry
+from torchrl_offline.data.episodes import with_derived_keys
 from torchrl_offline.trainers.algorithms import (
     ALGORITHMS,
     AlgorithmError,
@@ -72,6 +73,7 @@ def test_each_algorithm_trains_through_the_trainer(name):
     obs_spec, act_spec = specs_from_dataset(data)
     algo = build_algorithm(name, obs_spec, act_spec, hidden_sizes=(16,))
     assert algo.name == name
+    data = with_derived_keys(data, algo.derived_keys, gamma=0.99)  # what train() adds
     before = {k: v.clone() for k, v in algo.loss.state_dict().items() if torch.is_tensor(v)}
     trainer = OfflineTrainer(
         replay_buffer=data,
@@ -109,9 +111,9 @@ def test_check_inputs_false_removes_the_per_update_host_read(name, monkeypatch):
     torch.manual_seed(0)
     data = make_dataset(discrete=name.startswith("discrete_"))
     obs_spec, act_spec = specs_from_dataset(data)
-    batch = data.sample().clone()
-    batch["observation"][3, 0] = float("nan")
     checked = build_algorithm(name, obs_spec, act_spec, hidden_sizes=(8,))
+    batch = with_derived_keys(data, checked.derived_keys, gamma=0.99).sample().clone()
+    batch["observation"][3, 0] = float("nan")
     assert checked.loss.check_inputs
     with pytest.raises(
         ValueError, match=r"'observation' holds NaN/inf \(first at batch index \(3,\)\)"

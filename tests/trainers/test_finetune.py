@@ -132,6 +132,7 @@ def _tensors(algo):
         ("td3_bc", "Pendulum-v1", {"online_capacity": 5}),  # the ring buffer wraps
         ("cql", "CartPole-v1", {}),
         ("awac", "Pendulum-v1 with a StepCounter", {}),  # a TorchRL TransformedEnv
+        ("awr", "CartPole-v1", {}),  # online steps wait for their episode's end
     ],
 )
 def test_interrupted_and_resumed_finetuning_equals_uninterrupted(tmp_path, name, env, kw):
@@ -262,3 +263,36 @@ def test_finetuning_owns_its_directory_and_resumes_only_the_same_run(tmp_path):
                  out_dir=tmp_path / "online", resume=True, batch_size=16, frames_per_batch=3,
                  checkpoint_interval=4, progress=False)  # fmt: skip
     assert _finetune("iql", data, tmp_path / "online", total=2, overwrite=True).step == 2
+
+
+def test_online_episodes_enter_with_their_returns_to_go_when_they_end(tmp_path):
+    """AWR needs Monte Carlo returns: online steps enter the buffer when their episode
+    ends, with the returns of the whole episode; the unfinished one waits."""
+    data = make_dataset(discrete=True, obs_dim=4, n_actions=2)
+    record = _Record()
+    result = finetune(
+        _algo("awr", data),
+        data,
+        "CartPole-v1",
+        total_steps=40,
+        batch_size=16,
+        frames_per_batch=8,
+        utd_ratio=1.0,
+        seed=3,
+        progress=False,
+        hooks=[record],
+    )
+    assert result.step == 40
+    online = record.trainer.replay_buffer.online_buffer
+    assert 0 < len(online) == record.online[-1] < 40  # the unfinished episode waits
+    stored = online.storage[: len(online)]
+    done = stored["next", "done"].squeeze(-1)
+    assert bool(done[-1])  # whole episodes only
+    reward = stored["next", "reward"].squeeze(-1)
+    expected, running = [], 0.0
+    for r, d in zip(reversed(reward.tolist()), reversed(done.tolist())):
+        running = r + (0.0 if d else 0.99 * running)
+        expected.append(running)
+    torch.testing.assert_close(
+        stored["mc_return"].squeeze(-1), torch.tensor(expected[::-1]), rtol=1e-5, atol=1e-5
+    )

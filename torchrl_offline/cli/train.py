@@ -160,10 +160,11 @@ def _list_hyperparameters(name: str) -> int:
     for key, value in algorithm_defaults(name).items():
         print(f"{key:<24}{value!r}")
     decl = declaration(name)
+    width = max([15, *(len(p) + 1 for p in decl.presets)])  # dataset names are long
     for preset, values in sorted(decl.presets.items()):
         settings = ", ".join(f"{k}={v!r}" for k, v in values.items())
         default = " (the default)" if preset == decl.default_preset else ""
-        print(f"{'--preset ' + preset:<23} {settings}{default}")
+        print(f"--preset {preset:<{width}}{settings}{default}")
     return 0
 
 

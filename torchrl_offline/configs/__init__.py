@@ -11,8 +11,9 @@
   ``replay_buffer`` as ``offline_minari``, ``offline_logged``, ``offline_collect``
   (:mod:`torchrl_offline.configs.data`);
 * group ``trainer``: ``offline`` (:mod:`torchrl_offline.configs.trainers`);
-* group ``model``: ``offline_tanh_mean_gaussian`` (the IQL paper's actor) and
-  ``offline_categorical`` (:mod:`torchrl_offline.configs.modules`).
+* group ``model``: ``offline_tanh_mean_gaussian`` (the IQL paper's actor),
+  ``offline_categorical`` and ``offline_behavior_vae`` (BCQ's and BEAR's behaviour model)
+  (:mod:`torchrl_offline.configs.modules`).
 
 The ``offline_`` prefix keeps our losses apart from TorchRL's ``loss: iql`` and
 ``loss: cql`` (TorchRL's own implementations, with their defaults). Everything else
@@ -55,7 +56,11 @@ from torchrl_offline.configs.data import (
     LoggedDatasetConfig,
     MinariDatasetConfig,
 )
-from torchrl_offline.configs.modules import CategoricalActorConfig, TanhMeanGaussianActorConfig
+from torchrl_offline.configs.modules import (
+    BehaviorVAEConfig,
+    CategoricalActorConfig,
+    TanhMeanGaussianActorConfig,
+)
 from torchrl_offline.configs.objectives import (
     LOSS_CONFIGS,
     OfflineAWACLossConfig,
@@ -66,6 +71,7 @@ from torchrl_offline.configs.objectives import (
     OfflineDiscreteCQLLossConfig,
     OfflineDiscreteIQLLossConfig,
     OfflineIQLLossConfig,
+    OfflineReBRACLossConfig,
     OfflineTD3BCLossConfig,
     loss_config,
     loss_configs,
@@ -75,6 +81,7 @@ from torchrl_offline.configs.trainers import OfflineTrainerConfig, default_loss_
 __all__ = [
     "DATASET_CONFIGS",
     "LOSS_CONFIGS",
+    "BehaviorVAEConfig",
     "CategoricalActorConfig",
     "CollectedDatasetConfig",
     "ConfigError",
@@ -89,6 +96,7 @@ __all__ = [
     "OfflineDiscreteCQLLossConfig",
     "OfflineDiscreteIQLLossConfig",
     "OfflineIQLLossConfig",
+    "OfflineReBRACLossConfig",
     "OfflineTD3BCLossConfig",
     "OfflineTrainerConfig",
     "TanhMeanGaussianActorConfig",
@@ -109,6 +117,7 @@ def config_entries() -> list[tuple[str, str, type]]:
     entries.append(("trainer", "offline", OfflineTrainerConfig))
     entries.append(("model", "offline_tanh_mean_gaussian", TanhMeanGaussianActorConfig))
     entries.append(("model", "offline_categorical", CategoricalActorConfig))
+    entries.append(("model", "offline_behavior_vae", BehaviorVAEConfig))
     return entries
 
 

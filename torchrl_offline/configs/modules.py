@@ -6,6 +6,9 @@
 * ``offline_categorical``: a categorical actor over a network's logits, for
   ``offline_discrete_iql``, ``offline_discrete_awac`` and ``offline_bc`` with discrete
   actions (TorchRL's ``qvalue`` model is the network of ``offline_discrete_cql``).
+* ``offline_behavior_vae``: the conditional VAE of the behaviour policy that
+  ``offline_bcq`` and ``offline_bear`` take as ``behavior_network``,
+  :func:`~torchrl_offline.objectives.behavior_vae.make_behavior_vae`.
 
 Examples:
     >>> import torch
@@ -34,7 +37,7 @@ from torchrl.trainers.algorithms.configs.modules import ModelConfig
 
 from torchrl_offline.configs.common import ConfigError, as_action_spec, as_module, plain
 
-__all__ = ["CategoricalActorConfig", "TanhMeanGaussianActorConfig"]
+__all__ = ["BehaviorVAEConfig", "CategoricalActorConfig", "TanhMeanGaussianActorConfig"]
 
 _MAKERS = "torchrl_offline.configs.modules."
 
@@ -68,6 +71,45 @@ class CategoricalActorConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+
+
+@dataclass
+class BehaviorVAEConfig(ModelConfig):
+    """The behaviour model of BCQ and BEAR (``model: offline_behavior_vae``); ``action_spec``
+    is ``{low, high, shape}`` (a ``Bounded`` spec), the activation is ReLU."""
+
+    observation_dim: int = MISSING
+    action_spec: Any = MISSING
+    num_cells: list[int] = field(default_factory=lambda: [750, 750])
+    latent_dim: Any = None
+    in_key: str = "observation"
+    _target_: str = _MAKERS + "_make_behavior_vae"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+
+
+def _make_behavior_vae(
+    *,
+    observation_dim: int,
+    action_spec: Any,
+    num_cells: Any,
+    latent_dim: Any,
+    in_key: str,
+    **ignored: Any,  # ModelConfig's in_keys / out_keys / shared
+) -> nn.Module:
+    from torchrl_offline.objectives.behavior_vae import make_behavior_vae
+
+    spec = as_action_spec(action_spec, "model.action_spec")
+    if spec is None:
+        raise ConfigError("model.action_spec is required: {low, high, shape}")
+    return make_behavior_vae(
+        int(observation_dim),
+        spec,
+        num_cells=[int(c) for c in plain(num_cells)],
+        latent_dim=None if latent_dim is None else int(latent_dim),
+        in_key=in_key,
+    )
 
 
 def _make_tanh_mean_gaussian_actor(

@@ -49,15 +49,21 @@ from torchrl_offline.objectives.declaration import AlgorithmDeclaration, constru
 __all__ = [
     "LOSS_CONFIGS",
     "OfflineAWACLossConfig",
+    "OfflineAWRLossConfig",
     "OfflineBCLossConfig",
+    "OfflineBCQLossConfig",
+    "OfflineBEARLossConfig",
     "OfflineCQLLossConfig",
+    "OfflineCalQLLossConfig",
     "OfflineDiscreteAWACLossConfig",
+    "OfflineDiscreteAWRLossConfig",
     "OfflineDiscreteBCLossConfig",
     "OfflineDiscreteBCQLossConfig",
     "OfflineDiscreteCQLLossConfig",
     "OfflineDiscreteIQLLossConfig",
     "OfflineEDACLossConfig",
     "OfflineIQLLossConfig",
+    "OfflineReBRACLossConfig",
     "OfflineSACNLossConfig",
     "OfflineTD3BCLossConfig",
     "loss_config",
@@ -80,8 +86,21 @@ def _field(param: inspect.Parameter) -> tuple[str, Any, Any]:
 
 
 def _class_name(name: str) -> str:
-    words = {"iql": "IQL", "cql": "CQL", "awac": "AWAC", "td3": "TD3", "bc": "BC", "bcq": "BCQ"}
-    words |= {"edac": "EDAC", "sac": "SAC", "n": "N"}
+    words = {
+        "iql": "IQL",
+        "cql": "CQL",
+        "awac": "AWAC",
+        "td3": "TD3",
+        "bc": "BC",
+        "awr": "AWR",
+        "ql": "QL",
+        "rebrac": "ReBRAC",
+        "bcq": "BCQ",
+        "bear": "BEAR",
+        "edac": "EDAC",
+        "sac": "SAC",
+        "n": "N",
+    }
     return "Offline" + "".join(words.get(w, w.capitalize()) for w in name.split("_")) + "LossConfig"
 
 
@@ -159,12 +178,18 @@ LOSS_CONFIGS: dict[str, type[LossConfig]] = {
 OfflineIQLLossConfig = LOSS_CONFIGS["iql"]
 OfflineDiscreteIQLLossConfig = LOSS_CONFIGS["discrete_iql"]
 OfflineCQLLossConfig = LOSS_CONFIGS["cql"]
+OfflineCalQLLossConfig = LOSS_CONFIGS["cal_ql"]
 OfflineDiscreteCQLLossConfig = LOSS_CONFIGS["discrete_cql"]
 OfflineAWACLossConfig = LOSS_CONFIGS["awac"]
 OfflineDiscreteAWACLossConfig = LOSS_CONFIGS["discrete_awac"]
+OfflineAWRLossConfig = LOSS_CONFIGS["awr"]
+OfflineDiscreteAWRLossConfig = LOSS_CONFIGS["discrete_awr"]
 OfflineTD3BCLossConfig = LOSS_CONFIGS["td3_bc"]
 OfflineBCLossConfig = LOSS_CONFIGS["bc"]
+OfflineBCQLossConfig = LOSS_CONFIGS["bcq"]
+OfflineBEARLossConfig = LOSS_CONFIGS["bear"]
 OfflineDiscreteBCLossConfig = LOSS_CONFIGS["discrete_bc"]
 OfflineDiscreteBCQLossConfig = LOSS_CONFIGS["discrete_bcq"]
 OfflineEDACLossConfig = LOSS_CONFIGS["edac"]
 OfflineSACNLossConfig = LOSS_CONFIGS["sac_n"]
+OfflineReBRACLossConfig = LOSS_CONFIGS["rebrac"]

@@ -136,6 +136,27 @@ def default_loss_components(loss_module: LossModule) -> tuple[str, ...] | None:
     return None if name is None else loss_keys(name, loss_module)
 
 
+def _with_derived_keys(loss_module: LossModule, replay_buffer: Any) -> Any:
+    """The buffer with the entries the loss's algorithm derives from the episode order
+    (``"mc_return"`` at the loss's discount, 0.99 without a value estimator), as ``train``
+    adds them; a buffer already holding them is used as it is."""
+    from torchrl_offline.data.episodes import with_derived_keys
+    from torchrl_offline.objectives.declaration import COMMON_DEFAULTS
+    from torchrl_offline.trainers.algorithms import algorithm_of, declaration
+
+    name = algorithm_of(loss_module)
+    keys = () if name is None else declaration(name).derived_keys
+    stored = getattr(getattr(replay_buffer, "storage", None), "_storage", None)
+    if stored is not None and hasattr(stored, "keys"):
+        keys = tuple(k for k in keys if k not in stored.keys(True))
+    if not keys:
+        return replay_buffer
+    estimator = getattr(loss_module, "_value_estimator", None)
+    gamma = getattr(estimator, "gamma", None) if estimator is not None else None
+    gamma = float(COMMON_DEFAULTS["gamma"] if gamma is None else gamma)
+    return with_derived_keys(replay_buffer, keys, gamma=gamma)
+
+
 def _call_partial(value: Any, field: str, expected: type, *args: Any) -> Any:
     if isinstance(value, expected):
         return value
@@ -197,6 +218,7 @@ def _make_offline_trainer(
     components = plain(loss_components)
     if components is None:
         components = default_loss_components(loss_module)
+    replay_buffer = _with_derived_keys(loss_module, replay_buffer)
     extra = {}
     if optimization_stepper is not None:
         extra["optimization_stepper"] = optimization_stepper

@@ -8,7 +8,12 @@ replacement) with the paper's defaults. Next to each loss, an
 """
 
 from torchrl_offline.objectives.awac import AWACLoss, DiscreteAWACLoss
+from torchrl_offline.objectives.awr import AWRLoss, DiscreteAWRLoss
 from torchrl_offline.objectives.bc import ActorOutputError, BCLoss
+from torchrl_offline.objectives.bcq import BCQLoss
+from torchrl_offline.objectives.bear import BEARLoss
+from torchrl_offline.objectives.behavior_vae import BehaviorVAE, make_behavior_vae
+from torchrl_offline.objectives.cal_ql import CAL_QL_PRESETS, CalQLLoss
 from torchrl_offline.objectives.common import OfflineLossError
 from torchrl_offline.objectives.cql import CQL_PRESETS, CQLLoss
 from torchrl_offline.objectives.declaration import AlgorithmDeclaration, ParamGroup
@@ -21,18 +26,27 @@ from torchrl_offline.objectives.gaussian_actor import (
 )
 from torchrl_offline.objectives.iql import IQL_PRESETS, DiscreteIQLLoss, IQLLoss
 from torchrl_offline.objectives.networks import NetworkFactory
+from torchrl_offline.objectives.rebrac import REBRAC_PRESETS, ReBRACLoss
 from torchrl_offline.objectives.target_update import FusedSoftUpdate
 from torchrl_offline.objectives.td3_bc import TD3BCLoss
 
 __all__ = [
+    "CAL_QL_PRESETS",
     "CQL_PRESETS",
     "IQL_PRESETS",
+    "REBRAC_PRESETS",
     "AWACLoss",
+    "AWRLoss",
     "ActorOutputError",
     "AlgorithmDeclaration",
     "BCLoss",
+    "BCQLoss",
+    "BEARLoss",
+    "BehaviorVAE",
     "CQLLoss",
+    "CalQLLoss",
     "DiscreteAWACLoss",
+    "DiscreteAWRLoss",
     "DiscreteBCQActor",
     "DiscreteBCQLoss",
     "DiscreteCQLLoss",
@@ -43,8 +57,10 @@ __all__ = [
     "NetworkFactory",
     "OfflineLossError",
     "ParamGroup",
+    "ReBRACLoss",
     "SACNLoss",
     "TD3BCLoss",
     "TanhMeanGaussian",
+    "make_behavior_vae",
     "make_tanh_mean_gaussian_actor",
 ]

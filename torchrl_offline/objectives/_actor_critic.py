@@ -191,6 +191,18 @@ class ActorCriticLoss(LazyInKeys, LossModule):
             cached = self.__dict__["_cache_q_detached_val"] = params
         return cached
 
+    @property
+    def _cache_q1_detached(self) -> TensorDictBase:
+        """The first critic's parameters without gradient (cached, like
+        :meth:`_critic_params`): what a deterministic actor's loss and a greedy policy
+        query."""
+        cached = self.__dict__.get("_cache_q1_detached_val")
+        if cached is None:
+            params = self.qvalue_network_params.data
+            cached = _leaf_view(self.qvalue_network, params[0] if params.ndim else params)
+            self.__dict__["_cache_q1_detached_val"] = cached
+        return cached
+
     def _drop_caches(self, *args) -> None:
         self._erase_cache()
 
@@ -227,9 +239,16 @@ class ActorCriticLoss(LazyInKeys, LossModule):
 
     def _q_inputs(self, tensordict: TensorDictBase, action: Tensor, *, nxt: bool) -> list[Tensor]:
         """The critics' inputs: ``action`` and the observations at ``s`` (or ``s'``)."""
+        return self._inputs(self.qvalue_network, tensordict, action, nxt=nxt)
+
+    def _inputs(
+        self, module: nn.Module, tensordict: TensorDictBase, action: Tensor, *, nxt: bool
+    ) -> list[Tensor]:
+        """``module``'s inputs in ``in_keys`` order: ``action`` for the action key, the
+        batch's entries at ``s`` (or ``s'``) for the others."""
         action_key = unravel_key(self.tensor_keys.action)
         inputs = []
-        for key in self.qvalue_network.in_keys:
+        for key in module.in_keys:
             if unravel_key(key) == action_key:
                 inputs.append(action)
             else:

@@ -26,8 +26,8 @@ __all__ = [
     "OfflineLossError",
     "check_batch",
     "check_finite_losses",
-    "check_loss_settings",
     "check_output_dim",
+    "check_reduction",
     "count_update",
 ]
 
@@ -265,18 +265,22 @@ def check_output_dim(name: str, got: int, expected: int, what: str = "action") -
         )
 
 
-def check_loss_settings(reduction: str | None, loss_function: str) -> str:
-    """Refuses an unknown ``reduction`` or regression ``loss_function``; returns the
-    reduction (``None`` is ``"mean"``).
+def check_reduction(reduction: str | None, loss_function: str | None = None) -> str:
+    """The loss's reduction (``"mean"`` when ``None``), after checking it and, if given,
+    the element-wise regression ``loss_function`` (``"l2"``, ``"l1"``, ``"smooth_l1"``).
 
     Examples:
-        >>> from torchrl_offline.objectives._checks import check_loss_settings
-        >>> check_loss_settings(None, "l2")
+        >>> from torchrl_offline.objectives._checks import check_reduction
+        >>> check_reduction(None, "l2")
         'mean'
+        >>> check_reduction("max")
+        Traceback (most recent call last):
+        ...
+        ValueError: reduction must be 'none', 'mean' or 'sum', got 'max'
     """
     reduction = "mean" if reduction is None else reduction
     if reduction not in ("none", "mean", "sum"):
         raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
-    if loss_function not in ("l2", "l1", "smooth_l1"):
+    if loss_function is not None and loss_function not in ("l2", "l1", "smooth_l1"):
         raise ValueError(f"unknown loss_function {loss_function!r}")
     return reduction

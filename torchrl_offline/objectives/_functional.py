@@ -41,7 +41,8 @@ _ELEMENTWISE = (
     nn.Mish,
 )
 
-# A plan is a list of ("linear", weight_key, bias_key | None) and ("act", module) steps.
+# A plan is a list of ("linear", weight_key, bias_key | None), ("act", module) and
+# ("norm", weight_key | None, bias_key | None, eps) steps (a LayerNorm over the last dim).
 _Plan = list[tuple]
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _NO_PLAN = object()
@@ -68,8 +69,9 @@ def _is_plain_sequential(module: nn.Module) -> bool:
 def _layers_plan(inner: nn.Module, prefix: tuple) -> _Plan | None:
     """Flattens nested plain ``nn.Sequential``/``MLP`` containers into a layer plan.
 
-    Accepts ``nn.Linear``, elementwise activations and, as the very last layer, a
-    ``NormalParamExtractor`` (whose output is a ``(loc, scale)`` tuple).
+    Accepts ``nn.Linear``, elementwise activations, ``nn.LayerNorm`` over the last
+    dimension and, as the very last layer, a ``NormalParamExtractor`` (whose output is
+    a ``(loc, scale)`` tuple).
     """
     from tensordict.nn import NormalParamExtractor
 
@@ -90,6 +92,10 @@ def _layers_plan(inner: nn.Module, prefix: tuple) -> _Plan | None:
             plan.append(("linear", (*key, "weight"), bias))
         elif type(child) in _ELEMENTWISE:
             plan.append(("act", child))
+        elif type(child) is nn.LayerNorm and len(child.normalized_shape) == 1:
+            weight = (*key, "weight") if child.weight is not None else None
+            bias = (*key, "bias") if child.bias is not None else None
+            plan.append(("norm", weight, bias, child.eps))
         elif type(child) is NormalParamExtractor and i == len(flat) - 1:
             if any(True for _ in child.parameters()):
                 return None
@@ -235,9 +241,25 @@ def _plan_apply_single(plan: _Plan, params: TensorDictBase, x: Tensor) -> Tensor
         if step[0] == "linear":
             bias = None if step[2] is None else _leaf(params, step[2])
             x = torch.nn.functional.linear(x, _leaf(params, step[1]), bias)
+        elif step[0] == "norm":
+            weight = None if step[1] is None else _leaf(params, step[1])
+            bias = None if step[2] is None else _leaf(params, step[2])
+            x = torch.nn.functional.layer_norm(x, x.shape[-1:], weight, bias, step[3])
         else:
             x = step[1](x)
     return x
+
+
+def _stacked_layer_norm(step: tuple, params: TensorDictBase, x: Tensor) -> Tensor:
+    """LayerNorm of ``x`` (``[E, M, n]``) with each member's own ``[E, n]`` affine map."""
+    x = torch.nn.functional.layer_norm(x, x.shape[-1:], eps=step[3])
+    weight = None if step[1] is None else _leaf(params, step[1]).unsqueeze(1)
+    bias = None if step[2] is None else _leaf(params, step[2]).unsqueeze(1)
+    if weight is not None and bias is not None:
+        return torch.addcmul(bias, x, weight)
+    if weight is not None:
+        return x * weight
+    return x if bias is None else x + bias
 
 
 def _plan_apply_stacked(plan: _Plan, params: TensorDictBase, x: Tensor) -> Tensor:
@@ -258,6 +280,9 @@ def _plan_apply_stacked(plan: _Plan, params: TensorDictBase, x: Tensor) -> Tenso
                 x = torch.bmm(x, weight.transpose(1, 2))
             else:
                 x = torch.baddbmm(_leaf(params, step[2]).unsqueeze(1), x, weight.transpose(1, 2))
+            fresh = True
+        elif step[0] == "norm":
+            x = _stacked_layer_norm(step, params, x)
             fresh = True
         elif fresh and type(step[1]) is nn.ReLU:
             x = torch.relu_(x)

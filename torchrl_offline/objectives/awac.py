@@ -11,18 +11,18 @@ from __future__ import annotations
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import (
-    ProbabilisticTensorDictModule,
     ProbabilisticTensorDictSequential,
     TensorDictModule,
     dispatch,
 )
-from tensordict.utils import NestedKey, unravel_key
+from tensordict.utils import NestedKey
 from torch import Tensor
 from torchrl.data.tensor_specs import TensorSpec
 from torchrl.data.utils import _find_action_space
 
 from torchrl_offline.objectives._actor_critic import ActorCriticLoss
-from torchrl_offline.objectives._tanh_normal import TanhNormalSamples, fast_tanh_normal_bounds
+from torchrl_offline.objectives._checks import check_reduction
+from torchrl_offline.objectives._likelihood import LikelihoodActor
 from torchrl_offline.objectives.common import (
     OfflineLossError,
     check_batch,
@@ -36,7 +36,7 @@ from torchrl_offline.objectives.networks import STOCHASTIC_ACTORS
 __all__ = ["AWAC_ALGORITHM", "DISCRETE_AWAC_ALGORITHM", "AWACLoss", "DiscreteAWACLoss"]
 
 
-class AWACLoss(ActorCriticLoss):
+class AWACLoss(LikelihoodActor, ActorCriticLoss):
     r"""AWAC loss for continuous actions (Nair et al., "AWAC: Accelerating Online
     Reinforcement Learning with Offline Datasets", 2020).
 
@@ -161,12 +161,7 @@ class AWACLoss(ActorCriticLoss):
         use_prioritized_weights: str | bool = "auto",
         check_inputs: bool = True,
     ) -> None:
-        if reduction is None:
-            reduction = "mean"
-        if reduction not in ("none", "mean", "sum"):
-            raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
-        if loss_function not in ("l2", "l1", "smooth_l1"):
-            raise ValueError(f"unknown loss_function {loss_function!r}")
+        reduction = check_reduction(reduction, loss_function)
         if awac_lambda <= 0:
             raise ValueError(f"awac_lambda must be > 0, got {awac_lambda}")
         if max_weight <= 0:
@@ -195,62 +190,6 @@ class AWACLoss(ActorCriticLoss):
         )
         self._num_calls = 0
         self.register_load_state_dict_post_hook(self._drop_caches)
-
-    # ------------------------------------------------------------------ network calls
-    def _split_actor(self):
-        """``(params_module, dist_module, tanh_bounds)`` for ``ProbabilisticActor(TDModule)``.
-
-        The loss then calls the parameter network on tensors and builds the actor's own
-        distribution class from its outputs: the same distribution as ``get_dist``
-        without the tensordict round trip (for TorchRL's default ``TanhNormal``, the
-        same sampling and log-density without the distribution objects). Other actors
-        go through ``get_dist``.
-        """
-        cached = self.__dict__.get("_split_actor_val", False)
-        if cached is not False:
-            return cached
-        found = None
-        modules = getattr(self.actor_network, "module", None)
-        if (
-            isinstance(self.actor_network, ProbabilisticTensorDictSequential)
-            and isinstance(modules, torch.nn.ModuleList)
-            and len(modules) == 2
-            and type(modules[0]) is TensorDictModule
-            and isinstance(modules[1], ProbabilisticTensorDictModule)
-            and not getattr(self.actor_network, "return_composite", False)
-        ):
-            params_module, dist_module = modules
-            produced = {unravel_key(k) for k in params_module.out_keys}
-            if all(unravel_key(k) in produced for k in dist_module.in_keys):
-                found = (params_module, dist_module, fast_tanh_normal_bounds(dist_module))
-        self.__dict__["_split_actor_val"] = found
-        return found
-
-    def _dist(self, tensordict: TensorDictBase):
-        split = self._split_actor()
-        if split is None:
-            td = tensordict.select(*self.actor_network.in_keys, strict=False)
-            return self.actor_network.get_dist(td)
-        params_module, dist_module, tanh_bounds = split
-        outputs = params_module.module(*[tensordict.get(k) for k in params_module.in_keys])
-        if isinstance(outputs, Tensor):
-            outputs = (outputs,)
-        by_key = {unravel_key(k): v for k, v in zip(params_module.out_keys, outputs)}
-        kwargs = {}
-        for dist_key, td_key in zip(dist_module.dist_keys, dist_module.in_keys):
-            kwargs[dist_key[-1] if isinstance(dist_key, tuple) else dist_key] = by_key[
-                unravel_key(td_key)
-            ]
-        if tanh_bounds is not None and set(kwargs) == {"loc", "scale"}:
-            return TanhNormalSamples(kwargs["loc"], kwargs["scale"], *tanh_bounds)
-        return dist_module.distribution_class(**kwargs, **dict(dist_module.distribution_kwargs))
-
-    @staticmethod
-    def _sum_event(log_prob: Tensor, batch_shape: torch.Size) -> Tensor:
-        # distributions without an event dim give one log-prob per action dimension
-        if log_prob.shape != batch_shape:
-            log_prob = log_prob.reshape(*batch_shape, -1).sum(-1)
-        return log_prob
 
     # ------------------------------------------------------------------ algorithm pieces
     def _next_value(self, tensordict: TensorDictBase) -> Tensor:
@@ -286,22 +225,6 @@ class AWACLoss(ActorCriticLoss):
             q_data = pred.detach()
         q_pi = self._critics(params, self._q_inputs(tensordict, policy_action, nxt=False))
         return q_data.min(0).values - q_pi.min(0).values
-
-    def _log_prob(self, tensordict: TensorDictBase, dist) -> Tensor:
-        action = tensordict.get(self.tensor_keys.action)
-        batch_shape = getattr(dist, "batch_shape", None)
-        event_shape = getattr(dist, "event_shape", None)
-        if batch_shape is not None and event_shape is not None:
-            expected = batch_shape + event_shape
-            if action.shape != expected:
-                if action.shape[-1:] == (1,) and action.shape[:-1] == expected:
-                    action = action.squeeze(-1)  # categorical index with a trailing dim
-                else:
-                    raise OfflineLossError(
-                        f"actor_network's distribution has shape {tuple(expected)} but the "
-                        f"batch key {self.tensor_keys.action!r} holds shape {tuple(action.shape)}"
-                    )
-        return self._sum_event(dist.log_prob(action), tensordict.batch_size)
 
     def _weights(self, advantage: Tensor) -> Tensor:
         scaled = advantage / self.awac_lambda
@@ -522,12 +445,6 @@ class DiscreteAWACLoss(AWACLoss):
 
     def _data_action_value(self, q: Tensor, tensordict: TensorDictBase) -> Tensor:
         return self._chosen(q, tensordict.get(self.tensor_keys.action))
-
-    def _log_prob(self, tensordict: TensorDictBase, dist) -> Tensor:
-        action = tensordict.get(self.tensor_keys.action)
-        if self.action_space == "categorical" and action.ndim > tensordict.ndim:
-            action = action.squeeze(-1)
-        return self._sum_event(dist.log_prob(action), tensordict.batch_size)
 
     def _advantage(self, tensordict: TensorDictBase, dist, pred: Tensor | None) -> Tensor:
         if pred is None:

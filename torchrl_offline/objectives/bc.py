@@ -25,6 +25,7 @@ from tensordict.utils import NestedKey
 from torch import Tensor
 from torchrl.objectives.common import LossModule
 
+from torchrl_offline.objectives._checks import check_reduction
 from torchrl_offline.objectives._functional import _mlp_plan
 from torchrl_offline.objectives._keys import LazyInKeys
 from torchrl_offline.objectives.common import (
@@ -148,10 +149,7 @@ class BCLoss(LazyInKeys, LossModule):
         action_eps: float = 1e-4,
         check_inputs: bool = True,
     ) -> None:
-        if reduction is None:
-            reduction = "mean"
-        if reduction not in ("none", "mean", "sum"):
-            raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+        reduction = check_reduction(reduction)
         if isinstance(loss_function, str) and loss_function not in (
             *_ELEMENTWISE,
             "cross_entropy",

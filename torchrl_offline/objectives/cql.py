@@ -504,6 +504,11 @@ class CQLLoss(EntropyTemperature, ActorCriticLoss):
         rand = uniform_actions(self.action_low, self.action_high, (self.num_random, bsz))
         return torch.cat([rand, a_samples[:, :bsz], a_samples[:, bsz:]], 0)
 
+    def _bound_policy_values(self, q_samples: Tensor, td: TensorDictBase) -> Tensor:
+        """The sampled actions' values ``[E, K, B]`` as the conservative term sees them:
+        unchanged here; Cal-QL bounds the policy's from below."""
+        return q_samples
+
     def _gap(self, q_data: Tensor, q_samples: Tensor, logp_samples: Tensor) -> Tensor:
         """Soft maximum over the sampled actions minus the data action's value, ``[E, B]``."""
         temp = self.temperature
@@ -638,7 +643,7 @@ class CQLLoss(EntropyTemperature, ActorCriticLoss):
         with torch.no_grad():
             a_samples, logp_samples = self._sampled_actions(td)
         q_samples = self._q(self.qvalue_network_params, self._obs(td), a_samples)
-        gap = self._gap(q_data, q_samples, logp_samples)
+        gap = self._gap(q_data, self._bound_policy_values(q_samples, td), logp_samples)
         for key, gap_j in zip(self._per_critic_keys("cql"), gap):
             tensordict.set(key, (self.min_q_weight * gap_j).reshape(tensordict.batch_size))
         loss_cql, _ = self._penalty(gap)
@@ -737,7 +742,7 @@ class CQLLoss(EntropyTemperature, ActorCriticLoss):
         actions = torch.cat([data_action.unsqueeze(0), self._proposal_actions(a_samples)], 0)
         q_all = self._q(self.qvalue_network_params, obs, actions)  # [E, K, B]
         q_data = q_all[:, 0]
-        gap = self._gap(q_data, q_all[:, 1:], logp_samples)  # [E, B]
+        gap = self._gap(q_data, self._bound_policy_values(q_all[:, 1:], td), logp_samples)
 
         loss_qvalue = distance_loss(
             q_data, target.expand_as(q_data), loss_function=self.loss_function

@@ -31,9 +31,11 @@ from typing import Any, Literal
 
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
+from tensordict.utils import NestedKey
 from torch import nn
 from torchrl.objectives import LossModule
 
+from torchrl_offline.data.episodes import check_derived_keys
 from torchrl_offline.objectives.networks import NetworkFactory
 
 __all__ = [
@@ -132,9 +134,17 @@ class AlgorithmDeclaration:
         discrete_variant: the algorithm to build instead for a discrete action spec.
         action_spec_argument: the constructor argument that receives the action spec
             (``"action_spec"``, ``"action_space"``), if any.
-        policy: the network (a key of ``networks``) to act with.
+        policy: the network (a key of ``networks``) to act with, or, for a policy that is
+            not one network (BCQ's best of sampled and perturbed actions), a function
+            ``policy(loss, networks)`` returning the TorchRL module that acts (it reads
+            the observation and writes ``"action"``); see :meth:`build_policy`.
         target_update: whether the loss has target networks (soft-updated at ``tau``
             after each step, with a value estimator at ``gamma``).
+        derived_keys: batch entries the loss reads that the data does not store but its
+            episode order gives (``"mc_return"``, the Monte Carlo return at ``gamma``;
+            ``("next", "action")``): the trainers add them
+            (:func:`~torchrl_offline.data.episodes.with_derived_keys`), to online
+            episodes too when fine-tuning.
     """
 
     name: str
@@ -148,9 +158,10 @@ class AlgorithmDeclaration:
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     discrete_variant: str | None = None
     action_spec_argument: str | None = None
-    policy: str = "actor_network"
+    policy: str | Callable[[LossModule, Networks], TensorDictModuleBase] = "actor_network"
     target_update: bool = True
     default_preset: str | None = None
+    derived_keys: tuple[NestedKey, ...] = ()
 
     def __post_init__(self) -> None:
         if self.action not in ("continuous", "discrete"):
@@ -170,12 +181,23 @@ class AlgorithmDeclaration:
                 f"algorithm {self.name!r}: default_preset {self.default_preset!r} is not "
                 "one of its presets"
             )
+        try:
+            check_derived_keys(self.derived_keys)
+        except ValueError as err:
+            raise ValueError(f"algorithm {self.name!r}: {err}") from None
         lrs = {g.lr for g in self.optimizer}
         missing = sorted(lrs - set(self.defaults))
         if missing:
             raise ValueError(
                 f"algorithm {self.name!r}: learning rate {missing[0]!r} has no default"
             )
+
+    def build_policy(self, loss: LossModule, networks: Networks) -> TensorDictModuleBase:
+        """The module to act with: ``networks[policy]``, or ``policy(loss, networks)``
+        when :attr:`policy` is a function."""
+        if callable(self.policy):
+            return self.policy(loss, networks)
+        return networks[self.policy]
 
     def loss_arguments(self) -> dict[str, Any]:
         """The loss constructor's settings and their defaults: its keyword arguments

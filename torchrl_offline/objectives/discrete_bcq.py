@@ -36,7 +36,7 @@ from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import _GAMMA_LMBDA_DEPREC_ERROR, ValueEstimators, distance_loss
 
 from torchrl_offline.objectives._actor_critic import _leaf_view
-from torchrl_offline.objectives._checks import check_loss_settings
+from torchrl_offline.objectives._checks import check_reduction
 from torchrl_offline.objectives._keys import LazyInKeys
 from torchrl_offline.objectives.common import (
     OfflineLossError,
@@ -368,7 +368,7 @@ class DiscreteBCQLoss(LazyInKeys, LossModule):
     ) -> None:
         if gamma is not None:
             raise TypeError(_GAMMA_LMBDA_DEPREC_ERROR)
-        reduction = check_loss_settings(reduction, loss_function)
+        reduction = check_reduction(reduction, loss_function)
         if logit_penalty < 0:
             raise ValueError(f"logit_penalty must be >= 0, got {logit_penalty}")
         threshold = _check_threshold(threshold)

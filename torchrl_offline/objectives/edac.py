@@ -23,7 +23,7 @@ from torchrl.modules.distributions.utils import rsample_and_log_prob
 from torchrl.objectives.utils import _GAMMA_LMBDA_DEPREC_ERROR
 
 from torchrl_offline.objectives._actor_critic import ActorCriticLoss
-from torchrl_offline.objectives._checks import check_loss_settings
+from torchrl_offline.objectives._checks import check_reduction
 from torchrl_offline.objectives._temperature import EntropyTemperature
 from torchrl_offline.objectives.common import (
     OfflineLossError,
@@ -258,7 +258,7 @@ class EDACLoss(EntropyTemperature, ActorCriticLoss):
     ) -> None:
         if gamma is not None:
             raise TypeError(_GAMMA_LMBDA_DEPREC_ERROR)
-        reduction = check_loss_settings(reduction, loss_function)
+        reduction = check_reduction(reduction, loss_function)
         if isinstance(num_qvalue_nets, bool) or int(num_qvalue_nets) < 2:
             raise OfflineLossError(
                 f"num_qvalue_nets must be at least 2 for EDAC/SAC-N (the minimum over an "

@@ -33,6 +33,7 @@ from torchrl.objectives.utils import (
 )
 
 from torchrl_offline.objectives._actor_critic import ActorCriticLoss
+from torchrl_offline.objectives._checks import check_reduction
 from torchrl_offline.objectives.common import (
     OfflineLossError,
     actor_distribution,
@@ -261,10 +262,7 @@ class IQLLoss(ActorCriticLoss):
     ) -> None:
         self._in_keys = None
         self._out_keys = None
-        if reduction is None:
-            reduction = "mean"
-        if reduction not in ("none", "mean", "sum"):
-            raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+        reduction = check_reduction(reduction)
         if not 0.0 <= expectile <= 1.0:
             raise ValueError(f"expectile must be in [0, 1], got {expectile}")
         if temperature < 0:

@@ -4,7 +4,8 @@
 sizes; each method returns one TorchRL module reading ``"observation"`` (and
 ``"action"`` for a continuous critic). An algorithm's declaration
 (:class:`~torchrl_offline.objectives.declaration.AlgorithmDeclaration`) picks the ones
-its loss takes. All MLPs use ReLU, as the papers do.
+its loss takes. All MLPs use ReLU, as the papers do; ``layer_norm=True`` adds a
+LayerNorm after each hidden ReLU (ReBRAC's critic).
 
 Examples:
     >>> from torchrl.data import Bounded
@@ -36,6 +37,7 @@ from torchrl.modules import (
     ValueOperator,
 )
 
+from torchrl_offline.objectives.behavior_vae import BehaviorVAE, make_behavior_vae
 from torchrl_offline.objectives.gaussian_actor import make_tanh_mean_gaussian_actor
 
 __all__ = ["STOCHASTIC_ACTORS", "NetworkFactory", "is_discrete"]
@@ -82,13 +84,35 @@ class NetworkFactory:
             return int(self.action_spec.space.n)
         return int(self.action_spec.shape[-1])
 
-    def mlp(self, in_features: int, out_features: int) -> MLP:
-        """A ReLU MLP with the factory's hidden sizes."""
+    def mlp(self, in_features: int, out_features: int, *, layer_norm: bool = False) -> MLP:
+        """A ReLU MLP with the factory's hidden sizes.
+
+        With ``layer_norm``, each hidden layer is ``Linear -> ReLU -> LayerNorm``, the
+        order of ReBRAC's reference networks (Tarasov et al., 2023). TorchRL's ``MLP``
+        puts its ``norm_class`` before the activation, so the ReLU takes the norm's
+        slot and the LayerNorm the activation's.
+
+        Examples:
+            >>> from torchrl.data import Bounded
+            >>> from torchrl_offline.objectives.networks import NetworkFactory
+            >>> nets = NetworkFactory(3, Bounded(-1.0, 1.0, (1,)), hidden_sizes=(8,))
+            >>> [type(m).__name__ for m in nets.mlp(4, 1, layer_norm=True)]
+            ['Linear', 'ReLU', 'LayerNorm', 'Linear']
+        """
+        if not layer_norm:
+            return MLP(
+                in_features=in_features,
+                out_features=out_features,
+                num_cells=list(self.hidden_sizes),
+                activation_class=nn.ReLU,
+            )
         return MLP(
             in_features=in_features,
             out_features=out_features,
             num_cells=list(self.hidden_sizes),
-            activation_class=nn.ReLU,
+            norm_class=nn.ReLU,
+            activation_class=nn.LayerNorm,
+            activation_kwargs=[{"normalized_shape": h} for h in self.hidden_sizes],
         )
 
     # ------------------------------------------------------------------ actors
@@ -122,11 +146,11 @@ class NetworkFactory:
             return_log_prob=False,
         )
 
-    def deterministic_actor(self) -> TensorDictSequential:
+    def deterministic_actor(self, *, layer_norm: bool = False) -> TensorDictSequential:
         """A deterministic actor squashed into the action box (TD3's)."""
         return TensorDictSequential(
             TensorDictModule(
-                self.mlp(self.observation_dim, self.action_dim),
+                self.mlp(self.observation_dim, self.action_dim, layer_norm=layer_norm),
                 in_keys=["observation"],
                 out_keys=["param"],
             ),
@@ -160,14 +184,15 @@ class NetworkFactory:
         return self.stochastic_actor(kind)
 
     # ----------------------------------------------------------------- critics
-    def qvalue(self) -> ValueOperator:
+    def qvalue(self, *, layer_norm: bool = False) -> ValueOperator:
         """``Q(s, a)`` (continuous actions) or ``Q(s, .)`` over every action (discrete)."""
         if is_discrete(self.action_spec):
             return ValueOperator(
-                self.mlp(self.observation_dim, self.action_dim), in_keys=["observation"]
+                self.mlp(self.observation_dim, self.action_dim, layer_norm=layer_norm),
+                in_keys=["observation"],
             )
         return ValueOperator(
-            self.mlp(self.observation_dim + self.action_dim, 1),
+            self.mlp(self.observation_dim + self.action_dim, 1, layer_norm=layer_norm),
             in_keys=["observation", "action"],
         )
 
@@ -182,3 +207,13 @@ class NetworkFactory:
     def value(self) -> ValueOperator:
         """``V(s)``."""
         return ValueOperator(self.mlp(self.observation_dim, 1), in_keys=["observation"])
+
+    # ------------------------------------------------------------ behaviour models
+    def behavior_vae(self, hidden_sizes: tuple[int, ...] | None = None) -> BehaviorVAE:
+        """The conditional VAE of the behaviour policy (BCQ's and BEAR's), with MLPs of
+        ``hidden_sizes`` (the factory's when ``None``)."""
+        return make_behavior_vae(
+            self.observation_dim,
+            self.action_spec,
+            num_cells=tuple(self.hidden_sizes if hidden_sizes is None else hidden_sizes),
+        )

@@ -18,6 +18,7 @@ from torchrl.data.tensor_specs import TensorSpec
 from torchrl.modules import MLP, TanhModule
 
 from torchrl_offline.objectives._actor_critic import ActorCriticLoss, _leaf_view
+from torchrl_offline.objectives._checks import check_reduction
 from torchrl_offline.objectives.common import (
     OfflineLossError,
     action_bounds,
@@ -190,12 +191,7 @@ class TD3BCLoss(ActorCriticLoss):
         use_prioritized_weights: str | bool = "auto",
         check_inputs: bool = True,
     ) -> None:
-        if reduction is None:
-            reduction = "mean"
-        if reduction not in ("none", "mean", "sum"):
-            raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
-        if loss_function not in ("l2", "l1", "smooth_l1"):
-            raise ValueError(f"unknown loss_function {loss_function!r}")
+        reduction = check_reduction(reduction, loss_function)
         super().__init__()
         self._in_keys = None
         self._set_deprecated_ctor_keys(priority=priority_key)
@@ -271,15 +267,6 @@ class TD3BCLoss(ActorCriticLoss):
         self._tanh_head = _tanh_head(self.actor_network, self.tensor_keys.action)
 
     # ------------------------------------------------------------------ network calls
-    @property
-    def _cache_q1_detached(self) -> TensorDictBase:
-        cached = self.__dict__.get("_cache_q1_detached_val")
-        if cached is None:
-            params = self.qvalue_network_params.data
-            cached = _leaf_view(self.qvalue_network, params[0] if params.ndim else params)
-            self.__dict__["_cache_q1_detached_val"] = cached
-        return cached
-
     def _sub_params(self, name: str) -> TensorDictBase:
         """Parameters of the actor's body (cached view, cleared on ``.to()``)."""
         cache_name = "_cache_sub_" + name
@@ -328,26 +315,37 @@ class TD3BCLoss(ActorCriticLoss):
         """
         weights = self._maybe_get_priority_weight(tensordict)
         action = self._actor_action(tensordict, target=False)
-        q1 = module_apply(
-            self.qvalue_network,
-            self._cache_q1_detached,
-            *self._q_inputs(tensordict, action, nxt=False),
-            out_key=self.tensor_keys.state_action_value,
-        ).squeeze(-1)
         data_action = tensordict.get(self.tensor_keys.action)
         self._check_action(action, data_action)
-        bc = (action - data_action).pow(2)
-        bc = bc.reshape(*q1.shape, -1).mean(-1)
-        lmbd = self.alpha / q1.detach().abs().mean()
-        loss = -lmbd * q1 + bc
+        q = self._actor_q(tensordict, action)
+        loss, bc, lmbd = self._actor_objective(q, action, data_action)
         bc_loss = bc.detach().mean() if self.reduction != "none" else bc.detach()
         loss = self._reduce_loss(loss, tensordict=tensordict, weights=weights)
         metadata = {
             "bc_loss": bc_loss,
             "lmbd": lmbd,
-            "state_action_value_actor": q1.detach(),
+            "state_action_value_actor": q.detach(),
         }
         return loss, metadata
+
+    def _actor_q(self, tensordict: TensorDictBase, action: Tensor) -> Tensor:
+        """:math:`Q_1(s, \\pi(s))`, ``[*batch]``, with the critic's parameters detached."""
+        return module_apply(
+            self.qvalue_network,
+            self._cache_q1_detached,
+            *self._q_inputs(tensordict, action, nxt=False),
+            out_key=self.tensor_keys.state_action_value,
+        ).squeeze(-1)
+
+    def _actor_objective(
+        self, q: Tensor, action: Tensor, data_action: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The per-sample actor loss ``-lmbd * q + bc``, the BC term (mean squared error
+        over action dimensions) and ``lmbd = alpha / mean |q|``."""
+        bc = (action - data_action).pow(2)
+        bc = bc.reshape(*q.shape, -1).mean(-1)
+        lmbd = self.alpha / q.detach().abs().mean()
+        return -lmbd * q + bc, bc, lmbd
 
     def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         """The clipped double-Q regression with target policy smoothing.
@@ -362,24 +360,39 @@ class TD3BCLoss(ActorCriticLoss):
         """
         weights = self._maybe_get_priority_weight(tensordict)
         with torch.no_grad():
-            next_action = self._actor_action(tensordict.get("next"), target=True)
-            self._check_action(next_action, tensordict.get(self.tensor_keys.action))
-            half_range = (self.max_action - self.min_action) * 0.5
-            clip = self.noise_clip * half_range
-            noise = torch.randn_like(next_action) * (self.policy_noise * half_range)
-            noise = torch.maximum(torch.minimum(noise, clip), -clip)
-            next_action = torch.clamp(next_action + noise, self.min_action, self.max_action)
-            next_q = self._critics(
-                self._critic_params("target_qvalue_network_params"),
-                self._q_inputs(tensordict, next_action, nxt=True),
-            )
-            next_value = next_q.min(0).values
+            next_action = self._smoothed_target_action(tensordict)
+            next_value, extra = self._next_state_value(tensordict, next_action)
             target_value = td_target(self, tensordict, next_value)
         pred = self._critics(
             self._critic_params("qvalue_network_params"),
             self._q_inputs(tensordict, tensordict.get(self.tensor_keys.action), nxt=False),
         )
-        return self._critic_regression(pred, target_value, next_value, tensordict, weights)
+        loss, metadata = self._critic_regression(
+            pred, target_value, next_value, tensordict, weights
+        )
+        return loss, {**metadata, **extra}
+
+    def _smoothed_target_action(self, tensordict: TensorDictBase) -> Tensor:
+        """The target actor's action at ``s'`` plus clipped Gaussian noise (target policy
+        smoothing), clipped into the action box."""
+        next_action = self._actor_action(tensordict.get("next"), target=True)
+        self._check_action(next_action, tensordict.get(self.tensor_keys.action))
+        half_range = (self.max_action - self.min_action) * 0.5
+        clip = self.noise_clip * half_range
+        noise = torch.randn_like(next_action) * (self.policy_noise * half_range)
+        noise = torch.maximum(torch.minimum(noise, clip), -clip)
+        return torch.clamp(next_action + noise, self.min_action, self.max_action)
+
+    def _next_state_value(
+        self, tensordict: TensorDictBase, next_action: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The value the target bootstraps from, :math:`\\min_k Q'_k(s', a')`
+        (``[*batch]``), and diagnostics of it for the output (none here)."""
+        next_q = self._critics(
+            self._critic_params("target_qvalue_network_params"),
+            self._q_inputs(tensordict, next_action, nxt=True),
+        )
+        return next_q.min(0).values, {}
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:

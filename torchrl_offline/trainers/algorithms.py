@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from tensordict.nn import TensorDictModuleBase
+from tensordict.utils import NestedKey
 from torchrl.data import Bounded, Categorical, Composite, TensorSpec, Unbounded
 from torchrl.objectives import LossModule
 from torchrl.objectives.utils import TargetNetUpdater
@@ -181,6 +182,9 @@ class Algorithm:
         action_spec: the action spec the networks were built for.
         observation_norm: ``(loc, scale)`` when the networks are trained on normalised
             observations (``policy`` then takes raw observations), else ``None``.
+        derived_keys: batch entries made from the data's episode order that the loss
+            reads (the declaration's; the trainers add them:
+            :func:`~torchrl_offline.data.episodes.with_derived_keys`).
     """
 
     name: str
@@ -195,6 +199,7 @@ class Algorithm:
     observation_spec: TensorSpec | None = None
     action_spec: TensorSpec | None = None
     observation_norm: tuple[torch.Tensor, torch.Tensor] | None = None
+    derived_keys: tuple[NestedKey, ...] = ()
 
 
 # ----------------------------------------------------------------------------- specs
@@ -461,7 +466,7 @@ def build_algorithm(
     spec_kwargs = {} if decl.action_spec_argument is None else {decl.action_spec_argument: act_spec}
     loss_kwargs = {k: hp[k] for k in decl.loss_arguments()}
     loss = decl.loss_class(**networks, **spec_kwargs, **loss_kwargs)
-    policy = networks[decl.policy]
+    policy = decl.build_policy(loss, networks)
 
     if observation_norm is not None:
         from torchrl_offline.trainers.normalization import NormalizedPolicy
@@ -504,6 +509,7 @@ def build_algorithm(
         observation_spec=obs_spec,
         action_spec=act_spec,
         observation_norm=observation_norm,
+        derived_keys=decl.derived_keys,
     )
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase, TensorDictSequential
+from tensordict.utils import NestedKey
 from torchrl.collectors import Collector
 from torchrl.data import Bounded, OfflineToOnlineReplayBuffer, ReplayBuffer
 from torchrl.envs import EnvBase, TransformedEnv
@@ -40,6 +41,7 @@ from torchrl.modules import AdditiveGaussianModule, EGreedyModule, Probabilistic
 from torchrl.record.loggers import Logger
 from torchrl.trainers import TrainerHookBase
 
+from torchrl_offline.data.episodes import derive_keys
 from torchrl_offline.integrity import MANIFEST, verify_manifest, write_manifest
 from torchrl_offline.trainers.algorithms import Algorithm, AlgorithmError
 from torchrl_offline.trainers.checkpoint import CheckpointError, checkpoint_path
@@ -65,16 +67,17 @@ ONLINE_BUFFER_DIR = "online_buffer"
 
 
 class _Selected:
-    """A replay buffer view sampling only :data:`TRAINING_KEYS` (so offline and online
-    batches concatenate)."""
+    """A replay buffer view sampling only :data:`TRAINING_KEYS` and the algorithm's derived
+    entries (so offline and online batches concatenate)."""
 
-    def __init__(self, buffer: ReplayBuffer) -> None:
+    def __init__(self, buffer: ReplayBuffer, derived_keys: tuple[NestedKey, ...] = ()) -> None:
         self.buffer = buffer
+        self.keys = (*TRAINING_KEYS, *derived_keys)
 
     def sample(self, batch_size: int) -> TensorDictBase:
         with warnings.catch_warnings():  # a share of the batch differs from the buffer's size
             warnings.filterwarnings("ignore", "Got conflicting batch_sizes", UserWarning)
-            return self.buffer.sample(batch_size).select(*TRAINING_KEYS)
+            return self.buffer.sample(batch_size).select(*self.keys)
 
     def __len__(self) -> int:
         return len(self.buffer)
@@ -143,6 +146,7 @@ class _ChunkStore:
             if checkpoint_path(self.checkpoint_dir, int(s)).exists()
         }
         index[str(step)] = list(names)
+        self.directory.mkdir(parents=True, exist_ok=True)  # no chunk yet: nothing online
         tmp = self.directory / f".index.{uuid.uuid4().hex}.tmp"
         tmp.write_text(json.dumps(index))
         os.replace(tmp, self.directory / "index.json")
@@ -179,6 +183,11 @@ class OnlineSource:
         exploration (module, optional): an exploration module with ``step(frames)``
             (its noise is annealed by the collected frames).
         checkpoint_dir (path, optional): the trainer's checkpoint folder.
+        derived_keys (tuple of keys): entries the algorithm needs from the episode order
+            (e.g. ``"mc_return"``, :mod:`~torchrl_offline.data.episodes`). Online steps
+            then enter the buffer when their episode ends, with the entries computed over
+            the whole episode; the unfinished episode is kept aside (and in the state).
+        gamma (float): the discount of derived Monte Carlo returns. Defaults to ``0.99``.
 
     Attributes:
         episode_returns (list of float): returns of the online episodes finished so far.
@@ -217,6 +226,8 @@ class OnlineSource:
         anneal_steps: int | None = None,
         exploration: Any = None,
         checkpoint_dir: str | os.PathLike | None = None,
+        derived_keys: tuple[NestedKey, ...] = (),
+        gamma: float = 0.99,
     ) -> None:
         self.collector = collector
         self.buffer = buffer
@@ -232,6 +243,9 @@ class OnlineSource:
         self._store = _ChunkStore(Path(checkpoint_dir)) if checkpoint_dir is not None else None
         self._chunks: list[tuple[str, int, int]] = []  # (name, start, end) on disk
         self._saved_total = 0  # transitions already in a chunk
+        self.derived_keys = tuple(derived_keys)
+        self.gamma = float(gamma)
+        self._pending: TensorDictBase | None = None  # the unfinished episode's steps
 
     def _collect(self) -> None:
         if self._iterator is None:
@@ -245,10 +259,27 @@ class OnlineSource:
             if d:
                 self.episode_returns.append(self._running)
                 self._running = 0.0
-        self.buffer.extend(data.select(*TRAINING_KEYS).clone())
+        self._store_steps(data.select(*TRAINING_KEYS).clone())
         self.frames += data.numel()
         if self.exploration is not None:
             self.exploration.step(data.numel())
+
+    def _store_steps(self, steps: TensorDictBase) -> None:
+        """Adds collected steps to the online buffer: at once, or, with derived entries,
+        each episode when it ends (with its returns to go and next actions)."""
+        if not self.derived_keys:
+            self.buffer.extend(steps)
+            return
+        if self._pending is not None:
+            steps = torch.cat([self._pending, steps])
+        ends = steps.get(("next", "done")).reshape(steps.shape[0], -1).any(-1).nonzero()
+        cut = int(ends[-1, 0]) + 1 if ends.numel() else 0
+        self._pending = steps[cut:] if cut < steps.shape[0] else None
+        if cut:
+            finished = steps[:cut]
+            self.buffer.extend(
+                derive_keys(finished, self.derived_keys, gamma=self.gamma, check_order=False)
+            )
 
     def __iter__(self) -> Iterator[TensorDictBase]:
         while True:
@@ -339,6 +370,7 @@ class OnlineSource:
             "episode_returns": list(self.episode_returns),
             "running": self._running,
             "buffer": self._buffer_state(),
+            "pending": None if self._pending is None else self._pending.to_dict(),
             "offline_fraction": float(self.buffer.offline_fraction),
             "collector": {"frames": int(collector._frames), "iter": int(collector._iter)},
             "env": env_state,
@@ -367,6 +399,12 @@ class OnlineSource:
         self._running = float(state_dict.get("running", 0.0))
         if "buffer" in state_dict:
             self._load_buffer(state_dict["buffer"])
+        pending = state_dict.get("pending")
+        self._pending = (
+            None
+            if pending is None
+            else TensorDict(pending, batch_size=[len(pending["observation"])])
+        )
         if "offline_fraction" in state_dict:
             self.buffer._offline_fraction = float(state_dict["offline_fraction"])
         collector = self.collector
@@ -539,6 +577,7 @@ def finetune(
     )
     with builder.claimed(algorithm.name, overwrite=overwrite):
         data, identity = builder.start(dataset)
+        data = builder.derive(algorithm, data)
         train_env = as_env(env)
         try:
             check_env(train_env, algorithm)
@@ -557,7 +596,7 @@ def finetune(
         )
         try:
             mixed = OfflineToOnlineReplayBuffer(
-                _Selected(data),
+                _Selected(data, algorithm.derived_keys),
                 online_capacity=int(online_capacity),
                 offline_fraction=float(offline_fraction),
                 batch_size=int(batch_size),
@@ -571,6 +610,8 @@ def finetune(
                 anneal_steps=anneal_steps,
                 exploration=exploration,
                 checkpoint_dir=out / "checkpoints" if out is not None else None,
+                derived_keys=algorithm.derived_keys,
+                gamma=float(algorithm.hyperparameters.get("gamma", 0.99)),
             )
             settings = {
                 "batch_size": int(batch_size),

@@ -177,6 +177,7 @@ def train(
         with builder.claimed(name, overwrite=overwrite):
             data, identity = builder.start(dataset)
             algo = _algorithm(algorithm, data, preset, overrides, normalize_observations, strategy)
+            data = builder.derive(algo, data)
             trainer = builder.trainer(algo, data, builder.metadata(algo, identity))
             scheduler = make_lr_scheduler(algo, total_steps)
             if scheduler is not None:

@@ -31,6 +31,7 @@ from torchrl.envs import EnvBase
 from torchrl.record.loggers import Logger
 from torchrl.trainers import TrainerHookBase
 
+from torchrl_offline.data.episodes import with_derived_keys
 from torchrl_offline.trainers.algorithms import Algorithm
 from torchrl_offline.trainers.envs import as_env, check_env
 from torchrl_offline.trainers.hooks import (
@@ -254,6 +255,20 @@ class RunBuilder:
         identity = run_identity(dataset, batch_size=settings.batch_size, seed=settings.seed)
         seed_everything(settings.seed)
         return self.strategy.shard(dataset, seed=settings.seed), identity
+
+    def derive(self, algo: Algorithm, data: ReplayBuffer) -> ReplayBuffer:
+        """``data`` with the entries ``algo`` needs from its episode order (its
+        ``derived_keys``, Monte Carlo returns at its ``gamma``), or ``data`` itself."""
+        if not algo.derived_keys:
+            return data
+        gamma = float(algo.hyperparameters.get("gamma", 0.99))
+        return self.strategy.call(
+            "deriving entries from the episodes",
+            with_derived_keys,
+            data,
+            algo.derived_keys,
+            gamma=gamma,
+        )
 
     def metadata(
         self, algo: Algorithm, identity: Mapping[str, Any], **extra: Any

@@ -1,0 +1,160 @@
+"""Offline pre-training, then online fine-tuning: CQL against Cal-QL on the same data.
+
+Cal-QL's point (Nakamoto et al., 2023) is the start of fine-tuning: CQL's values of the
+policy's actions can sit below what the data's behaviour earned, and the first online
+updates then "unlearn" them, the return dipping before it improves. This script runs the
+library's own path for both, ``train`` then ``finetune``, with the same conservative
+term (a fixed weight, ``--weight``) so that the calibration is the only difference:
+
+* ``cql``: ``build_algorithm("cql", min_q_weight=W, with_lagrange=False)``;
+* ``cal_ql``: ``build_algorithm("cal_ql", preset="kitchen", min_q_weight=W)`` (fixed
+  weight), with the Monte Carlo returns of the logged episodes (and of the online
+  episodes as they end) added by the trainers.
+
+Data: ``benchmarks/pendulum_mixed.py``'s ``--mix`` dataset (seed 0). Both are evaluated
+every ``--eval-every`` steps on Pendulum-v1 (``--eval-episodes`` episodes, the trainers'
+evaluation hook), offline and online. Each run appends one JSON line (the curves) to
+``--out``; ``--summarize`` prints the table: the last offline return, the lowest of the
+first ``--dip-evals`` online evaluations (the dip) against the offline policy's return
+on the same evaluation episodes (the online curve's first point), and the final one.
+
+Usage::
+
+    python benchmarks/offline_to_online.py --seeds 0 1 2 --out benchmarks/results/offline_to_online.jsonl
+    python benchmarks/offline_to_online.py --summarize benchmarks/results/offline_to_online.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import pathlib
+import statistics
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+ALGOS = {
+    "cql": (None, {"with_lagrange": False}),
+    "cal_ql": ("kitchen", {}),
+}
+
+
+def _dataset(mix: str):
+    import torch
+
+    from torchrl_offline.data import make_replay_buffer
+
+    spec = importlib.util.spec_from_file_location("pendulum_mixed", HERE / "pendulum_mixed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data = module.make_pendulum_mixed(module.MIXES[mix], seed=0)
+    torch.manual_seed(0)
+    return make_replay_buffer(data, batch_size=256)
+
+
+def run(algo: str, seed: int, args) -> dict:
+    from torchrl_offline.trainers.finetune import finetune
+    from torchrl_offline.trainers.offline import train
+
+    preset, extra = ALGOS[algo]
+    overrides = {"hidden_sizes": (args.hidden, args.hidden), "min_q_weight": args.weight, **extra}
+    data = _dataset(args.mix)
+    common = dict(
+        seed=seed,
+        batch_size=256,
+        eval_env="Pendulum-v1",
+        eval_interval=args.eval_every,
+        eval_episodes=args.eval_episodes,
+        progress=False,
+        logger=None,
+    )
+    start = time.time()
+    offline = train(
+        algo,
+        data,
+        total_steps=args.offline_steps,
+        preset=preset,
+        overrides=overrides,
+        **common,
+    )
+    online = finetune(
+        offline.algorithm,
+        data,
+        "Pendulum-v1",
+        total_steps=args.online_steps,
+        frames_per_batch=args.frames_per_batch,
+        utd_ratio=1.0,
+        offline_fraction=0.5,
+        **common,
+    )
+    return {
+        "algo": algo,
+        "seed": seed,
+        "mix": args.mix,
+        "weight": args.weight,
+        "offline": [(e["step"], e["return_mean"]) for e in offline.evaluations],
+        "online": [(e["step"], e["return_mean"]) for e in online.evaluations],
+        "seconds": round(time.time() - start, 1),
+    }
+
+
+def _mean_se(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+    return f"{mean:.0f} ± {se:.0f}"
+
+
+def summarize(rows: list[dict], dip_evals: int) -> str:
+    lines = [
+        "| algorithm | seeds | offline end (online start) | lowest of the first "
+        f"{dip_evals} online | drop | final online |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for algo in ALGOS:
+        runs = [r for r in rows if r["algo"] == algo]
+        if not runs:
+            continue
+        # the online curve starts with the offline policy, on the online evaluation seeds
+        last = [r["online"][0][1] for r in runs]
+        low = [min(v for _, v in r["online"][1 : 1 + dip_evals]) for r in runs]
+        drop = [a - b for a, b in zip(last, low)]
+        final = [r["online"][-1][1] for r in runs]
+        lines.append(
+            f"| {algo} | {len(runs)} | {_mean_se(last)} | {_mean_se(low)} | "
+            f"{_mean_se(drop)} | {_mean_se(final)} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--algos", nargs="+", default=list(ALGOS), choices=list(ALGOS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--mix", default="mixed")
+    parser.add_argument("--weight", type=float, default=5.0)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--offline-steps", type=int, default=3000)
+    parser.add_argument("--online-steps", type=int, default=3000)
+    parser.add_argument("--frames-per-batch", type=int, default=50)
+    parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--eval-episodes", type=int, default=5)
+    parser.add_argument("--dip-evals", type=int, default=4)
+    parser.add_argument("--out", type=pathlib.Path)
+    parser.add_argument("--summarize", type=pathlib.Path)
+    args = parser.parse_args()
+    if args.summarize:
+        rows = [json.loads(line) for line in args.summarize.read_text().splitlines() if line]
+        print(summarize(rows, args.dip_evals))
+        return
+    for seed in args.seeds:
+        for algo in args.algos:
+            row = run(algo, seed, args)
+            print(json.dumps(row), flush=True)
+            if args.out:
+                with args.out.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
