@@ -272,4 +272,5 @@ BCQ_ALGORITHM = AlgorithmDeclaration(
     presets=BCQ_PRESETS,
     action_spec_argument="action_spec",
     policy=lambda loss, networks: loss.make_policy(),
+    discrete_variant="discrete_bcq",
 )
