@@ -70,6 +70,13 @@ ALGOS = (
     "awac",
     "td3_bc",
     "bc",
+    "rebrac",
+    "edac",
+    "sac_n",
+    "bcq",
+    "bear",
+    "awr",
+    "cal_ql",
     "torchrl_cql",
     "torchrl_iql",
     "torchrl_td3_bc",
@@ -79,7 +86,7 @@ VALUE_BASED = ("cql", "iql", "awac", "td3_bc")
 #: Ours -> TorchRL's built-in loss of the same algorithm.
 TORCHRL_TWIN = {"cql": "torchrl_cql", "iql": "torchrl_iql", "td3_bc": "torchrl_td3_bc"}
 #: Algorithms with no discrete-action variant.
-CONTINUOUS_ONLY = ("td3_bc", "torchrl_td3_bc")
+CONTINUOUS_ONLY = ("td3_bc", "torchrl_td3_bc", "rebrac", "edac", "sac_n", "bear", "cal_ql")
 #: ``--set`` keys that choose networks, not loss settings: they apply to TorchRL's rows
 #: too, so that ours and TorchRL's losses train the same networks (``actor=tanh_normal``
 #: is the actor of TorchRL's offline examples for IQL and AWAC).
