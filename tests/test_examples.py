@@ -12,6 +12,8 @@ import torch
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TINY = ["--dataset-steps", "300", "--batch-size", "32", "--hidden", "16",
         "--eval-every", "3", "--eval-episodes", "1"]  # fmt: skip
+ALGORITHMS = ["iql", "cql", "awac", "td3_bc", "bc", "discrete_cql", "awr", "rebrac", "cal_ql",
+              "bcq", "bear", "edac", "discrete_bcq"]  # fmt: skip
 
 
 @pytest.fixture
@@ -31,9 +33,7 @@ def run_example(tmp_path, monkeypatch, capsys):
     torch.set_num_threads(previous)
 
 
-@pytest.mark.parametrize(
-    "name", ["iql", "cql", "awac", "td3_bc", "bc", "discrete_cql", "awr", "rebrac", "cal_ql"]
-)
+@pytest.mark.parametrize("name", ALGORITHMS)
 def test_algorithm_example(run_example, name):
     out = run_example(name, "--steps", "6")
     assert "dataset: 300 transitions; untrained policy return" in out
