@@ -132,8 +132,8 @@ PASSES: dict[str, list[tuple[str, float, str | None]]] = {
         ("pi_det:3", 0.5, "params"),
         ("q:3", 1, "input"),
     ],
-    # V(s) ; actor log-likelihood (no critic, no targets)
-    "awr": [("v", 1, "params"), ("pi", 1, "params")],
+    # V at the cut episodes' ends (the bootstrap) ; V(s) ; actor log-likelihood
+    "awr": [("v", 1, None), ("v", 1, "params"), ("pi", 1, "params")],
     "cal_ql": [("pi", 2, "params"), ("q", 2, None), ("q", 2, "input"), ("q", 2 * 31, "params")],
     # discrete BCQ: Q and imitation heads at s (trained) and at s' (filter, argmax) ;
     # target Q head at s'

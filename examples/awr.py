@@ -17,6 +17,7 @@ from torchrl.modules import MLP, ValueOperator
 
 from torchrl_offline.data.episodes import with_derived_keys
 from torchrl_offline.objectives import AWRLoss, make_tanh_mean_gaussian_actor
+from torchrl_offline.objectives.awr import AWR_ALGORITHM
 
 
 def main() -> None:
@@ -26,7 +27,7 @@ def main() -> None:
 
     data = pendulum_dataset(args.dataset_steps, seed=args.seed, root=args.root,
                             batch_size=args.batch_size)  # fmt: skip
-    data = with_derived_keys(data, ["mc_return"], gamma=0.99)  # R(s): the return to go
+    data = with_derived_keys(data, AWR_ALGORITHM.derived_keys, gamma=0.99)  # the returns
     env = GymEnv("Pendulum-v1")
     spec = env.action_spec
     n_obs = env.observation_spec["observation"].shape[-1]

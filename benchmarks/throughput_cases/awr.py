@@ -1,6 +1,7 @@
 """AWR update throughput: ours vs plain torch (TorchRL and d3rlpy 2.8 have no AWR).
 
-Both do one full update on a fixed random batch holding Monte Carlo returns: ``V(s)``
+Both do one full update on a fixed random batch holding Monte Carlo returns (bootstrapped
+with ``V`` where the episode was cut): ``V(s)``
 regressed on the return, a ``TanhNormal`` actor fitted by likelihood weighted with
 ``min(exp(norm(R - V(s)) / beta), 20)``, one Adam over both networks, no target networks.
 """
@@ -21,7 +22,10 @@ import _nets
 
 def _batch(obs_dim: int, act_dim: int, batch_size: int):
     batch = _nets.random_batch(obs_dim, act_dim, batch_size)
-    batch["mc_return"] = torch.randn(batch_size, 1, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    batch["mc_return"] = torch.randn(batch_size, 1, generator=g)
+    batch["mc_tail_discount"] = torch.rand(batch_size, 1, generator=g)
+    batch["mc_tail_observation"] = torch.randn(batch_size, obs_dim, generator=g)
     return batch
 
 
@@ -49,11 +53,15 @@ def _plain(obs_dim, act_dim, batch_size, hidden) -> Callable[[], None]:
     optimizer = _nets.adam([*actor.parameters(), *value.parameters()])
     batch = _batch(obs_dim, act_dim, batch_size)
     bias = math.log(math.e - 1.0)
-    obs, ret = batch["observation"], batch["mc_return"].squeeze(-1)
+    obs, mc = batch["observation"], batch["mc_return"].squeeze(-1)
+    tail_discount = batch["mc_tail_discount"].squeeze(-1)
+    tail_obs = batch["mc_tail_observation"]
     act = batch["action"].clamp(-1 + 1e-6, 1 - 1e-6)
     pre, log_det = torch.atanh(act), torch.log1p(-act.square()).sum(-1)
 
     def step() -> None:
+        with torch.no_grad():  # the return, bootstrapped where the episode was cut
+            ret = mc + tail_discount * value(tail_obs).squeeze(-1)
         v = value(obs).squeeze(-1)
         with torch.no_grad():
             adv = ret - v

@@ -46,6 +46,8 @@ def _batch(discrete: bool) -> TensorDict:
             "observation": torch.randn(BATCH, OBS, generator=g),
             "action": action,
             "mc_return": torch.randn(BATCH, 1, generator=g),  # the derived entries
+            "mc_tail_discount": torch.full((BATCH, 1), 0.5),
+            "mc_tail_observation": torch.randn(BATCH, OBS, generator=g),
             "next": {
                 "action": action.flip(0),
                 "observation": torch.randn(BATCH, OBS, generator=g),

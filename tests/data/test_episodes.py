@@ -9,6 +9,8 @@ from tensordict import TensorDict
 from torchrl_offline.data import DatasetError, make_replay_buffer
 from torchrl_offline.data.episodes import (
     MC_RETURN,
+    MC_TAIL_DISCOUNT,
+    MC_TAIL_OBSERVATION,
     NEXT_ACTION,
     EpisodeOrderError,
     derive_keys,
@@ -131,3 +133,13 @@ def test_a_buffer_with_derived_keys_samples_them_and_shares_the_stored_entries(t
     torch.testing.assert_close(batch[MC_RETURN], expected[MC_RETURN][batch["index"]])
     torch.testing.assert_close(batch[NEXT_ACTION], expected[NEXT_ACTION][batch["index"]])
     assert with_derived_keys(rb, [], gamma=0.9) is rb
+
+
+def test_tail_discount_and_observation_bootstrap_only_cut_episodes():
+    data = _episodes([3, 2], terminal_last=False)  # both cut by a time limit
+    data["next", "terminated"][2] = True  # the first one terminated after all
+    data["next", "truncated"][2] = False
+    out = derive_keys(data, [MC_TAIL_DISCOUNT, MC_TAIL_OBSERVATION], gamma=0.5)
+    assert out[MC_TAIL_DISCOUNT].squeeze(-1).tolist() == [0.0, 0.0, 0.0, 0.25, 0.5]
+    torch.testing.assert_close(out[MC_TAIL_OBSERVATION][3], data["next", "observation"][4])
+    torch.testing.assert_close(out[MC_TAIL_OBSERVATION][0], data["next", "observation"][2])

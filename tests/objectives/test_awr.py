@@ -16,6 +16,7 @@ from torchrl.modules.distributions import OneHotCategorical
 from torchrl_offline.data import make_replay_buffer
 from torchrl_offline.data.episodes import EpisodeOrderError, derive_keys
 from torchrl_offline.objectives import AWRLoss, DiscreteAWRLoss, OfflineLossError
+from torchrl_offline.objectives.awr import AWR_ALGORITHM
 from torchrl_offline.trainers.algorithms import build_algorithm
 from torchrl_offline.trainers.offline import train
 
@@ -45,6 +46,9 @@ def _batch(n=32, n_obs=3, n_act=2, seed=0):
             "observation": torch.randn(n, n_obs, generator=g),
             "action": torch.randn(n, n_act, generator=g),
             "mc_return": torch.randn(n, 1, generator=g) * 5,
+            # half the steps are in episodes cut by a time limit (a nonzero discount)
+            "mc_tail_discount": (torch.rand(n, 1, generator=g) > 0.5) * 0.9,
+            "mc_tail_observation": torch.randn(n, n_obs, generator=g),
         },
         [n],
     )
@@ -52,10 +56,16 @@ def _batch(n=32, n_obs=3, n_act=2, seed=0):
 
 def _paper_losses(actor, value, batch, beta, max_weight):
     """AWR (Peng et al., 2019) in plain torch: L_V = (V(s) - R)^2,
-    L_pi = -min(exp(norm(R - V(s)) / beta), w_max) log N(a; mu(s), sigma(s))."""
+    L_pi = -min(exp(norm(R - V(s)) / beta), w_max) log N(a; mu(s), sigma(s)), with R the
+    logged return bootstrapped with V after a cut episode's end (the paper's code)."""
     mlp = actor.module[0].module[0]
     v_mlp = value.module
-    s, a, ret = batch["observation"], batch["action"], batch["mc_return"].squeeze(-1)
+    s, a = batch["observation"], batch["action"]
+    with torch.no_grad():
+        tail = batch["mc_tail_discount"].squeeze(-1) * v_mlp(batch["mc_tail_observation"]).squeeze(
+            -1
+        )
+    ret = batch["mc_return"].squeeze(-1) + tail
     v = v_mlp(s).squeeze(-1)
     loc, raw = mlp(s).chunk(2, -1)
     # NormalParamExtractor's default map: softplus(x + b) + 0.01 with softplus(b) = 0.99
@@ -100,7 +110,9 @@ def test_discrete_matches_paper_equations():
         },
         [16],
     )
-    out = DiscreteAWRLoss(actor, value, action_space="one-hot", normalize_advantage=False)(batch)
+    out = DiscreteAWRLoss(
+        actor, value, action_space="one-hot", normalize_advantage=False, bootstrap_truncated=False
+    )(batch)
     v = value.module(batch["observation"]).squeeze(-1)
     log_prob = logits(batch["observation"]).log_softmax(-1).gather(-1, idx[:, None]).squeeze(-1)
     weight = torch.exp(batch["mc_return"].squeeze(-1) - v).detach().clamp(max=20.0)
@@ -181,7 +193,7 @@ def test_state_dict_round_trip():
 
 def test_learns_on_pendulum(pendulum_dataset, evaluate_actor):
     torch.manual_seed(0)
-    data = derive_keys(pendulum_dataset.data, ["mc_return"], gamma=0.99)
+    data = derive_keys(pendulum_dataset.data, AWR_ALGORITHM.derived_keys, gamma=0.99)
     algo = build_algorithm(
         "awr", Unbounded(shape=(3,)), Bounded(-2.0, 2.0, (1,)), hidden_sizes=(64, 64)
     )
@@ -221,3 +233,15 @@ def test_train_derives_the_returns_and_refuses_shuffled_data(pendulum_dataset):
             logger=None,
             overrides={"hidden_sizes": (16,)},
         )
+
+
+def test_a_terminated_episode_is_not_bootstrapped_and_a_cut_one_is():
+    torch.manual_seed(0)
+    loss = AWRLoss(_normal_actor(), _value(), reduction="none")
+    batch = _batch()
+    batch["mc_tail_discount"].zero_()  # every episode terminated: the plain return
+    plain = AWRLoss(_normal_actor(), _value(), bootstrap_truncated=False, reduction="none")
+    plain.load_state_dict(loss.state_dict())
+    torch.testing.assert_close(loss(batch)["loss_value"], plain(batch)["loss_value"])
+    batch["mc_tail_discount"].fill_(0.5)
+    assert not torch.allclose(loss(batch)["loss_value"], plain(batch)["loss_value"])

@@ -50,12 +50,15 @@ from torchrl_offline.data.keys import (
     NEXT_OBSERVATION,
     OBSERVATION,
     REWARD,
+    TERMINATED,
     key_name,
 )
 
 __all__ = [
     "DERIVED_KEYS",
     "MC_RETURN",
+    "MC_TAIL_DISCOUNT",
+    "MC_TAIL_OBSERVATION",
     "NEXT_ACTION",
     "EpisodeOrderError",
     "check_derived_keys",
@@ -70,6 +73,13 @@ __all__ = [
 MC_RETURN = "mc_return"
 #: The action the data took at the next step of the same episode.
 NEXT_ACTION = ("next", "action")
+#: ``gamma^(T - t + 1)`` for a step ``t`` of an episode cut after step ``T`` (a time limit,
+#: or the end of the data), 0 for one that terminated: with :data:`MC_TAIL_OBSERVATION`,
+#: ``mc_return + mc_tail_discount * V(mc_tail_observation)`` is the episode's return
+#: bootstrapped where it was cut, as AWR's reference code computes it.
+MC_TAIL_DISCOUNT = "mc_tail_discount"
+#: The observation after the last step of the step's episode.
+MC_TAIL_OBSERVATION = "mc_tail_observation"
 
 # Rows compared at a time when checking that consecutive steps follow each other.
 _CHUNK = 65_536
@@ -229,6 +239,29 @@ def _mc_return(data: TensorDictBase, ends: Tensor, gamma: float) -> Tensor:
     return monte_carlo_returns(data.get(REWARD), ends, gamma=gamma)
 
 
+def _episode_last(ends: Tensor) -> Tensor:
+    """For every step, the index of its episode's last step."""
+    last = ends.nonzero().squeeze(-1)
+    episode = torch.cumsum(ends.long(), 0) - ends.long()  # the episode number of each step
+    return last[episode]
+
+
+def _tail_discount(data: TensorDictBase, ends: Tensor, gamma: float) -> Tensor:
+    """``gamma^(T - t + 1)`` where the episode was cut (truncated, or the end of the data),
+    0 where it terminated: what multiplies the value of the state after the last step."""
+    last = _episode_last(ends)
+    steps = (last - torch.arange(ends.shape[0]) + 1).double()
+    terminated = _flag(data, TERMINATED)
+    cut = torch.ones_like(ends) if terminated is None else ~terminated[last]
+    out = torch.pow(float(gamma), steps) * cut
+    return out.to(torch.float32).unsqueeze(-1)
+
+
+def _tail_observation(data: TensorDictBase, ends: Tensor, gamma: float) -> Tensor:
+    """The observation after the last step of each step's episode."""
+    return data.get(NEXT_OBSERVATION)[_episode_last(ends)]
+
+
 def _next_action(data: TensorDictBase, ends: Tensor, gamma: float) -> Tensor:
     return next_actions(data.get(ACTION), ends)
 
@@ -237,6 +270,12 @@ def _next_action(data: TensorDictBase, ends: Tensor, gamma: float) -> Tensor:
 DERIVED_KEYS: dict[NestedKey, tuple[str, tuple[NestedKey, ...], Callable[..., Tensor]]] = {
     MC_RETURN: ("Monte Carlo returns", (REWARD,), _mc_return),
     NEXT_ACTION: ("the next actions", (ACTION,), _next_action),
+    MC_TAIL_DISCOUNT: ("the discount to a cut episode's end", (REWARD,), _tail_discount),
+    MC_TAIL_OBSERVATION: (
+        "the observation after a cut episode's end",
+        (NEXT_OBSERVATION,),
+        _tail_observation,
+    ),
 }
 
 

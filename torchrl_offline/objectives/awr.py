@@ -53,6 +53,14 @@ class AWRLoss(LikelihoodActor, LazyInKeys, LossModule):
     buffer. Defaults are the paper's (its code's configuration for every task):
     temperature :math:`\beta = 1`, weights clipped at 20, normalised advantages.
 
+    Where an episode was cut rather than terminated (a time limit, or the end of the
+    data), the return is bootstrapped as in the paper's code: :math:`R = \sum_{k \le T - t}
+    \gamma^k r_{t+k} + \gamma^{T - t + 1} V(s_{T+1})` with the current :math:`V`
+    (detached), from the batch's ``"mc_tail_discount"`` and ``"mc_tail_observation"``
+    (derived with the return; ``bootstrap_truncated=False`` leaves them out). Without
+    it, the return of a step near a time limit is short by the rest of the episode, and
+    the advantages reward being late in an episode rather than the action.
+
     The paper's value target is the TD(:math:`\lambda`) return (:math:`\lambda =
     0.95`), recomputed over the buffer with the current :math:`V` between rounds of
     updates; here it is the Monte Carlo return (TD(1)) derived once from the logged
@@ -70,6 +78,8 @@ class AWRLoss(LikelihoodActor, LazyInKeys, LossModule):
         max_weight (float, optional): clip of the weights. Defaults to ``20.0``.
         normalize_advantage (bool, optional): normalise the advantages over the batch
             before weighting. Defaults to ``True``.
+        bootstrap_truncated (bool, optional): bootstrap the return with
+            :math:`V` where the episode was cut. Defaults to ``True``.
         loss_function (str, optional): value regression, ``"l2"``, ``"l1"`` or
             ``"smooth_l1"``. Defaults to ``"l2"``.
         reduction (str, optional): ``"none"``, ``"mean"`` or ``"sum"``. Defaults to
@@ -89,7 +99,9 @@ class AWRLoss(LikelihoodActor, LazyInKeys, LossModule):
         ...                       in_keys=["observation"])
         >>> loss = AWRLoss(actor, value)
         >>> batch = TensorDict({"observation": torch.randn(8, 3), "action": spec.rand((8,)),
-        ...                     "mc_return": torch.randn(8, 1)}, [8])
+        ...                     "mc_return": torch.randn(8, 1),  # derive_keys adds these
+        ...                     "mc_tail_discount": torch.zeros(8, 1),  # all terminated
+        ...                     "mc_tail_observation": torch.randn(8, 3)}, [8])
         >>> out = loss(batch)
         >>> (out["loss_actor"] + out["loss_value"]).backward()
         >>> sorted(k for k in out.keys() if k.startswith("loss_"))
@@ -105,11 +117,17 @@ class AWRLoss(LikelihoodActor, LazyInKeys, LossModule):
             value_target (NestedKey): the return :math:`V(s)` is fitted to. Defaults to
                 ``"mc_return"``.
             value (NestedKey): the value network's output. Defaults to ``"state_value"``.
+            tail_discount (NestedKey): ``gamma^(T - t + 1)`` where the episode was cut, 0
+                where it terminated. Defaults to ``"mc_tail_discount"``.
+            tail_observation (NestedKey): the observation after the episode's last step.
+                Defaults to ``"mc_tail_observation"``.
         """
 
         action: NestedKey = "action"
         value_target: NestedKey = "mc_return"
         value: NestedKey = "state_value"
+        tail_discount: NestedKey = "mc_tail_discount"
+        tail_observation: NestedKey = "mc_tail_observation"
 
     default_keys = _AcceptedKeys
     tensor_keys: _AcceptedKeys
@@ -129,6 +147,7 @@ class AWRLoss(LikelihoodActor, LazyInKeys, LossModule):
         beta: float = 1.0,
         max_weight: float = 20.0,
         normalize_advantage: bool = True,
+        bootstrap_truncated: bool = True,
         loss_function: str = "l2",
         reduction: str | None = None,
         check_inputs: bool = True,
@@ -143,11 +162,17 @@ class AWRLoss(LikelihoodActor, LazyInKeys, LossModule):
         self.beta = float(beta)
         self.max_weight = float(max_weight)
         self.normalize_advantage = bool(normalize_advantage)
+        self.bootstrap_truncated = bool(bootstrap_truncated)
         self.loss_function = loss_function
         self.reduction = reduction
         self.check_inputs = check_inputs
         self.convert_to_functional(actor_network, "actor_network", create_target_params=False)
         self.convert_to_functional(value_network, "value_network", create_target_params=False)
+        if self.bootstrap_truncated and len(value_network.in_keys) != 1:
+            raise OfflineLossError(
+                "bootstrap_truncated needs a value_network reading one observation entry "
+                f"(it reads {value_network.in_keys}); pass bootstrap_truncated=False"
+            )
         self._num_calls = 0
 
     def _forward_value_estimator_keys(self, **kwargs) -> None:
@@ -158,6 +183,11 @@ class AWRLoss(LikelihoodActor, LazyInKeys, LossModule):
         keys = [
             self.tensor_keys.action,
             self.tensor_keys.value_target,
+            *(
+                (self.tensor_keys.tail_discount, self.tensor_keys.tail_observation)
+                if self.bootstrap_truncated
+                else ()
+            ),
             *self.actor_network.in_keys,
             *self.value_network.in_keys,
         ]
@@ -204,14 +234,26 @@ class AWRLoss(LikelihoodActor, LazyInKeys, LossModule):
             )
         return value.squeeze(-1)
 
-    def _target(self, tensordict: TensorDictBase) -> Tensor:
-        target = tensordict.get(self.tensor_keys.value_target)
-        if target.shape != (*tensordict.batch_size, 1) and target.shape != tensordict.batch_size:
+    def _per_sample(self, tensordict: TensorDictBase, key: NestedKey) -> Tensor:
+        value = tensordict.get(key)
+        if value.shape != (*tensordict.batch_size, 1) and value.shape != tensordict.batch_size:
             raise OfflineLossError(
-                f"{self.tensor_keys.value_target!r} must hold one return per sample, shaped "
-                f"{(*tensordict.batch_size, 1)}, got {tuple(target.shape)}"
+                f"{key!r} must hold one value per sample, shaped "
+                f"{(*tensordict.batch_size, 1)}, got {tuple(value.shape)}"
             )
-        return target.reshape(tensordict.batch_size).to(torch.get_default_dtype())
+        return value.reshape(tensordict.batch_size).to(torch.get_default_dtype())
+
+    @torch.no_grad()
+    def _target(self, tensordict: TensorDictBase) -> Tensor:
+        """The return :math:`V(s)` is fitted to, bootstrapped where the episode was cut."""
+        target = self._per_sample(tensordict, self.tensor_keys.value_target)
+        if not self.bootstrap_truncated:
+            return target
+        discount = self._per_sample(tensordict, self.tensor_keys.tail_discount)
+        tail = tensordict.empty().set(
+            self.value_network.in_keys[0], tensordict.get(self.tensor_keys.tail_observation)
+        )
+        return target + discount * self._value(tail)
 
     def _weights(self, advantage: Tensor) -> Tensor:
         if self.normalize_advantage:
@@ -237,9 +279,11 @@ class AWRLoss(LikelihoodActor, LazyInKeys, LossModule):
         loss, metadata, _ = self._value_loss(tensordict)
         return loss, metadata
 
-    def _value_loss(self, tensordict: TensorDictBase):
+    def _value_loss(self, tensordict: TensorDictBase, target: Tensor | None = None):
+        if target is None:
+            target = self._target(tensordict)
         value = self._value(tensordict)
-        loss = distance_loss(value, self._target(tensordict), self.loss_function)
+        loss = distance_loss(value, target, self.loss_function)
         pred = value.detach()
         return self._reduce(loss), {"pred_value": self._summary(pred)}, pred
 
@@ -250,13 +294,15 @@ class AWRLoss(LikelihoodActor, LazyInKeys, LossModule):
             ``(loss_actor, metadata)`` with the detached ``"advantage"`` (before
             normalisation), ``"weight"`` and ``"log_prob"``.
         """
-        return self._actor_loss(tensordict, None)
+        return self._actor_loss(tensordict, None, None)
 
-    def _actor_loss(self, tensordict: TensorDictBase, value: Tensor | None):
+    def _actor_loss(self, tensordict: TensorDictBase, value: Tensor | None, target: Tensor | None):
         with torch.no_grad():
             if value is None:
                 value = self._value(tensordict)
-            advantage = self._target(tensordict) - value
+            if target is None:
+                target = self._target(tensordict)
+            advantage = target - value
             weight = self._weights(advantage)
         log_prob = self._log_prob(tensordict, self._dist(tensordict))
         loss = self._reduce(-(weight * log_prob))
@@ -271,8 +317,9 @@ class AWRLoss(LikelihoodActor, LazyInKeys, LossModule):
         """Computes the value and actor losses on one batch (``V(s)`` evaluated once)."""
         if self.check_inputs:
             check_batch(tensordict, self.in_keys, finite=False)
-        loss_value, metadata, value = self._value_loss(tensordict)
-        loss_actor, actor_metadata = self._actor_loss(tensordict, value)
+        target = self._target(tensordict)
+        loss_value, metadata, value = self._value_loss(tensordict, target)
+        loss_actor, actor_metadata = self._actor_loss(tensordict, value, target)
         out = TensorDict(
             {"loss_actor": loss_actor, "loss_value": loss_value, **actor_metadata, **metadata}
         )
@@ -291,8 +338,8 @@ class DiscreteAWRLoss(AWRLoss):
     Keyword Args:
         action_space (str or TensorSpec): ``"one-hot"`` or ``"categorical"`` (or a
             matching spec), the encoding of the action in the batch. Required.
-        beta, max_weight, normalize_advantage, loss_function, reduction, check_inputs:
-            as in :class:`AWRLoss`.
+        beta, max_weight, normalize_advantage, bootstrap_truncated, loss_function,
+            reduction, check_inputs: as in :class:`AWRLoss`.
 
     Examples:
         >>> import torch
@@ -310,7 +357,9 @@ class DiscreteAWRLoss(AWRLoss):
         >>> loss = DiscreteAWRLoss(actor, value, action_space="one-hot")
         >>> action = torch.nn.functional.one_hot(torch.randint(3, (8,)), 3)
         >>> batch = TensorDict({"observation": torch.randn(8, 4), "action": action,
-        ...                     "mc_return": torch.randn(8, 1)}, [8])
+        ...                     "mc_return": torch.randn(8, 1),
+        ...                     "mc_tail_discount": torch.full((8, 1), 0.9),
+        ...                     "mc_tail_observation": torch.randn(8, 4)}, [8])
         >>> loss(batch)["loss_actor"].shape
         torch.Size([])
     """
@@ -324,6 +373,7 @@ class DiscreteAWRLoss(AWRLoss):
         beta: float = 1.0,
         max_weight: float = 20.0,
         normalize_advantage: bool = True,
+        bootstrap_truncated: bool = True,
         loss_function: str = "l2",
         reduction: str | None = None,
         check_inputs: bool = True,
@@ -334,6 +384,7 @@ class DiscreteAWRLoss(AWRLoss):
             beta=beta,
             max_weight=max_weight,
             normalize_advantage=normalize_advantage,
+            bootstrap_truncated=bootstrap_truncated,
             loss_function=loss_function,
             reduction=reduction,
             check_inputs=check_inputs,
@@ -371,7 +422,7 @@ AWR_ALGORITHM = AlgorithmDeclaration(
     choices={"actor": STOCHASTIC_ACTORS},
     discrete_variant="discrete_awr",
     target_update=False,
-    derived_keys=("mc_return",),
+    derived_keys=("mc_return", "mc_tail_discount", "mc_tail_observation"),
 )
 
 #: Discrete AWR: a categorical actor and ``V(s)``, 128x64 MLPs.
@@ -388,5 +439,5 @@ DISCRETE_AWR_ALGORITHM = AlgorithmDeclaration(
     defaults=_AWR_DEFAULTS,
     action_spec_argument="action_space",
     target_update=False,
-    derived_keys=("mc_return",),
+    derived_keys=("mc_return", "mc_tail_discount", "mc_tail_observation"),
 )
