@@ -637,14 +637,18 @@ def finetune(
                 train_env.close()
 
 
-_LR_KEYS = {"actor": "actor_lr", "qvalue": "critic_lr", "value": "value_lr", "alpha": "alpha_lr"}
-
-
 def _reset_learning_rates(algo: Algorithm) -> None:
     """Fine-tuning runs at the configured constant learning rates (an offline schedule,
-    such as IQL's cosine decay of the actor's rate, is not continued)."""
+    such as IQL's cosine decay of the actor's rate, is not continued). Each parameter
+    group's rate setting comes from the algorithm's declaration (``ParamGroup.lr``)."""
+    from torchrl_offline import registry
+
+    try:
+        lr_keys = {g.name: g.lr for g in registry.get("algorithm", algo.name).optimizer}
+    except KeyError:  # an Algorithm built by hand under an unregistered name
+        lr_keys = {}
     for group in algo.optimizer.param_groups:
-        key = _LR_KEYS.get(group.get("name"))
+        key = lr_keys.get(group.get("name"))
         if key in algo.hyperparameters:
             group["lr"] = float(algo.hyperparameters[key])
         group.pop("initial_lr", None)
