@@ -26,7 +26,8 @@ issue 6 and one learning-curve PNG per dataset, from whatever runs are finished.
 
 Default budget (``Budget``; the reasons and measured updates/s are in
 ``docs/benchmarks.md``): 5,000 gradient steps per run, batch 256, evaluation every 1,000
-steps over 5 episodes, seeds 0 1 2, every network 2x64 (``--hidden 0`` gives the papers'
+steps over 5 episodes, seeds 0 1 2, every network 2x64, BCQ's and BEAR's behaviour VAE
+included (``--hidden 0`` gives the papers'
 2x256 / 3x256, ``--steps 1000000 --eval-every 5000 --episodes 10`` the papers' budget).
 Variants are tables of their own, stored and reported apart from the plain one:
 ``--set awac_lambda=1.0`` passes hyperparameters to our rows (with ``--algos awac``),
@@ -356,9 +357,24 @@ def build(algo: str, dataset, budget: Budget):
         return build_torchrl(
             algo, obs_spec, act_spec, hidden=budget.hidden, observation_norm=norm, **settings
         )
-    overrides = {} if budget.hidden is None else {"hidden_sizes": budget.hidden}
+    overrides = {} if budget.hidden is None else network_sizes(algo, act_spec, budget.hidden)
     overrides.update(budget.overrides)
     return build_algorithm(algo, obs_spec, act_spec, observation_norm=norm, **overrides)
+
+
+def network_sizes(algo: str, act_spec, hidden: tuple[int, ...]) -> dict[str, Any]:
+    """``hidden`` for every network of ``algo``: its actor and critics, and the behaviour
+    VAE of BCQ and BEAR (750x750 by default, which would make those rows 6-15x slower
+    than the others at a 2x64 budget and the comparison one of network sizes)."""
+    from torchrl_offline.trainers.algorithms import algorithm_defaults, declaration, is_discrete
+
+    decl = declaration(algo)
+    if decl.discrete_variant is not None and is_discrete(act_spec):
+        decl = declaration(decl.discrete_variant)
+    sizes: dict[str, Any] = {"hidden_sizes": hidden}
+    if "vae_hidden_sizes" in algorithm_defaults(decl.name):
+        sizes["vae_hidden_sizes"] = hidden
+    return sizes
 
 
 def run_one(
