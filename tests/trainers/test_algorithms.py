@@ -295,3 +295,21 @@ def test_a_default_preset_applies_unless_another_is_named(monkeypatch):
     assert algo.hyperparameters["lagrange_thresh"] == 10.0  # the loss's, not "lagrange"'s
     with pytest.raises(ValueError, match="default_preset 'nope' is not one of its presets"):
         replace(CQL_ALGORITHM, default_preset="nope")
+
+
+def test_specs_are_read_from_a_dataset_when_not_given():
+    from tensordict import TensorDict
+
+    from torchrl_offline.data.storage import make_replay_buffer
+
+    action = torch.tensor([[-0.5, 0.0], [1.5, 1.0], [0.0, 0.0], [1.0, 0.5]])
+    rb = make_replay_buffer(TensorDict({"observation": torch.zeros(4, 5), "action": action}, [4]))
+    algo = build_algorithm("td3_bc", dataset=rb, hidden_sizes=(8,))
+    assert algo.observation_spec.shape == (5,)
+    assert torch.equal(algo.action_spec.space.low, torch.tensor([-0.5, 0.0]))
+    assert torch.equal(algo.action_spec.space.high, torch.tensor([1.5, 1.0]))
+    # an explicit spec wins over the dataset's
+    algo = build_algorithm("td3_bc", None, Bounded(-1.0, 1.0, (2,)), dataset=rb, hidden_sizes=(8,))
+    assert torch.equal(algo.action_spec.space.high, torch.ones(2))
+    with pytest.raises(AlgorithmError, match="or a dataset= to read them from"):
+        build_algorithm("td3_bc", hidden_sizes=(8,))
