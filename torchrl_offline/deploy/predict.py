@@ -28,7 +28,8 @@ class TrainedPolicy:
 
     Args:
         algorithm: the built or loaded
-            :class:`~torchrl_offline.trainers.algorithms.Algorithm`.
+            :class:`~torchrl_offline.trainers.algorithms.Algorithm` (its policy's modules
+            are put in eval mode).
 
     Keyword Args:
         step (int, optional): its training step, if known.
@@ -128,8 +129,9 @@ class TrainedPolicy:
 
         Returns:
             The actions as a NumPy array: float32 ``[*action_shape]`` (continuous,
-            within the action bounds) or an int64 index (discrete), with a leading batch
-            dimension for a batch.
+            within the action bounds) or an int64 index (discrete; an int64 one-hot
+            vector for a ``OneHot`` action spec), with a leading batch dimension for a
+            batch.
 
         Raises:
             ObservationError: an observation of the wrong shape or holding NaN or inf
