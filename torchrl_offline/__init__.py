@@ -5,9 +5,12 @@ Subpackages:
     objectives: offline RL loss modules (CQL, IQL, AWAC, TD3+BC, BC).
     ope: off-policy evaluation (importance sampling, doubly robust, FQE).
     trainers: offline training inside TorchRL's Trainer, checkpoints, fine-tuning.
+    deploy: a trained policy's actions from arrays (``load_policy(run).predict(obs)``) and
+        its export to ONNX, TorchScript or ``torch.export`` files.
     registry: components by kind and name.
 """
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
 
 from torchrl_offline import data, registry
@@ -17,4 +20,13 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "data", "registry"]
+__all__ = ["TrainedPolicy", "__version__", "data", "load_policy", "registry"]
+
+#: Names served from a subpackage imported at first use.
+_LAZY = {"load_policy": "torchrl_offline.deploy", "TrainedPolicy": "torchrl_offline.deploy"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'torchrl_offline' has no attribute {name!r}")

@@ -24,7 +24,7 @@ __all__ = ["CLIError", "UsageError", "build_parser", "main"]
 
 PROG = "torchrl-offline"
 #: Subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS = ("collect", "info", "train", "evaluate", "ope", "finetune", "verify")
+SUBCOMMANDS = ("collect", "info", "train", "evaluate", "ope", "finetune", "verify", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:
