@@ -273,9 +273,9 @@ def _dropped(meta: dict[str, Any], dataset: str) -> str | None:
     s = "" if dropped == 1 else "s"
     return (
         f"{dataset}: {dropped} transition{s} dropped: the last step{s} of {dropped} truncated "
-        f"episode{s}, which the log gives no next observation (it has no next-observation "
-        f"column); {kept} terminal last step{'' if kept == 1 else 's'} kept (a terminal "
-        "step needs none)"
+        f"episode{s}, whose next observation the log does not hold (it has no "
+        f"next-observation column); {kept} terminal last step{'' if kept == 1 else 's'} "
+        "kept (a terminal step needs none)"
     )
 
 
@@ -311,9 +311,9 @@ def dataset_notes(buffer: Any, dataset: str) -> list[tuple[str, str]]:
         ...                                 "terminal_next_observations_filled": 5})
         >>> [(kind, text)] = dataset_notes(log, "log.csv")
         >>> print(kind, text)  # doctest: +NORMALIZE_WHITESPACE
-        note log.csv: 2 transitions dropped: the last steps of 2 truncated episodes, which
-        the log gives no next observation (it has no next-observation column); 5 terminal
-        last steps kept (a terminal step needs none)
+        note log.csv: 2 transitions dropped: the last steps of 2 truncated episodes, whose
+        next observation the log does not hold (it has no next-observation column); 5
+        terminal last steps kept (a terminal step needs none)
     """
     meta = dict(getattr(buffer, "metadata", None) or {})
     record = meta.get("source_log") if isinstance(meta.get("source_log"), dict) else None
