@@ -4,6 +4,7 @@ and terminal steps kept, truncated ones dropped and reported."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import gymnasium as gym
@@ -15,6 +16,7 @@ import torch
 from torchrl_offline.cli import main
 from torchrl_offline.cli.common import UsageError, open_dataset
 from torchrl_offline.cli.log_options import LOG_FIELDS, cli_wording, parse_columns
+from torchrl_offline.data.fingerprint import dataset_fingerprint
 from torchrl_offline.data.log_columns import ACCEPTED_NAMES
 
 #: The log's own column names -> the fields they hold, as --columns options.
@@ -223,6 +225,14 @@ def test_saved_dataset_keeps_the_env_and_warns_when_its_log_changes(logs, tmp_pa
     assert info["dataset"]["dropped_transitions"] == 2
     assert info["stats"]["transitions"] == len(frame) - 2
     assert not any(note.startswith("warning") for note in info["notes"])
+    before = dataset_fingerprint(open_dataset("acrobot/mine-v0", root=root))
+    later = log.stat().st_mtime_ns + 10**9
+    os.utime(log, ns=(later, later))  # touched, the same bytes: not a change
+    info = info_json(capsys, "acrobot/mine-v0", "--root", root)
+    assert not any(note.startswith("warning") for note in info["notes"])
+    assert main(save) == 0
+    # Nothing rewritten: a run on the saved dataset still resumes on it.
+    assert dataset_fingerprint(open_dataset("acrobot/mine-v0", root=root)) == before
 
     changed = frame.copy()
     changed.loc[0, "r"] = -5.0
@@ -260,3 +270,15 @@ def test_cli_wording_of_every_keyword():
 def test_parse_columns_refuses_a_field_twice():
     with pytest.raises(UsageError, match="observation.pos is given twice"):
         parse_columns(["observation.pos=a", "observation.pos=b"])
+
+
+def test_finetune_finds_the_env_of_the_log(logs, tmp_path, capsys):
+    path, _ = logs["goal"]
+    run, online = str(tmp_path / "run"), str(tmp_path / "online")
+    data = ["--dataset", str(path), *LOG, "--batch-size", "8", "--no-progress"]
+    assert main(["train", "--algo", "iql", *data, "--steps", "2", "--out", run,
+                 "--set", "hidden_sizes=(8,)", "--eval-env", "none"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["finetune", run, *data, "--steps", "3", "--out", online,
+                 "--frames-per-batch", "3"]) == 0  # fmt: skip
+    assert "3 fine-tuning steps in Acrobot-v1" in capsys.readouterr().out

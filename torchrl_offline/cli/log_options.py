@@ -9,8 +9,8 @@ truncated one without a next observation is dropped, and the command says so on 
 (:func:`dataset_notes`). The conversion is cached under the content hash of what was read
 (the log's data and these options), so a changed log is converted again and an unchanged
 one is reused, never a stale one. ``info LOG --save ID`` writes the log as a Minari
-dataset that keeps the env id; it records the log's size and modification time, and
-opening the dataset after the log changed prints a warning.
+dataset that keeps the env id; it records the log's size, modification time and hash,
+and opening the dataset after the log's bytes changed prints a warning.
 """
 
 from __future__ import annotations
@@ -286,6 +286,11 @@ def _stale(record: dict[str, Any], dataset: str) -> str | None:
     stat = os.stat(path)
     if (stat.st_size, stat.st_mtime_ns) == (record.get("size"), record.get("mtime_ns")):
         return None
+    if stat.st_size == record.get("size"):
+        from torchrl_offline.integrity import file_digest
+
+        if file_digest(path) == record.get("hash"):
+            return None  # touched, or copied back: the same bytes
     change = (
         f"its size went from {record.get('size')} to {stat.st_size} bytes"
         if stat.st_size != record.get("size")

@@ -69,6 +69,7 @@ from torchrl_offline.data.storage import (
     write_complete_marker,
 )
 from torchrl_offline.data.validate import validate_transitions
+from torchrl_offline.integrity import file_digest
 
 __all__ = ["ACCEPTED_NAMES", "from_logged"]
 
@@ -317,9 +318,9 @@ def from_logged(
             holds other data.
         minari_id: also write the transitions as the Minari dataset with this id. Its
             metadata records the log (``torchrl_offline_log``: the counts of dropped and
-            filled transitions and, for a file, its path, size and modification time,
-            which :func:`~torchrl_offline.data.load_minari` returns as ``source_log``);
-            the same data with another record is written again, ``overwrite`` or not.
+            filled transitions and, for a file, its path, size, modification time and
+            hash, which :func:`~torchrl_offline.data.load_minari` returns as
+            ``source_log``).
         minari_root: the Minari datasets root (default ``$MINARI_DATASETS_PATH`` or
             ``~/.minari/datasets``).
         minari_kwargs: more arguments of
@@ -605,8 +606,8 @@ def _with_log_record(
 ) -> dict[str, Any]:
     """``minari_kwargs`` whose extra metadata records the log the Minari copy comes from
     (``torchrl_offline_log``): what was dropped or filled and, for a file, its resolved
-    path, size and modification time, by which a later reader tells that the file changed
-    since."""
+    path, size, modification time and hash (:func:`~torchrl_offline.integrity.file_digest`),
+    by which a later reader tells that the file changed since."""
     record: dict[str, Any] = {
         "source_type": source.get("source_type"),
         "dropped_transitions": walk.dropped,
@@ -615,7 +616,9 @@ def _with_log_record(
     if source.get("source_path") is not None:
         file = Path(source["source_path"]).resolve()
         stat = file.stat()
-        record.update(path=str(file), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+        record.update(
+            path=str(file), size=stat.st_size, mtime_ns=stat.st_mtime_ns, hash=file_digest(file)
+        )
     options = dict(minari_kwargs or {})
     options["extra_metadata"] = {
         **dict(options.get("extra_metadata") or {}),
@@ -635,21 +638,16 @@ def _write_minari(
     overwrite: bool,
     kwargs: Mapping[str, Any] | None,
 ) -> None:
-    """Write the Minari copy, unless the same content is already there under that id (with
-    the same ``extra_metadata``; the same content with other extra metadata is rewritten,
-    ``overwrite`` or not)."""
-    options = dict(kwargs or {})
-    extra = json.loads(json.dumps(dict(options.pop("extra_metadata", None) or {}), default=str))
-    extra["torchrl_offline_content_hash"] = content_hash
+    """Write the Minari copy, unless the same content is already there under that id."""
     target = minari_writer.minari_root(root) / dataset_id
     meta_file = target / "data" / "metadata.json"
     if meta_file.is_file() and not overwrite:
         with open(meta_file) as f:
-            stored = json.load(f)
-        if stored.get("torchrl_offline_content_hash") == content_hash:
-            if all(stored.get(k) == v for k, v in extra.items()):
+            if json.load(f).get("torchrl_offline_content_hash") == content_hash:
                 return
-            overwrite = True  # the same data: only its metadata is refreshed
+    options = dict(kwargs or {})
+    extra = dict(options.pop("extra_metadata", None) or {})
+    extra["torchrl_offline_content_hash"] = content_hash
     for name in ("ref_min_score", "ref_max_score"):
         if name in metadata and name not in options:
             options[name] = metadata[name]
