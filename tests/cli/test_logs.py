@@ -282,3 +282,24 @@ def test_finetune_finds_the_env_of_the_log(logs, tmp_path, capsys):
     assert main(["finetune", run, *data, "--steps", "3", "--out", online,
                  "--frames-per-batch", "3"]) == 0  # fmt: skip
     assert "3 fine-tuning steps in Acrobot-v1" in capsys.readouterr().out
+
+
+def test_a_recorded_env_that_cannot_be_made_is_skipped_with_a_warning(
+    logs, tmp_path, capsys, monkeypatch
+):
+    from torchrl_offline.cli import envs
+    from torchrl_offline.cli.common import CLIError
+
+    def unavailable(env_id, **_):
+        raise CLIError(f"unknown environment {env_id!r}: not installed here")
+
+    monkeypatch.setattr(envs, "make_env", unavailable)
+    path, _ = logs["goal"]
+    argv = ["train", "--algo", "bc", "--dataset", str(path), *LOG, "--steps", "2",
+            "--batch-size", "8", "--set", "hidden_sizes=(8,)", "--no-progress"]  # fmt: skip
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0  # trains without evaluating
+    out, err = capsys.readouterr()
+    assert "warning: no evaluation in the dataset's env: unknown environment 'Acrobot-v1'" in err
+    assert "evaluation" not in out
+    assert main([*argv, "--out", str(tmp_path / "b"), "--eval-env", "auto"]) == 1  # asked for
