@@ -11,7 +11,9 @@ from torchrl_offline.cli import main
 from torchrl_offline.cli.train import parse_overrides
 from torchrl_offline.trainers.checkpoint import list_checkpoints
 
-TINY = ["--batch-size", "16", "--set", "hidden_sizes=(16,16)", "--log-every", "5", "--no-progress"]
+# No evaluation unless a test asks for one (train evaluates in the dataset's env by default).
+TINY = ["--batch-size", "16", "--set", "hidden_sizes=(16,16)", "--log-every", "5", "--no-progress",
+        "--eval-env", "none"]  # fmt: skip
 
 
 def test_train_writes_checkpoints_logs_and_summary(trained_run, capsys):
@@ -39,9 +41,9 @@ def test_train_resume_continues_the_run(trained_run, tmp_path, capsys):
 
 def test_train_with_evaluation_in_the_datasets_env(trained_run, tmp_path, capsys):
     argv = ["train", "--algo", "bc", "--dataset", trained_run["dataset"],
-            "--root", trained_run["root"], "--out", str(tmp_path / "bc"), "--steps", "4",
+            "--root", trained_run["root"], "--out", str(tmp_path / "bc"), "--steps", "4", *TINY,
             "--eval-env", "auto", "--eval-every", "4", "--eval-episodes", "1",
-            "--checkpoint-every", "4", *TINY]  # fmt: skip
+            "--checkpoint-every", "4"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "evaluation in Pendulum-v1 at step 4" in out

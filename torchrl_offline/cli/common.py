@@ -16,6 +16,7 @@ __all__ = [
     "add_run_options",
     "check_run_flags",
     "finish_run",
+    "is_log_file",
     "local_datasets",
     "nothing_to_do",
     "open_dataset",
@@ -62,7 +63,9 @@ def local_datasets(root: str | os.PathLike | None = None, *, limit: int = 50) ->
     return sorted(found)[:limit]
 
 
-def _is_log_file(path: Path) -> bool:
+def is_log_file(path: Path) -> bool:
+    """Whether ``path`` is a log file read with ``from_logged`` (a suffix of
+    :data:`LOG_SUFFIXES`; not a Minari dataset's ``main_data.hdf5``)."""
     return path.is_file() and path.suffix.lower() in LOG_SUFFIXES and path.name != "main_data.hdf5"
 
 
@@ -71,22 +74,53 @@ def open_dataset(
     *,
     root: str | os.PathLike | None = None,
     batch_size: int | None = 256,
+    columns: dict[str, Any] | None = None,
+    ignore: list[str] | tuple[str, ...] = (),
+    env_id: str | None = None,
+    notes: bool = True,
 ) -> Any:
     """Open a dataset named on the command line as an offline replay buffer.
 
     ``dataset`` is a Minari dataset id (looked up under ``root``), the path of a Minari
     dataset folder, or the path of a logged-data file (Parquet, CSV, D4RL-style HDF5),
-    read with :func:`~torchrl_offline.data.from_logged`.
+    read with :func:`~torchrl_offline.data.from_logged` as
+    :func:`~torchrl_offline.cli.log_options.open_log` reads it (``columns``, ``ignore``,
+    ``env_id``: the ``--columns``, ``--ignore``, ``--env-id`` options).
+
+    Args:
+        notes: print on stderr the transitions of a log that were dropped and whether the
+            log of a dataset saved from it changed since
+            (:func:`~torchrl_offline.cli.log_options.dataset_notes`).
 
     Raises:
         CLIError: the dataset does not exist; the message lists the local dataset ids.
+        UsageError: ``columns`` or ``ignore`` for a dataset that is not a log file.
     """
-    from torchrl_offline.data import DatasetNotFoundError, from_logged, load_minari
-    from torchrl_offline.data.minari_writer import minari_root
+    from torchrl_offline.cli.log_options import open_log, print_dataset_notes, set_env_id
 
     path = Path(dataset).expanduser()
-    if _is_log_file(path):
-        return from_logged(path, batch_size=batch_size)
+    if is_log_file(path):
+        buffer = open_log(
+            path, batch_size=batch_size, columns=columns, ignore=ignore, env_id=env_id
+        )
+    else:
+        if columns or ignore:
+            raise UsageError(
+                f"--columns and --ignore apply to log files ({', '.join(LOG_SUFFIXES)}); "
+                f"{dataset!r} is not one"
+            )
+        buffer = _open_minari(dataset, path, root, batch_size)
+        if env_id is not None:
+            set_env_id(buffer, env_id, dataset)
+    if notes:
+        print_dataset_notes(buffer, dataset)
+    return buffer
+
+
+def _open_minari(dataset: str, path: Path, root: Any, batch_size: int | None) -> Any:
+    from torchrl_offline.data import DatasetNotFoundError, load_minari
+    from torchrl_offline.data.minari_writer import minari_root
+
     if path.is_file() and path.name == "main_data.hdf5":
         path = path.parent.parent
         dataset = str(path)
@@ -102,12 +136,15 @@ def open_dataset(
         ) from None
 
 
-def add_run_options(parser: argparse.ArgumentParser, *, auto_env: str) -> None:
+def add_run_options(
+    parser: argparse.ArgumentParser, *, auto_env: str, default_env: str = "no evaluation"
+) -> None:
     """Adds the options ``train`` and ``finetune`` share: batch, evaluation, checkpoints, logs.
 
     Args:
         parser: the subcommand's parser.
         auto_env: what ``--eval-env auto`` means for this subcommand, for ``--help``.
+        default_env: what no ``--eval-env`` means, for ``--help``.
     """
     parser.add_argument("--batch-size", type=int, default=256, help="transitions per update")
     parser.add_argument(
@@ -117,7 +154,10 @@ def add_run_options(parser: argparse.ArgumentParser, *, auto_env: str) -> None:
         "without it or --resume, an --out holding a run is refused",
     )
     parser.add_argument(
-        "--eval-env", metavar="ENV", help=f"gymnasium id to evaluate in, or 'auto' for {auto_env}"
+        "--eval-env",
+        metavar="ENV",
+        help=f"gymnasium id to evaluate in, 'auto' for {auto_env}, or 'none' (default: "
+        f"{default_env})",
     )
     parser.add_argument("--eval-every", type=int, default=5000, metavar="N", help="steps")
     parser.add_argument("--eval-episodes", type=int, default=10, metavar="N")

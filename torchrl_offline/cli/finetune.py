@@ -19,6 +19,7 @@ from torchrl_offline.cli.common import (
     print_run_files,
     run_keywords,
 )
+from torchrl_offline.cli.log_options import add_log_options, log_keywords
 
 __all__ = ["add_parser", "run"]
 
@@ -98,6 +99,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "epsilon of discrete greedy ones",
     )
     add_run_options(parser, auto_env="the fine-tuning env")
+    add_log_options(parser)
     parser.set_defaults(run=run)
     return parser
 
@@ -153,7 +155,9 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"the checkpoint {str(file)!r} is a {algorithm.name} run, not {args.algo}")
     out = Path(args.out)
     _check_out(out, file)
-    buffer = open_dataset(args.dataset, root=args.root, batch_size=args.batch_size)
+    buffer = open_dataset(
+        args.dataset, root=args.root, batch_size=args.batch_size, **log_keywords(args)
+    )
     check_specs_match(
         algorithm.observation_spec,
         algorithm.action_spec,
@@ -162,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         theirs=f"the dataset {args.dataset!r}",
     )
     env_id = _env_id(args, buffer)
-    eval_id = env_id if args.eval_env == "auto" else args.eval_env
+    eval_id = {"auto": env_id, "none": None}.get(args.eval_env, args.eval_env)
     envs = []
     run_state = _RunState()
     try:
