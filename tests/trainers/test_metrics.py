@@ -1,4 +1,5 @@
-"""The metrics file: a header, one row per logged step, columns added later, resume."""
+"""The metrics file: a header, one row per logged step, columns added later, resume; the
+logger writing it and the hook drawing the figure."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import pytest
 
 from torchrl_offline.trainers.metrics import MetricsFileError, MetricsWriter, read_metrics
+from torchrl_offline.trainers.run_logs import MetricsLogger, RecordMetrics
 
 
 def _write(path, rows):
@@ -92,3 +94,27 @@ def test_bad_paths_are_named(tmp_path):
         read_metrics(tmp_path / "nope")
     with pytest.raises(MetricsFileError, match="holds no metrics.csv"):
         read_metrics(tmp_path)
+
+
+def test_the_metrics_logger_passes_everything_on_to_another_logger(tmp_path):
+    from torchrl.record.loggers import CSVLogger
+
+    other = CSVLogger("run", log_dir=str(tmp_path / "logs"))
+    metrics = MetricsLogger(tmp_path / "metrics.csv", also=other)
+    metrics.log_scalar("eval/return_mean", -5.0, step=3)
+    metrics.flush()
+    assert read_metrics(tmp_path)["eval/return_mean"].tolist() == [-5.0]
+    assert other.experiment.scalars["eval/return_mean"] == [(3, -5.0)]
+
+
+def test_the_figure_is_redrawn_when_due_and_a_failed_drawing_only_warns(tmp_path, caplog):
+    metrics = MetricsLogger(tmp_path / "metrics.csv")
+    record = RecordMetrics(metrics, figure=tmp_path / "metrics.png", redraw_seconds=0)
+    record.start(None)
+    metrics.log_scalar("train/lr_actor", 3e-4, step=1)  # nothing a figure draws
+    record()
+    assert "the run's figure" in caplog.text and "has no value to draw" in caplog.text
+    assert not (tmp_path / "metrics.png").exists()
+    metrics.log_scalar("train/loss_actor", 0.5, step=2)
+    record()  # due at once with redraw_seconds=0
+    assert (tmp_path / "metrics.png").read_bytes()[:4] == b"\x89PNG"

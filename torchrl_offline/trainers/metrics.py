@@ -8,7 +8,7 @@ its step and leaves the others empty. pandas reads it as it is
 (``pandas.read_csv("runs/iql/metrics.csv")``), and so does :func:`read_metrics`.
 
 :class:`MetricsWriter` writes it while the run goes: the rows of each step are appended
-(and flushed to disk) once the step has logged everything; a column that appears later
+once the step has logged everything (a process killed later loses none of them); a column that appears later
 (the first loss logged after the first evaluation, say) makes it rewrite the file with
 the wider header, atomically. A resumed run continues the same file: the rows after the
 checkpoint it resumes from (logged by the stopped run after its last checkpoint) are
@@ -250,9 +250,7 @@ class MetricsWriter:
             self._replace([self._header_line(), *widened, *lines])
         else:
             with open(self.path, "a", encoding="utf-8", newline="") as f:
-                f.write("".join(line + "\n" for line in lines))
-                f.flush()
-                os.fsync(f.fileno())
+                f.write("".join(line + "\n" for line in lines))  # closed: in the OS's hands
         self._pending.clear()
         return steps
 
