@@ -33,7 +33,8 @@ def test_finetune_evaluates_before_and_after_and_writes_a_summary(trained_run, t
     steps = [int(p.stem.split("_")[1]) for p in list_checkpoints(out / "checkpoints")]
     assert steps == [3, 6]
     assert (out / "checkpoints" / "online_buffer" / "index.json").is_file()
-    assert (out / "logs" / "iql_finetune").is_dir()
+    assert (out / "metrics.csv").is_file() and (out / "metrics.png").is_file()
+    assert f"metrics: {out / 'metrics.csv'}\nfigure: {out / 'metrics.png'}\n" in text
 
 
 def test_finetune_resume_continues_the_run(trained_run, tmp_path, capsys):

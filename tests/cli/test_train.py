@@ -24,7 +24,10 @@ def test_train_writes_checkpoints_logs_and_summary(trained_run, capsys):
     assert summary["algorithm"] == "iql" and summary["step"] == 20
     assert summary["hyperparameters"]["hidden_sizes"] == [16, 16]
     assert summary["hyperparameters"]["expectile"] == 0.7  # the paper's default
-    assert (run / "logs").is_dir()
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[0] == "step" and "train/loss_qvalue" in header
+    assert (run / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (run / "logs").exists()  # the metrics file replaces TorchRL's CSV files
 
 
 def test_train_resume_continues_the_run(trained_run, tmp_path, capsys):

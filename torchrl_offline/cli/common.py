@@ -173,7 +173,9 @@ def add_run_options(
         "--logger",
         default="csv",
         choices=("csv", "tensorboard", "wandb", "mlflow", "none"),
-        help="TorchRL logger (default csv, in DIR/logs)",
+        help="where the logged values go besides DIR/metrics.csv and DIR/metrics.png: csv "
+        "(nothing more, the default), a TorchRL logger in DIR/logs, or none (no metrics file "
+        "and figure either)",
     )
     parser.add_argument(
         "--root", help="Minari datasets root (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)"
@@ -267,10 +269,14 @@ def run_keywords(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_run_files(result: Any) -> None:
-    """Prints where a run's last checkpoint and its logs are."""
+    """Prints where a run's last checkpoint, metrics file, figure and other logs are."""
     if result.checkpoint is not None:
         print(f"checkpoint: {result.checkpoint}")
-    if result.log_dir is not None:
+    metrics = getattr(result, "metrics", None)
+    for name, path in (("metrics", metrics), ("figure", getattr(result, "figure", None))):
+        if path is not None:
+            print(f"{name}: {path}")
+    if result.log_dir is not None and (metrics is None or result.log_dir != metrics.parent):
         print(f"logs: {result.log_dir}")
 
 
