@@ -6,11 +6,17 @@ Subpackages:
     ope: off-policy evaluation (importance sampling, doubly robust, FQE).
     trainers: offline training inside TorchRL's Trainer, checkpoints, fine-tuning.
     registry: components by kind and name.
+
+Importing the package is cheap (no torch, no TorchRL): the subpackages are imported on
+first use (``torchrl_offline.data`` imports TorchRL), so the command line's ``--help``
+answers at once.
 """
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-from torchrl_offline import data, registry
+from torchrl_offline import registry
 
 try:
     __version__ = version("torchrl-offline")
@@ -18,3 +24,12 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
 __all__ = ["__version__", "data", "registry"]
+
+_LAZY_SUBPACKAGES = frozenset({"data"})
+
+
+def __getattr__(name: str) -> Any:
+    """``torchrl_offline.data`` imported on first access (PEP 562)."""
+    if name in _LAZY_SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 import torch
@@ -168,6 +169,29 @@ def test_progress_bar_shows_steps_per_second_and_losses():
     trainer.train()
     text = out.getvalue()
     assert "20/20" in text and "steps/s=" in text and "loss_bc=" in text
+
+
+def test_progress_bar_shows_the_time_left():
+    """tqdm's ``[elapsed<remaining, rate]``: the bar knows the total, so it has an ETA."""
+    trainer, _ = _trainer(20)
+    out = io.StringIO()
+    ProgressBar(interval=5, file=out, mininterval=0).register(trainer)
+    trainer.train()
+    # e.g. " 6/20 [00:00<00:00, 206.71step/s, ...]": elapsed < time left
+    assert re.search(r" 6/20 \[\d\d:\d\d<\d\d:\d\d, ", out.getvalue()), out.getvalue()
+
+
+def test_a_missing_logger_package_gets_an_install_hint(tmp_path, monkeypatch):
+    from torchrl.record import loggers
+
+    def missing(*args, **kwargs):
+        raise ImportError("torch.utils.tensorboard could not be imported")
+
+    monkeypatch.setattr(loggers, "TensorboardLogger", missing)
+    with pytest.raises(
+        ImportError, match="needs the tensorboard package .*: pip install tensorboard"
+    ):
+        make_logger("tensorboard", tmp_path)
 
 
 def test_make_logger_kinds(tmp_path):

@@ -12,12 +12,14 @@ from torchrl_offline.cli.common import (
     UsageError,
     add_resume_option,
     add_run_options,
+    check_logger_installed,
     check_run_flags,
     finish_run,
     nothing_to_do,
     open_dataset,
     print_run_files,
     run_keywords,
+    warn_run_flags,
 )
 
 __all__ = ["add_parser", "run"]
@@ -68,7 +70,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=float,
         default=0.5,
         metavar="F",
-        help="share of each batch drawn from the offline data, in (0, 1) (default 0.5)",
+        help="share of each batch drawn from the offline data, in (0, 1)",
     )
     mixing.add_argument(
         "--anneal-steps",
@@ -104,6 +106,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _check_options(args: argparse.Namespace) -> None:
     check_run_flags(args, counts=("online_capacity", "frames_per_batch"))
+    check_logger_installed(args.logger)
     if not 0.0 < args.offline_fraction < 1.0:
         raise UsageError(f"--offline-fraction must be in (0, 1), got {args.offline_fraction}")
     if args.anneal_steps is not None and args.anneal_steps < 1:
@@ -170,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
             if name is not None:
                 envs.append(make_env(name))
                 check_env_matches(algorithm.observation_spec, algorithm.action_spec, envs[-1], name)
+        warn_run_flags(args)  # the command line holds: say what it will not do
         result = finetune(
             algorithm,
             buffer,

@@ -37,6 +37,8 @@ __all__ = [
 ]
 
 LOGGER_KINDS = ("csv", "tensorboard", "wandb", "mlflow")
+#: The package each optional logger needs, for the install hint of :func:`make_logger`.
+LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -516,7 +518,8 @@ def make_logger(
 
     Raises:
         ValueError: an unknown kind (the message lists the valid ones).
-        ImportError: the logger's package is not installed.
+        ImportError: the logger's package is not installed (the message says what to
+            ``pip install``).
 
     Examples:
         >>> import tempfile
@@ -526,6 +529,20 @@ def make_logger(
     """
     if not kind:
         return None
+    if kind not in LOGGER_KINDS:
+        raise ValueError(f"Unknown logger {kind!r}; valid loggers: {', '.join(LOGGER_KINDS)}")
+    try:
+        return _make_logger(kind, log_dir, exp_name, kwargs)
+    except ImportError as err:
+        package = LOGGER_PACKAGES.get(kind)
+        if package is None:
+            raise
+        raise ImportError(
+            f"the {kind} logger needs the {package} package ({err}): pip install {package}"
+        ) from err
+
+
+def _make_logger(kind: str, log_dir: str | os.PathLike, exp_name: str, kwargs: Any) -> Logger:
     from torchrl.record import loggers
 
     if kind == "csv":
@@ -534,7 +551,5 @@ def make_logger(
         return loggers.TensorboardLogger(exp_name, log_dir=str(log_dir), **kwargs)
     if kind == "wandb":
         return loggers.WandbLogger(exp_name=exp_name, save_dir=str(log_dir), **kwargs)
-    if kind == "mlflow":
-        uri = Path(log_dir).resolve().as_uri()
-        return loggers.MLFlowLogger(exp_name, tracking_uri=uri, **kwargs)
-    raise ValueError(f"Unknown logger {kind!r}; valid loggers: {', '.join(LOGGER_KINDS)}")
+    uri = Path(log_dir).resolve().as_uri()
+    return loggers.MLFlowLogger(exp_name, tracking_uri=uri, **kwargs)
