@@ -198,3 +198,17 @@ def test_make_logger_kinds(tmp_path):
     assert make_logger(None, tmp_path) is None
     with pytest.raises(ValueError, match="Unknown logger 'excel'.*csv.*tensorboard"):
         make_logger("excel", tmp_path)
+
+
+def test_a_slow_run_refreshes_its_progress_bar_every_second_not_every_50_steps(monkeypatch):
+    """At a step every few seconds, waiting for 50 steps would hide the time left for
+    minutes: the bar refreshes once ``seconds`` have passed."""
+    import torchrl_offline.trainers.hooks as hooks
+
+    clock = iter(range(0, 1000, 2))  # every call to the clock: 2 s later
+    monkeypatch.setattr(hooks.time, "perf_counter", lambda: float(next(clock)))
+    trainer, _ = _trainer(4)
+    out = io.StringIO()
+    ProgressBar(interval=50, file=out, mininterval=0).register(trainer)
+    trainer.train()
+    assert re.search(r" 2/4 \[", out.getvalue()), out.getvalue()

@@ -427,18 +427,30 @@ class LogLosses(TrainerHookBase):
 
 
 class ProgressBar(TrainerHookBase):
-    """A tqdm progress bar over gradient steps with steps/s and the latest losses.
+    """A tqdm progress bar over gradient steps with the time left (tqdm's
+    ``[elapsed<remaining, rate]``), steps/s and the latest losses.
 
     Args:
         total (int, optional): total steps; read from the trainer when omitted.
         interval (int): steps between refreshes. Defaults to ``50``.
+        seconds (float): a slow run refreshes after this many seconds even before
+            ``interval`` steps, so its time left shows early. Defaults to ``1.0``.
         **tqdm_kwargs: passed to :class:`tqdm.tqdm` (e.g. ``file=``, ``disable=``).
     """
 
-    def __init__(self, total: int | None = None, *, interval: int = 50, **tqdm_kwargs: Any):
+    def __init__(
+        self,
+        total: int | None = None,
+        *,
+        interval: int = 50,
+        seconds: float = 1.0,
+        **tqdm_kwargs: Any,
+    ):
         self.total = total
         self.interval = max(int(interval), 1)
+        self.seconds = float(seconds)
         self.tqdm_kwargs = tqdm_kwargs
+        self._refreshed = 0.0
         self._bar: Any = None
         self._losses: TensorDictBase | None = None
         self._trainer: Any = None
@@ -454,6 +466,7 @@ class ProgressBar(TrainerHookBase):
         self._bar = tqdm(total=total, initial=step, unit="step", **self.tqdm_kwargs)
         self._shown = step
         self._t0, self._s0 = time.perf_counter(), step
+        self._refreshed = self._t0
 
     def _capture(self, optim_steps: int, losses: TensorDictBase | None) -> None:
         self._losses = losses
@@ -462,10 +475,16 @@ class ProgressBar(TrainerHookBase):
         if self._bar is None:
             self._open()
         step = int(self._trainer.collected_frames)
-        if step - self._shown < self.interval and step != self._trainer.total_frames:
+        now = time.perf_counter()
+        if (
+            step - self._shown < self.interval
+            and step != self._trainer.total_frames
+            and now - self._refreshed < self.seconds
+        ):
             return
+        self._refreshed = now
         postfix: dict[str, str] = {}
-        elapsed = time.perf_counter() - self._t0
+        elapsed = now - self._t0
         if elapsed > 0:
             postfix["steps/s"] = f"{(step - self._s0) / elapsed:.1f}"
         if self._losses is not None:
