@@ -352,7 +352,7 @@ def test_a_long_run_gets_the_small_preset_hint(trained_run, tmp_path, monkeypatc
 
     class EveryRunIsLong(speed_hint.LongRunHint):
         def __init__(self, **kwargs):
-            super().__init__(threshold=0.0, after=0.0, probe_updates=1, **kwargs)
+            super().__init__(threshold=0.0, after=0.0, probe_updates=1, min_speedup=0.0, **kwargs)
 
     monkeypatch.setattr(speed_hint, "LongRunHint", EveryRunIsLong)
     argv = ["train", "--algo", "td3_bc", "--dataset", trained_run["dataset"], "--root",

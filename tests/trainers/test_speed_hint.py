@@ -29,6 +29,7 @@ def _train(hidden_sizes, hooks=(), algo="td3_bc", **kwargs):
 
 def _hint(**kwargs) -> LongRunHint:
     """A hint that decides after the second update and finds any run long."""
+    kwargs = {"min_speedup": 0.0, **kwargs}
     return LongRunHint(threshold=0.0, after=0.0, probe_updates=1, file=io.StringIO(), **kwargs)
 
 
@@ -63,6 +64,13 @@ def test_no_hint_when_the_networks_are_already_small(sizes):
     hint = _hint()
     _train(sizes, hooks=[hint])
     assert hint.message is None and hint.file.getvalue() == ""
+
+
+def test_no_hint_when_the_small_networks_are_not_faster_enough(monkeypatch):
+    monkeypatch.setattr(LongRunHint, "_seconds_per_update", lambda self, algo, batch: 0.01)
+    hint = _hint(min_speedup=1.5)
+    _train((256, 256), hooks=[hint])
+    assert hint.message is None
 
 
 def test_no_hint_for_a_run_that_ends_soon():

@@ -63,7 +63,7 @@ class LongRunHint(TrainerHookBase):
     Needs an :class:`~torchrl_offline.trainers.trainer.OfflineTrainer` built by
     :func:`~torchrl_offline.trainers.offline.train` (the algorithm is rebuilt from the
     trainer's metadata). It stays quiet when the run's networks are not larger than the
-    preset's, when the algorithm has no ``small`` preset, or when the networks are not on
+    preset's, when they do not train at least ``min_speedup`` times faster, when the algorithm has no ``small`` preset, or when the networks are not on
     the CPU; a failed measurement is no error, only no hint.
 
     Keyword Args:
@@ -73,6 +73,7 @@ class LongRunHint(TrainerHookBase):
         after (float): seconds of training measured before deciding. Defaults to 20.
         probe_updates (int): timed updates of each network size (after one warm-up).
             Defaults to 3.
+        min_speedup (float): the least measured gain worth a hint. Defaults to 1.5.
         file (TextIO, optional): where the hint goes; stderr when omitted.
 
     Attributes:
@@ -86,12 +87,14 @@ class LongRunHint(TrainerHookBase):
         threshold: float = 600.0,
         after: float = 20.0,
         probe_updates: int = 3,
+        min_speedup: float = 1.5,
         file: TextIO | None = None,
     ) -> None:
         self.advice = advice
         self.threshold = float(threshold)
         self.after = float(after)
         self.probe_updates = max(int(probe_updates), 1)
+        self.min_speedup = float(min_speedup)
         self.file = file
         self.message: str | None = None
         self._trainer: Any = None
@@ -117,7 +120,7 @@ class LongRunHint(TrainerHookBase):
             speedup, sizes = self._speedup(batch)
         except Exception:  # a hint never stops a run
             return
-        if speedup is None:
+        if speedup is None or speedup < self.min_speedup:
             return
         self.message = (
             f"hint: about {format_duration(left)} to go at {rate:.3g} steps/s; "
