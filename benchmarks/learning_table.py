@@ -32,6 +32,9 @@ included (``--hidden 0`` gives the papers'
 Variants are tables of their own, stored and reported apart from the plain one:
 ``--set awac_lambda=1.0`` passes hyperparameters to our rows (with ``--algos awac``),
 ``--reward-scale`` scales every row's rewards to a return range of 1000.
+d3rlpy's rows (``D3RLPY_ROWS``) come from ``benchmarks/learning_table_d3rlpy.py``, run
+in d3rlpy's virtualenv on the arrays ``--export-npz DIR`` writes, with the same budget,
+into the same results file.
 Usage::
 
     python benchmarks/learning_table.py --speed --only pendulum/medium   # updates/s
@@ -82,12 +85,26 @@ ALGOS = (
     "torchrl_iql",
     "torchrl_td3_bc",
 )
+#: d3rlpy 2.8.1's implementations, run by ``benchmarks/learning_table_d3rlpy.py`` in its
+#: own virtualenv on the arrays ``--export-npz`` writes; reported after our rows.
+D3RLPY_ROWS = ("d3rlpy_rebrac", "d3rlpy_bcq", "d3rlpy_bear", "d3rlpy_cal_ql")
 #: Value-based algorithms (the medium-replay check compares them with BC).
 VALUE_BASED = ("cql", "iql", "awac", "td3_bc")
 #: Ours -> TorchRL's built-in loss of the same algorithm.
 TORCHRL_TWIN = {"cql": "torchrl_cql", "iql": "torchrl_iql", "td3_bc": "torchrl_td3_bc"}
 #: Algorithms with no discrete-action variant.
-CONTINUOUS_ONLY = ("td3_bc", "torchrl_td3_bc", "rebrac", "edac", "sac_n", "bear", "cal_ql")
+CONTINUOUS_ONLY = (
+    "td3_bc",
+    "torchrl_td3_bc",
+    "rebrac",
+    "edac",
+    "sac_n",
+    "bear",
+    "cal_ql",
+    "d3rlpy_rebrac",
+    "d3rlpy_bear",
+    "d3rlpy_cal_ql",
+)
 #: ``--set`` keys that choose networks, not loss settings: they apply to TorchRL's rows
 #: too, so that ours and TorchRL's losses train the same networks (``actor=tanh_normal``
 #: is the actor of TorchRL's offline examples for IQL and AWAC).
@@ -429,6 +446,47 @@ def run_one(
     }
 
 
+def export_npz(task: str, level: str, root: Path, budget: Budget, out_dir: Path) -> Path:
+    """The dataset as arrays for d3rlpy (``<out_dir>/<task>__<level>.npz``): observations,
+    actions, rewards, terminals and timeouts (an episode cut by a time limit or by the end
+    of the data), in dataset order, plus ``meta``, a JSON string with the evaluation env,
+    the reference returns, the behaviour data's score and the budget's key, which
+    ``learning_table_d3rlpy.py`` copies into its records so ``--report`` shows them in
+    this table."""
+    import numpy as np
+
+    from torchrl_offline.data.episodes import episode_ends
+
+    md = datasets_module()
+    dataset = load_dataset(task, level, root)
+    data = dataset.storage[: len(dataset.storage)]
+    ends = episode_ends(data).numpy()
+    terminated = data.get(("next", "terminated")).reshape(-1).numpy().astype(bool)
+    action = data.get("action")
+    if action.is_floating_point():
+        action = action.numpy().astype(np.float32)
+    elif action.ndim > 1 and action.shape[-1] > 1:  # one-hot
+        action = action.argmax(-1).numpy()
+    else:
+        action = action.reshape(-1).numpy()
+    meta = dict(dataset_info(task, level, root), task=task, level=level)
+    meta.update(env_id=md.agents.TASKS[task].env_id, budget=budget.key())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{task}__{level}.npz"
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(
+        tmp,
+        observations=data.get("observation").numpy().astype(np.float32),
+        actions=action,
+        rewards=data.get(("next", "reward")).reshape(-1).numpy().astype(np.float32),
+        terminals=terminated & ends,
+        timeouts=ends & ~terminated,
+        meta=np.array(json.dumps(meta)),
+    )
+    os.replace(tmp, path)
+    return path
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
     """The records of a results file (a missing file has none; a torn last line is skipped)."""
     path = Path(path)
@@ -575,7 +633,7 @@ def markdown_table(records: Iterable[Mapping[str, Any]]) -> str:
     row is the behaviour data's own normalized return."""
     agg = aggregate(records)
     columns = _datasets_of(agg)
-    algos = [a for a in ALGOS if any(k[0] == a for k in agg)]
+    algos = [a for a in ALGOS + D3RLPY_ROWS if any(k[0] == a for k in agg)]
     algos += sorted({k[0] for k in agg} - set(algos))
     head = "| algorithm | " + " | ".join(f"{t}/{lv}" for t, lv in columns) + " |"
     lines = [head, "|---|" + "---:|" * len(columns)]
@@ -774,6 +832,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--plots", type=Path, default=None, help="write learning-curve PNGs here")
     p.add_argument("--speed", action="store_true", help="measure updates/s, run nothing")
     p.add_argument("--speed-updates", type=int, default=200)
+    p.add_argument(
+        "--export-npz",
+        type=Path,
+        default=None,
+        help="write the selected datasets as arrays for learning_table_d3rlpy.py, run nothing",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     budget = Budget(
@@ -792,6 +856,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(
             f"--set {sorted(loss_settings)} applies to our rows only: pick them with --algos "
             "(no torchrl_*)"
+        )
+    if args.export_npz is not None:
+        for task, level in dict.fromkeys((t, lv) for _, t, lv, _ in runs):
+            print(export_npz(task, level, args.root, budget, args.export_npz), flush=True)
+        return
+    d3rlpy = sorted({r[0] for r in runs} & set(D3RLPY_ROWS))
+    if d3rlpy and not args.report:
+        raise SystemExit(
+            f"{d3rlpy}: d3rlpy's rows are run by benchmarks/learning_table_d3rlpy.py in "
+            "d3rlpy's virtualenv (on --export-npz's arrays); here they can only be reported"
         )
     if args.speed:
         for task, level in dict.fromkeys((t, lv) for _, t, lv, _ in runs):

@@ -9,7 +9,10 @@ term (a fixed weight, ``--weight``) so that the calibration is the only differen
 * ``cql``: ``build_algorithm("cql", min_q_weight=W, with_lagrange=False)``;
 * ``cal_ql``: ``build_algorithm("cal_ql", preset="kitchen", min_q_weight=W)`` (fixed
   weight), with the Monte Carlo returns of the logged episodes (and of the online
-  episodes as they end) added by the trainers.
+  episodes as they end) added by the trainers;
+* ``cal_ql_bootstrap``: the same with ``bootstrap_truncated=True``: Pendulum's episodes
+  end at the time limit and its rewards are negative, so a return summed to the cut is
+  above the behaviour's value; the target critics' estimate of the tail completes it.
 
 Data: ``benchmarks/pendulum_mixed.py``'s ``--mix`` dataset (seed 0). Both are evaluated
 every ``--eval-every`` steps on Pendulum-v1 (``--eval-episodes`` episodes, the trainers'
@@ -34,9 +37,12 @@ import statistics
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
+#: Row -> (algorithm, preset, overrides).
 ALGOS = {
-    "cql": (None, {"with_lagrange": False}),
-    "cal_ql": ("kitchen", {}),
+    "cql": ("cql", None, {"with_lagrange": False}),
+    "cal_ql": ("cal_ql", "kitchen", {}),
+    # the returns of episodes cut by the time limit completed by the target critics
+    "cal_ql_bootstrap": ("cal_ql", "kitchen", {"bootstrap_truncated": True}),
 }
 
 
@@ -57,7 +63,7 @@ def run(algo: str, seed: int, args) -> dict:
     from torchrl_offline.trainers.finetune import finetune
     from torchrl_offline.trainers.offline import train
 
-    preset, extra = ALGOS[algo]
+    name, preset, extra = ALGOS[algo]
     overrides = {"hidden_sizes": (args.hidden, args.hidden), "min_q_weight": args.weight, **extra}
     data = _dataset(args.mix)
     common = dict(
@@ -71,7 +77,7 @@ def run(algo: str, seed: int, args) -> dict:
     )
     start = time.time()
     offline = train(
-        algo,
+        name,
         data,
         total_steps=args.offline_steps,
         preset=preset,

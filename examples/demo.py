@@ -5,10 +5,12 @@
    policy, mixed per episode; every action's behaviour log-probability is recorded.
 2. Store it as a Minari dataset (with random and expert reference returns), load it
    back into a TorchRL replay buffer on memory-mapped storage, and print its statistics.
-3. Train IQL on it inside TorchRL's ``Trainer`` (checkpoints and CSV logs under
-   ``--out``), evaluating the policy in the environment as it learns.
-4. Print a table (behaviour policy, learned policy, normalized scores) and write a
-   learning-curve plot (PNG) next to the logs.
+3. Train IQL on it inside TorchRL's ``Trainer`` (checkpoints, ``metrics.csv`` and the
+   run's figure ``metrics.png`` under ``--out``), evaluating the policy in the
+   environment as it learns.
+4. Print a table (behaviour policy, learned policy, normalized scores) and where the
+   figure is: the evaluation return with its spread over episodes, the normalized score,
+   the behaviour data's level and the losses.
 
 Run with ``make demo`` (or ``python examples/demo.py --help``).
 """
@@ -35,7 +37,6 @@ from torchrl_offline.data import (
 )
 from torchrl_offline.data.scripted import pendulum_swing_up
 from torchrl_offline.trainers.offline import train
-from torchrl_offline.trainers.plot import plot_learning_curves
 
 ENV = "Pendulum-v1"
 
@@ -141,18 +142,7 @@ def main() -> None:
     print("\n| policy | return | normalized score |\n|---|---:|---:|")
     for name, ret, score in rows:
         print(f"| {name} | {ret:.1f} | {score:.1f} |")
-    curve = [(e["step"], e["return_mean"]) for e in result.evaluations]
-    png = plot_learning_curves(
-        {args.algo: curve},
-        Path(result.log_dir or args.out) / "learning_curve.png",
-        title=f"{args.algo} on {ENV} mixed dataset",
-        hlines={
-            "behaviour (dataset mean)": behaviour,
-            "scripted expert": ref_max,
-            "random": ref_min,
-        },
-    )
-    print(f"\nlearning curve: {png}\ncheckpoints: {result.checkpoint}\nlogs: {result.log_dir}")
+    print(f"\nfigure: {result.figure}\nmetrics: {result.metrics}\ncheckpoint: {result.checkpoint}")
 
 
 if __name__ == "__main__":

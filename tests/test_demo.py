@@ -29,5 +29,6 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
     assert "transitions      600" in printed
     assert "| behaviour policy (dataset mean) |" in printed
     assert "| iql, final (step 20) |" in printed
-    assert (out / "logs" / "learning_curve.png").stat().st_size > 1000
+    assert f"figure: {out / 'metrics.png'}" in printed
+    assert (out / "metrics.png").read_bytes()[:4] == b"\x89PNG"
     assert list((out / "checkpoints").glob("checkpoint_*.pt"))

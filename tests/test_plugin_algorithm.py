@@ -19,7 +19,7 @@ from torchrl_offline import registry
 from torchrl_offline.cli import main
 
 PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "plugin"
-TINY = ["--batch-size", "16", "--log-every", "5", "--no-progress"]
+TINY = ["--batch-size", "16", "--log-every", "5", "--no-progress", "--eval-env", "none"]
 
 
 def _entry_points_txt() -> str:

@@ -67,7 +67,7 @@ def trained_run(tmp_path_factory) -> dict[str, str]:
                     "train", "--algo", "iql", "--dataset", paths["dataset"], "--root",
                     paths["root"], "--steps", "20", "--out", paths["run"], "--batch-size", "16",
                     "--set", "hidden_sizes=(16,16)", "--checkpoint-every", "10",
-                    "--log-every", "10", "--no-progress",
+                    "--log-every", "10", "--eval-env", "none", "--no-progress",
                 ]
             )
             == 0

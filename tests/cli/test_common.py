@@ -74,29 +74,30 @@ def test_loss_logging_defaults_to_twenty_points_per_run_at_most_every_1000_steps
 
 
 def _run_args(**values) -> argparse.Namespace:
-    base = {"command": "train", "steps": 1000, "eval_env": "auto", "eval_every": 5000,
-            "log_every": None, "resume": False}  # fmt: skip
+    base = {"command": "train", "steps": 1000, "eval_every": 5000, "log_every": None,
+            "resume": False}  # fmt: skip
     return argparse.Namespace(**{**base, **values})
 
 
 def test_an_evaluation_interval_longer_than_the_run_is_warned_about(capsys):
-    messages = warn_run_flags(_run_args())
+    messages = warn_run_flags(_run_args(), evaluating=True)
     assert len(messages) == 1
     err = capsys.readouterr().err
     assert err.startswith("torchrl-offline train: warning: --eval-every 5000 is more than")
     assert "evaluated only before the first update and after the last one" in err
-    assert "after the last update" in warn_run_flags(_run_args(resume=True))[0]
+    resumed = warn_run_flags(_run_args(resume=True), evaluating=True)
+    assert "after the last update" in resumed[0]
 
 
 def test_no_warning_without_evaluation_or_with_intervals_inside_the_run(capsys):
-    assert warn_run_flags(_run_args(eval_env=None)) == []
-    assert warn_run_flags(_run_args(eval_every=100, log_every=10)) == []
-    assert warn_run_flags(_run_args(eval_every=1000)) == []  # evaluated at 1000: the end
+    assert warn_run_flags(_run_args(), evaluating=False) == []
+    assert warn_run_flags(_run_args(eval_every=100, log_every=10), evaluating=True) == []
+    assert warn_run_flags(_run_args(eval_every=1000), evaluating=True) == []  # at 1000: the end
     assert capsys.readouterr().err == ""
 
 
 def test_a_loss_logging_interval_longer_than_the_run_is_warned_about():
-    (message,) = warn_run_flags(_run_args(eval_env=None, log_every=5000))
+    (message,) = warn_run_flags(_run_args(log_every=5000), evaluating=False)
     assert "--log-every 5000 is more than --steps 1000: no loss is logged" in message
     assert "leave it out: every 50" in message
 

@@ -33,7 +33,8 @@ def test_finetune_evaluates_before_and_after_and_writes_a_summary(trained_run, t
     steps = [int(p.stem.split("_")[1]) for p in list_checkpoints(out / "checkpoints")]
     assert steps == [3, 6]
     assert (out / "checkpoints" / "online_buffer" / "index.json").is_file()
-    assert (out / "logs" / "iql_finetune").is_dir()
+    assert (out / "metrics.csv").is_file() and (out / "metrics.png").is_file()
+    assert f"metrics: {out / 'metrics.csv'}\nfigure: {out / 'metrics.png'}\n" in text
 
 
 def test_finetune_resume_continues_the_run(trained_run, tmp_path, capsys):
@@ -86,7 +87,7 @@ def test_resume_from_another_algorithms_run_is_refused(trained_run, tmp_path, ca
     td3 = tmp_path / "td3"
     assert main(["train", "--algo", "td3_bc", "--dataset", trained_run["dataset"], "--root",
                  trained_run["root"], "--steps", "2", "--out", str(td3), "--batch-size", "16",
-                 "--set", "hidden_sizes=(16,)", "--no-progress"]) == 0  # fmt: skip
+                 "--set", "hidden_sizes=(16,)", "--eval-env", "none", "--no-progress"]) == 0  # fmt: skip
     out = tmp_path / "online"
     assert main([*_argv(trained_run, out, "--steps", "3")]) == 0
     argv = _argv(trained_run, out, "--steps", "6", "--resume")
@@ -145,7 +146,7 @@ def test_cal_ql_trains_and_finetunes_from_the_command_line(trained_run, tmp_path
     argv = ["train", "--algo", "cal_ql", "--dataset", trained_run["dataset"],
             "--root", trained_run["root"], "--out", str(run), "--steps", "3",
             "--checkpoint-every", "3", "--batch-size", "16", "--set", "hidden_sizes=(8,)",
-            "--set", "num_random=2", "--no-progress"]  # fmt: skip
+            "--set", "num_random=2", "--eval-env", "none", "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     out = tmp_path / "online"
     argv = ["finetune", str(run), "--dataset", trained_run["dataset"], "--root",

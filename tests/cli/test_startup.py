@@ -87,7 +87,7 @@ def test_every_help_shows_the_defaults(command, capsys):
     assert "(default: True)" not in text  # --no-progress: on by default, said by its name
     if command in ("train", "finetune"):
         assert "--batch-size BATCH_SIZE transitions per update (default: 256)" in text
-        assert "TorchRL logger, writing in DIR/logs (default: csv)" in text
+        assert "--eval-episodes N episodes per evaluation (default: 10)" in text
         assert "--log-every N steps between logged loss means (default: --steps / 20" in text
     if command == "train":
         assert "--seed SEED seed of the run (default: 0)" in text

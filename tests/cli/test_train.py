@@ -12,7 +12,9 @@ from torchrl_offline.cli import UsageError, main
 from torchrl_offline.cli.train import parse_overrides
 from torchrl_offline.trainers.checkpoint import list_checkpoints
 
-TINY = ["--batch-size", "16", "--set", "hidden_sizes=(16,16)", "--log-every", "5", "--no-progress"]
+# No evaluation unless a test asks for one (train evaluates in the dataset's env by default).
+TINY = ["--batch-size", "16", "--set", "hidden_sizes=(16,16)", "--log-every", "5", "--no-progress",
+        "--eval-env", "none"]  # fmt: skip
 
 
 def test_train_writes_checkpoints_logs_and_summary(trained_run, capsys):
@@ -23,7 +25,10 @@ def test_train_writes_checkpoints_logs_and_summary(trained_run, capsys):
     assert summary["algorithm"] == "iql" and summary["step"] == 20
     assert summary["hyperparameters"]["hidden_sizes"] == [16, 16]
     assert summary["hyperparameters"]["expectile"] == 0.7  # the paper's default
-    assert (run / "logs").is_dir()
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[0] == "step" and "train/loss_qvalue" in header
+    assert (run / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (run / "logs").exists()  # the metrics file replaces TorchRL's CSV files
 
 
 def test_train_resume_continues_the_run(trained_run, tmp_path, capsys):
@@ -40,9 +45,9 @@ def test_train_resume_continues_the_run(trained_run, tmp_path, capsys):
 
 def test_train_with_evaluation_in_the_datasets_env(trained_run, tmp_path, capsys):
     argv = ["train", "--algo", "bc", "--dataset", trained_run["dataset"],
-            "--root", trained_run["root"], "--out", str(tmp_path / "bc"), "--steps", "4",
+            "--root", trained_run["root"], "--out", str(tmp_path / "bc"), "--steps", "4", *TINY,
             "--eval-env", "auto", "--eval-every", "4", "--eval-episodes", "1",
-            "--checkpoint-every", "4", *TINY]  # fmt: skip
+            "--checkpoint-every", "4"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "evaluation in Pendulum-v1 at step 4" in out
@@ -293,16 +298,27 @@ def test_train_rebrac_with_a_dataset_preset(trained_run, tmp_path):
 
 def test_an_eval_interval_longer_than_the_run_is_warned_about(trained_run, tmp_path, capsys):
     argv = ["train", "--algo", "bc", "--dataset", trained_run["dataset"],
-            "--root", trained_run["root"], "--out", str(tmp_path / "bc"), "--steps", "4",
-            "--eval-env", "auto", "--eval-every", "100", "--eval-episodes", "1", *TINY]  # fmt: skip
+            "--root", trained_run["root"], "--out", str(tmp_path / "bc"), "--steps", "4", *TINY,
+            "--eval-env", "auto", "--eval-every", "100", "--eval-episodes", "1",
+            "--log-every", "2"]  # fmt: skip
     assert main(argv) == 0
     err = capsys.readouterr().err
-    assert (
+    assert err.count("warning:") == 1 and (
         "train: warning: --eval-every 100 is more than --steps 4: the policy is evaluated "
         "only before the first update and after the last one" in err
     )
     evaluations = json.loads((tmp_path / "bc" / "summary.json").read_text())["evaluations"]
     assert [e["step"] for e in evaluations] == [0, 4]  # as the warning says
+
+
+def test_a_failing_command_gives_its_error_alone_not_the_run_warnings(
+    trained_run, tmp_path, capsys
+):
+    argv = ["train", "--algo", "iql", "--dataset", trained_run["dataset"], "--root",
+            trained_run["root"], "--out", str(tmp_path / "x"), "--steps", "2", *TINY,
+            "--eval-env", "auto", "--set", "expectile=abc"]  # fmt: skip
+    assert main(argv) == 2  # --eval-every 5000 > --steps 2, but the run never starts
+    assert capsys.readouterr().err.startswith("torchrl-offline train: error: --set:")
 
 
 def test_a_missing_logger_package_is_refused_with_an_install_hint(

@@ -756,3 +756,81 @@ def test_written_minari_dataset_reloads_with_equal_values(tmp_path, data_format)
     with pytest.raises(FileExistsError):
         from_logged(d4rl_log(seed=3), minari_id="logs/toy-v0")
     assert leftovers(tmp_path / "cache" / "logged") == []  # nothing half-written either
+
+
+# ------------------------------------------------------------------ env id, terminal steps
+
+
+def swing_log(actions=(0, 1, 0, 1, 1, 0), terminals=(0, 0, 1, 0, 0, 1)) -> dict:
+    """Two terminating episodes of six-number observations, without next observations."""
+    rng = np.random.default_rng(0)
+    n = len(actions)
+    return {
+        "observations": rng.normal(size=(n, 6)),
+        "actions": np.asarray(actions),
+        "rewards": -np.ones(n),
+        "terminals": np.asarray(terminals, bool),
+    }
+
+
+def test_terminal_steps_are_kept_and_never_bootstrapped(tmp_path):
+    from torchrl.objectives.value import TD0Estimator
+
+    from torchrl_offline.objectives.common import bootstrap_target
+
+    log = swing_log()
+    rb = from_logged(log, path=tmp_path / "ds")  # no next observations, nothing to drop
+    td = stored(rb)
+    assert len(td) == 6 and rb.metadata["dropped_transitions"] == 0
+    assert rb.metadata["terminal_next_observations_filled"] == 2
+    ends = torch.as_tensor(log["terminals"])
+    assert torch.equal(td["next", "observation"][ends], td["observation"][ends])
+    # Whatever a critic says of that copied next observation, the target is the reward.
+    target = bootstrap_target(
+        TD0Estimator(gamma=0.99, value_network=None), td, torch.full((6,), 1e6)
+    )
+    assert target[ends].tolist() == [-1.0, -1.0]
+
+
+def test_env_id_is_recorded_and_gives_the_env_action_space(tmp_path):
+    import json
+
+    from minari.serialization import deserialize_space
+
+    log = swing_log()  # actions 0 and 1 only: Discrete(2) when inferred
+    plain = from_logged(log)
+    assert deserialize_space(plain.metadata["action_space"]) == gym.spaces.Discrete(2)
+    assert "env_spec" not in plain.metadata
+    rb = from_logged(log, env_id="Acrobot-v1")
+    assert deserialize_space(rb.metadata["action_space"]) == gym.spaces.Discrete(3)
+    assert json.loads(rb.metadata["env_spec"])["id"] == "Acrobot-v1"
+    assert rb.path != plain.path  # another conversion, not the one without env id
+    with pytest.raises(DatasetError, match=r"have shape \[6\] but CartPole-v1's have \[4\]"):
+        from_logged(log, env_id="CartPole-v1")
+    with pytest.raises(DatasetError, match="Unknown environment 'Nope-v0'"):
+        from_logged(log, env_id="Nope-v0")
+    bad = swing_log(actions=(0, 1, 3, 0, 1, 1))
+    with pytest.raises(DatasetError, match="index 2"):  # outside Acrobot's three actions
+        from_logged(bad, env_id="Acrobot-v1")
+
+
+def test_minari_copy_records_its_log_and_env(tmp_path):
+    import json
+
+    from torchrl_offline.data.minari import load_minari
+    from torchrl_offline.integrity import file_digest
+
+    log = swing_log(terminals=(0, 0, 1, 0, 0, 0))  # the second episode is cut off
+    path = tmp_path / "log.csv"
+    pd.DataFrame({**{f"observation_{i}": log["observations"][:, i] for i in range(6)},
+                  "action": log["actions"], "reward": log["rewards"],
+                  "terminated": log["terminals"]}).to_csv(path, index=False)  # fmt: skip
+    options = dict(drop_incomplete=True, env_id="Acrobot-v1", minari_id="logs/swing-v0")
+    from_logged(path, **options)
+    copy = load_minari("logs/swing-v0")
+    assert json.loads(copy.metadata["env_spec"])["id"] == "Acrobot-v1"
+    record = copy.metadata["source_log"]
+    assert record["path"] == str(path.resolve()) and record["size"] == path.stat().st_size
+    assert record["mtime_ns"] == path.stat().st_mtime_ns
+    assert record["hash"] == file_digest(path)
+    assert record["dropped_transitions"] == 1 and record["terminal_next_observations_filled"] == 1

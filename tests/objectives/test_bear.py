@@ -395,7 +395,7 @@ def test_trains_and_evaluates_from_the_command_line(tmp_path, capsys):
     train_argv = ["train", "--algo", "bear", "--dataset", "pendulum/bear-v0", "--root", root,
                   "--out", str(run), "--steps", "4", "--batch-size", "16", "--checkpoint-every",
                   "2", "--set", "hidden_sizes=(16,16)", "--set", "vae_hidden_sizes=(16,)",
-                  "--set", "warmup_steps=2", "--no-progress"]  # fmt: skip
+                  "--set", "warmup_steps=2", "--eval-env", "none", "--no-progress"]  # fmt: skip
     assert main(train_argv) == 0
     assert "bear: 4 gradient steps" in capsys.readouterr().out
     summary = json.loads((run / "summary.json").read_text())

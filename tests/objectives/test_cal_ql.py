@@ -145,7 +145,63 @@ def test_train_derives_returns_and_refuses_shuffled_data(pendulum_dataset):
     data = pendulum_dataset.data[:300]
     kw = dict(total_steps=3, batch_size=16, progress=False, logger=None)
     result = train("cal_ql", make_replay_buffer(data), overrides={"hidden_sizes": (8,)}, **kw)
-    assert result.step == 3 and result.algorithm.derived_keys == ("mc_return",)
+    assert result.step == 3
+    assert result.algorithm.derived_keys == ("mc_return", "mc_tail_discount", "mc_tail_observation")
     shuffled = data[torch.randperm(300, generator=torch.Generator().manual_seed(0))]
     with pytest.raises(EpisodeOrderError):
         train("cal_ql", make_replay_buffer(shuffled), overrides={"hidden_sizes": (8,)}, **kw)
+
+
+def test_bootstrapped_bounds_add_the_target_critics_value_of_the_tail():
+    """R(s_t) + gamma^(T-t+1) min_j Qbar_j(s_{T+1}, a), a ~ pi(s_{T+1}), where cut."""
+    from tensordict import TensorDict
+
+    from tests.objectives.test_cql import OBS
+
+    loss = make_loss(bootstrap_truncated=True, with_lagrange=False)
+    assert {"mc_tail_discount", "mc_tail_observation"} <= set(loss.in_keys)
+    assert "mc_tail_observation" not in make_loss().in_keys  # the paper's returns
+    data = _batch(RETURNS)
+    tail = torch.randn(6, OBS, generator=torch.Generator().manual_seed(5))
+    discount = torch.tensor([0.0, 0.5, 0.9, 0.0, 0.25, 1.0])
+    data["mc_tail_observation"] = tail
+    data["mc_tail_discount"] = discount.reshape(-1, 1)
+    torch.manual_seed(11)
+    got = loss.reference_values(data)
+    torch.manual_seed(11)
+    with loss.actor_network_params.to_module(loss.actor_network):
+        action = loss.actor_network.get_dist(TensorDict({"observation": tail}, [6])).rsample()
+    values = []
+    for params in loss.target_qvalue_network_params.unbind(0):
+        with params.to_module(loss.qvalue_network):
+            td = loss.qvalue_network(TensorDict({"observation": tail, "action": action}, [6]))
+        values.append(td["state_action_value"].reshape(-1))
+    expected = RETURNS + discount * torch.stack(values).min(0).values
+    torch.testing.assert_close(got, expected.detach(), rtol=1e-5, atol=1e-5)
+    assert not got.requires_grad  # a bound, not a target to move
+    # terminated everywhere: the paper's returns
+    data["mc_tail_discount"] = torch.zeros(6, 1)
+    torch.testing.assert_close(loss.reference_values(data), RETURNS)
+    del data["mc_tail_observation"]
+    with pytest.raises(OfflineLossError, match="mc_tail_observation"):
+        loss(data)
+
+
+def test_the_declaration_derives_the_tails_and_train_bootstraps(pendulum_dataset):
+    from torchrl_offline.trainers.algorithms import declaration
+
+    assert set(declaration("cal_ql").derived_keys) == {
+        "mc_return",
+        "mc_tail_discount",
+        "mc_tail_observation",
+    }
+    result = train(
+        "cal_ql",
+        make_replay_buffer(pendulum_dataset.data[:300]),
+        total_steps=3,
+        batch_size=32,
+        overrides={"hidden_sizes": (16,), "bootstrap_truncated": True},
+        logger=None,
+        progress=False,
+    )
+    assert result.algorithm.loss.bootstrap_truncated

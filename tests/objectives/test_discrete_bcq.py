@@ -274,7 +274,7 @@ def test_trains_and_finetunes_through_the_command_line(tmp_path, capsys, one_thr
                "--policy", "random", "--root", root, "--no-progress"]  # fmt: skip
     assert main(collect) == 0
     common = ["--dataset", "cartpole/tiny-v0", "--root", root, "--batch-size", "16",
-              "--checkpoint-every", "3", "--no-progress"]  # fmt: skip
+              "--checkpoint-every", "3", "--eval-env", "none", "--no-progress"]  # fmt: skip
     train = ["train", "--algo", "discrete_bcq", "--steps", "6", "--out", str(run),
              "--set", "hidden_sizes=(16,)", "--set", "threshold=0.5", *common]  # fmt: skip
     assert main(train) == 0

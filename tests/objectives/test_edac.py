@@ -377,7 +377,7 @@ def test_trains_and_finetunes_through_the_command_line(name, tmp_path, capsys, o
                "--policy", "random", "--root", root, "--no-progress"]  # fmt: skip
     assert main(collect) == 0
     common = ["--dataset", "pendulum/tiny-v0", "--root", root, "--batch-size", "16",
-              "--checkpoint-every", "3", "--no-progress"]  # fmt: skip
+              "--checkpoint-every", "3", "--eval-env", "none", "--no-progress"]  # fmt: skip
     train = ["train", "--algo", name, "--steps", "6", "--out", str(run), "--preset",
              "walker2d-medium", "--set", "hidden_sizes=(16,)", *common]  # fmt: skip
     assert main(train) == 0

@@ -321,3 +321,21 @@ def test_a_sizes_only_preset_goes_on_top_of_the_default_preset():
     algo = build_algorithm("cql", OBS, BOX, preset="small", min_q_weight=1.0)
     assert algo.hyperparameters["hidden_sizes"] == [64, 64] and algo.loss.min_q_weight == 1.0
     assert algo.loss.with_lagrange  # d3rlpy's
+
+
+def test_specs_are_read_from_a_dataset_when_not_given():
+    from tensordict import TensorDict
+
+    from torchrl_offline.data.storage import make_replay_buffer
+
+    action = torch.tensor([[-0.5, 0.0], [1.5, 1.0], [0.0, 0.0], [1.0, 0.5]])
+    rb = make_replay_buffer(TensorDict({"observation": torch.zeros(4, 5), "action": action}, [4]))
+    algo = build_algorithm("td3_bc", dataset=rb, hidden_sizes=(8,))
+    assert algo.observation_spec.shape == (5,)
+    assert torch.equal(algo.action_spec.space.low, torch.tensor([-0.5, 0.0]))
+    assert torch.equal(algo.action_spec.space.high, torch.tensor([1.5, 1.0]))
+    # an explicit spec wins over the dataset's
+    algo = build_algorithm("td3_bc", None, Bounded(-1.0, 1.0, (2,)), dataset=rb, hidden_sizes=(8,))
+    assert torch.equal(algo.action_spec.space.high, torch.ones(2))
+    with pytest.raises(AlgorithmError, match="or a dataset= to read them from"):
+        build_algorithm("td3_bc", hidden_sizes=(8,))

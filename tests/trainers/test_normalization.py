@@ -143,3 +143,26 @@ def test_ope_reads_log_probs_through_the_wrapper():
     batch = data.storage[:5]
     log_prob = as_evaluation_policy(algo.policy).log_prob(batch)
     assert log_prob.shape == (5,) and torch.isfinite(log_prob).all()
+
+
+def test_every_observation_entry_of_a_batch_is_normalised():
+    """The tail observation of AWR's and Cal-QL's Monte Carlo returns is an observation
+    too: the value network that bootstraps from it was trained on normalised inputs."""
+    from torchrl_offline.trainers.normalization import NormalizeObservations
+
+    loc, scale = torch.tensor([5.0, -1.0]), torch.tensor([10.0, 2.0])
+    raw = torch.tensor([[15.0, 1.0], [5.0, -1.0]])
+    batch = TensorDict(
+        {
+            "observation": raw.clone(),
+            ("next", "observation"): raw.clone(),
+            "mc_tail_observation": raw.clone(),
+            "action": raw.clone(),
+        },
+        [2],
+    )
+    NormalizeObservations(loc, scale)(batch)
+    expected = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    for key in ("observation", ("next", "observation"), "mc_tail_observation"):
+        assert torch.equal(batch[key], expected), key
+    assert torch.equal(batch["action"], raw)  # not an observation

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torchrl.trainers import EarlyStopping, LogScalar
 
 from tests.trainers.conftest import StopAt, make_dataset
@@ -17,6 +19,7 @@ from torchrl_offline.trainers.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from torchrl_offline.trainers.metrics import read_metrics
 from torchrl_offline.trainers.offline import OfflineSource, OfflineTrainer, load_algorithm, train
 from torchrl_offline.trainers.run_dir import RunDirectoryError
 
@@ -24,6 +27,7 @@ TINY = {"hidden_sizes": (16,)}
 
 
 def _run(name, out_dir, *, total=10, hooks=(), resume=False, discrete=False, overrides=(), **kw):
+    kw.setdefault("logger", None)  # the tests of the metrics file and figure ask for them
     return train(
         name,
         make_dataset(discrete=discrete),
@@ -141,15 +145,54 @@ def test_load_algorithm_restores_the_policy(tmp_path):
     a = result.algorithm.policy(obs.clone())["logits"]
     b = algo.policy(obs.clone())["logits"]
     assert torch.equal(a, b)
+    (tmp_path / "checkpoints" / "empty").mkdir()
     with pytest.raises(CheckpointError, match="No checkpoint"):
-        load_algorithm(tmp_path / "logs")
+        load_algorithm(tmp_path / "checkpoints" / "empty")
 
 
-def test_logs_are_written(tmp_path):
-    _run("iql", tmp_path, total=4, log_interval=2)
-    scalars = tmp_path / "logs" / "iql" / "scalars" / "train"
-    text = (scalars / "loss_actor.csv").read_text().strip().splitlines()
-    assert [line.split(",")[0] for line in text] == ["2", "4"]
+def test_the_metrics_file_has_a_header_and_one_row_per_logged_step(tmp_path):
+    eval_kw = {"eval_env": "Pendulum-v1", "eval_interval": 4, "eval_episodes": 2}
+    result = _run(
+        "iql", tmp_path, total=6, log_interval=2, logger="csv", eval_max_steps=5, **eval_kw
+    )
+    assert result.metrics == tmp_path / "metrics.csv" and result.log_dir == tmp_path
+    assert not (tmp_path / "logs").exists()  # the metrics file replaces TorchRL's CSV files
+    header, *rows = result.metrics.read_text().splitlines()
+    columns = header.split(",")
+    assert columns[:5] == [
+        "step",
+        "eval/return_mean",
+        "eval/return_std",
+        "eval/normalized_score",  # the dataset has reference returns
+        "eval/episode_length",
+    ]
+    for name in ("loss_actor", "loss_qvalue", "loss_value", "lr_actor", "lr_value", "steps_per_s"):
+        assert f"train/{name}" in columns
+    assert [row.split(",")[0] for row in rows] == ["0", "2", "4", "6"]
+    table = read_metrics(tmp_path)
+    evaluated = table["eval/return_mean"][~np.isnan(table["eval/return_mean"])]
+    assert evaluated.tolist() == [e["return_mean"] for e in result.evaluations]  # steps 0, 4, 6
+    assert np.isnan(table["eval/return_mean"][1]) and np.isnan(table["train/loss_actor"][0])
+    assert np.all(table["train/lr_actor"][1:] == pytest.approx(3e-4, rel=1e-3))
+    figure = Image.open(result.figure)
+    assert result.figure == tmp_path / "metrics.png" and figure.format == "PNG"
+    assert figure.size[0] == 1000 and 500 < figure.size[1] < 1000
+
+
+def test_a_resumed_run_continues_the_metrics_file_without_duplicate_rows(tmp_path):
+    """The stopped run logged steps 5 and 6 after the checkpoint the resumed run starts
+    from (step 4): those rows are dropped and logged again, identically."""
+    kw = {"eval_env": "Pendulum-v1", "eval_interval": 3, "eval_episodes": 1, "eval_max_steps": 5}
+    kw.update(log_interval=1, logger="csv")
+    full = _run("iql", tmp_path / "full", **kw)
+    _run("iql", tmp_path / "part", hooks=[StopAt(6)], **kw)
+    (tmp_path / "part" / "checkpoints" / "checkpoint_000000006.pt").unlink()
+    resumed = _run("iql", tmp_path / "part", resume=True, **kw)
+    assert resumed.step == 10
+    a, b = read_metrics(full.metrics), read_metrics(resumed.metrics)
+    assert b["step"].tolist() == list(range(11)) and a.keys() == b.keys()
+    for key in a.keys() - {"train/steps_per_s"}:  # speed is wall clock
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 def _td3_bc_trainer(data, total_steps, *, targets=False, **kwargs):
@@ -353,13 +396,14 @@ def test_ope_hook_runs_inside_train_and_resumes(tmp_path):
 
     data = make_dataset()
     hook = OPEHook({"mean": _MeanReward()}, data, interval=3)
-    _run("iql", tmp_path, total=7, hooks=[hook])
+    _run("iql", tmp_path, total=7, hooks=[hook], logger="csv")
     assert [h["step"] for h in hook.history] == [3, 6]
-    rows = (tmp_path / "logs" / "iql" / "scalars" / "ope" / "mean" / "value.csv").read_text()
-    assert [r.split(",")[0] for r in rows.splitlines()] == ["3", "6"]
+    values = read_metrics(tmp_path)["ope/mean/value"]
+    assert values.tolist() == [h["value"] for h in hook.history]
     again = OPEHook({"mean": _MeanReward()}, data, interval=3)
-    _run("iql", tmp_path, total=9, hooks=[again], resume=True)
+    _run("iql", tmp_path, total=9, hooks=[again], resume=True, logger="csv")
     assert [h["step"] for h in again.history] == [3, 6, 9]
+    assert read_metrics(tmp_path)["step"].tolist() == [3, 6, 9]
 
 
 def test_resume_restores_a_without_replacement_sampler(tmp_path):

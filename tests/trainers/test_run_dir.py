@@ -225,7 +225,7 @@ def test_a_run_killed_before_its_first_checkpoint_is_not_a_run(tmp_path):
         pass  # ours to overwrite, though it holds no run
 
 
-@pytest.mark.parametrize("name", ["summary.json", RUN_MARKER])
+@pytest.mark.parametrize("name", ["summary.json", RUN_MARKER, "metrics.csv"])
 def test_a_file_of_the_same_name_that_is_not_ours_is_never_replaced(tmp_path, name):
     """Review of issue 15, finding 3: a user's own summary.json was silently replaced."""
     (tmp_path / name).write_text('{"mine": true}')

@@ -1,4 +1,4 @@
-"""The ``torchrl-offline`` command line: collect, inspect, train, evaluate and OPE.
+"""The ``torchrl-offline`` command line: collect, inspect, train, evaluate, OPE and plot.
 
 Each subcommand lives in its own module with an ``add_parser(subparsers)`` that registers
 it and a ``run(args) -> int``. :func:`main` parses the arguments, runs the subcommand and
@@ -30,7 +30,17 @@ __all__ = ["CLIError", "UsageError", "build_parser", "main"]
 
 PROG = "torchrl-offline"
 #: Subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS = ("collect", "info", "train", "evaluate", "ope", "finetune", "verify")
+SUBCOMMANDS = (
+    "collect",
+    "info",
+    "train",
+    "evaluate",
+    "ope",
+    "finetune",
+    "plot",
+    "export",
+    "verify",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,12 +15,14 @@ __all__ = [
     "LOG_SUFFIXES",
     "CLIError",
     "HelpFormatter",
+    "RunWarnings",
     "UsageError",
     "add_resume_option",
     "add_run_options",
     "check_logger_installed",
     "check_run_flags",
     "finish_run",
+    "is_log_file",
     "local_datasets",
     "log_interval",
     "nothing_to_do",
@@ -108,7 +110,9 @@ def local_datasets(root: str | os.PathLike | None = None, *, limit: int = 50) ->
     return sorted(found)[:limit]
 
 
-def _is_log_file(path: Path) -> bool:
+def is_log_file(path: Path) -> bool:
+    """Whether ``path`` is a log file read with ``from_logged`` (a suffix of
+    :data:`LOG_SUFFIXES`; not a Minari dataset's ``main_data.hdf5``)."""
     return path.is_file() and path.suffix.lower() in LOG_SUFFIXES and path.name != "main_data.hdf5"
 
 
@@ -117,22 +121,53 @@ def open_dataset(
     *,
     root: str | os.PathLike | None = None,
     batch_size: int | None = 256,
+    columns: dict[str, Any] | None = None,
+    ignore: list[str] | tuple[str, ...] = (),
+    env_id: str | None = None,
+    notes: bool = True,
 ) -> Any:
     """Open a dataset named on the command line as an offline replay buffer.
 
     ``dataset`` is a Minari dataset id (looked up under ``root``), the path of a Minari
     dataset folder, or the path of a logged-data file (Parquet, CSV, D4RL-style HDF5),
-    read with :func:`~torchrl_offline.data.from_logged`.
+    read with :func:`~torchrl_offline.data.from_logged` as
+    :func:`~torchrl_offline.cli.log_options.open_log` reads it (``columns``, ``ignore``,
+    ``env_id``: the ``--columns``, ``--ignore``, ``--env-id`` options).
+
+    Args:
+        notes: print on stderr the transitions of a log that were dropped and whether the
+            log of a dataset saved from it changed since
+            (:func:`~torchrl_offline.cli.log_options.dataset_notes`).
 
     Raises:
         CLIError: the dataset does not exist; the message lists the local dataset ids.
+        UsageError: ``columns`` or ``ignore`` for a dataset that is not a log file.
     """
-    from torchrl_offline.data import DatasetNotFoundError, from_logged, load_minari
-    from torchrl_offline.data.minari_writer import minari_root
+    from torchrl_offline.cli.log_options import open_log, print_dataset_notes, set_env_id
 
     path = Path(dataset).expanduser()
-    if _is_log_file(path):
-        return from_logged(path, batch_size=batch_size)
+    if is_log_file(path):
+        buffer = open_log(
+            path, batch_size=batch_size, columns=columns, ignore=ignore, env_id=env_id
+        )
+    else:
+        if columns or ignore:
+            raise UsageError(
+                f"--columns and --ignore apply to log files ({', '.join(LOG_SUFFIXES)}); "
+                f"{dataset!r} is not one"
+            )
+        buffer = _open_minari(dataset, path, root, batch_size)
+        if env_id is not None:
+            set_env_id(buffer, env_id, dataset)
+    if notes:
+        print_dataset_notes(buffer, dataset)
+    return buffer
+
+
+def _open_minari(dataset: str, path: Path, root: Any, batch_size: int | None) -> Any:
+    from torchrl_offline.data import DatasetNotFoundError, load_minari
+    from torchrl_offline.data.minari_writer import minari_root
+
     if path.is_file() and path.name == "main_data.hdf5":
         path = path.parent.parent
         dataset = str(path)
@@ -148,12 +183,15 @@ def open_dataset(
         ) from None
 
 
-def add_run_options(parser: argparse.ArgumentParser, *, auto_env: str) -> None:
+def add_run_options(
+    parser: argparse.ArgumentParser, *, auto_env: str, default_env: str = "no evaluation"
+) -> None:
     """Adds the options ``train`` and ``finetune`` share: batch, evaluation, checkpoints, logs.
 
     Args:
         parser: the subcommand's parser.
         auto_env: what ``--eval-env auto`` means for this subcommand, for ``--help``.
+        default_env: what no ``--eval-env`` means, for ``--help``.
     """
     parser.add_argument("--batch-size", type=int, default=256, help="transitions per update")
     parser.add_argument(
@@ -163,7 +201,10 @@ def add_run_options(parser: argparse.ArgumentParser, *, auto_env: str) -> None:
         "without it or --resume, an --out holding a run is refused",
     )
     parser.add_argument(
-        "--eval-env", metavar="ENV", help=f"gymnasium id to evaluate in, or 'auto' for {auto_env}"
+        "--eval-env",
+        metavar="ENV",
+        help=f"gymnasium id to evaluate in, 'auto' for {auto_env}, or 'none' (default: "
+        f"{default_env})",
     )
     parser.add_argument(
         "--eval-every",
@@ -195,7 +236,12 @@ def add_run_options(parser: argparse.ArgumentParser, *, auto_env: str) -> None:
         help="steps between logged loss means (default: --steps / 20, at most 1000)",
     )
     parser.add_argument(
-        "--logger", default="csv", choices=LOGGERS, help="TorchRL logger, writing in DIR/logs"
+        "--logger",
+        default="csv",
+        choices=LOGGERS,
+        help="where the logged values go besides DIR/metrics.csv and DIR/metrics.png: csv "
+        "(nothing more, the default), a TorchRL logger in DIR/logs, or none (no metrics file "
+        "and figure either)",
     )
     parser.add_argument(
         "--root", help="Minari datasets root (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)"
@@ -315,23 +361,24 @@ def warn(args: argparse.Namespace, message: str) -> None:
     print(f"torchrl-offline {args.command}: warning: {message}", file=sys.stderr)
 
 
-def warn_run_flags(args: argparse.Namespace) -> list[str]:
-    """Warns (on stderr) about intervals longer than the run: an ``--eval-every`` or
-    ``--log-every`` above ``--steps``. Returns the warnings.
+def warn_run_flags(args: argparse.Namespace, *, evaluating: bool) -> list[str]:
+    """Warns (on stderr) about intervals longer than the run: an ``--eval-every`` above
+    ``--steps`` when the run evaluates, a ``--log-every`` above ``--steps``. Returns the
+    warnings.
 
     Examples:
         >>> import argparse
         >>> from torchrl_offline.cli.common import warn_run_flags
-        >>> args = argparse.Namespace(command="train", steps=1000, eval_env="auto",
-        ...                           eval_every=5000, log_every=None, resume=False)
-        >>> print(warn_run_flags(args)[0])  # doctest: +NORMALIZE_WHITESPACE
+        >>> args = argparse.Namespace(command="train", steps=1000, eval_every=5000,
+        ...                           log_every=None, resume=False)
+        >>> print(warn_run_flags(args, evaluating=True)[0])  # doctest: +NORMALIZE_WHITESPACE
         --eval-every 5000 is more than --steps 1000: the policy is evaluated only before
         the first update and after the last one (no learning curve); give --eval-every
         below 1000, e.g. 100
     """
     warnings = []
     steps = args.steps
-    if getattr(args, "eval_env", None) is not None and args.eval_every > steps:
+    if evaluating and args.eval_every > steps:
         when = (
             "after the last update"
             if args.resume
@@ -345,11 +392,36 @@ def warn_run_flags(args: argparse.Namespace) -> list[str]:
     if args.log_every is not None and args.log_every > steps:
         warnings.append(
             f"--log-every {args.log_every} is more than --steps {steps}: no loss is logged; "
-            f"give --log-every below {steps} (or leave it out: every {_default_log_interval(steps)})"
+            f"give --log-every below {steps} (or leave it out: every "
+            f"{_default_log_interval(steps)})"
         )
     for message in warnings:
         warn(args, message)
     return warnings
+
+
+class RunWarnings:
+    """A trainer hook (for ``hooks=`` of ``train``/``finetune``) that gives the warnings of
+    :func:`warn_run_flags` as training starts, once the command line, the data, the
+    algorithm's settings and the run directory have all been accepted: a command that
+    fails says only why.
+
+    Args:
+        args: the parsed command line.
+
+    Keyword Args:
+        evaluating (bool): whether the run evaluates its policy.
+    """
+
+    def __init__(self, args: argparse.Namespace, *, evaluating: bool) -> None:
+        self.args = args
+        self.evaluating = evaluating
+
+    def __call__(self) -> None:
+        warn_run_flags(self.args, evaluating=self.evaluating)
+
+    def register(self, trainer: Any, name: str = "run_warnings") -> None:
+        trainer.register_op("setup", self)
 
 
 def check_logger_installed(kind: str) -> None:
@@ -374,10 +446,14 @@ def check_logger_installed(kind: str) -> None:
 
 
 def print_run_files(result: Any) -> None:
-    """Prints where a run's last checkpoint and its logs are."""
+    """Prints where a run's last checkpoint, metrics file, figure and other logs are."""
     if result.checkpoint is not None:
         print(f"checkpoint: {result.checkpoint}")
-    if result.log_dir is not None:
+    metrics = getattr(result, "metrics", None)
+    for name, path in (("metrics", metrics), ("figure", getattr(result, "figure", None))):
+        if path is not None:
+            print(f"{name}: {path}")
+    if result.log_dir is not None and (metrics is None or result.log_dir != metrics.parent):
         print(f"logs: {result.log_dir}")
 
 

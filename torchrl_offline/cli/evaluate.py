@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from torchrl_offline.cli.common import CLIError, UsageError, open_dataset, progress_bar
+from torchrl_offline.cli.log_options import add_log_options, log_keywords
 
 __all__ = ["add_parser", "run"]
 
@@ -35,6 +36,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--root", help="Minari datasets root (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)"
     )
+    add_log_options(parser)
     parser.set_defaults(run=run)
     return parser
 
@@ -43,8 +45,14 @@ def _env_and_reference(args: argparse.Namespace) -> tuple[str, tuple[float, floa
     from torchrl_offline.cli.envs import dataset_env_id
 
     env_id, ref = args.env, None
+    log_options = log_keywords(args)
+    if args.dataset is None and any(log_options.values()):
+        raise UsageError(
+            "--columns, --ignore and --env-id describe the log given as --dataset; name the "
+            "env to evaluate in with --env"
+        )
     if args.dataset is not None:
-        buffer = open_dataset(args.dataset, root=args.root)
+        buffer = open_dataset(args.dataset, root=args.root, **log_options)
         meta = buffer.metadata or {}
         if meta.get("ref_min_score") is not None and meta.get("ref_max_score") is not None:
             ref = (float(meta["ref_min_score"]), float(meta["ref_max_score"]))

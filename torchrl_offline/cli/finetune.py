@@ -9,6 +9,7 @@ from typing import Any
 
 from torchrl_offline.cli.common import (
     CLIError,
+    RunWarnings,
     UsageError,
     add_resume_option,
     add_run_options,
@@ -19,8 +20,8 @@ from torchrl_offline.cli.common import (
     open_dataset,
     print_run_files,
     run_keywords,
-    warn_run_flags,
 )
+from torchrl_offline.cli.log_options import add_log_options, log_keywords
 
 __all__ = ["add_parser", "run"]
 
@@ -100,6 +101,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "epsilon of discrete greedy ones",
     )
     add_run_options(parser, auto_env="the fine-tuning env")
+    add_log_options(parser)
     parser.set_defaults(run=run)
     return parser
 
@@ -156,7 +158,9 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"the checkpoint {str(file)!r} is a {algorithm.name} run, not {args.algo}")
     out = Path(args.out)
     _check_out(out, file)
-    buffer = open_dataset(args.dataset, root=args.root, batch_size=args.batch_size)
+    buffer = open_dataset(
+        args.dataset, root=args.root, batch_size=args.batch_size, **log_keywords(args)
+    )
     check_specs_match(
         algorithm.observation_spec,
         algorithm.action_spec,
@@ -165,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         theirs=f"the dataset {args.dataset!r}",
     )
     env_id = _env_id(args, buffer)
-    eval_id = env_id if args.eval_env == "auto" else args.eval_env
+    eval_id = {"auto": env_id, "none": None}.get(args.eval_env, args.eval_env)
     envs = []
     run_state = _RunState()
     try:
@@ -173,7 +177,6 @@ def run(args: argparse.Namespace) -> int:
             if name is not None:
                 envs.append(make_env(name))
                 check_env_matches(algorithm.observation_spec, algorithm.action_spec, envs[-1], name)
-        warn_run_flags(args)  # the command line holds: say what it will not do
         result = finetune(
             algorithm,
             buffer,
@@ -191,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
             utd_ratio=args.utd_ratio,
             exploration_noise=args.exploration_noise,
             eval_env=envs[1] if eval_id is not None else None,
-            hooks=[run_state],
+            hooks=[run_state, RunWarnings(args, evaluating=eval_id is not None)],
             **run_keywords(args),
         )
     finally:

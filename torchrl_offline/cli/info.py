@@ -6,7 +6,8 @@ import argparse
 import json
 from typing import Any
 
-from torchrl_offline.cli.common import UsageError, open_dataset
+from torchrl_offline.cli.common import UsageError, is_log_file, open_dataset
+from torchrl_offline.cli.log_options import add_log_options, dataset_notes, log_keywords
 
 __all__ = ["add_parser", "dataset_info", "run"]
 
@@ -28,6 +29,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument(
         "--bins", type=int, default=10, help="bins per action dimension for the coverage measure"
+    )
+    add_log_options(parser)
+    parser.add_argument(
+        "--save",
+        metavar="ID",
+        help="also write the log as the Minari dataset ID (under --root), with its env id: "
+        "later commands take --dataset ID without the log's options",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="with --save: replace a dataset ID of other data"
     )
     parser.set_defaults(run=run)
     return parser
@@ -98,6 +109,7 @@ def _info_and_stats(buffer: Any, bins: int) -> tuple[dict[str, Any], Any]:
             "ref_min_score": meta.get("ref_min_score"),
             "ref_max_score": meta.get("ref_max_score"),
             "behavior_keys": meta.get("behavior_keys"),
+            **_log_counts(meta),
         },
         "stats": stats.as_dict(),
     }
@@ -113,23 +125,74 @@ def _info_and_stats(buffer: Any, bins: int) -> tuple[dict[str, Any], Any]:
     return info, stats
 
 
+#: Keys of ``info["dataset"]`` that the text output shows as a note instead.
+_IN_NOTES = ("dropped_transitions", "terminal_steps_kept")
+
+
+def _log_counts(meta: dict[str, Any]) -> dict[str, Any]:
+    """A log's (or the log of a dataset saved from one) dropped and filled transitions."""
+    record = meta.get("source_log") if isinstance(meta.get("source_log"), dict) else meta
+    return {
+        "log": record.get("path") if record is not meta else None,
+        "dropped_transitions": record.get("dropped_transitions"),
+        "terminal_steps_kept": record.get("terminal_next_observations_filled"),
+    }
+
+
+def _open(args: argparse.Namespace) -> Any:
+    if args.save is None:
+        if args.overwrite:
+            raise UsageError("--overwrite goes with --save")
+        return open_dataset(args.dataset, root=args.root, notes=False, **log_keywords(args))
+    from pathlib import Path
+
+    from torchrl_offline.cli.log_options import open_log
+
+    if not is_log_file(Path(args.dataset).expanduser()):
+        raise UsageError(
+            f"--save writes a log file as a Minari dataset; {args.dataset!r} is not one"
+        )
+    return open_log(
+        Path(args.dataset).expanduser(),
+        batch_size=256,
+        save=args.save,
+        root=args.root,
+        overwrite=args.overwrite,
+        **log_keywords(args),
+    )
+
+
 def run(args: argparse.Namespace) -> int:
-    """Print the dataset's statistics as text or JSON."""
+    """Print the dataset's statistics as text or JSON (and write ``--save``)."""
     if args.bins < 1:
         raise UsageError(f"--bins must be positive, got {args.bins}")
-    buffer = open_dataset(args.dataset, root=args.root)
+    buffer = _open(args)
     info, stats = _info_and_stats(buffer, args.bins)
+    notes = dataset_notes(buffer, args.dataset)
+    if args.save is not None:
+        from torchrl_offline.data.minari_writer import minari_root
+
+        info["saved"] = {"id": args.save, "path": str(minari_root(args.root) / args.save)}
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps({**info, "notes": [f"{k}: {t}" for k, t in notes]}, indent=2))
         return 0
-    for key, value in info["dataset"].items():
-        if value is not None:
-            print(f"{key:<19}{value}")
+    shown = {k: v for k, v in info["dataset"].items() if v is not None and k not in _IN_NOTES}
+    width = max(map(len, shown), default=0) + 2
+    for key, value in shown.items():
+        print(f"{key:<{width}}{value}")
+    for kind, text in notes:
+        print(f"{kind}: {text}")
     print(stats)
     if "normalized_return" in info:
         norm = info["normalized_return"]
         print(
             f"normalized return mean={norm['mean']:.4g}  min={norm['min']:.4g}  "
             f"max={norm['max']:.4g}"
+        )
+    if "saved" in info:
+        root = f" --root {args.root}" if args.root else ""
+        print(
+            f"saved as the Minari dataset {args.save} ({info['saved']['path']}); later "
+            f"commands take --dataset {args.save}{root}"
         )
     return 0

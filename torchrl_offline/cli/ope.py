@@ -9,6 +9,7 @@ import warnings
 from typing import Any
 
 from torchrl_offline.cli.common import UsageError, open_dataset, progress_bar
+from torchrl_offline.cli.log_options import add_log_options, log_keywords
 
 __all__ = ["ESTIMATORS", "add_parser", "run"]
 
@@ -67,6 +68,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--root", help="Minari datasets root (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)"
     )
+    add_log_options(parser)
     parser.set_defaults(run=run)
     return parser
 
@@ -196,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, option) < 1:
             raise UsageError(f"--{option.replace('_', '-')} must be positive")
     algorithm, step, file = load_trained(args.checkpoint)
-    buffer = open_dataset(args.dataset, root=args.root)
+    buffer = open_dataset(args.dataset, root=args.root, **log_keywords(args))
     check_specs_match(
         *specs_from_dataset(buffer),
         algorithm.observation_spec,

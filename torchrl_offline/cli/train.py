@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from torchrl_offline import registry
 from torchrl_offline.cli.common import (
     CLIError,
     HelpFormatter,
+    RunWarnings,
     UsageError,
     add_resume_option,
     add_run_options,
@@ -21,15 +23,17 @@ from torchrl_offline.cli.common import (
     parse_scalar,
     print_run_files,
     run_keywords,
-    warn_run_flags,
 )
+from torchrl_offline.cli.log_options import add_log_options, log_keywords
 
 __all__ = ["add_parser", "parse_overrides", "run"]
 
 _EPILOG = """\
 examples:
   torchrl-offline train --algo iql --dataset pendulum/mixed-v0 --steps 20000 --out runs/iql \\
-      --eval-env auto --eval-every 5000
+      --eval-every 5000                         # evaluates in the dataset's env, Pendulum-v1
+  torchrl-offline train --algo discrete_iql --dataset log.csv --columns observation=x,v \\
+      --columns action=force --ignore note --env-id CartPole-v1 --steps 20000 --out runs/cp
   torchrl-offline train --algo iql --dataset pendulum/mixed-v0 --steps 40000 --out runs/iql \\
       --resume                                  # continue the same run up to 40000 steps
   torchrl-offline train --algo cql --dataset data.parquet --steps 1000 --out runs/cql \\
@@ -85,7 +89,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="print the algorithm's hyperparameters and defaults, then exit",
     )
-    add_run_options(parser, auto_env="the env recorded with the dataset")
+    add_run_options(
+        parser,
+        auto_env="the env recorded with the dataset",
+        default_env="the env recorded with the dataset, if any",
+    )
+    add_log_options(parser)
     dist = parser.add_argument_group("data-parallel training (launch with torchrun)")
     dist.add_argument(
         "--distributed",
@@ -175,23 +184,38 @@ def _list_hyperparameters(name: str) -> int:
 
 
 def _eval_env(args: argparse.Namespace, buffer: Any) -> tuple[Any, str | None]:
-    """The evaluation env (checked against the dataset's specs) and its id."""
-    if args.eval_env is None:
+    """The evaluation env (checked against the dataset's specs) and its id.
+
+    Without ``--eval-env``, the env recorded with the dataset, if any; one that cannot be
+    made or does not fit the data is then skipped with a warning (named with
+    ``--eval-env``, it is an error).
+    """
+    if args.eval_env == "none":
         return None, None
     from torchrl_offline.cli.envs import check_env_matches, dataset_env_id, make_env
     from torchrl_offline.trainers.algorithms import specs_from_dataset
 
     env_id = args.eval_env
-    if env_id == "auto":
+    if env_id in (None, "auto"):
         env_id = dataset_env_id(buffer)
+        if env_id is None and args.eval_env == "auto":
+            raise CLIError(
+                "--eval-env auto: the dataset records no env id; name the env, or record it "
+                "with --env-id"
+            )
         if env_id is None:
-            raise CLIError("--eval-env auto: the dataset records no env id; name the env")
-    env = make_env(env_id)
+            return None, None
+    env = None
     try:
+        env = make_env(env_id)
         check_env_matches(*specs_from_dataset(buffer), env, env_id)
-    except CLIError:
-        env.close()
-        raise
+    except CLIError as err:
+        if env is not None:
+            env.close()
+        if args.eval_env is not None:
+            raise
+        print(f"warning: no evaluation in the dataset's env: {err}", file=sys.stderr)
+        return None, None
     return env, env_id
 
 
@@ -221,7 +245,9 @@ def run(args: argparse.Namespace) -> int:
         # An unknown --set key is refused by build_algorithm (its message lists the valid
         # keys of the resolved algorithm, e.g. discrete_iql for iql on a discrete dataset).
         if context is None:
-            buffer = open_dataset(args.dataset, root=args.root, batch_size=args.batch_size)
+            buffer = open_dataset(
+                args.dataset, root=args.root, batch_size=args.batch_size, **log_keywords(args)
+            )
             env, env_id = _eval_env(args, buffer)
         else:  # every rank opens the (memory-mapped) dataset; rank 0 alone evaluates
             buffer = context.call(
@@ -230,10 +256,10 @@ def run(args: argparse.Namespace) -> int:
                 args.dataset,
                 root=args.root,
                 batch_size=args.batch_size,
+                notes=context.is_main,
+                **log_keywords(args),
             )
             env, env_id = _main_rank_eval_env(context, args, buffer)
-        if context is None or context.is_main:
-            warn_run_flags(args)  # the command line holds: say what it will not do
         result = train(
             args.algo,
             buffer,
@@ -246,7 +272,10 @@ def run(args: argparse.Namespace) -> int:
             preset=args.preset,
             overrides=overrides,
             eval_env=env,
-            hooks=[LongRunHint(advice="--preset small")],
+            hooks=[
+                RunWarnings(args, evaluating=env is not None),
+                LongRunHint(advice="--preset small"),
+            ],
             distributed=False if context is None else context,
             **run_keywords(args),
         )

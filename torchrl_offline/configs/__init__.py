@@ -13,7 +13,10 @@
 * group ``trainer``: ``offline`` (:mod:`torchrl_offline.configs.trainers`);
 * group ``model``: ``offline_tanh_mean_gaussian`` (the IQL paper's actor),
   ``offline_categorical`` and ``offline_behavior_vae`` (BCQ's and BEAR's behaviour model)
-  (:mod:`torchrl_offline.configs.modules`).
+  (:mod:`torchrl_offline.configs.modules`);
+* the OmegaConf resolver ``offline_spec``: network sizes and action bounds read from the
+  dataset node, ``${offline_spec:${dataset},observation_dim}``
+  (:mod:`torchrl_offline.configs.specs`).
 
 The ``offline_`` prefix keeps our losses apart from TorchRL's ``loss: iql`` and
 ``loss: cql`` (TorchRL's own implementations, with their defaults). Everything else
@@ -76,6 +79,7 @@ from torchrl_offline.configs.objectives import (
     loss_config,
     loss_configs,
 )
+from torchrl_offline.configs.specs import register_spec_resolver
 from torchrl_offline.configs.trainers import OfflineTrainerConfig, default_loss_components
 
 __all__ = [
@@ -132,8 +136,9 @@ def register_configs(cs: ConfigStore | None = None) -> ConfigStore:
     """Stores our configs in ``cs`` (the global ``ConfigStore`` by default).
 
     With the global store, TorchRL's own configs are registered first (importing
-    ``torchrl.trainers.algorithms.configs`` does it), so the groups hold both. Calling
-    again is harmless.
+    ``torchrl.trainers.algorithms.configs`` does it), so the groups hold both. Also
+    registers the ``offline_spec`` resolver (:mod:`torchrl_offline.configs.specs`:
+    network sizes and action bounds read from the dataset). Calling again is harmless.
 
     Args:
         cs: the store to fill; ``ConfigStore.instance()`` when ``None``.
@@ -164,4 +169,5 @@ def register_configs(cs: ConfigStore | None = None) -> ConfigStore:
             )
     for group, name, node in entries:
         cs.store(group=group, name=name, node=node, provider="torchrl_offline")
+    register_spec_resolver()
     return cs

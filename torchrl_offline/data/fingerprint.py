@@ -8,8 +8,9 @@ The fingerprint covers:
 * the bytes of :data:`SAMPLED_ROWS` rows at a fixed stride (first and last included);
 * the dataset's metadata (``replay_buffer.metadata``: the adapters store the full
   content hash of a conversion there, the spaces and reference scores), except entries
-  naming where the data lies (``*path*``, ``dataset_id``, ``minari_id``), so a moved or
-  renamed copy of the same data has the same fingerprint.
+  naming where the data lies (``*path*``, ``dataset_id``, ``minari_id``) or came from
+  (``source_log``: the log a Minari dataset was written from, with its modification
+  time), so a moved or renamed copy of the same data has the same fingerprint.
 
 It reads :data:`SAMPLED_ROWS` rows whatever the size (milliseconds on a memory-mapped
 dataset of millions of transitions). A change confined to rows that are not sampled, in
@@ -31,7 +32,7 @@ __all__ = ["SAMPLED_ROWS", "dataset_fingerprint", "fingerprint_difference"]
 
 #: Rows read by :func:`dataset_fingerprint`, at a fixed stride over the dataset.
 SAMPLED_ROWS = 64
-_LOCATION_KEYS = ("dataset_id", "minari_id")
+_LOCATION_KEYS = ("dataset_id", "minari_id", "source_log")
 
 
 def _raw_bytes(tensor: torch.Tensor) -> bytes:

@@ -42,6 +42,7 @@ from torchrl_offline.data.keys import (
     TRUNCATED,
 )
 from torchrl_offline.data.log_columns import ACCEPTED_NAMES, FLOAT_FIELDS, Column, resolve_columns
+from torchrl_offline.data.log_env import check_observation_shape, log_env
 from torchrl_offline.data.log_episodes import Walk, first_index, iter_transitions
 from torchrl_offline.data.log_sources import (
     Name,
@@ -68,6 +69,7 @@ from torchrl_offline.data.storage import (
     write_complete_marker,
 )
 from torchrl_offline.data.validate import validate_transitions
+from torchrl_offline.integrity import file_digest
 
 __all__ = ["ACCEPTED_NAMES", "from_logged"]
 
@@ -222,6 +224,7 @@ def from_logged(
     observation_space: gym.Space | None = None,
     action_space: gym.Space | None = None,
     drop_incomplete: bool = False,
+    env_id: str | None = None,
     dtype: torch.dtype = torch.float32,
     one_hot_actions: bool = False,
     file_format: str | None = None,
@@ -295,6 +298,12 @@ def from_logged(
             Discrete(max + 1) for integer actions, MultiDiscrete for integer vectors).
         drop_incomplete: drop the non-terminal transitions whose next observation
             cannot be derived instead of raising (terminal ones are always kept).
+        env_id: the gymnasium id of the env that generated the log. It is stored in the
+            metadata as Minari datasets keep theirs (``env_spec``, the spec's JSON), and
+            in the Minari copy, so the command line finds the env by itself. The env is
+            made once: without ``action_space``, its action space is the dataset's
+            (rather than one inferred from the logged actions), and logged observations
+            of another shape than its Box observations are refused.
         dtype: the floating dtype of the stored data.
         one_hot_actions: store Discrete actions one-hot (int64) instead of indices.
         file_format: ``"parquet"``, ``"csv"`` or ``"hdf5"`` when the file suffix does
@@ -307,7 +316,11 @@ def from_logged(
         ref_max_score: reference return of an expert policy.
         overwrite: replace an existing dataset at ``path`` (and Minari dataset) that
             holds other data.
-        minari_id: also write the transitions as the Minari dataset with this id.
+        minari_id: also write the transitions as the Minari dataset with this id. Its
+            metadata records the log (``torchrl_offline_log``: the counts of dropped and
+            filled transitions and, for a file, its path, size, modification time and
+            hash, which :func:`~torchrl_offline.data.load_minari` returns as
+            ``source_log``).
         minari_root: the Minari datasets root (default ``$MINARI_DATASETS_PATH`` or
             ``~/.minari/datasets``).
         minari_kwargs: more arguments of
@@ -352,6 +365,9 @@ def from_logged(
         raise ValueError("ref_min_score and ref_max_score must be given together")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    env = log_env(env_id) if env_id is not None else None
+    if action_space is None and env is not None:
+        action_space = env.action_space
     table = open_source(source, file_format, chunk_size)
     resolved, skipped = resolve_columns(table.names, columns, ignore)
     table.select(
@@ -429,6 +445,8 @@ def from_logged(
         else _space_from_leaves({k: v for k, v in spaces.items() if k[0] == "observation"}, 1)
     )
     act_space = action_space if action_space is not None else spaces[("action",)]
+    if env is not None:
+        check_observation_shape(obs_space, env, env_id)
     if one_hot_actions and not isinstance(act_space, gym.spaces.Discrete):
         raise ValueError(f"one_hot_actions=True needs a Discrete action space, got {act_space}")
     behavior_keys = [c.target[0] for c in resolved if c.target[0] in (ACTION_LOG_PROB, ACTION_PROB)]
@@ -440,6 +458,8 @@ def from_logged(
         "action_space": serialize_space(act_space),
         "ref_scores": [ref_min_score, ref_max_score],
     }
+    if env is not None:  # only then: the content hash of a log without env id is unchanged
+        options["env_spec"] = env.env_spec
     hasher.update(json.dumps(options, sort_keys=True).encode())
     content_hash = hasher.hexdigest()
 
@@ -479,7 +499,11 @@ def from_logged(
         metadata["ref_max_score"] = float(ref_max_score)
     if minari_id is not None:
         metadata["minari_id"] = minari_id
+    if env is not None:
+        metadata["env_spec"] = env.env_spec
 
+    if minari_id is not None:
+        minari_kwargs = _with_log_record(minari_kwargs, table.describe(), walk)
     final = Path(path).expanduser() if path is not None else _default_root() / content_hash[:24]
     ours = (final / COMPLETE_MARKER).is_file()
     same = ours and _stored_hash(final) == content_hash
@@ -577,6 +601,32 @@ def _intact(path: Path) -> bool:
     return True
 
 
+def _with_log_record(
+    minari_kwargs: Mapping[str, Any] | None, source: Mapping[str, Any], walk: Walk
+) -> dict[str, Any]:
+    """``minari_kwargs`` whose extra metadata records the log the Minari copy comes from
+    (``torchrl_offline_log``): what was dropped or filled and, for a file, its resolved
+    path, size, modification time and hash (:func:`~torchrl_offline.integrity.file_digest`),
+    by which a later reader tells that the file changed since."""
+    record: dict[str, Any] = {
+        "source_type": source.get("source_type"),
+        "dropped_transitions": walk.dropped,
+        "terminal_next_observations_filled": walk.terminal_filled,
+    }
+    if source.get("source_path") is not None:
+        file = Path(source["source_path"]).resolve()
+        stat = file.stat()
+        record.update(
+            path=str(file), size=stat.st_size, mtime_ns=stat.st_mtime_ns, hash=file_digest(file)
+        )
+    options = dict(minari_kwargs or {})
+    options["extra_metadata"] = {
+        **dict(options.get("extra_metadata") or {}),
+        "torchrl_offline_log": record,
+    }
+    return options
+
+
 def _write_minari(
     transitions: TensorDictBase,
     dataset_id: str,
@@ -601,6 +651,8 @@ def _write_minari(
     for name in ("ref_min_score", "ref_max_score"):
         if name in metadata and name not in options:
             options[name] = metadata[name]
+    if metadata.get("env_spec") is not None and "env_spec" not in options:
+        options["env_spec"] = json.loads(metadata["env_spec"])["id"]
     minari_writer.write_minari(
         transitions,
         dataset_id,

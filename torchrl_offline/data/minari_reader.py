@@ -377,6 +377,8 @@ def _convert(
         "action_space": serialize_space(action_space),
         "env_spec": raw.get("env_spec"),
         "eval_env_spec": raw.get("eval_env_spec"),
+        # The log it was written from by ``from_logged(..., minari_id=...)``, if so.
+        "source_log": raw.get("torchrl_offline_log"),
         "content_hash": content_hash,
         "conversion": {
             "format_version": CONVERSION_FORMAT_VERSION,

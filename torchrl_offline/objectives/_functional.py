@@ -301,7 +301,8 @@ def _cat_inputs(inputs: Sequence[Tensor]) -> Tensor:
     if len(inputs) == 1:
         return inputs[0]
     batch = inputs[0].shape[:-1]
-    if all(t.shape[:-1] == batch for t in inputs):  # the usual case: no broadcasting
+    # the usual case: no broadcasting (ranks compared first: no shape guard on export)
+    if all(t.ndim == len(batch) + 1 and t.shape[:-1] == batch for t in inputs):
         return torch.cat(inputs, -1)
     shape = torch.broadcast_shapes(*(t.shape[:-1] for t in inputs))
     return torch.cat([t.expand(*shape, t.shape[-1]) for t in inputs], -1)

@@ -141,7 +141,7 @@ class BehaviorVAE(TensorDictModuleBase):
     def decode(self, observation: Tensor, latent: Tensor) -> tuple[Tensor, Tensor]:
         """``(action, pre_tanh)``: the decoded action in the box and its value before the
         ``tanh``; ``observation`` broadcasts against ``latent``'s leading dimensions."""
-        if observation.shape[:-1] != latent.shape[:-1]:
+        if observation.ndim != latent.ndim or observation.shape[:-1] != latent.shape[:-1]:
             shape = torch.broadcast_shapes(observation.shape[:-1], latent.shape[:-1])
             observation = observation.expand(*shape, observation.shape[-1])
             latent = latent.expand(*shape, latent.shape[-1])

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule, dispatch
 from tensordict.utils import NestedKey, unravel_key
 from torch import Tensor
@@ -61,6 +61,20 @@ class CalQLLoss(CQLLoss):
     tuned by dual descent to an unweighted gap of 0.8 (``lagrange_thresh = 5 * 0.8``
     in this parametrisation); :data:`CAL_QL_PRESETS` has the Kitchen one.
 
+    Episodes cut by a time limit (or by the end of the data): their Monte Carlo return
+    stops at the cut, as in the paper, which is not a lower bound of :math:`V^\mu` where
+    the rewards are negative (it leaves out a negative tail). With
+    ``bootstrap_truncated=True`` the tail is estimated and added,
+
+    .. math::
+
+        R(s_t) = \sum_{k=t}^{T} \gamma^{k-t} r_k + \gamma^{T-t+1}
+            \min_j \bar Q_j\big(s_{T+1}, a\big),\quad a \sim \pi(s_{T+1}),
+
+    from the batch's ``"mc_tail_discount"`` (:math:`\gamma^{T-t+1}`, 0 where the episode
+    terminated) and ``"mc_tail_observation"`` (:math:`s_{T+1}`), which the trainers
+    derive with the returns.
+
     Args:
         actor_network, qvalue_network: as in :class:`~torchrl_offline.objectives.CQLLoss`.
 
@@ -70,6 +84,9 @@ class CalQLLoss(CQLLoss):
             ``True``.
         lagrange_thresh (float, optional): the dual threshold on the weighted gap.
             Defaults to ``4.0``.
+        bootstrap_truncated (bool, optional): add the target critics' estimate of the
+            tail to the returns of truncated episodes (above). Defaults to ``False``
+            (the paper's returns).
         **kwargs: the other arguments of :class:`~torchrl_offline.objectives.CQLLoss`.
 
     Examples:
@@ -108,9 +125,17 @@ class CalQLLoss(CQLLoss):
         Attributes:
             mc_return (NestedKey): the reference value, the Monte Carlo return of the
                 logged episode from the state. Defaults to ``"mc_return"``.
+            tail_discount (NestedKey): ``gamma^(T - t + 1)`` where the episode was cut,
+                0 where it terminated (read with ``bootstrap_truncated`` only).
+                Defaults to ``"mc_tail_discount"``.
+            tail_observation (NestedKey): the observation after the episode's last step
+                (read with ``bootstrap_truncated`` only). Defaults to
+                ``"mc_tail_observation"``.
         """
 
         mc_return: NestedKey = "mc_return"
+        tail_discount: NestedKey = "mc_tail_discount"
+        tail_observation: NestedKey = "mc_tail_observation"
 
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
@@ -124,8 +149,10 @@ class CalQLLoss(CQLLoss):
         min_q_weight: float = 5.0,
         with_lagrange: bool = True,
         lagrange_thresh: float = 4.0,
+        bootstrap_truncated: bool = False,
         **kwargs: Any,
     ) -> None:
+        self.bootstrap_truncated = bool(bootstrap_truncated)
         super().__init__(
             actor_network,
             qvalue_network,
@@ -146,20 +173,47 @@ class CalQLLoss(CQLLoss):
 
     def _set_in_keys(self) -> None:
         super()._set_in_keys()
-        key = unravel_key(self.tensor_keys.mc_return)
-        if key not in self._in_keys:
-            self._in_keys.append(key)
+        keys = [self.tensor_keys.mc_return]
+        if self.bootstrap_truncated:
+            keys += [self.tensor_keys.tail_discount, self.tensor_keys.tail_observation]
+        for key in map(unravel_key, keys):
+            if key not in self._in_keys:
+                self._in_keys.append(key)
+
+    def _per_sample(self, td: TensorDictBase, key: NestedKey, n: int, what: str) -> Tensor:
+        value = td.get(key)
+        if value.numel() != n:
+            raise OfflineLossError(
+                f"{key!r} must hold one {what} per sample, got shape {tuple(value.shape)} "
+                f"for {n} samples"
+            )
+        return value.reshape(-1)
+
+    def reference_values(self, td: TensorDictBase) -> Tensor:
+        """The lower bound :math:`R(s)` of a flat batch, ``[B]``: the Monte Carlo return,
+        plus the estimated tail of truncated episodes with ``bootstrap_truncated``."""
+        n = td.shape[0]
+        bound = self._per_sample(td, self.tensor_keys.mc_return, n, "return")
+        if not self.bootstrap_truncated:
+            return bound
+        discount = self._per_sample(td, self.tensor_keys.tail_discount, n, "discount")
+        discount = discount.to(bound.dtype)
+        obs_keys = [unravel_key(k) for k in self.actor_network.in_keys]
+        if len(obs_keys) != 1:
+            raise OfflineLossError(
+                f"bootstrap_truncated needs an actor with one observation input, got {obs_keys}"
+            )
+        tail = {obs_keys[0]: td.get(self.tensor_keys.tail_observation)}
+        with torch.no_grad():
+            action, _ = self._backup_action(self._policy(TensorDict(tail, [n])))
+            critic_obs = {unravel_key(k): tail[obs_keys[0]] for k in self._critic_obs_keys()}
+            value = self._q(self.target_qvalue_network_params, critic_obs, action).min(0).values
+        return bound + discount * torch.where(discount > 0, value, torch.zeros_like(value))
 
     def _bound_policy_values(self, q_samples: Tensor, td: TensorDictBase) -> Tensor:
         """``max(Q(s, a), R(s))`` for the policy's sampled actions (the last ``2N``, or
         all ``N`` for CQL(rho)); the uniform ones as they are."""
-        bound = td.get(self.tensor_keys.mc_return)
-        if bound.numel() != q_samples.shape[-1]:
-            raise OfflineLossError(
-                f"{self.tensor_keys.mc_return!r} must hold one return per sample, got "
-                f"shape {tuple(bound.shape)} for {q_samples.shape[-1]} samples"
-            )
-        bound = bound.reshape(1, 1, -1).to(q_samples.dtype)
+        bound = self.reference_values(td).reshape(1, 1, -1).to(q_samples.dtype)
         start = 0 if self.cql_variant == "rho" else self.num_random
         policy = q_samples[:, start:]
         self._bounded = (policy < bound).float().mean().detach()
@@ -191,5 +245,5 @@ CAL_QL_ALGORITHM = AlgorithmDeclaration(
     defaults=dict(CQL_ALGORITHM.defaults),
     presets=CAL_QL_PRESETS,
     action_spec_argument="action_spec",
-    derived_keys=("mc_return",),
+    derived_keys=("mc_return", "mc_tail_discount", "mc_tail_observation"),
 )

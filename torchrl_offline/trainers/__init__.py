@@ -11,7 +11,10 @@ Public names live in their modules:
   ``SingleProcess``, ``DataParallel`` (how a run is spread over processes);
 * :mod:`torchrl_offline.trainers.metadata`: ``load_algorithm``, ``algorithm_metadata`` (the
   algorithm description in checkpoints); :mod:`torchrl_offline.trainers.envs`: ``as_env``;
-* :mod:`torchrl_offline.trainers.plot`: ``plot_learning_curves`` (PNG, Pillow only);
+* :mod:`torchrl_offline.trainers.plot`: ``plot_run``, ``plot_runs``, ``plot_learning_curves``
+  (matplotlib figures); :mod:`torchrl_offline.trainers.metrics`: ``read_metrics``,
+  ``MetricsFileError`` (a run's ``metrics.csv``); :mod:`torchrl_offline.trainers.run_logs`:
+  ``MetricsLogger``, ``RecordMetrics``, ``LogRates``;
 * :mod:`torchrl_offline.trainers.algorithms`: ``build_algorithm``, ``Algorithm``,
   ``ALGORITHMS``, ``algorithm_names``, ``declaration``, ``algorithm_defaults``,
   ``specs_from_dataset``, ``make_lr_scheduler``;
@@ -57,6 +60,7 @@ from torchrl_offline.trainers.hooks import (
     evaluate_policy,
     make_logger,
 )
+from torchrl_offline.trainers.metrics import MetricsFileError, read_metrics
 from torchrl_offline.trainers.offline import (
     OfflineSource,
     OfflineTrainer,
@@ -64,7 +68,7 @@ from torchrl_offline.trainers.offline import (
     load_algorithm,
     train,
 )
-from torchrl_offline.trainers.plot import plot_learning_curves
+from torchrl_offline.trainers.plot import plot_learning_curves, plot_run, plot_runs
 from torchrl_offline.trainers.run_dir import RunDirectoryError
 
 __all__ = [
@@ -81,6 +85,7 @@ __all__ = [
     "EvaluationHook",
     "EvaluationResult",
     "LogLosses",
+    "MetricsFileError",
     "OfflineSource",
     "OfflineTrainer",
     "OnlineSource",
@@ -98,6 +103,9 @@ __all__ = [
     "load_checkpoint",
     "make_logger",
     "plot_learning_curves",
+    "plot_run",
+    "plot_runs",
+    "read_metrics",
     "save_checkpoint",
     "train",
 ]

@@ -391,9 +391,10 @@ def _jsonable(value: Any) -> Any:
 # ----------------------------------------------------------------------------- builder
 def build_algorithm(
     name: str,
-    observation_spec: TensorSpec,
-    action_spec: TensorSpec,
+    observation_spec: TensorSpec | None = None,
+    action_spec: TensorSpec | None = None,
     *,
+    dataset: Any = None,
     preset: str | None = None,
     observation_norm: tuple[torch.Tensor, torch.Tensor] | None = None,
     **overrides: Any,
@@ -420,6 +421,10 @@ def build_algorithm(
             ``"observation"`` entry, e.g. ``env.observation_spec``, or the leaf spec).
         action_spec: the action spec (``env.action_spec`` or a ``Composite`` with an
             ``"action"`` entry); bounded for continuous algorithms.
+        dataset: a replay buffer from :mod:`torchrl_offline.data`: the specs not given
+            are read from it (:func:`specs_from_dataset`: the stored gymnasium spaces,
+            else the stored shapes and action range), so the networks' sizes and the
+            action bounds follow the data.
         preset: a named published setting of the algorithm (e.g. IQL's ``"antmaze"``);
             ``overrides`` apply on top of it.
         observation_norm: ``(loc, scale)`` if the networks will be trained on
@@ -452,7 +457,25 @@ def build_algorithm(
         >>> build_algorithm("iql", Unbounded(shape=(3,)), Bounded(-1.0, 1.0, (1,)),
         ...                 hidden_sizes=(8,), preset="antmaze").loss.temperature
         10.0
+
+        The specs of a dataset:
+
+        >>> from tensordict import TensorDict
+        >>> from torchrl_offline.data.storage import make_replay_buffer
+        >>> rb = make_replay_buffer(TensorDict({"observation": torch.zeros(4, 5),
+        ...     "action": torch.tensor([[-0.5, 0.0], [1.5, 1.0], [0.0, 0.0], [1.0, 0.5]])}, [4]))
+        >>> build_algorithm("td3_bc", dataset=rb, hidden_sizes=(8,)).action_spec.space.high
+        tensor([1.5000, 1.0000])
     """
+    if observation_spec is None or action_spec is None:
+        if dataset is None:
+            raise AlgorithmError(
+                "build_algorithm needs the observation and action specs, or a dataset= "
+                "to read them from"
+            )
+        data_obs, data_act = specs_from_dataset(dataset)
+        observation_spec = data_obs if observation_spec is None else observation_spec
+        action_spec = data_act if action_spec is None else action_spec
     obs_spec = _leaf(observation_spec, "observation")
     act_spec = _leaf(action_spec, "action")
     decl = declaration(name)

@@ -17,10 +17,15 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torchrl.trainers import TrainerHookBase
 
+from torchrl_offline.data.episodes import MC_TAIL_OBSERVATION
+
 __all__ = ["NormalizeObservations", "NormalizedPolicy", "observation_moments"]
 
 _OBS = "observation"
 _NEXT_OBS = ("next", "observation")
+#: Every batch entry holding an observation: the step's, the next one, and the one after
+#: a logged episode's last step (derived for the Monte Carlo tails of AWR and Cal-QL).
+_OBSERVATION_KEYS = (_OBS, _NEXT_OBS, MC_TAIL_OBSERVATION)
 
 
 def observation_moments(
@@ -60,7 +65,8 @@ def observation_moments(
 
 
 class NormalizeObservations(TrainerHookBase):
-    """Normalises ``observation`` and ``("next", "observation")`` of each sampled batch.
+    """Normalises ``observation``, ``("next", "observation")`` and ``mc_tail_observation``
+    (:mod:`torchrl_offline.data.episodes`) of each sampled batch.
 
     Registered at TorchRL's ``"batch_process"`` stage, so it runs on every batch before
     the update; the batch is a fresh sample, the stored data is not changed.
@@ -75,7 +81,7 @@ class NormalizeObservations(TrainerHookBase):
         self.scale = scale
 
     def __call__(self, batch: TensorDictBase) -> TensorDictBase:
-        for key in (_OBS, _NEXT_OBS):
+        for key in _OBSERVATION_KEYS:
             value = batch.get(key, None)
             if value is not None:
                 batch.set(key, (value - self.loc) / self.scale)

@@ -42,8 +42,16 @@ from torchrl_offline.trainers.hooks import (
     make_logger,
 )
 from torchrl_offline.trainers.metadata import algorithm_metadata
+from torchrl_offline.trainers.metrics import FIGURE_FILE, METRICS_FILE
 from torchrl_offline.trainers.normalization import NormalizeObservations
 from torchrl_offline.trainers.resume import find_resumable, run_identity
+from torchrl_offline.trainers.run_info import (
+    dataset_summary,
+    env_id,
+    record_run_info,
+    run_config,
+)
+from torchrl_offline.trainers.run_logs import LogRates, MetricsLogger, RecordMetrics
 from torchrl_offline.trainers.strategy import SingleProcess, Strategy
 from torchrl_offline.trainers.trainer import OfflineTrainer
 
@@ -78,9 +86,12 @@ class TrainResult:
         evaluations: one entry per evaluation (``step``, ``return_mean``,
             ``return_std``, ``normalized_score``, ``episode_length``).
         checkpoint: the last checkpoint written, or ``None``.
-        log_dir: the directory of the logs, or ``None``.
+        log_dir: the directory of the logs, or ``None``: the run directory (where the
+            metrics file is) with the ``"csv"`` logger, ``out_dir/logs`` with another kind.
         stop_reason: ``None`` when ``total_steps`` was reached, ``"interrupted"`` after
             Ctrl-C, or the reason given by a stopping hook.
+        metrics: the run's metrics file (``out_dir/metrics.csv``), or ``None``.
+        figure: the run's figure (``out_dir/metrics.png``), or ``None``.
     """
 
     algorithm: Algorithm
@@ -89,6 +100,8 @@ class TrainResult:
     checkpoint: Path | None = None
     log_dir: Path | None = None
     stop_reason: str | None = None
+    metrics: Path | None = None
+    figure: Path | None = None
 
     @classmethod
     def of_run(
@@ -98,8 +111,12 @@ class TrainResult:
         evaluation: EvaluationHook | None,
         checkpointer: CheckpointHook | None,
         log_dir: Path | None,
+        *,
+        metrics: Path | None = None,
+        figure: Path | None = None,
     ) -> TrainResult:
-        """The result of a finished ``trainer`` run with these (optional) hooks."""
+        """The result of a finished ``trainer`` run with these (optional) hooks and files
+        (those that do not exist are reported as ``None``)."""
         return cls(
             algorithm=algorithm,
             step=trainer.step,
@@ -107,6 +124,8 @@ class TrainResult:
             checkpoint=checkpointer.last_path if checkpointer is not None else None,
             log_dir=log_dir,
             stop_reason=trainer.stop_reason,
+            metrics=metrics if metrics is not None and metrics.is_file() else None,
+            figure=figure if figure is not None and figure.is_file() else None,
         )
 
 
@@ -178,6 +197,8 @@ class RunBuilder:
         evaluation: the evaluation hook, once registered (or ``None``).
         checkpointer: the checkpoint hook, once registered (or ``None``).
         log_dir: the logs' directory, once the logger is made (or ``None``).
+        metrics: the logger writing the run's metrics file, once made (or ``None``: no
+            ``out_dir`` or no ``logger``, or not the main process).
 
     Examples:
         >>> import numpy as np
@@ -214,6 +235,8 @@ class RunBuilder:
         self.evaluation: EvaluationHook | None = None
         self.checkpointer: CheckpointHook | None = None
         self.log_dir: Path | None = None
+        self.metrics: MetricsLogger | None = None
+        self._dataset: dict[str, Any] = {}  # the dataset's summary, for run.json's info
         self._owned_env: EnvBase | None = None  # made here from a gymnasium id: closed here
 
     # ------------------------------------------------------------------ setup
@@ -253,6 +276,8 @@ class RunBuilder:
         """
         settings = self.settings
         identity = run_identity(dataset, batch_size=settings.batch_size, seed=settings.seed)
+        if self._records:
+            self._dataset = dataset_summary(dataset)
         seed_everything(settings.seed)
         return self.strategy.shard(dataset, seed=settings.seed), identity
 
@@ -278,19 +303,36 @@ class RunBuilder:
         and the run's identity."""
         return {**algorithm_metadata(algo), **extra, **identity}
 
+    @property
+    def _records(self) -> bool:
+        """Whether this process writes the run directory's files (the main one, with
+        ``out_dir``)."""
+        return self.settings.out_dir is not None and self.strategy.is_main
+
     def logger(self, exp_name: str) -> Logger | None:
-        """The run's logger: the given ``Logger``, or one of the given kind in
-        ``out_dir/logs`` (``None`` without either); sets :attr:`log_dir`."""
+        """The run's logger, sets :attr:`log_dir` and :attr:`metrics`.
+
+        With ``out_dir`` and a logger, a :class:`~torchrl_offline.trainers.run_logs.MetricsLogger`
+        writing ``out_dir/metrics.csv``, passing everything on to the given ``Logger`` or
+        to one of the given kind in ``out_dir/logs`` (``"csv"``: the metrics file alone).
+        Without ``out_dir``: the given ``Logger``, or ``None``.
+        """
         logger = self.settings.logger
         out = self.settings.out_dir
+        inner: Logger | None = None
         if isinstance(logger, Logger):
             given = getattr(logger, "log_dir", None)
             self.log_dir = Path(given) if given else None
-            return logger
-        if logger and out is not None:
+            inner = logger
+        elif logger and logger != "csv" and out is not None:
             self.log_dir = out / "logs"
-            return make_logger(logger, self.log_dir, exp_name=exp_name)
-        return None
+            inner = make_logger(logger, self.log_dir, exp_name=exp_name)
+        elif logger == "csv" and out is not None:
+            self.log_dir = out
+        if not logger or out is None:
+            return inner
+        self.metrics = MetricsLogger(out / METRICS_FILE, also=inner, exp_name=exp_name)
+        return self.metrics
 
     def trainer(
         self,
@@ -337,7 +379,23 @@ class RunBuilder:
         )
         if algo.observation_norm is not None:
             NormalizeObservations(*algo.observation_norm).register(trainer)
+        if self._records:
+            record_run_info(settings.out_dir, self._info(metadata))
         return trainer
+
+    def _info(self, metadata: Mapping[str, Any]) -> dict[str, Any]:
+        """The run's ``info`` in ``run.json`` (:mod:`~torchrl_offline.trainers.run_info`)."""
+        settings = self.settings
+        evaluated = settings.eval_env is not None
+        return {
+            "algorithm": metadata.get("algorithm"),
+            "seed": settings.seed,
+            "total_steps": settings.total_steps,
+            **self._dataset,
+            "eval_env": env_id(settings.eval_env),
+            "eval_episodes": settings.eval_episodes if evaluated else None,
+            "config": run_config(self.kind, metadata),
+        }
 
     # ------------------------------------------------------------------ run
     def run(
@@ -366,7 +424,16 @@ class RunBuilder:
             trainer.train()
         finally:
             self.close()
-        return TrainResult.of_run(algo, trainer, self.evaluation, self.checkpointer, self.log_dir)
+        out = self.settings.out_dir if self.metrics is not None else None
+        return TrainResult.of_run(
+            algo,
+            trainer,
+            self.evaluation,
+            self.checkpointer,
+            self.log_dir,
+            metrics=None if out is None else out / METRICS_FILE,
+            figure=None if out is None else out / FIGURE_FILE,
+        )
 
     def close(self) -> None:
         """Closes the evaluation env made from a gymnasium id, if any."""
@@ -385,6 +452,7 @@ class RunBuilder:
         settings = self.settings
         metadata = trainer.metadata
         LogLosses(settings.log_interval).register(trainer)
+        LogRates(settings.log_interval).register(trainer)
         with self.strategy.main_work("setting up evaluation and hooks"):
             if settings.eval_env is not None:
                 self.evaluation = self._evaluation(algo, data, eval_seed)
@@ -413,6 +481,11 @@ class RunBuilder:
                 )
         elif settings.resume:
             raise ValueError("resume=True needs out_dir")
+        with self.strategy.main_work("starting the metrics file"):
+            if self.metrics is not None:  # after every hook that logs, before checkpoints
+                record = RecordMetrics(self.metrics, figure=settings.out_dir / FIGURE_FILE)
+                record.start(trainer.step if settings.resume else None)
+                record.register(trainer)
         self.strategy.register(trainer)  # last: e.g. shares stop requests between ranks
 
     def _evaluation(self, algo: Algorithm, data: ReplayBuffer, seed: int) -> EvaluationHook:

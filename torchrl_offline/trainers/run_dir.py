@@ -12,9 +12,9 @@ their ``out_dir``:
   alone (a run that failed or was killed before its first checkpoint) is not a run: it
   has nothing to resume or to lose, and a new run takes the directory;
 * ``overwrite`` replaces only what is recognisably a run of ours (marker, checkpoints
-  or summary): it removes ``checkpoints/``, ``logs/``, ``summary.json`` and
-  ``run.json`` and leaves any other file alone; a directory that is not a run is never
-  emptied;
+  or summary): it removes ``checkpoints/``, ``logs/``, ``metrics.csv``, ``metrics.png``,
+  ``summary.json`` and ``run.json`` and leaves any other file alone; a directory that is
+  not a run is never emptied;
 * a ``run.json`` or ``summary.json`` that we did not write is never replaced, and a
   dataset folder (or a folder inside one) is never a run directory;
 * ``resume`` with nothing to resume is an error, not a silent fresh start, and resumes
@@ -35,7 +35,14 @@ from typing import Any
 from torchrl_offline.locks import FileLock, lock_file
 from torchrl_offline.trainers.checkpoint import latest_checkpoint
 
-__all__ = ["RunDirectoryError", "RunLock", "claim_run_directory", "describe_run", "holds_run"]
+__all__ = [
+    "RunDirectoryError",
+    "RunLock",
+    "claim_run_directory",
+    "describe_run",
+    "holds_run",
+    "read_marker",
+]
 
 logger = logging.getLogger("torchrl_offline")
 
@@ -44,7 +51,7 @@ RUN_MARKER = "run.json"
 #: The lock file of a run directory (present while a process runs there).
 LOCK_FILE = "run.lock"
 #: Entries of a run directory that belong to the run (what ``overwrite`` removes).
-RUN_ENTRIES = ("checkpoints", "logs", "summary.json", RUN_MARKER)
+RUN_ENTRIES = ("checkpoints", "logs", "metrics.csv", "metrics.png", "summary.json", RUN_MARKER)
 _FORMAT = "torchrl_offline.run/1"
 
 
@@ -52,7 +59,9 @@ class RunDirectoryError(ValueError):
     """A run directory that cannot be used as asked; the message names it and says why."""
 
 
-def _marker(directory: Path) -> dict[str, Any] | None:
+def read_marker(directory: Path) -> dict[str, Any] | None:
+    """The ``run.json`` of ``directory`` written by :func:`claim_run_directory` (with the
+    run's ``info``, :mod:`~torchrl_offline.trainers.run_info`), or ``None``."""
     try:
         meta = json.loads((directory / RUN_MARKER).read_text())
     except (OSError, ValueError):
@@ -82,7 +91,7 @@ def describe_run(directory: str | os.PathLike) -> str:
     """A few words on the run in ``directory``, e.g. ``"a cql train run (newest checkpoint
     step 2000)"``, for error messages."""
     directory = Path(directory)
-    meta = _marker(directory) or _summary(directory) or {}
+    meta = read_marker(directory) or _summary(directory) or {}
     kind = meta.get("kind", "")
     name = str(meta.get("algorithm", ""))
     article = "an" if name[:1] in tuple("aeiou") else "a"
@@ -160,11 +169,22 @@ def _dataset_around(directory: Path) -> Path | None:
 def _foreign_files(directory: Path) -> list[str]:
     """Files of ``directory`` that a run of ours would replace but that we did not write."""
     found = []
-    if (directory / RUN_MARKER).exists() and _marker(directory) is None:
+    if (directory / RUN_MARKER).exists() and read_marker(directory) is None:
         found.append(RUN_MARKER)
     if (directory / "summary.json").exists() and _summary(directory) is None:
         found.append("summary.json")
+    if (directory / "metrics.csv").exists() and not _ours_metrics(directory / "metrics.csv"):
+        found.append("metrics.csv")
     return found
+
+
+def _ours_metrics(path: Path) -> bool:
+    """Whether ``path`` starts like a metrics file of ours (its header's ``step`` column)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(5) == b"step,"
+    except OSError:
+        return False
 
 
 def _clear_run(directory: Path) -> None:
@@ -254,7 +274,7 @@ def claim_run_directory(
                 "choose another output directory"
             )
         existing = holds_run(directory)
-        marker = _marker(directory)
+        marker = read_marker(directory)
         if resume:
             if latest_checkpoint(directory / "checkpoints") is None:
                 if existing:
