@@ -4,8 +4,9 @@ import sys
 
 
 def _run() -> int:
-    """Imports the command line (torch and TorchRL: seconds) and runs it; Ctrl-C during
-    the import is one line and exit status 130, as it is later."""
+    """Imports the command line and runs it; Ctrl-C during the import is one line and
+    exit status 130, as it is later (torch and TorchRL are imported by the subcommand
+    that runs, not here)."""
     try:
         from torchrl_offline.cli import main
     except KeyboardInterrupt:

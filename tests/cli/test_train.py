@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from torchrl_offline.cli import main
+from torchrl_offline.cli import UsageError, main
 from torchrl_offline.cli.train import parse_overrides
 from torchrl_offline.trainers.checkpoint import list_checkpoints
 
@@ -159,6 +160,10 @@ def test_list_hyperparameters(capsys):
 def test_parse_overrides():
     got = parse_overrides(["lr=1e-3", "hidden_sizes=(8, 8)", "flag=false", "mode=sum"])
     assert got == {"lr": 1e-3, "hidden_sizes": (8, 8), "flag": False, "mode": "sum"}
+    got = parse_overrides(["hidden_sizes=[32,32]", "max_weight=inf", "actor='gaussian'"])
+    assert got == {"hidden_sizes": [32, 32], "max_weight": float("inf"), "actor": "gaussian"}
+    with pytest.raises(UsageError, match="--set expects KEY=VALUE, got 'expectile'"):
+        parse_overrides(["expectile"])
 
 
 def test_ctrl_c_leaves_a_resumable_checkpoint(trained_run, tmp_path, monkeypatch, capsys):
@@ -289,3 +294,87 @@ def test_train_rebrac_with_a_dataset_preset(trained_run, tmp_path):
     assert summary["step"] == 4
     hp = summary["hyperparameters"]
     assert (hp["beta_actor"], hp["beta_critic"], hp["critic_layer_norm"]) == (0.05, 0.5, True)
+
+
+def test_an_eval_interval_longer_than_the_run_is_warned_about(trained_run, tmp_path, capsys):
+    argv = ["train", "--algo", "bc", "--dataset", trained_run["dataset"],
+            "--root", trained_run["root"], "--out", str(tmp_path / "bc"), "--steps", "4", *TINY,
+            "--eval-env", "auto", "--eval-every", "100", "--eval-episodes", "1",
+            "--log-every", "2"]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and (
+        "train: warning: --eval-every 100 is more than --steps 4: the policy is evaluated "
+        "only before the first update and after the last one" in err
+    )
+    evaluations = json.loads((tmp_path / "bc" / "summary.json").read_text())["evaluations"]
+    assert [e["step"] for e in evaluations] == [0, 4]  # as the warning says
+
+
+def test_a_failing_command_gives_its_error_alone_not_the_run_warnings(
+    trained_run, tmp_path, capsys
+):
+    argv = ["train", "--algo", "iql", "--dataset", trained_run["dataset"], "--root",
+            trained_run["root"], "--out", str(tmp_path / "x"), "--steps", "2", *TINY,
+            "--eval-env", "auto", "--set", "expectile=abc"]  # fmt: skip
+    assert main(argv) == 2  # --eval-every 5000 > --steps 2, but the run never starts
+    assert capsys.readouterr().err.startswith("torchrl-offline train: error: --set:")
+
+
+def test_a_missing_logger_package_is_refused_with_an_install_hint(
+    trained_run, tmp_path, monkeypatch, capsys
+):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name)
+    )
+    out = tmp_path / "tb"
+    argv = ["train", "--algo", "bc", "--dataset", trained_run["dataset"], "--root",
+            trained_run["root"], "--out", str(out), "--steps", "4", "--logger", "tensorboard",
+            *TINY]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--logger tensorboard needs the tensorboard package" in err
+    assert "pip install tensorboard" in err
+    assert not out.exists()  # refused before the run directory is claimed
+
+
+def test_the_small_preset_trains_2x64_networks_with_the_default_presets_values(
+    trained_run, tmp_path
+):
+    run = tmp_path / "cql"
+    argv = ["train", "--algo", "cql", "--preset", "small", "--dataset", trained_run["dataset"],
+            "--root", trained_run["root"], "--out", str(run), "--steps", "2",
+            "--batch-size", "16", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    hp = json.loads((run / "summary.json").read_text())["hyperparameters"]
+    assert hp["hidden_sizes"] == [64, 64]
+    # CQL's default preset (d3rlpy's conservative term) stays: small changes sizes only
+    assert (hp["min_q_weight"], hp["with_lagrange"], hp["lagrange_thresh"]) == (5.0, True, 50.0)
+
+
+def test_list_hyperparameters_shows_the_small_preset(capsys):
+    assert main(["train", "--algo", "cql", "--list-hyperparameters"]) == 0
+    out = capsys.readouterr().out
+    assert "--preset small" in out and "hidden_sizes=(64, 64) (on top of d3rlpy)" in out
+    assert "--preset d3rlpy" in out and "(the default)" in out
+
+
+def test_a_long_run_gets_the_small_preset_hint(trained_run, tmp_path, monkeypatch, capsys):
+    """``train`` registers the LongRunHint; here every run counts as long."""
+    from torchrl_offline.trainers import speed_hint
+
+    class EveryRunIsLong(speed_hint.LongRunHint):
+        def __init__(self, **kwargs):
+            super().__init__(threshold=0.0, after=0.0, probe_updates=1, min_speedup=0.0, **kwargs)
+
+    monkeypatch.setattr(speed_hint, "LongRunHint", EveryRunIsLong)
+    argv = ["train", "--algo", "td3_bc", "--dataset", trained_run["dataset"], "--root",
+            trained_run["root"], "--out", str(tmp_path / "td3"), "--steps", "4",
+            "--batch-size", "16", "--set", "hidden_sizes=(128,128)", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"hint: about .* to go at .* steps/s; --preset small \(2x64 networks\) "
+                     r"trains \d+\.\dx faster here: about ", err), err  # fmt: skip

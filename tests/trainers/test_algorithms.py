@@ -297,6 +297,32 @@ def test_a_default_preset_applies_unless_another_is_named(monkeypatch):
         replace(CQL_ALGORITHM, default_preset="nope")
 
 
+@pytest.mark.parametrize("name", registry.BUILTIN_ALGORITHMS)
+def test_every_algorithm_has_a_small_preset_of_2x64_networks(name):
+    """``preset="small"``: every network (``*hidden_sizes``) at 2x64, for CPU runs; the
+    other settings are the algorithm's defaults (its default preset's included)."""
+    decl = declaration(name)
+    act = Categorical(3) if decl.action == "discrete" else BOX
+    algo = build_algorithm(name, OBS, act, preset="small")
+    sizes = {k: v for k, v in algo.hyperparameters.items() if k.endswith("hidden_sizes")}
+    assert sizes and set(map(tuple, sizes.values())) == {(64, 64)}
+    others = {k: v for k, v in algorithm_defaults(name).items() if k not in sizes}
+    assert {k: algorithm_defaults(name, "small")[k] for k in others} == others
+    widths = {p.shape[-2] for p in algo.loss.parameters() if p.ndim >= 2}  # weights' outputs
+    assert max(widths) == 64, widths  # no layer wider
+
+
+def test_a_sizes_only_preset_goes_on_top_of_the_default_preset():
+    cql = declaration("cql")
+    assert cql.default_preset == "d3rlpy"
+    assert cql.preset_chain() == ("d3rlpy",)
+    assert cql.preset_chain("small") == ("d3rlpy", "small")
+    assert cql.preset_chain("mujoco") == ("mujoco",)  # other presets replace the default
+    algo = build_algorithm("cql", OBS, BOX, preset="small", min_q_weight=1.0)
+    assert algo.hyperparameters["hidden_sizes"] == [64, 64] and algo.loss.min_q_weight == 1.0
+    assert algo.loss.with_lagrange  # d3rlpy's
+
+
 def test_specs_are_read_from_a_dataset_when_not_given():
     from tensordict import TensorDict
 

@@ -146,3 +146,55 @@ def test_rng_state_roundtrip_through_a_file(tmp_path):
     assert torch.equal(expected[0], got[0])
     assert np.array_equal(expected[1], got[1])
     assert expected[2] == got[2]
+
+
+def _draws() -> tuple:
+    return torch.rand(3), np.random.rand(3), random.random()
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_rng_state_is_torchrls_global_rng_state():
+    """The generators' state is TorchRL's ``GlobalRNGState`` (accelerators included)."""
+    from torchrl.checkpoint import GlobalRNGState
+
+    assert set(get_rng_state()) == set(GlobalRNGState().state_dict())
+
+
+def test_an_rng_state_of_the_layout_before_torchrls_still_restores(tmp_path):
+    """Checkpoints written before ``GlobalRNGState`` was used resume as they did."""
+    torch.manual_seed(2)
+    np.random.seed(2)
+    random.seed(2)
+    keys = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    legacy = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(keys[1].astype(np.int64)),
+            "pos": int(keys[2]),
+            "has_gauss": int(keys[3]),
+            "cached_gaussian": float(keys[4]),
+        },
+        "python": [version, list(internal), gauss],
+    }
+    save_checkpoint(tmp_path / "old.pt", {"rng": legacy})
+    expected = _draws()
+    torch.manual_seed(99)
+    set_rng_state(load_checkpoint(tmp_path / "old.pt")["rng"])
+    assert _same(_draws(), expected)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_gpu_runs_rng_state_restores_the_host_generators_without_cuda(tmp_path, caplog):
+    torch.manual_seed(4)
+    state = {**get_rng_state(), "torch_cuda": [torch.zeros(16, dtype=torch.uint8)]}
+    save_checkpoint(tmp_path / "gpu.pt", {"rng": state})
+    expected = _draws()
+    torch.manual_seed(99)
+    with caplog.at_level("WARNING", logger="torchrl_offline"):
+        set_rng_state(load_checkpoint(tmp_path / "gpu.pt")["rng"])
+    assert _same(_draws(), expected)
+    assert "accelerators' random generators of the checkpoint were not restored" in caplog.text

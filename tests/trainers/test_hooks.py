@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 import torch
@@ -170,7 +171,44 @@ def test_progress_bar_shows_steps_per_second_and_losses():
     assert "20/20" in text and "steps/s=" in text and "loss_bc=" in text
 
 
+def test_progress_bar_shows_the_time_left():
+    """tqdm's ``[elapsed<remaining, rate]``: the bar knows the total, so it has an ETA."""
+    trainer, _ = _trainer(20)
+    out = io.StringIO()
+    ProgressBar(interval=5, file=out, mininterval=0).register(trainer)
+    trainer.train()
+    # e.g. " 6/20 [00:00<00:00, 206.71step/s, ...]": elapsed < time left
+    assert re.search(r" 6/20 \[\d\d:\d\d<\d\d:\d\d, ", out.getvalue()), out.getvalue()
+
+
+def test_a_missing_logger_package_gets_an_install_hint(tmp_path, monkeypatch):
+    from torchrl.record import loggers
+
+    def missing(*args, **kwargs):
+        raise ImportError("torch.utils.tensorboard could not be imported")
+
+    monkeypatch.setattr(loggers, "TensorboardLogger", missing)
+    with pytest.raises(
+        ImportError, match="needs the tensorboard package .*: pip install tensorboard"
+    ):
+        make_logger("tensorboard", tmp_path)
+
+
 def test_make_logger_kinds(tmp_path):
     assert make_logger(None, tmp_path) is None
     with pytest.raises(ValueError, match="Unknown logger 'excel'.*csv.*tensorboard"):
         make_logger("excel", tmp_path)
+
+
+def test_a_slow_run_refreshes_its_progress_bar_every_second_not_every_50_steps(monkeypatch):
+    """At a step every few seconds, waiting for 50 steps would hide the time left for
+    minutes: the bar refreshes once ``seconds`` have passed."""
+    import torchrl_offline.trainers.hooks as hooks
+
+    clock = iter(range(0, 1000, 2))  # every call to the clock: 2 s later
+    monkeypatch.setattr(hooks.time, "perf_counter", lambda: float(next(clock)))
+    trainer, _ = _trainer(4)
+    out = io.StringIO()
+    ProgressBar(interval=50, file=out, mininterval=0).register(trainer)
+    trainer.train()
+    assert re.search(r" 2/4 \[", out.getvalue()), out.getvalue()

@@ -5,6 +5,12 @@ it and a ``run(args) -> int``. :func:`main` parses the arguments, runs the subco
 turns every user error into one line on stderr and a non-zero exit status (``--debug``
 shows the traceback instead).
 
+Building the parser imports no torch, TorchRL, tensordict or NumPy (``--help`` answers
+in a fraction of a second): a subcommand module imports them inside ``run()`` and the
+helpers it calls, and takes its choices from cheap sources (the registry's
+``BUILTIN_ALGORITHMS``; names other packages register are checked after parsing).
+Every subcommand's ``--help`` shows the defaults (:class:`~torchrl_offline.cli.common.HelpFormatter`).
+
 Examples:
     >>> from torchrl_offline.cli import main
     >>> main(["info", "no/such-dataset-v0"])  # prints one error line on stderr
@@ -18,7 +24,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from torchrl_offline.cli.common import CLIError, UsageError
+from torchrl_offline.cli.common import CLIError, HelpFormatter, UsageError
 
 __all__ = ["CLIError", "UsageError", "build_parser", "main"]
 
@@ -41,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``torchrl-offline`` with every available subcommand."""
     parser = argparse.ArgumentParser(
         prog=PROG,
+        formatter_class=HelpFormatter,
         description="Offline reinforcement learning with TorchRL: make and inspect datasets, "
         "train offline agents, evaluate them in an environment or from data.",
     )
@@ -54,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
             continue  # a subcommand not shipped in this build
         module.add_parser(subparsers)
     for sub in subparsers.choices.values():
+        if issubclass(HelpFormatter, sub.formatter_class):  # a plainer one: show defaults
+            sub.formatter_class = HelpFormatter
         common = sub.add_argument_group("common options")
         common.add_argument(
             "--no-progress", dest="progress", action="store_false", help="hide progress bars"
@@ -79,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a :class:`UsageError`: an option missing, malformed or out of range), 130 on Ctrl-C,
     141 when stdout's reader has gone.
     """
-    try:  # Ctrl-C while the subcommands' modules (torch, torchrl) are imported
+    try:  # Ctrl-C while the subcommands' modules are imported
         parser = build_parser()
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

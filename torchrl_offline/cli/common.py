@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib.util
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "LOGGERS",
     "LOG_SUFFIXES",
     "CLIError",
+    "HelpFormatter",
+    "RunWarnings",
     "UsageError",
     "add_resume_option",
     "add_run_options",
+    "check_logger_installed",
     "check_run_flags",
     "finish_run",
     "is_log_file",
     "local_datasets",
+    "log_interval",
     "nothing_to_do",
     "open_dataset",
     "parse_scalar",
@@ -25,7 +32,13 @@ __all__ = [
     "progress_bar",
     "resumed_step",
     "run_keywords",
+    "warn",
+    "warn_run_flags",
 ]
+
+#: ``--logger`` values: :data:`~torchrl_offline.trainers.hooks.LOGGER_KINDS` and ``none``
+#: (written out here: the parser imports no torch).
+LOGGERS = ("csv", "tensorboard", "wandb", "mlflow", "none")
 
 #: File suffixes read as users' logs (through ``from_logged``) rather than Minari datasets.
 LOG_SUFFIXES = (".parquet", ".csv", ".h5", ".hdf5")
@@ -33,6 +46,40 @@ LOG_SUFFIXES = (".parquet", ".csv", ".h5", ".hdf5")
 
 class CLIError(Exception):
     """A user error: :func:`torchrl_offline.cli.main` prints its message on one line, exits 1."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` of every subcommand: descriptions and epilogs as written, and each
+    option's default appended as ``(default: X)``, except where there is nothing to say
+    (no default, a flag off by default, an empty list) or the help text already says
+    what the default is.
+
+    Examples:
+        >>> import argparse
+        >>> from torchrl_offline.cli.common import HelpFormatter
+        >>> parser = argparse.ArgumentParser(prog="demo", formatter_class=HelpFormatter)
+        >>> _ = parser.add_argument("--steps", type=int, default=100, help="updates")
+        >>> _ = parser.add_argument("--out", help="run directory")
+        >>> help_text = " ".join(parser.format_help().split())
+        >>> "--steps STEPS updates (default: 100)" in help_text
+        True
+        >>> "--out OUT run directory" in help_text and "(default: None)" not in help_text
+        True
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        default = action.default
+        if (
+            "default" in help_text.lower()
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or (isinstance(default, (list, tuple)) and not default)
+            or (default is True and action.nargs == 0)  # --no-X flags: on by default
+        ):
+            return help_text
+        return super()._get_help_string(action)
 
 
 class UsageError(CLIError):
@@ -159,20 +206,39 @@ def add_run_options(
         help=f"gymnasium id to evaluate in, 'auto' for {auto_env}, or 'none' (default: "
         f"{default_env})",
     )
-    parser.add_argument("--eval-every", type=int, default=5000, metavar="N", help="steps")
-    parser.add_argument("--eval-episodes", type=int, default=10, metavar="N")
+    parser.add_argument(
+        "--eval-every",
+        type=int,
+        default=5000,
+        metavar="N",
+        help="steps between evaluations (also before the first update and after the last)",
+    )
+    parser.add_argument(
+        "--eval-episodes", type=int, default=10, metavar="N", help="episodes per evaluation"
+    )
     parser.add_argument(
         "--eval-max-steps", type=int, default=1000, metavar="N", help="step cap per episode"
     )
-    parser.add_argument("--checkpoint-every", type=int, default=5000, metavar="N", help="steps")
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=5000,
+        metavar="N",
+        help="steps between checkpoints (also one after the last update)",
+    )
     parser.add_argument(
         "--keep-checkpoints", type=int, default=2, metavar="N", help="newest checkpoints kept"
     )
-    parser.add_argument("--log-every", type=int, default=1000, metavar="N", help="steps")
+    parser.add_argument(
+        "--log-every",
+        type=int,
+        metavar="N",
+        help="steps between logged loss means (default: --steps / 20, at most 1000)",
+    )
     parser.add_argument(
         "--logger",
         default="csv",
-        choices=("csv", "tensorboard", "wandb", "mlflow", "none"),
+        choices=LOGGERS,
         help="where the logged values go besides DIR/metrics.csv and DIR/metrics.png: csv "
         "(nothing more, the default), a TorchRL logger in DIR/logs, or none (no metrics file "
         "and figure either)",
@@ -241,6 +307,28 @@ _RUN_COUNTS = (
 )
 
 
+def log_interval(args: argparse.Namespace) -> int:
+    """Steps between logged loss means: ``--log-every``, or by default ``--steps / 20``
+    (at least 1, at most 1000), so a short run logs about 20 points and a long one every
+    1000 steps.
+
+    Examples:
+        >>> import argparse
+        >>> from torchrl_offline.cli.common import log_interval
+        >>> [log_interval(argparse.Namespace(log_every=None, steps=n)) for n in (10, 2000, 10**6)]
+        [1, 100, 1000]
+        >>> log_interval(argparse.Namespace(log_every=7, steps=10**6))
+        7
+    """
+    if args.log_every is not None:
+        return args.log_every
+    return _default_log_interval(args.steps)
+
+
+def _default_log_interval(steps: int) -> int:
+    return max(1, min(1000, steps // 20))
+
+
 def run_keywords(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of ``train``/``finetune`` that :func:`add_run_options` sets
     (evaluation, checkpoint and logging intervals, logger, progress bar).
@@ -251,10 +339,10 @@ def run_keywords(args: argparse.Namespace) -> dict[str, Any]:
         >>> parser = argparse.ArgumentParser()
         >>> add_run_options(parser, auto_env="the dataset's env")
         >>> args = parser.parse_args(["--logger", "none", "--eval-every", "100"])
-        >>> args.progress = False  # the command's --no-progress
+        >>> args.progress, args.steps = False, 1000  # the command's --no-progress, --steps
         >>> kwargs = run_keywords(args)
-        >>> kwargs["logger"] is None, kwargs["eval_interval"]
-        (True, 100)
+        >>> kwargs["logger"] is None, kwargs["eval_interval"], kwargs["log_interval"]
+        (True, 100, 50)
     """
     return {
         "eval_interval": args.eval_every,
@@ -262,10 +350,99 @@ def run_keywords(args: argparse.Namespace) -> dict[str, Any]:
         "eval_max_steps": args.eval_max_steps,
         "checkpoint_interval": args.checkpoint_every,
         "keep_checkpoints": args.keep_checkpoints,
-        "log_interval": args.log_every,
+        "log_interval": log_interval(args),
         "logger": None if args.logger == "none" else args.logger,
         "progress": args.progress,
     }
+
+
+def warn(args: argparse.Namespace, message: str) -> None:
+    """Prints ``torchrl-offline COMMAND: warning: MESSAGE`` on stderr."""
+    print(f"torchrl-offline {args.command}: warning: {message}", file=sys.stderr)
+
+
+def warn_run_flags(args: argparse.Namespace, *, evaluating: bool) -> list[str]:
+    """Warns (on stderr) about intervals longer than the run: an ``--eval-every`` above
+    ``--steps`` when the run evaluates, a ``--log-every`` above ``--steps``. Returns the
+    warnings.
+
+    Examples:
+        >>> import argparse
+        >>> from torchrl_offline.cli.common import warn_run_flags
+        >>> args = argparse.Namespace(command="train", steps=1000, eval_every=5000,
+        ...                           log_every=None, resume=False)
+        >>> print(warn_run_flags(args, evaluating=True)[0])  # doctest: +NORMALIZE_WHITESPACE
+        --eval-every 5000 is more than --steps 1000: the policy is evaluated only before
+        the first update and after the last one (no learning curve); give --eval-every
+        below 1000, e.g. 100
+    """
+    warnings = []
+    steps = args.steps
+    if evaluating and args.eval_every > steps:
+        when = (
+            "after the last update"
+            if args.resume
+            else "before the first update and after the last one"
+        )
+        warnings.append(
+            f"--eval-every {args.eval_every} is more than --steps {steps}: the policy is "
+            f"evaluated only {when} (no learning curve); give --eval-every below {steps}, "
+            f"e.g. {max(1, steps // 10)}"
+        )
+    if args.log_every is not None and args.log_every > steps:
+        warnings.append(
+            f"--log-every {args.log_every} is more than --steps {steps}: no loss is logged; "
+            f"give --log-every below {steps} (or leave it out: every "
+            f"{_default_log_interval(steps)})"
+        )
+    for message in warnings:
+        warn(args, message)
+    return warnings
+
+
+class RunWarnings:
+    """A trainer hook (for ``hooks=`` of ``train``/``finetune``) that gives the warnings of
+    :func:`warn_run_flags` as training starts, once the command line, the data, the
+    algorithm's settings and the run directory have all been accepted: a command that
+    fails says only why.
+
+    Args:
+        args: the parsed command line.
+
+    Keyword Args:
+        evaluating (bool): whether the run evaluates its policy.
+    """
+
+    def __init__(self, args: argparse.Namespace, *, evaluating: bool) -> None:
+        self.args = args
+        self.evaluating = evaluating
+
+    def __call__(self) -> None:
+        warn_run_flags(self.args, evaluating=self.evaluating)
+
+    def register(self, trainer: Any, name: str = "run_warnings") -> None:
+        trainer.register_op("setup", self)
+
+
+def check_logger_installed(kind: str) -> None:
+    """Refuses ``--logger KIND`` when the package it needs is not installed, with the
+    command that installs it (checked before the dataset is opened).
+
+    Raises:
+        CLIError: the logger's package is missing.
+
+    Examples:
+        >>> from torchrl_offline.cli.common import check_logger_installed
+        >>> check_logger_installed("csv")  # needs nothing
+    """
+    from torchrl_offline.trainers.hooks import LOGGER_PACKAGES
+
+    package = LOGGER_PACKAGES.get(kind)
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise CLIError(
+            f"--logger {kind} needs the {package} package, which is not installed: "
+            f"pip install {package} (or use --logger csv)"
+        )
 
 
 def print_run_files(result: Any) -> None:
@@ -312,25 +489,35 @@ def check_run_flags(args: argparse.Namespace, *, counts: tuple[str, ...] = ()) -
             raise UsageError(f"--{option.replace('_', '-')} must be positive")
 
 
+#: Words read as constants whatever their case (YAML's and JSON's spellings too).
+_WORDS = {"true": True, "false": False, "none": None, "null": None}
+
+
 def parse_scalar(text: str) -> Any:
-    """``"3"`` -> 3, ``"0.5"`` -> 0.5, ``"true"`` -> True, ``"none"`` -> None, else the text.
+    """A command-line value as the Python value it spells (:func:`ast.literal_eval`:
+    numbers, tuples, lists, quoted strings, ``True``), with ``true``/``false``/``none``/
+    ``null`` in any case and ``inf``/``nan``; any other text stays the text.
 
     Examples:
         >>> from torchrl_offline.cli.common import parse_scalar
-        >>> parse_scalar("3"), parse_scalar("0.5"), parse_scalar("True"), parse_scalar("a.pt")
-        (3, 0.5, True, 'a.pt')
+        >>> parse_scalar("3"), parse_scalar("0.5"), parse_scalar("1e-3"), parse_scalar("true")
+        (3, 0.5, 0.001, True)
+        >>> parse_scalar("(64, 64)"), parse_scalar("[1,2]"), parse_scalar("none")
+        ((64, 64), [1, 2], None)
+        >>> parse_scalar("a.pt"), parse_scalar("'3'"), parse_scalar("-inf")
+        ('a.pt', '3', -inf)
     """
-    lowered = text.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+    stripped = text.strip()
+    if stripped.lower() in _WORDS:
+        return _WORDS[stripped.lower()]
+    try:
+        return ast.literal_eval(stripped)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        pass
+    try:
+        return float(stripped)  # inf, -inf, nan: not Python literals
+    except ValueError:
+        return text
 
 
 def progress_bar(total: int | None, desc: str, *, enabled: bool = True, unit: str = "step"):

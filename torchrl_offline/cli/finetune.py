@@ -9,9 +9,11 @@ from typing import Any
 
 from torchrl_offline.cli.common import (
     CLIError,
+    RunWarnings,
     UsageError,
     add_resume_option,
     add_run_options,
+    check_logger_installed,
     check_run_flags,
     finish_run,
     nothing_to_do,
@@ -69,7 +71,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=float,
         default=0.5,
         metavar="F",
-        help="share of each batch drawn from the offline data, in (0, 1) (default 0.5)",
+        help="share of each batch drawn from the offline data, in (0, 1)",
     )
     mixing.add_argument(
         "--anneal-steps",
@@ -106,6 +108,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _check_options(args: argparse.Namespace) -> None:
     check_run_flags(args, counts=("online_capacity", "frames_per_batch"))
+    check_logger_installed(args.logger)
     if not 0.0 < args.offline_fraction < 1.0:
         raise UsageError(f"--offline-fraction must be in (0, 1), got {args.offline_fraction}")
     if args.anneal_steps is not None and args.anneal_steps < 1:
@@ -191,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
             utd_ratio=args.utd_ratio,
             exploration_noise=args.exploration_noise,
             eval_env=envs[1] if eval_id is not None else None,
-            hooks=[run_state],
+            hooks=[run_state, RunWarnings(args, evaluating=eval_id is not None)],
             **run_keywords(args),
         )
     finally:

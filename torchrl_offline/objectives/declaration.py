@@ -40,6 +40,8 @@ from torchrl_offline.objectives.networks import NetworkFactory
 
 __all__ = [
     "COMMON_DEFAULTS",
+    "SMALL_HIDDEN_SIZES",
+    "SMALL_PRESET",
     "AlgorithmDeclaration",
     "ParamGroup",
     "collect_parameters",
@@ -50,6 +52,12 @@ __all__ = [
 #: Settings every algorithm has: the hidden sizes of its networks, the discount given to
 #: the loss's value estimator and the soft target-update rate.
 COMMON_DEFAULTS: Mapping[str, Any] = {"hidden_sizes": (256, 256), "gamma": 0.99, "tau": 0.005}
+#: The preset every algorithm has unless it declares its own of that name: every network
+#: (each ``*hidden_sizes`` setting) at :data:`SMALL_HIDDEN_SIZES`, on top of the default
+#: preset, for short runs on a CPU.
+SMALL_PRESET = "small"
+#: The hidden sizes of the :data:`SMALL_PRESET` networks.
+SMALL_HIDDEN_SIZES = (64, 64)
 
 # Constructor arguments the builder sets itself (or that are deprecated): never settings.
 _SET_BY_BUILDER = frozenset({"gamma", "priority_key", "action_spec", "bounds", "action_space"})
@@ -128,9 +136,13 @@ class AlgorithmDeclaration:
             arguments are added from its constructor.
         choices: settings that take one of a few values, e.g. ``{"actor": ("gaussian",
             "tanh_normal")}``.
-        presets: named published settings (a name to overrides).
+        presets: named published settings (a name to overrides). A ``"small"`` preset
+            (:data:`SMALL_PRESET`: every ``*hidden_sizes`` setting at 2x64) is added
+            unless one is declared.
         default_preset: the preset applied when none is named: the recommended setting
-            where it differs from the loss constructor's (the paper's) defaults.
+            where it differs from the loss constructor's (the paper's) defaults. A named
+            preset that sets network sizes only (``*hidden_sizes``, as ``"small"``)
+            applies on top of it.
         discrete_variant: the algorithm to build instead for a discrete action spec.
         action_spec_argument: the constructor argument that receives the action spec
             (``"action_spec"``, ``"action_space"``), if any.
@@ -185,6 +197,13 @@ class AlgorithmDeclaration:
             check_derived_keys(self.derived_keys)
         except ValueError as err:
             raise ValueError(f"algorithm {self.name!r}: {err}") from None
+        if SMALL_PRESET not in self.presets:
+            sizes = {
+                key: SMALL_HIDDEN_SIZES
+                for key in {**COMMON_DEFAULTS, **self.defaults}
+                if key.endswith("hidden_sizes")
+            }
+            object.__setattr__(self, "presets", {**self.presets, SMALL_PRESET: sizes})
         lrs = {g.lr for g in self.optimizer}
         missing = sorted(lrs - set(self.defaults))
         if missing:
@@ -212,21 +231,41 @@ class AlgorithmDeclaration:
     def hyperparameters(self, preset: str | None = None) -> dict[str, Any]:
         """Every setting and its default: :data:`COMMON_DEFAULTS`, the declared
         ``defaults``, the loss's own arguments (:meth:`loss_arguments`), then the values
-        of ``preset`` (``default_preset`` when ``None``).
+        of ``default_preset`` and of ``preset``: ``preset`` replaces the default preset,
+        unless it sets network sizes only (``"small"``), then it goes on top of it.
+
+        Raises:
+            KeyError: an unknown preset (the message lists the valid ones).
+
+        Examples:
+            >>> from torchrl_offline import registry
+            >>> cql = registry.get("algorithm", "cql")  # its default preset: "d3rlpy"
+            >>> small = cql.hyperparameters("small")
+            >>> small["hidden_sizes"], small["min_q_weight"] == cql.hyperparameters()["min_q_weight"]
+            ((64, 64), True)
+        """
+        out = {**COMMON_DEFAULTS, **self.defaults, **self.loss_arguments()}
+        for name in self.preset_chain(preset):
+            out.update(self.presets[name])
+        return out
+
+    def preset_chain(self, preset: str | None = None) -> tuple[str, ...]:
+        """The presets :meth:`hyperparameters` applies for ``preset``, in order.
 
         Raises:
             KeyError: an unknown preset (the message lists the valid ones).
         """
-        out = {**COMMON_DEFAULTS, **self.defaults, **self.loss_arguments()}
-        preset = self.default_preset if preset is None else preset
-        if preset is not None:
-            if preset not in self.presets:
-                raise KeyError(
-                    f"Unknown preset {preset!r} for {self.name}; valid presets: "
-                    f"{', '.join(sorted(self.presets)) or '(none)'}"
-                )
-            out.update(self.presets[preset])
-        return out
+        if preset is None:
+            return () if self.default_preset is None else (self.default_preset,)
+        if preset not in self.presets:
+            raise KeyError(
+                f"Unknown preset {preset!r} for {self.name}; valid presets: "
+                f"{', '.join(sorted(self.presets)) or '(none)'}"
+            )
+        sizes_only = all(key.endswith("hidden_sizes") for key in self.presets[preset])
+        if sizes_only and self.default_preset not in (None, preset):
+            return (self.default_preset, preset)
+        return (preset,)
 
 
 def constructor_parameters(cls: type) -> list[inspect.Parameter]:

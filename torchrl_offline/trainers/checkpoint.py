@@ -14,6 +14,36 @@ previous good checkpoint of the same directory (a run resumes from it with
 ``resume=PATH``, ``--resume PATH``); a file that is not a checkpoint of ours raises
 :class:`NotACheckpointError`. Checkpoints written before the hash existed (format ``/1``)
 still load, unchecked, with a logged note.
+
+TorchRL 0.14 ships :mod:`torchrl.checkpoint`. Its :class:`~torchrl.checkpoint.GlobalRNGState`
+is what :func:`get_rng_state` and :func:`set_rng_state` use: it captures Python's,
+NumPy's and torch's CPU generators and those of the accelerators in use (CUDA, XPU,
+MPS), in a state that ``torch.load(weights_only=True)`` reads back. Its
+:class:`~torchrl.checkpoint.Checkpoint` container and
+:class:`~torchrl.checkpoint.CheckpointRotation` are not used, because they would drop
+guarantees these checkpoints give (their payloads are weights-only safe; that is not
+the reason):
+
+* integrity: ``Checkpoint.load`` checks the manifest and its file list, not the payload
+  bytes, so a truncated or bit-flipped tensor payload loads wrong values or fails deep
+  in tensordict; here every load checks the size and hash first and names the previous
+  good checkpoint;
+* durability: ``Checkpoint.save`` neither fsyncs the payloads and manifest before
+  publishing the staged directory nor the parent directory after the rename, so a
+  power loss can leave a published but empty checkpoint; here both are fsynced;
+* one file, our names: a ``Checkpoint`` is a directory of component payloads (or a zip
+  archive) and ``CheckpointRotation`` recognises only its own
+  ``checkpoint-<12-digit step>`` manifests, so it could neither find nor prune the
+  ``checkpoint_<step>.pt`` files of existing runs, which ``--resume PATH``, the
+  setting aside of newer checkpoints and ``torchrl-offline verify`` read;
+* a damaged newest checkpoint: ``CheckpointRotation.latest()`` skips one whose manifest
+  does not read and silently returns an older one; a resume here stops, names the
+  damaged file and the previous good one, and continues from that one only when asked
+  (``--resume PATH``).
+
+Rotation here is :class:`~torchrl_offline.trainers.hooks.CheckpointHook` deleting all
+but the newest ``keep`` checkpoints after a new one is safely on disk, as
+``CheckpointRotation.prune`` does after its save.
 """
 
 from __future__ import annotations
@@ -309,22 +339,50 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
 
 
 def get_rng_state() -> dict[str, Any]:
-    """The states of torch's, NumPy's and Python's global generators (weights-only safe)."""
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "python": _python_state_to_list(random.getstate()),
-    }
+    """The states of the global random generators: Python's, NumPy's, torch's CPU one and
+    the accelerators' in use (TorchRL's :class:`~torchrl.checkpoint.GlobalRNGState`),
+    weights-only safe.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl_offline.trainers.checkpoint import get_rng_state, set_rng_state
+        >>> state = get_rng_state()
+        >>> first = torch.rand(2)
+        >>> set_rng_state(state)
+        >>> bool((torch.rand(2) == first).all())
+        True
+    """
+    from torchrl.checkpoint import GlobalRNGState
+
+    return GlobalRNGState().state_dict()
+
+
+#: The entries of :func:`get_rng_state` that every process can restore.
+_HOST_GENERATORS = ("python", "numpy", "torch_cpu")
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restores generator states saved by :func:`get_rng_state`."""
+    """Restores generator states saved by :func:`get_rng_state` (or by the versions
+    before it used TorchRL's, ``{"torch", "numpy", "python"}``). The state of an
+    accelerator this process does not have (a GPU run resumed on a CPU) is left out,
+    with a logged warning: the run continues, not bitwise as it would have."""
+    if "torch_cpu" not in state:
+        _set_legacy_rng_state(state)
+        return
+    from torchrl.checkpoint import GlobalRNGState
+
+    try:
+        GlobalRNGState().load_state_dict(state)
+    except (RuntimeError, ValueError, IndexError) as err:
+        GlobalRNGState().load_state_dict({k: state[k] for k in _HOST_GENERATORS})
+        logger.warning(
+            "The accelerators' random generators of the checkpoint were not restored (%s): "
+            "the run continues, not exactly as it would have",
+            err,
+        )
+
+
+def _set_legacy_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     np_state = state["numpy"]
     np.random.set_state(
@@ -338,8 +396,3 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-
-
-def _python_state_to_list(state: tuple) -> list:
-    version, internal, gauss = state
-    return [version, list(internal), gauss]

@@ -37,6 +37,8 @@ __all__ = [
 ]
 
 LOGGER_KINDS = ("csv", "tensorboard", "wandb", "mlflow")
+#: The package each optional logger needs, for the install hint of :func:`make_logger`.
+LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -425,18 +427,30 @@ class LogLosses(TrainerHookBase):
 
 
 class ProgressBar(TrainerHookBase):
-    """A tqdm progress bar over gradient steps with steps/s and the latest losses.
+    """A tqdm progress bar over gradient steps with the time left (tqdm's
+    ``[elapsed<remaining, rate]``), steps/s and the latest losses.
 
     Args:
         total (int, optional): total steps; read from the trainer when omitted.
         interval (int): steps between refreshes. Defaults to ``50``.
+        seconds (float): a slow run refreshes after this many seconds even before
+            ``interval`` steps, so its time left shows early. Defaults to ``1.0``.
         **tqdm_kwargs: passed to :class:`tqdm.tqdm` (e.g. ``file=``, ``disable=``).
     """
 
-    def __init__(self, total: int | None = None, *, interval: int = 50, **tqdm_kwargs: Any):
+    def __init__(
+        self,
+        total: int | None = None,
+        *,
+        interval: int = 50,
+        seconds: float = 1.0,
+        **tqdm_kwargs: Any,
+    ):
         self.total = total
         self.interval = max(int(interval), 1)
+        self.seconds = float(seconds)
         self.tqdm_kwargs = tqdm_kwargs
+        self._refreshed = 0.0
         self._bar: Any = None
         self._losses: TensorDictBase | None = None
         self._trainer: Any = None
@@ -452,6 +466,7 @@ class ProgressBar(TrainerHookBase):
         self._bar = tqdm(total=total, initial=step, unit="step", **self.tqdm_kwargs)
         self._shown = step
         self._t0, self._s0 = time.perf_counter(), step
+        self._refreshed = self._t0
 
     def _capture(self, optim_steps: int, losses: TensorDictBase | None) -> None:
         self._losses = losses
@@ -460,10 +475,16 @@ class ProgressBar(TrainerHookBase):
         if self._bar is None:
             self._open()
         step = int(self._trainer.collected_frames)
-        if step - self._shown < self.interval and step != self._trainer.total_frames:
+        now = time.perf_counter()
+        if (
+            step - self._shown < self.interval
+            and step != self._trainer.total_frames
+            and now - self._refreshed < self.seconds
+        ):
             return
+        self._refreshed = now
         postfix: dict[str, str] = {}
-        elapsed = time.perf_counter() - self._t0
+        elapsed = now - self._t0
         if elapsed > 0:
             postfix["steps/s"] = f"{(step - self._s0) / elapsed:.1f}"
         if self._losses is not None:
@@ -516,7 +537,8 @@ def make_logger(
 
     Raises:
         ValueError: an unknown kind (the message lists the valid ones).
-        ImportError: the logger's package is not installed.
+        ImportError: the logger's package is not installed (the message says what to
+            ``pip install``).
 
     Examples:
         >>> import tempfile
@@ -526,6 +548,20 @@ def make_logger(
     """
     if not kind:
         return None
+    if kind not in LOGGER_KINDS:
+        raise ValueError(f"Unknown logger {kind!r}; valid loggers: {', '.join(LOGGER_KINDS)}")
+    try:
+        return _make_logger(kind, log_dir, exp_name, kwargs)
+    except ImportError as err:
+        package = LOGGER_PACKAGES.get(kind)
+        if package is None:
+            raise
+        raise ImportError(
+            f"the {kind} logger needs the {package} package ({err}): pip install {package}"
+        ) from err
+
+
+def _make_logger(kind: str, log_dir: str | os.PathLike, exp_name: str, kwargs: Any) -> Logger:
     from torchrl.record import loggers
 
     if kind == "csv":
@@ -534,7 +570,5 @@ def make_logger(
         return loggers.TensorboardLogger(exp_name, log_dir=str(log_dir), **kwargs)
     if kind == "wandb":
         return loggers.WandbLogger(exp_name=exp_name, save_dir=str(log_dir), **kwargs)
-    if kind == "mlflow":
-        uri = Path(log_dir).resolve().as_uri()
-        return loggers.MLFlowLogger(exp_name, tracking_uri=uri, **kwargs)
-    raise ValueError(f"Unknown logger {kind!r}; valid loggers: {', '.join(LOGGER_KINDS)}")
+    uri = Path(log_dir).resolve().as_uri()
+    return loggers.MLFlowLogger(exp_name, tracking_uri=uri, **kwargs)
