@@ -62,6 +62,19 @@ def test_ope_notes_and_warnings_are_grouped_by_message():
         f"wis, wpdis, wdr: note: {shared}",
         "wis, wpdis: WARNING: low ESS",
     ]
+    # an estimator that raised is a row of its own, its error listed with the messages
+    from rich.console import Console
+
+    from torchrl_offline.cli.ope import _table
+    from torchrl_offline.ope.result import OPEError
+
+    results["is"] = OPEError("Every importance weight is zero")
+    assert _messages(results)[-1] == "is: ERROR: Every importance weight is zero"
+    console = Console(width=200, record=True)
+    console.print(_table(results, -1.0, 0.95))
+    rows = [line.split() for line in console.export_text().splitlines()]
+    assert ["is", "failed", "-", "-"] in rows
+    assert ["wis", "()", "0", "[0,", "0]", "-", "1"] in rows
 
 
 def test_stochastic_mode_needs_a_policy_with_a_distribution():

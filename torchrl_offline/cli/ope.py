@@ -137,8 +137,11 @@ def _class(name: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-def _fit_fqe(policy: Any, buffer: Any, args: argparse.Namespace) -> tuple[Any, Any]:
-    """Fit FQE (with a progress bar over its updates); return ``(fqe, result)``."""
+def _fit_fqe(
+    policy: Any, buffer: Any, args: argparse.Namespace, *, interval: bool = True
+) -> tuple[Any, Any]:
+    """Fit FQE (with a progress bar over its updates); return ``(fqe, result)``; without
+    ``interval``, one critic (its refits would only serve FQE's own interval)."""
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     fqe = _class("fqe")(
@@ -152,7 +155,8 @@ def _fit_fqe(policy: Any, buffer: Any, args: argparse.Namespace) -> tuple[Any, A
         confidence=args.confidence,
         seed=args.seed,
         policy_mode=args.policy_mode,
-        interval=args.fqe_interval.replace("-", "_"),
+        # as the Q model of DR alone, FQE needs no interval: no refits
+        interval=args.fqe_interval.replace("-", "_") if interval else "initial_states",
         n_refits=args.fqe_refits,
     )
     with progress_bar(args.fqe_steps, "FQE fit", enabled=args.progress) as bar:
@@ -169,6 +173,10 @@ def _fit_fqe(policy: Any, buffer: Any, args: argparse.Namespace) -> tuple[Any, A
 
 
 def _estimate_all(policy: Any, buffer: Any, names: list[str], args: argparse.Namespace):
+    """``name -> OPEResult`` of each estimator, or the ``OPEError`` it raised (all raising:
+    the first error is raised)."""
+    from torchrl_offline.ope.result import OPEError
+
     common = {
         "gamma": args.gamma,
         "behavior_policy": "estimate" if args.behavior == "estimate" else None,
@@ -183,7 +191,7 @@ def _estimate_all(policy: Any, buffer: Any, names: list[str], args: argparse.Nam
     results: dict[str, Any] = {}
     fqe = None
     if "fqe" in names or any(n in _NEEDS_Q for n in names):
-        fqe, fqe_result = _fit_fqe(policy, buffer, args)
+        fqe, fqe_result = _fit_fqe(policy, buffer, args, interval="fqe" in names)
         if "fqe" in names:
             results["fqe"] = fqe_result
     for name in names:
@@ -194,7 +202,12 @@ def _estimate_all(policy: Any, buffer: Any, names: list[str], args: argparse.Nam
             estimator = cls(policy, fqe, **common) if name in _NEEDS_Q else cls(policy, **common)
         except TypeError as err:  # a policy without action probabilities
             raise UsageError(f"{name}: {err} (options --kernel-bandwidth / --epsilon)") from None
-        results[name] = estimator.estimate(buffer)
+        try:
+            results[name] = estimator.estimate(buffer)
+        except OPEError as err:  # e.g. every weight 0: this estimate is undefined, not the rest
+            results[name] = err
+    if all(isinstance(r, OPEError) for r in results.values()):
+        raise next(iter(results.values()))
     return {name: results[name] for name in names}
 
 
@@ -227,6 +240,9 @@ def _table(results: dict[str, Any], behaviour: float, confidence: float) -> Any:
         table.add_column(column, justify=justify, no_wrap=True)
     table.add_row(*map(Text, ("behaviour (logged)", _fmt(behaviour), "-", "-", "")))
     for name, r in results.items():
+        if isinstance(r, Exception):
+            table.add_row(*map(Text, (name, "failed", "-", "-", "")))
+            continue
         ess = r.diagnostics.get("ess")
         cells = (
             f"{name} ({r.estimator})",
@@ -243,6 +259,9 @@ def _messages(results: dict[str, Any]) -> list[str]:
     """The results' notes and warnings, each message once with the estimators giving it."""
     grouped: dict[tuple[str, str], list[str]] = {}
     for name, r in results.items():
+        if isinstance(r, Exception):
+            grouped.setdefault(("ERROR", " ".join(str(r).split())), []).append(name)
+            continue
         for kind, messages in (("note", r.notes), ("WARNING", r.warnings)):
             for message in messages:
                 grouped.setdefault((kind, message), []).append(name)
@@ -312,7 +331,10 @@ def run(args: argparse.Namespace) -> int:
             "gamma": args.gamma,
             "policy_mode": args.policy_mode,
             "behavior_value": behaviour,
-            "estimates": {name: r.as_dict() for name, r in results.items()},
+            "estimates": {
+                name: {"error": str(r)} if isinstance(r, Exception) else r.as_dict()
+                for name, r in results.items()
+            },
         }
         if left_out:
             out["notes"] = [left_out]
