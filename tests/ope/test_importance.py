@@ -579,6 +579,7 @@ def test_policy_mode_greedy_scores_the_deterministic_action(problem, big):
     pi = as_evaluation_policy(problem.actor(), mode="greedy")
     assert pi.mode == "greedy" and "greedy" in pi.describe()
     torch.testing.assert_close(pi.action_probs(td[:5]), greedy_pi[td["state"][:5]])
+    assert (pi.sample(td[:5], num_samples=3) == problem.pi.argmax(-1)[td["state"][:5]]).all()
     est = WeightedPerDecisionImportanceSampling(
         problem.actor(), gamma=problem.gamma, policy_mode="greedy", n_bootstrap=200
     )

@@ -186,7 +186,7 @@ class FQE:
             distribution of a policy that has one). The result's ``policy_mode`` says which.
         interval (str): ``"refit"`` (default) or ``"initial_states"`` (see above).
         n_refits (int): bootstrap refits for ``interval="refit"``. Defaults to ``10``: the
-            fit costs about ``1 + n_refits`` times one critic's (the policy's draws are
+            fit costs up to ``1 + n_refits`` times one critic's (the policy's draws are
             shared), and the t interval is stable from about 10 refits.
 
     Examples:

@@ -154,9 +154,12 @@ class EvaluationPolicy:
     def describe(self) -> str:
         name = type(self.policy).__name__
         if self.kernel_bandwidth is not None:
-            return f"{name}, greedy with Gaussian kernel (bandwidth {self.kernel_bandwidth:g})"
+            return (
+                f"{name}, greedy action with a Gaussian kernel (bandwidth "
+                f"{self.kernel_bandwidth:g})"
+            )
         if self.epsilon is not None:
-            return f"{name}, greedy, epsilon-greedy (epsilon {self.epsilon:g})"
+            return f"{name}, epsilon-greedy around its greedy action (epsilon {self.epsilon:g})"
         if self.kind == "deterministic":
             return f"{name}, greedy (its deterministic action)"
         return f"{name}, stochastic (sampling its distribution)"
@@ -431,9 +434,12 @@ class EvaluationPolicy:
             return a.cpu()
         if self.kind == "deterministic":
             emitted = self._actor_action(td)
-            if self.epsilon is not None:
+            discrete = _is_discrete_action(emitted) or _is_one_hot(emitted)
+            if self.epsilon is not None or (self.kernel_bandwidth is None and discrete):
                 n = self._greedy_num_actions(td, emitted)
                 greedy = self._to_index(emitted, n, batch).expand(*shape, batch)
+                if not self.epsilon:
+                    return greedy.clone()
                 explore = torch.rand(*shape, batch) < self.epsilon
                 return torch.where(explore, torch.randint(n, (*shape, batch)), greedy)
             mu = emitted.expand(*shape, *emitted.shape)
