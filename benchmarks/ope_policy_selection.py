@@ -15,7 +15,10 @@ A DOPE-style benchmark (Fu et al., ICLR 2021) of the estimators of
 4. every estimator (IS, WIS, PDIS, WPDIS, FQE, DR and WDR with the fitted FQE) estimates
    every candidate from the logged data alone; the script reports, per estimator, the
    mean relative error, Spearman rank correlation and regret@1 / regret@3 (normalized
-   by the range of the true values), as a Markdown table.
+   by the range of the true values), and the fraction of candidates whose 95% interval
+   covers the true value, as Markdown tables; FQE's interval is the bootstrap over
+   ``--fqe-refits`` refits on resampled episodes, and its former interval (a bootstrap
+   over the initial states of one fit) is reported next to it.
 
 The discount is 0.98: Pendulum episodes are cut at 200 steps, and ``0.98 ** 200 < 0.02``,
 so the infinite-horizon value that FQE bootstraps and the 200-step return that the
@@ -23,7 +26,8 @@ rollouts measure agree to within about 2% of the tail.
 
 Usage::
 
-    python benchmarks/ope_policy_selection.py             # about 10 minutes on 2 CPU cores
+    python benchmarks/ope_policy_selection.py             # about 16 minutes, one thread
+    python benchmarks/ope_policy_selection.py --reduced   # a smaller FQE: about 7 minutes
     python benchmarks/ope_policy_selection.py --quick     # a smoke run of a minute
     python benchmarks/ope_policy_selection.py --json run.json   # keep the raw results
     python benchmarks/ope_policy_selection.py --report run.json # re-print their tables
@@ -66,6 +70,7 @@ from torchrl_offline.ope.importance import (
 from torchrl_offline.ope.policy import EvaluationPolicy
 from torchrl_offline.ope.result import OPEError, OPEResult, OPEWarning
 from torchrl_offline.ope.selection import rank_policies, relative_error, selection_metrics
+from torchrl_offline.ope.uncertainty import bootstrap_interval
 
 ENV_ID = "Pendulum-v1"
 MAX_TORQUE = 2.0
@@ -201,7 +206,13 @@ def true_value(policy, episodes: int, gamma: float, seed: int) -> tuple[float, f
 
 # ----------------------------------------------------------------------------- estimators
 def estimate_all(policy, buffer, args) -> dict:
-    common = {"gamma": args.gamma, "n_bootstrap": args.n_bootstrap, "seed": args.seed}
+    # Every candidate is stochastic and its truth comes from sampling it.
+    common = {
+        "gamma": args.gamma,
+        "n_bootstrap": args.n_bootstrap,
+        "seed": args.seed,
+        "policy_mode": "stochastic",
+    }
     out = {}
     for name, cls in (
         ("IS", ImportanceSampling),
@@ -218,9 +229,17 @@ def estimate_all(policy, buffer, args) -> dict:
         target_update_interval=args.fqe_target_interval,
         num_cells=(args.fqe_cells, args.fqe_cells),
         num_action_samples=4,
+        n_refits=args.fqe_refits,
         **common,
     )
-    out["FQE"] = fqe.estimate(buffer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OPEWarning)
+        out["FQE"] = fqe.estimate(buffer)
+    # FQE's former interval, over the initial states of the main fit only
+    low, high = bootstrap_interval(
+        out["FQE"].per_episode, n_bootstrap=args.n_bootstrap, seed=args.seed
+    )
+    out["FQE"].diagnostics["initial_states_ci"] = [low, high]
     out["DR"] = _estimate(DoublyRobust(policy, fqe, **common), buffer)
     out["WDR"] = _estimate(WeightedDoublyRobust(policy, fqe, **common), buffer)
     return out
@@ -237,6 +256,11 @@ def _estimate(estimator, buffer) -> OPEResult | None:
             return None
 
 
+def _refits(results: dict) -> str:
+    counts = {r.diagnostics.get("n_refits") for r in results.values() if r is not None}
+    return ", ".join(str(c) for c in sorted(c for c in counts if c is not None))
+
+
 def _cell(result: OPEResult | None) -> str:
     if result is None:
         return "failed"
@@ -244,21 +268,59 @@ def _cell(result: OPEResult | None) -> str:
     return f"{result.value:.1f}{flag}"
 
 
+def _covers(result: OPEResult | None, value: float, interval: str = "ci") -> bool:
+    if result is None:
+        return False
+    if interval == "initial_states":
+        low, high = result.diagnostics["initial_states_ci"]
+    else:
+        low, high = result.ci_low, result.ci_high
+    return low <= value <= high
+
+
+def coverage(truth: dict, results: dict, interval: str = "ci") -> float:
+    """Fraction of the policies whose interval covers the true value (failed: not covered)."""
+    return sum(_covers(results[n], truth[n][0], interval) for n in truth) / len(truth)
+
+
 def markdown_tables(truth: dict, estimates: dict, metrics: dict, gamma: float) -> str:
     names = list(truth)
     estimators = list(metrics)
     lines = [
         "| estimator | policies estimated | relative error (mean) | relative error (median) "
-        "| Spearman | regret@1 | regret@3 |",
-        "|---|---|---|---|---|---|---|",
+        "| Spearman | regret@1 | regret@3 | 95% interval covers the truth |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for est in estimators:
         m = metrics[est]
         lines.append(
             f"| {est} | {m['policies']}/{len(names)} | {m['relative_error']:.3f} | "
             f"{m['median_relative_error']:.3f} | "
-            f"{m['spearman']:.3f} | {m['regret@1']:.3f} | {m.get('regret@3', math.nan):.3f} |"
+            f"{m['spearman']:.3f} | {m['regret@1']:.3f} | {m.get('regret@3', math.nan):.3f} | "
+            f"{coverage(truth, estimates[est]):.0%} |"
         )
+    fqe = estimates.get("FQE", {})
+    if any(r is not None and "initial_states_ci" in r.diagnostics for r in fqe.values()):
+        lines.append(
+            f"| FQE, initial-state interval | | | | | | | "
+            f"{coverage(truth, fqe, 'initial_states'):.0%} |"
+        )
+        lines += ["", "FQE's intervals per policy:", ""]
+        lines.append(
+            "| policy | true value | FQE | refit interval (t, "
+            f"{_refits(fqe)} refits) | initial-state interval |"
+        )
+        lines.append("|---|---|---|---|---|")
+        for name in names:
+            r = fqe[name]
+            value, se = truth[name]
+            low, high = r.diagnostics["initial_states_ci"]
+            lines.append(
+                f"| {name} | {value:.1f} ± {se:.1f} | {_cell(r)} | "
+                f"[{r.ci_low:.1f}, {r.ci_high:.1f}]{'' if _covers(r, value) else ' (misses)'} | "
+                f"[{low:.1f}, {high:.1f}]"
+                f"{'' if _covers(r, value, 'initial_states') else ' (misses)'} |"
+            )
     lines += ["", f"Estimates per policy (discounted return, gamma = {gamma}):", ""]
     lines.append("| policy | true value | " + " | ".join(estimators) + " |")
     lines.append("|---|---|" + "---|" * len(estimators))
@@ -279,16 +341,24 @@ def main() -> None:
     parser.add_argument("--fqe-lr", type=float, default=1e-3)
     parser.add_argument("--fqe-target-interval", type=int, default=20)
     parser.add_argument("--fqe-cells", type=int, default=128)
+    parser.add_argument("--fqe-refits", type=int, default=10, help="FQE's bootstrap refits")
     parser.add_argument("--n-bootstrap", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="write the raw results here")
     parser.add_argument("--quick", action="store_true", help="tiny budget (smoke run)")
+    parser.add_argument(
+        "--reduced",
+        action="store_true",
+        help="FQE with 2,000 updates of a 2x64 critic (the reduced run of docs/ope.md)",
+    )
     parser.add_argument("--report", type=Path, default=None, help="re-print a saved --json run")
     args = parser.parse_args()
     if args.report is not None:
         report_from_json(args.report)
         return
+    if args.reduced:
+        args.fqe_steps, args.fqe_cells = 2000, 64
     if args.quick:
         args.steps, args.truth_episodes, args.train_steps = 2000, 40, 100
         args.fqe_steps, args.n_bootstrap = 200, 200

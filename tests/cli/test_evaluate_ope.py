@@ -23,9 +23,14 @@ def test_evaluate_json(trained_run, capsys):
     assert len(result["returns"]) == 2
     assert result["return_mean"] == pytest.approx(sum(result["returns"]) / 2)
     assert result["normalized_score"] == pytest.approx(100 * (result["return_mean"] + 1200) / 1050)
+    assert result["policy_mode"] == "greedy"  # the default, the policy one deploys
     # Same seed, same returns.
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["returns"] == result["returns"]
+    # The stochastic policy samples its actions: other returns, and said so.
+    assert main([*argv, "--policy-mode", "stochastic"]) == 0
+    sampled = json.loads(capsys.readouterr().out)
+    assert sampled["policy_mode"] == "stochastic" and sampled["returns"] != result["returns"]
 
 
 def test_evaluate_text_with_explicit_env_and_references(trained_run, capsys):
@@ -36,6 +41,7 @@ def test_evaluate_text_with_explicit_env_and_references(trained_run, capsys):
     out = capsys.readouterr().out
     assert "iql at step 20" in out and "Pendulum-v1, 1 episodes: return" in out
     assert "normalized score" in out
+    assert "policy: greedy (the actor's deterministic action" in out
 
 
 def test_evaluate_bad_input(trained_run, tmp_path, capsys):
@@ -59,13 +65,17 @@ def test_evaluate_bad_input(trained_run, tmp_path, capsys):
 def test_ope_json_with_intervals(trained_run, capsys):
     argv = ["ope", trained_run["run"], "--dataset", trained_run["dataset"],
             "--root", trained_run["root"], "--estimators", "fqe,wis,wdr", "--fqe-steps", "20",
-            "--fqe-batch-size", "32", "--bootstrap", "50", "--json", "--no-progress"]  # fmt: skip
+            "--fqe-batch-size", "32", "--bootstrap", "50", "--json", "--no-progress",
+            "--policy-mode", "stochastic", "--fqe-refits", "3"]  # fmt: skip
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert list(out["estimates"]) == ["fqe", "wis", "wdr"]
+    assert out["policy_mode"] == "stochastic"
     for estimate in out["estimates"].values():
         assert estimate["ci_low"] <= estimate["value"] <= estimate["ci_high"]
         assert math.isfinite(estimate["value"])
+        assert estimate["policy_mode"] == "stochastic"
+    assert out["estimates"]["fqe"]["diagnostics"]["n_refits"] == 3
     # The logged episodes' discounted return, computed directly.
     data = load_minari(trained_run["dataset"], root=trained_run["root"]).storage[:]
     rewards = data["next", "reward"].reshape(2, 200).double()
@@ -76,11 +86,37 @@ def test_ope_json_with_intervals(trained_run, capsys):
 def test_ope_table(trained_run, capsys):
     argv = ["ope", trained_run["run"], "--dataset", trained_run["dataset"],
             "--root", trained_run["root"], "--estimators", "wis,pdis", "--bootstrap", "50",
-            "--no-progress"]  # fmt: skip
+            "--no-progress", "--policy-mode", "stochastic"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "95% CI" in out and "behaviour (logged)" in out
-    assert "wis (" in out and "pdis (" in out
+    assert "wis (WIS)" in out and "pdis (PDIS)" in out
+    assert "policy: stochastic (actions sampled from the actor's distribution)" in out
+    # Captured (not a terminal): plain text, no colour codes, no line cut by a width.
+    assert "\x1b[" not in out
+    assert any(len(line) > 100 for line in out.splitlines())
+
+
+def test_ope_scores_the_greedy_policy_by_default(trained_run, capsys):
+    base = ["ope", trained_run["run"], "--dataset", trained_run["dataset"],
+            "--root", trained_run["root"], "--fqe-steps", "20", "--fqe-batch-size", "32",
+            "--fqe-refits", "2", "--bootstrap", "50", "--no-progress"]  # fmt: skip
+    assert main(base) == 0
+    out = capsys.readouterr().out
+    assert "policy: greedy (the actor's deterministic action" in out
+    assert "fqe (FQE)" in out and "wis (" not in out  # IQL's actions are continuous:
+    assert "note: wis, wpdis, wdr not run: the greedy policy of continuous actions" in out
+    # ...the greedy policy has no density: named importance-sampling estimators are refused
+    assert main([*base, "--estimators", "fqe,wis"]) == 2
+    err = capsys.readouterr().err
+    assert "--estimators wis: the greedy policy of continuous actions" in err
+    assert "--kernel-bandwidth" in err and err.count("\n") == 1
+    # ...unless a kernel smooths it
+    assert main([*base, "--estimators", "wis", "--kernel-bandwidth", "0.5", "--json"]) == 0
+    wis = json.loads(capsys.readouterr().out)["estimates"]["wis"]
+    assert wis["policy_mode"] == "greedy" and "kernel" in wis["policy"]
+    assert main([*base, "--policy-mode", "stochastic", "--epsilon", "0.1"]) == 2
+    assert "do not apply to --policy-mode stochastic" in capsys.readouterr().err
 
 
 def test_ope_bad_input(trained_run, tmp_path, capsys):

@@ -174,3 +174,72 @@ def test_logged_action_encoding_need_not_match_the_policy(space):
     with pytest.raises(OfflineLossError, match="has 3 entries"):
         bad = TensorDict({"observation": obs, "action": torch.zeros(8, 3, dtype=torch.long)}, [8])
         loss.state_action_value(bad)
+
+
+def _critics(n: int, discrete: bool) -> list[TensorDictModule]:
+    torch.manual_seed(0)
+    if discrete:
+        return [
+            TensorDictModule(nn.Linear(3, 4), ["observation"], ["state_action_value"])
+            for _ in range(n)
+        ]
+    return [
+        TensorDictModule(
+            MLP(in_features=4, out_features=1, num_cells=[8]),
+            ["observation", "action"],
+            ["state_action_value"],
+        )
+        for _ in range(n)
+    ]
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_an_ensemble_is_its_members_computed_at_once(discrete):
+    """Member i of ``num_qvalue_nets=E`` gives exactly the loss of the single critic i."""
+    if discrete:
+        actor = ProbabilisticActor(
+            TensorDictModule(nn.Linear(3, 4), ["observation"], ["logits"]),
+            in_keys=["logits"],
+            distribution_class=torch.distributions.Categorical,
+        )
+    else:
+        actor = TensorDictModule(nn.Linear(3, 1), ["observation"], ["action"])
+    critics = _critics(3, discrete)
+    batch = _batch(act=None if discrete else 1)
+    batch["next", "terminated"][:3] = True
+    kw = dict(reduction="none", action_space="categorical" if discrete else None)
+    ensemble = FQELoss(critics, actor, num_qvalue_nets=3, **kw)
+    ensemble.make_value_estimator(gamma=0.9)
+    written = batch.clone()
+    out = ensemble(written)
+    assert out.batch_size == (3, 8)
+    torch.testing.assert_close(written["td_error"], out["td_error"].mean(0))  # the priority
+    for i, critic in enumerate(critics):
+        single = FQELoss(critic, actor, **kw)
+        single.make_value_estimator(gamma=0.9)
+        one = single(batch.clone())
+        for key in ("loss_qvalue", "target_value", "state_action_value"):
+            torch.testing.assert_close(out[key][i], one[key])
+        torch.testing.assert_close(ensemble.state_value(batch, member=i), single.state_value(batch))
+    assert ensemble.state_value(batch).shape == (3, 8)
+
+
+def test_greedy_mode_evaluates_the_deterministic_action_of_a_distribution():
+    torch.manual_seed(0)
+    actor = ProbabilisticActor(
+        TensorDictModule(nn.Linear(3, 4), ["observation"], ["logits"]),
+        in_keys=["logits"],
+        distribution_class=torch.distributions.Categorical,
+    )
+    critic = _critics(1, True)[0]
+    batch = _batch(act=None)
+    greedy = FQELoss(critic, actor, action_space="categorical", policy_mode="greedy")
+    stochastic = FQELoss(critic, actor, action_space="categorical")
+    assert (greedy.policy_mode, stochastic.policy_mode) == ("greedy", "stochastic")
+    q = critic(batch.select("observation").clone())["state_action_value"]
+    logits = actor.module[0](batch.select("observation").clone())["logits"]
+    best = q.gather(-1, logits.argmax(-1, keepdim=True)).squeeze(-1)
+    torch.testing.assert_close(greedy.state_value(batch), best)
+    torch.testing.assert_close(stochastic.state_value(batch), (logits.softmax(-1) * q).sum(-1))
+    with pytest.raises(ValueError, match="smooth the greedy policy"):
+        FQELoss(critic, actor, epsilon=0.1, policy_mode="stochastic")

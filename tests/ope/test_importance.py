@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from torchrl_offline.ope.importance import (
     WeightedImportanceSampling,
     WeightedPerDecisionImportanceSampling,
 )
+from torchrl_offline.ope.policy import as_evaluation_policy
 from torchrl_offline.ope.result import OPEError, OPEResult, OPEWarning
 
 ALL = [
@@ -320,18 +322,24 @@ def _bandit(n: int, seed: int) -> TensorDict:
 BANDIT_TRUTH = -0.89
 
 
-def test_continuous_gaussian_actor_unbiased():
-    from torchrl.modules import IndependentNormal
+def _bandit_actor(distribution_class) -> ProbabilisticActor:
+    """pi(a | s) with location 0.5 s and scale 0.8."""
 
     class Head(nn.Module):
         def forward(self, obs):
             return 0.5 * obs, torch.full_like(obs, 0.8)
 
-    actor = ProbabilisticActor(
+    return ProbabilisticActor(
         TensorDictModule(Head(), ["observation"], ["loc", "scale"]),
         in_keys=["loc", "scale"],
-        distribution_class=IndependentNormal,
+        distribution_class=distribution_class,
     )
+
+
+def test_continuous_gaussian_actor_unbiased():
+    from torchrl.modules import IndependentNormal
+
+    actor = _bandit_actor(IndependentNormal)
     r = ImportanceSampling(actor, gamma=1.0, n_bootstrap=200).estimate(_bandit(20000, 0))
     se = r.per_episode.std().item() / math.sqrt(20000)
     assert abs(r.value - BANDIT_TRUTH) < 4 * se
@@ -558,3 +566,64 @@ def test_discrete_space_with_start_is_read_from_buffer_metadata():
     # Without the metadata the values are out of the policy's range: a clear error.
     with pytest.raises(OPEError, match="outside the policy's 2 actions"):
         ImportanceSampling(pi, gamma=1.0, n_bootstrap=20).estimate(shifted)
+
+
+# ----------------------------------------------------------------- which policy is scored
+
+
+def test_policy_mode_greedy_scores_the_deterministic_action(problem, big):
+    """Greedy: probability 1 on the actor's most likely action (an exact 0/1 probability
+    for discrete actions), so IS estimates the greedy policy's own exact value."""
+    td = big[big["episode"] < 4000]
+    greedy_pi = torch.nn.functional.one_hot(problem.pi.argmax(-1), 3).double()
+    pi = as_evaluation_policy(problem.actor(), mode="greedy")
+    assert pi.mode == "greedy" and "greedy" in pi.describe()
+    torch.testing.assert_close(pi.action_probs(td[:5]), greedy_pi[td["state"][:5]])
+    assert (pi.sample(td[:5], num_samples=3) == problem.pi.argmax(-1)[td["state"][:5]]).all()
+    est = WeightedPerDecisionImportanceSampling(
+        problem.actor(), gamma=problem.gamma, policy_mode="greedy", n_bootstrap=200
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OPEWarning)  # most logged actions are not greedy
+        greedy = est.estimate(td)
+    stochastic = WeightedPerDecisionImportanceSampling(
+        problem.actor(), gamma=problem.gamma, n_bootstrap=200
+    ).estimate(td)
+    assert (greedy.policy_mode, stochastic.policy_mode) == ("greedy", "stochastic")
+    assert greedy.as_dict()["policy_mode"] == "greedy" and "policy: " in str(greedy)
+    truth = problem.mdp.value(greedy_pi, problem.gamma)
+    assert abs(truth - problem.true_value) > 0.05
+    assert greedy.ci_low < truth < greedy.ci_high
+    assert not stochastic.ci_low < truth < stochastic.ci_high
+
+
+def test_greedy_continuous_policy_needs_a_kernel():
+    actor = _bandit_actor(TanhNormal)
+    td = _bandit(200, 0)
+    td["action"] = td["action"].clamp(-0.99, 0.99)
+    with pytest.raises(OPEError, match="kernel_bandwidth") as err:
+        WeightedImportanceSampling(actor, gamma=1.0, policy_mode="greedy").estimate(td)
+    assert "density at every logged action is 0" in str(err.value)
+    smoothed = WeightedImportanceSampling(
+        actor, gamma=1.0, policy_mode="greedy", kernel_bandwidth=0.5, n_bootstrap=20
+    ).estimate(td)
+    assert smoothed.policy_mode == "greedy" and "kernel" in smoothed.policy
+    # the stochastic policy has a density: no kernel needed
+    assert WeightedImportanceSampling(actor, gamma=1.0, n_bootstrap=20).estimate(
+        td
+    ).policy_mode == ("stochastic")
+
+
+def test_policy_mode_errors(problem):
+    plain = TensorDictModule(lambda obs: obs.argmax(-1) % 3, ["observation"], ["action"])
+    with pytest.raises(TypeError, match="no action distribution"):
+        as_evaluation_policy(plain, mode="stochastic")
+    with pytest.raises(ValueError, match="smooth the greedy policy"):
+        as_evaluation_policy(problem.actor(), mode="stochastic", epsilon=0.1)
+    with pytest.raises(ValueError, match="policy mode must be"):
+        as_evaluation_policy(problem.actor(), mode="best")
+    # a deterministic actor without epsilon is its greedy policy (probabilities 0 or 1)
+    assert as_evaluation_policy(plain, num_actions=3).mode == "greedy"
+    uniform = UniformRandomPolicy(Categorical(3))
+    with pytest.raises(TypeError, match="no greedy action"):
+        as_evaluation_policy(uniform, mode="greedy")

@@ -122,6 +122,24 @@ def test_student_t_quantiles():
     assert hi - lo == pytest.approx(2 * 4.303 / math.sqrt(3), abs=1e-3)
 
 
+def test_student_t_quantiles_are_scipy_stats_and_closed_forms():
+    from scipy import stats
+
+    for df in (1, 2, 3, 7, 30, 500, 10_000):
+        for p in (0.001, 0.05, 0.5, 0.9, 0.975, 0.9999):
+            assert student_t_ppf(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-12, abs=1e-12)
+    for p in (0.6, 0.9, 0.975, 0.995):
+        # df = 1 is Cauchy; df = 2 has the closed form (2p - 1) / sqrt(2 p (1 - p))
+        assert student_t_ppf(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-10)
+        assert student_t_ppf(p, 2) == pytest.approx(
+            (2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-10
+        )
+    with pytest.raises(ValueError, match="p must be"):
+        student_t_ppf(1.0, 3)
+    with pytest.raises(ValueError, match="df must be"):
+        student_t_ppf(0.9, 0)
+
+
 def test_hoeffding():
     x = torch.rand(1000, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     lo, hi = hoeffding_interval(x, value_range=(0.0, 1.0), confidence=0.95)

@@ -94,8 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    from torchrl_offline.cli.repeated_warnings import merge_repeated_warnings
+
     try:
-        return int(args.run(args) or 0)
+        with merge_repeated_warnings(f"{PROG} {args.command}"):  # each once, with a count
+            return int(args.run(args) or 0)
     except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly
         sys.stderr.close()
         return 141

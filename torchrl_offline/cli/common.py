@@ -13,10 +13,12 @@ from typing import Any
 __all__ = [
     "LOGGERS",
     "LOG_SUFFIXES",
+    "POLICY_MODE_HELP",
     "CLIError",
     "HelpFormatter",
     "RunWarnings",
     "UsageError",
+    "add_policy_mode_option",
     "add_resume_option",
     "add_run_options",
     "check_logger_installed",
@@ -30,6 +32,7 @@ __all__ = [
     "parse_scalar",
     "print_run_files",
     "progress_bar",
+    "require_policy_mode",
     "resumed_step",
     "run_keywords",
     "warn",
@@ -246,6 +249,35 @@ def add_run_options(
     parser.add_argument(
         "--root", help="Minari datasets root (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)"
     )
+
+
+#: What ``--policy-mode`` means, for ``--help`` and the outputs.
+POLICY_MODE_HELP = {
+    "greedy": "the actor's deterministic action, the mode or mean of its distribution, as deployed",
+    "stochastic": "actions sampled from the actor's distribution",
+}
+
+
+def add_policy_mode_option(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--policy-mode greedy|stochastic`` (default greedy): which policy of a
+    checkpoint ``evaluate`` runs and ``ope`` scores, the same default for both."""
+    parser.add_argument(
+        "--policy-mode",
+        choices=tuple(POLICY_MODE_HELP),
+        default="greedy",
+        help="which policy to score: greedy (the actor's deterministic action, the one you "
+        "deploy; default) or stochastic (actions sampled from its distribution)",
+    )
+
+
+def require_policy_mode(policy: Any, mode: str, algorithm: str) -> None:
+    """Refuses ``--policy-mode stochastic`` for a checkpoint whose policy has no action
+    distribution (a deterministic actor or a Q-value actor): a :class:`UsageError`."""
+    if mode == "stochastic" and not hasattr(policy, "get_dist"):
+        raise UsageError(
+            f"--policy-mode stochastic: the checkpoint's {algorithm} policy is deterministic "
+            "(no action distribution to sample); use --policy-mode greedy"
+        )
 
 
 def add_resume_option(parser: argparse.ArgumentParser) -> None:

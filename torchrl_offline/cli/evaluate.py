@@ -6,7 +6,15 @@ import argparse
 import json
 from typing import Any
 
-from torchrl_offline.cli.common import CLIError, UsageError, open_dataset, progress_bar
+from torchrl_offline.cli.common import (
+    POLICY_MODE_HELP,
+    CLIError,
+    UsageError,
+    add_policy_mode_option,
+    open_dataset,
+    progress_bar,
+    require_policy_mode,
+)
 from torchrl_offline.cli.log_options import add_log_options, log_keywords
 
 __all__ = ["add_parser", "run"]
@@ -16,9 +24,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "evaluate",
         help="run a checkpoint's policy in an environment",
-        description="Run the policy of a training checkpoint (deterministic actions) for a "
-        "number of episodes and print the mean and std of the returns, and the normalized "
-        "score when reference returns are known (from --dataset or --ref-min/--ref-max).",
+        description="Run the policy of a training checkpoint (its greedy, deterministic "
+        "actions unless --policy-mode stochastic) for a number of episodes and print the mean "
+        "and std of the returns, and the normalized score when reference returns are known "
+        "(from --dataset or --ref-min/--ref-max).",
     )
     parser.add_argument("checkpoint", help="checkpoint file, or a run directory (newest one)")
     parser.add_argument("--env", help="gymnasium id (default: the env recorded with --dataset)")
@@ -32,6 +41,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--max-steps", type=int, default=1000, help="step cap per episode")
     parser.add_argument("--ref-min", type=float, help="reference return of a random policy")
     parser.add_argument("--ref-max", type=float, help="reference return of an expert policy")
+    add_policy_mode_option(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument(
         "--root", help="Minari datasets root (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)"
@@ -79,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--episodes and --max-steps must be positive")
     env_id, reference = _env_and_reference(args)
     algorithm, step, file = load_trained(args.checkpoint)
+    require_policy_mode(algorithm.policy, args.policy_mode, algorithm.name)
     env = make_env(env_id)
     try:
         check_env_matches(algorithm.observation_spec, algorithm.action_spec, env, env_id)
@@ -96,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
                     seed=args.seed,
                     max_steps=args.max_steps,
                     reference=reference,
+                    policy_mode=args.policy_mode,
                 )
             finally:
                 handle.remove()
@@ -107,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         "step": step,
         "env": env_id,
         "episodes": args.episodes,
+        "policy_mode": args.policy_mode,
         **result.as_dict(),
         "returns": result.returns,
     }
@@ -114,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     print(f"{algorithm.name} at step {step} ({file})")
+    print(f"policy: {args.policy_mode} ({POLICY_MODE_HELP[args.policy_mode]})")
     print(f"{env_id}, {args.episodes} episodes: return {result.mean:.2f} +- {result.std:.2f}")
     if result.normalized_score is not None:
         print(f"normalized score {result.normalized_score:.1f}")

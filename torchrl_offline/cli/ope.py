@@ -8,7 +8,14 @@ import math
 import warnings
 from typing import Any
 
-from torchrl_offline.cli.common import UsageError, open_dataset, progress_bar
+from torchrl_offline.cli.common import (
+    POLICY_MODE_HELP,
+    UsageError,
+    add_policy_mode_option,
+    open_dataset,
+    progress_bar,
+    require_policy_mode,
+)
 from torchrl_offline.cli.log_options import add_log_options, log_keywords
 
 __all__ = ["ESTIMATORS", "add_parser", "run"]
@@ -24,6 +31,8 @@ ESTIMATORS: dict[str, tuple[str, str]] = {
     "wdr": ("torchrl_offline.ope.doubly_robust", "WeightedDoublyRobust"),
 }
 _NEEDS_Q = ("dr", "wdr")
+#: The estimators run when --estimators is not given.
+DEFAULT_ESTIMATORS = ("fqe", "wis", "wpdis", "wdr")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -32,21 +41,38 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="estimate a checkpoint's value from logged data (off-policy evaluation)",
         description="Estimate the expected discounted return of a checkpoint's policy from a "
         "dataset, with the estimators of torchrl_offline.ope, and print a table with "
-        "confidence intervals and effective sample sizes. The logged behaviour policy's own "
-        "discounted return is printed for comparison.",
+        "confidence intervals and effective sample sizes. The policy scored is the greedy one "
+        "(deterministic actions, as evaluate runs it) unless --policy-mode stochastic. The "
+        "logged behaviour policy's own discounted return is printed for comparison.",
     )
     parser.add_argument("checkpoint", help="checkpoint file, or a run directory (newest one)")
     parser.add_argument("--dataset", required=True, metavar="ID_OR_PATH", help="logged data")
     parser.add_argument(
         "--estimators",
-        default="fqe,wis,wpdis,wdr",
-        help=f"comma-separated, from {', '.join(ESTIMATORS)} (default: fqe,wis,wpdis,wdr)",
+        help=f"comma-separated, from {', '.join(ESTIMATORS)} (default: "
+        f"{','.join(DEFAULT_ESTIMATORS)}; FQE alone for the greedy policy of continuous "
+        "actions without --kernel-bandwidth)",
     )
+    add_policy_mode_option(parser)
     parser.add_argument("--gamma", type=float, default=0.99, help="discount")
     parser.add_argument("--confidence", type=float, default=0.95, help="interval level")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--fqe-steps", type=int, default=2000, help="FQE gradient updates")
     parser.add_argument("--fqe-batch-size", type=int, default=256)
+    parser.add_argument(
+        "--fqe-refits",
+        type=int,
+        default=10,
+        help="FQE's interval: refits of the critic on resampled episodes, trained together "
+        "with the main fit (the fit costs about 1 + N critics; default 10)",
+    )
+    parser.add_argument(
+        "--fqe-interval",
+        choices=("refit", "initial-states"),
+        default="refit",
+        help="refit: bootstrap over refits (default); initial-states: bootstrap over the "
+        "initial states of one fit, cheaper but blind to the critic's error (too narrow)",
+    )
     parser.add_argument(
         "--behavior",
         choices=("logged", "estimate"),
@@ -73,7 +99,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _estimator_names(text: str) -> list[str]:
+def _estimator_names(text: str | None) -> list[str]:
+    if text is None:
+        return list(DEFAULT_ESTIMATORS)
     names = [n.strip().lower() for n in text.split(",") if n.strip()]
     if not names:
         raise UsageError("--estimators is empty")
@@ -83,6 +111,27 @@ def _estimator_names(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _weighted_estimators(
+    names: list[str], args: argparse.Namespace, continuous: bool
+) -> tuple[list[str], str | None]:
+    """The estimators that can run, and a note on those left out: importance weights need
+    the policy's probability of the logged actions, which the greedy policy of continuous
+    actions (a point mass) does not have without --kernel-bandwidth."""
+    if not (continuous and args.policy_mode == "greedy" and args.kernel_bandwidth is None):
+        return names, None
+    weighted = [n for n in names if n != "fqe"]
+    if not weighted:
+        return names, None
+    why = (
+        "the greedy policy of continuous actions is deterministic: its density at the logged "
+        "actions is 0, so importance weights are undefined; give --kernel-bandwidth H to "
+        "smooth it, or --policy-mode stochastic"
+    )
+    if args.estimators is not None:
+        raise UsageError(f"--estimators {','.join(weighted)}: {why}")
+    return [n for n in names if n == "fqe"], f"{', '.join(weighted)} not run: {why}"
+
+
 def _class(name: str) -> Any:
     import importlib
 
@@ -90,8 +139,11 @@ def _class(name: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-def _fit_fqe(policy: Any, buffer: Any, args: argparse.Namespace) -> tuple[Any, Any]:
-    """Fit FQE (with a progress bar over its updates); return ``(fqe, result)``."""
+def _fit_fqe(
+    policy: Any, buffer: Any, args: argparse.Namespace, *, interval: bool = True
+) -> tuple[Any, Any]:
+    """Fit FQE (with a progress bar over its updates); return ``(fqe, result)``; without
+    ``interval``, one critic (its refits would only serve FQE's own interval)."""
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     fqe = _class("fqe")(
@@ -104,6 +156,10 @@ def _fit_fqe(policy: Any, buffer: Any, args: argparse.Namespace) -> tuple[Any, A
         n_bootstrap=args.bootstrap,
         confidence=args.confidence,
         seed=args.seed,
+        policy_mode=args.policy_mode,
+        # as the Q model of DR alone, FQE needs no interval: no refits
+        interval=args.fqe_interval.replace("-", "_") if interval else "initial_states",
+        n_refits=args.fqe_refits,
     )
     with progress_bar(args.fqe_steps, "FQE fit", enabled=args.progress) as bar:
 
@@ -119,6 +175,10 @@ def _fit_fqe(policy: Any, buffer: Any, args: argparse.Namespace) -> tuple[Any, A
 
 
 def _estimate_all(policy: Any, buffer: Any, names: list[str], args: argparse.Namespace):
+    """``name -> OPEResult`` of each estimator, or the ``OPEError`` it raised (all raising:
+    the first error is raised)."""
+    from torchrl_offline.ope.result import OPEError
+
     common = {
         "gamma": args.gamma,
         "behavior_policy": "estimate" if args.behavior == "estimate" else None,
@@ -128,11 +188,12 @@ def _estimate_all(policy: Any, buffer: Any, names: list[str], args: argparse.Nam
         "seed": args.seed,
         "kernel_bandwidth": args.kernel_bandwidth,
         "epsilon": args.epsilon,
+        "policy_mode": args.policy_mode,
     }
     results: dict[str, Any] = {}
     fqe = None
     if "fqe" in names or any(n in _NEEDS_Q for n in names):
-        fqe, fqe_result = _fit_fqe(policy, buffer, args)
+        fqe, fqe_result = _fit_fqe(policy, buffer, args, interval="fqe" in names)
         if "fqe" in names:
             results["fqe"] = fqe_result
     for name in names:
@@ -143,7 +204,12 @@ def _estimate_all(policy: Any, buffer: Any, names: list[str], args: argparse.Nam
             estimator = cls(policy, fqe, **common) if name in _NEEDS_Q else cls(policy, **common)
         except TypeError as err:  # a policy without action probabilities
             raise UsageError(f"{name}: {err} (options --kernel-bandwidth / --epsilon)") from None
-        results[name] = estimator.estimate(buffer)
+        try:
+            results[name] = estimator.estimate(buffer)
+        except OPEError as err:  # e.g. every weight 0: this estimate is undefined, not the rest
+            results[name] = err
+    if all(isinstance(r, OPEError) for r in results.values()):
+        raise next(iter(results.values()))
     return {name: results[name] for name in names}
 
 
@@ -159,28 +225,63 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def _table(results: dict[str, Any], behaviour: float, confidence: float) -> str:
-    level = f"{confidence:.0%} CI"
-    rows = [("estimator", "value", level, "ESS", "warnings")]
-    rows.append(("behaviour (logged)", _fmt(behaviour), "-", "-", ""))
+def _table(results: dict[str, Any], behaviour: float, confidence: float) -> Any:
+    """The estimates as a ``rich`` table."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for column, justify in (
+        ("estimator", "left"),
+        ("value", "right"),
+        (f"{confidence:.0%} CI", "center"),
+        ("ESS", "right"),
+        ("warnings", "right"),
+    ):
+        table.add_column(column, justify=justify, no_wrap=True)
+    table.add_row(*map(Text, ("behaviour (logged)", _fmt(behaviour), "-", "-", "")))
     for name, r in results.items():
+        if isinstance(r, Exception):
+            table.add_row(*map(Text, (name, "failed", "-", "-", "")))
+            continue
         ess = r.diagnostics.get("ess")
-        rows.append(
-            (
-                f"{name} ({r.estimator})",
-                _fmt(r.value),
-                f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]",
-                _fmt(float(ess)) if ess is not None else "-",
-                str(len(r.warnings)) if r.warnings else "",
-            )
+        cells = (
+            f"{name} ({r.estimator})",
+            _fmt(r.value),
+            f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]",
+            _fmt(float(ess)) if ess is not None else "-",
+            str(len(r.warnings)) if r.warnings else "",
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+        table.add_row(*map(Text, cells))
+    return table
+
+
+def _messages(results: dict[str, Any]) -> list[str]:
+    """The results' notes and warnings, each message once with the estimators giving it."""
+    grouped: dict[tuple[str, str], list[str]] = {}
     for name, r in results.items():
-        lines += [f"{name}: note: {note}" for note in r.notes]
-        lines += [f"{name}: WARNING: {w}" for w in r.warnings]
-    return "\n".join(lines)
+        if isinstance(r, Exception):
+            grouped.setdefault(("ERROR", " ".join(str(r).split())), []).append(name)
+            continue
+        for kind, messages in (("note", r.notes), ("WARNING", r.warnings)):
+            for message in messages:
+                grouped.setdefault((kind, message), []).append(name)
+    return [f"{', '.join(names)}: {kind}: {msg}" for (kind, msg), names in grouped.items()]
+
+
+def _print(*renderables: Any) -> None:
+    """Prints with ``rich``: styled on a terminal; plain, never wrapped, when piped."""
+    import sys
+
+    from rich.console import Console
+
+    terminal = sys.stdout.isatty()
+    console = Console(
+        file=sys.stdout, width=None if terminal else 10_000, highlight=False, markup=False
+    )
+    for renderable in renderables:
+        console.print(renderable, soft_wrap=isinstance(renderable, str), overflow="ignore")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -190,6 +291,13 @@ def run(args: argparse.Namespace) -> int:
     from torchrl_offline.trainers.algorithms import specs_from_dataset
 
     names = _estimator_names(args.estimators)
+    if args.policy_mode == "stochastic" and (
+        args.epsilon is not None or args.kernel_bandwidth is not None
+    ):
+        raise UsageError(
+            "--epsilon and --kernel-bandwidth smooth the greedy policy; they do not apply to "
+            "--policy-mode stochastic"
+        )
     if not 0.0 <= args.gamma <= 1.0:
         raise UsageError(f"--gamma must be in [0, 1], got {args.gamma}")
     if not 0.0 < args.confidence < 1.0:
@@ -197,7 +305,10 @@ def run(args: argparse.Namespace) -> int:
     for option in ("bootstrap", "fqe_steps", "fqe_batch_size"):
         if getattr(args, option) < 1:
             raise UsageError(f"--{option.replace('_', '-')} must be positive")
+    if args.fqe_interval == "refit" and args.fqe_refits < 2:
+        raise UsageError("--fqe-refits must be at least 2 (or --fqe-interval initial-states)")
     algorithm, step, file = load_trained(args.checkpoint)
+    require_policy_mode(algorithm.policy, args.policy_mode, algorithm.name)
     buffer = open_dataset(args.dataset, root=args.root, **log_keywords(args))
     check_specs_match(
         *specs_from_dataset(buffer),
@@ -206,6 +317,8 @@ def run(args: argparse.Namespace) -> int:
         ours=f"the dataset {args.dataset!r}",
         theirs=f"the checkpoint's {algorithm.name} policy",
     )
+    continuous = algorithm.action_spec.dtype.is_floating_point
+    names, left_out = _weighted_estimators(names, args, continuous)
     from torchrl_offline.ope.result import OPEWarning
 
     with warnings.catch_warnings():
@@ -218,11 +331,22 @@ def run(args: argparse.Namespace) -> int:
             "algorithm": algorithm.name,
             "step": step,
             "gamma": args.gamma,
+            "policy_mode": args.policy_mode,
             "behavior_value": behaviour,
-            "estimates": {name: r.as_dict() for name, r in results.items()},
+            "estimates": {
+                name: {"error": str(r)} if isinstance(r, Exception) else r.as_dict()
+                for name, r in results.items()
+            },
         }
+        if left_out:
+            out["notes"] = [left_out]
         print(json.dumps(out, indent=2, default=float))
         return 0
-    print(f"{algorithm.name} at step {step} ({file}); discounted value, gamma {args.gamma}")
-    print(_table(results, behaviour, args.confidence))
+    _print(
+        f"{algorithm.name} at step {step} ({file}); discounted value, gamma {args.gamma}",
+        f"policy: {args.policy_mode} ({POLICY_MODE_HELP[args.policy_mode]})",
+        _table(results, behaviour, args.confidence),
+        *_messages(results),
+        *([f"note: {left_out}"] if left_out else []),
+    )
     return 0

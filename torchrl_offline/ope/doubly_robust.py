@@ -58,7 +58,9 @@ class DoublyRobust(_OPEEstimator):
     Keyword Args:
         Same as :class:`~torchrl_offline.ope.ImportanceSampling` (``gamma``,
         ``behavior_policy``, ``clip_weight``, ``n_bootstrap``, ``confidence``, ``ci_method``,
-        ``seed``, ...). ``gamma`` must be the discount the Q model was fitted with.
+        ``seed``, ``policy_mode``, ...). ``gamma`` must be the discount the Q model was
+        fitted with, and a Q model that states its ``policy_mode`` (a fitted ``FQE``) must
+        evaluate the same policy (greedy or stochastic) as this estimator.
 
     Examples:
         >>> import torch
@@ -89,6 +91,12 @@ class DoublyRobust(_OPEEstimator):
             raise TypeError(
                 f"q_model must have q_values(td) and state_values(td) (a QModel), got "
                 f"{type(q_model).__name__}"
+            )
+        q_mode = getattr(q_model, "policy_mode", None)
+        if isinstance(q_mode, str) and q_mode != self.policy.mode:
+            raise ValueError(
+                f"the Q model evaluates the {q_mode} policy but this estimator scores the "
+                f"{self.policy.mode} one: give both the same policy_mode"
             )
         self.q_model = q_model
 

@@ -38,13 +38,15 @@ from torchrl_offline.objectives.common import (
     OfflineLossError,
     check_batch,
     check_finite_losses,
+    ensemble_apply,
     find_action_spec,
     logged_action_value,
     make_loss_value_estimator,
     module_apply,
     next_key,
+    td_target,
 )
-from torchrl_offline.ope.policy import EvaluationPolicy
+from torchrl_offline.ope.policy import EvaluationPolicy, _greedy_actor, check_policy_mode
 
 __all__ = ["FQELoss"]
 
@@ -92,29 +94,44 @@ class _PolicyQuery:
         epsilon: float | None,
         kernel_bandwidth: float | None,
         action_key: NestedKey,
+        mode: str | None = None,
     ) -> None:
         self.action_key = action_key
+        check_policy_mode(mode, kernel_bandwidth=kernel_bandwidth, epsilon=epsilon)
+        plain_greedy = epsilon is None and kernel_bandwidth is None and mode != "stochastic"
         if isinstance(policy, EvaluationPolicy):
+            if mode is not None and mode != policy.mode:
+                raise ValueError(
+                    f"the EvaluationPolicy scores its {policy.mode} policy, not {mode}"
+                )
             self.wrapped, self.actor = policy, policy.policy
-        elif (
-            epsilon is not None
-            or kernel_bandwidth is not None
-            or hasattr(policy, "get_dist")
-            or hasattr(policy, "log_prob")
+        elif plain_greedy and (
+            mode == "greedy" or not (hasattr(policy, "get_dist") or hasattr(policy, "log_prob"))
         ):
+            if not callable(policy):
+                raise TypeError(
+                    f"Cannot evaluate a {type(policy).__name__}: expected a TorchRL actor "
+                    "(deterministic, or with get_dist) or an EvaluationPolicy"
+                )
+            # The greedy policy itself, run under ExplorationType.DETERMINISTIC.
+            self.wrapped, self.actor = None, _greedy_actor(policy)
+        else:
             self.wrapped = EvaluationPolicy(
-                policy, epsilon=epsilon, kernel_bandwidth=kernel_bandwidth
+                policy, epsilon=epsilon, kernel_bandwidth=kernel_bandwidth, mode=mode
             )
             self.actor = policy
-        elif callable(policy):
-            self.wrapped, self.actor = None, policy
-        else:
-            raise TypeError(
-                f"Cannot evaluate a {type(policy).__name__}: expected a TorchRL actor "
-                "(deterministic, or with get_dist) or an EvaluationPolicy"
-            )
         in_keys = getattr(self.actor, "in_keys", None)
         self.in_keys = [k for k in (in_keys or ["observation"]) if k != action_key]
+
+    @property
+    def mode(self) -> str:
+        """``"greedy"`` or ``"stochastic"``: the policy whose value the loss fits."""
+        return "greedy" if self.wrapped is None else self.wrapped.mode
+
+    def describe(self) -> str:
+        if self.wrapped is not None:
+            return self.wrapped.describe()
+        return f"{type(self.actor).__name__}, greedy (its deterministic action)"
 
     def _inputs(self, td: TensorDictBase) -> TensorDictBase:
         return td.select(*self.in_keys).reshape(-1).to_tensordict()
@@ -190,9 +207,19 @@ class FQELoss(LossModule):
       ``[*batch, n_actions]``; ``E_{a'}`` is the exact sum over actions weighted by the
       policy's probabilities (one-hot for a greedy actor, mixed with ``epsilon``).
 
+    With ``num_qvalue_nets = E > 1`` the loss holds an ensemble of ``E`` critics with
+    stacked parameters, evaluated in one batched computation; every value it returns
+    (``state_action_value``, ``state_value``, the per-sample losses) then has a leading
+    ensemble dimension ``[E, *batch]``. The critics share each batch and each draw of the
+    policy; weighting their per-sample losses differently (``reduction="none"``) fits each
+    on its own resample of the data, as :class:`~torchrl_offline.ope.fqe.FQE` does for its
+    bootstrap interval.
+
     Args:
-        qvalue_network (TensorDictModule): the critic ``Q(s, a)`` (continuous) or
-            ``Q(s, .)`` (discrete).
+        qvalue_network (TensorDictModule or list of them): the critic ``Q(s, a)``
+            (continuous) or ``Q(s, .)`` (discrete); for an ensemble, a list of
+            ``num_qvalue_nets`` critics of the same structure (their weights initialise
+            the members), or one critic (TorchRL resamples the other members' weights).
         policy (TensorDictModuleBase): the evaluation policy: a TorchRL
             ``ProbabilisticActor`` (any module with ``get_dist``), a behaviour policy of
             :mod:`torchrl_offline.data.behavior`, or a deterministic actor writing
@@ -210,6 +237,12 @@ class FQELoss(LossModule):
             estimators use with this bandwidth. Defaults to the actor itself.
         num_action_samples (int, optional): draws of ``pi(.|s')`` per next state for a
             stochastic continuous policy. Defaults to ``1`` (an unbiased target).
+        policy_mode (str, optional): which policy to evaluate: ``"stochastic"`` (sampling
+            its distribution), ``"greedy"`` (its deterministic action, smoothed by
+            ``epsilon`` / ``kernel_bandwidth`` when given) or ``None`` (as given: the
+            distribution of a policy that has one, else its action). Defaults to ``None``.
+        num_qvalue_nets (int, optional): number of critics in the ensemble. Defaults to
+            ``1`` (one critic, no ensemble dimension).
         loss_function (str, optional): ``"l2"`` (default), ``"smooth_l1"`` or ``"l1"``.
         reduction (str, optional): ``"none"``, ``"mean"`` (default) or ``"sum"``.
         check_inputs (bool, optional): check batches for missing keys and NaN/inf and
@@ -290,6 +323,8 @@ class FQELoss(LossModule):
         loss_function: str = "l2",
         reduction: str | None = None,
         check_inputs: bool = True,
+        policy_mode: str | None = None,
+        num_qvalue_nets: int = 1,
     ) -> None:
         self._in_keys = None
         if reduction is None:
@@ -302,6 +337,8 @@ class FQELoss(LossModule):
             )
         if num_action_samples < 1:
             raise ValueError(f"num_action_samples must be >= 1, got {num_action_samples}")
+        if num_qvalue_nets < 1:
+            raise ValueError(f"num_qvalue_nets must be >= 1, got {num_qvalue_nets}")
         super().__init__()
         self.discrete_space = _discrete_space(action_space, policy)
         self.evaluation_policy = _PolicyQuery(
@@ -309,13 +346,31 @@ class FQELoss(LossModule):
             epsilon=epsilon,
             kernel_bandwidth=kernel_bandwidth,
             action_key=self.tensor_keys.action,
+            mode=policy_mode,
         )
+        self.num_qvalue_nets = int(num_qvalue_nets)
         self.num_action_samples = int(num_action_samples)
         self.loss_function = loss_function
         self.reduction = reduction
         self.check_inputs = check_inputs
         self._num_updates = 0
-        self.convert_to_functional(qvalue_network, "qvalue_network", create_target_params=True)
+        if isinstance(qvalue_network, (list, tuple)) and len(qvalue_network) == 1:
+            qvalue_network = qvalue_network[0]
+        self.convert_to_functional(
+            qvalue_network,
+            "qvalue_network",
+            self.num_qvalue_nets if self.num_qvalue_nets > 1 else None,
+            create_target_params=True,
+        )
+
+    @property
+    def policy_mode(self) -> str:
+        """``"greedy"`` or ``"stochastic"``: the policy whose value the loss fits."""
+        return self.evaluation_policy.mode
+
+    @property
+    def _ensemble_dims(self) -> int:
+        return 1 if self.num_qvalue_nets > 1 else 0
 
     @property
     def discrete(self) -> bool:
@@ -383,15 +438,19 @@ class FQELoss(LossModule):
         obs_iter = iter(obs)
         for key in self.qvalue_network.in_keys:
             inputs.append(action if key == self.tensor_keys.action else next(obs_iter))
+        if params.batch_dims:  # stacked parameters of an ensemble
+            return ensemble_apply(
+                self.qvalue_network, params, *inputs, out_key=self.tensor_keys.state_action_value
+            )
         return module_apply(
             self.qvalue_network, params, *inputs, out_key=self.tensor_keys.state_action_value
         )
 
-    def _action_value(self, q: Tensor, action: Tensor) -> Tensor:
-        """Discrete critic output ``[*batch, n]`` at the logged action -> ``[*batch]``."""
+    def _action_value(self, q: Tensor, action: Tensor, ensemble_dims: int) -> Tensor:
+        """Discrete critic output ``[*E, *batch, n]`` at the logged action -> ``[*E, *batch]``."""
         # The data's encoding decides, not the policy's: a one-hot policy may be evaluated on
         # index actions and the other way round (``load_minari(one_hot_actions=...)``).
-        one_hot_data = action.ndim == q.ndim and (
+        one_hot_data = action.ndim == q.ndim - ensemble_dims and (
             action.shape[-1] > 1 or (q.shape[-1] == 1 and self.discrete_space == "one_hot")
         )
         return logged_action_value(
@@ -400,15 +459,25 @@ class FQELoss(LossModule):
             one_hot=one_hot_data,
             action_key=self.tensor_keys.action,
             check_inputs=self.check_inputs,
+            ensemble_dims=ensemble_dims,
         )
 
-    def state_action_value(self, tensordict: TensorDictBase, *, target: bool = False) -> Tensor:
-        """``Q(s, a)`` at the logged actions of ``tensordict``, shaped ``[*batch]``."""
+    def _params(self, target: bool, member: int | None) -> TensorDictBase:
         params = self.target_qvalue_network_params if target else self.qvalue_network_params
+        if member is None or not self._ensemble_dims:
+            return params
+        return params[member]
+
+    def state_action_value(
+        self, tensordict: TensorDictBase, *, target: bool = False, member: int | None = None
+    ) -> Tensor:
+        """``Q(s, a)`` at the logged actions of ``tensordict``, shaped ``[*batch]`` (``[E, *batch]``
+        for an ensemble, unless ``member`` picks one of its critics)."""
+        params = self._params(target, member)
         obs = [tensordict.get(k) for k in self._critic_obs_keys()]
         action = tensordict.get(self.tensor_keys.action)
         if self.discrete:
-            return self._action_value(self._q(params, obs, None), action)
+            return self._action_value(self._q(params, obs, None), action, params.batch_dims)
         return self._q(params, obs, action).squeeze(-1)
 
     def state_value(
@@ -417,22 +486,25 @@ class FQELoss(LossModule):
         *,
         target: bool = False,
         num_action_samples: int | None = None,
+        member: int | None = None,
     ) -> Tensor:
-        """``V(s) = E_{a ~ pi(.|s)} Q(s, a)`` at the states of ``tensordict``, ``[*batch]``.
+        """``V(s) = E_{a ~ pi(.|s)} Q(s, a)`` at the states of ``tensordict``, ``[*batch]``
+        (``[E, *batch]`` for an ensemble, unless ``member`` picks one of its critics).
 
         Reads the root keys (use ``tensordict.get("next")`` for next states). The policy
         is queried without gradients; gradients flow into the critic's parameters.
         """
-        params = self.target_qvalue_network_params if target else self.qvalue_network_params
+        params = self._params(target, member)
+        ensemble_dims = params.batch_dims
         obs = [tensordict.get(k) for k in self._critic_obs_keys()]
         if self.discrete:
             q = self._q(params, obs, None)
             with torch.no_grad():
                 probs = self.evaluation_policy.action_probs(tensordict, q.shape[-1]).to(q.dtype)
-            if probs.shape != q.shape:
+            if probs.shape != q.shape[ensemble_dims:]:
                 raise OfflineLossError(
                     f"the policy gives action probabilities of shape {tuple(probs.shape)} but the "
-                    f"critic outputs {tuple(q.shape)}: mismatched action spaces"
+                    f"critic outputs {tuple(q.shape[ensemble_dims:])}: mismatched action spaces"
                 )
             return (probs * q).sum(-1)
         samples = self.num_action_samples if num_action_samples is None else num_action_samples
@@ -440,7 +512,7 @@ class FQELoss(LossModule):
             actions = self.evaluation_policy.sample_actions(tensordict, samples)  # [S, *b, d]
         s = actions.shape[0]
         obs = [o.unsqueeze(0).expand(s, *o.shape) for o in obs]
-        return self._q(params, obs, actions).squeeze(-1).mean(0)
+        return self._q(params, obs, actions).squeeze(-1).mean(ensemble_dims)
 
     # ------------------------------------------------------------------ loss
     def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
@@ -448,17 +520,21 @@ class FQELoss(LossModule):
         with torch.no_grad():
             next_value = self.state_value(tensordict.get("next"), target=True)
             reward = tensordict.get(("next", self.tensor_keys.reward))
-            next_value = next_value.reshape(reward.shape).to(reward.dtype)
-            estimator = self.value_estimator
-            td = tensordict.select(
-                ("next", self.tensor_keys.reward),
-                ("next", self.tensor_keys.done),
-                ("next", self.tensor_keys.terminated),
-                strict=False,
-            )
-            target = estimator.value_estimate(td, next_value=next_value).reshape(
-                tensordict.batch_size
-            )
+            if self._ensemble_dims:  # [E, *batch] -> targets [*batch, E] -> [E, *batch]
+                target = td_target(self, tensordict, next_value.movedim(0, -1).to(reward.dtype))
+                target = target.movedim(-1, 0)
+            else:
+                next_value = next_value.reshape(reward.shape).to(reward.dtype)
+                estimator = self.value_estimator
+                td = tensordict.select(
+                    ("next", self.tensor_keys.reward),
+                    ("next", self.tensor_keys.done),
+                    ("next", self.tensor_keys.terminated),
+                    strict=False,
+                )
+                target = estimator.value_estimate(td, next_value=next_value).reshape(
+                    tensordict.batch_size
+                )
         q = self.state_action_value(tensordict)
         if self.loss_function in ("l2", "mse"):
             loss = (q - target).square()
@@ -478,15 +554,18 @@ class FQELoss(LossModule):
         Returns:
             TensorDict with ``loss_qvalue`` and the detached diagnostics
             ``state_action_value``, ``target_value`` and ``td_error`` (means, or
-            per-sample with ``reduction="none"``). The absolute TD error is also written
+            per-sample with ``reduction="none"``, batch size ``[E, *batch]`` for an
+            ensemble). The absolute TD error (averaged over an ensemble) is also written
             to the batch under the ``priority`` key.
         """
         if self.check_inputs:
             check_batch(tensordict, self.in_keys)
         loss, meta = self.qvalue_loss(tensordict)
-        tensordict.set(self.tensor_keys.priority, meta["td_error"])
+        td_error = meta["td_error"].mean(0) if self._ensemble_dims else meta["td_error"]
+        tensordict.set(self.tensor_keys.priority, td_error)
         if self.reduction == "none":
-            out = TensorDict({"loss_qvalue": loss, **meta}, batch_size=tensordict.batch_size)
+            batch = [self.num_qvalue_nets] * self._ensemble_dims + list(tensordict.batch_size)
+            out = TensorDict({"loss_qvalue": loss, **meta}, batch_size=batch)
         else:
             out = TensorDict(
                 {"loss_qvalue": loss, **{k: v.mean() for k, v in meta.items()}}, batch_size=[]

@@ -163,6 +163,7 @@ class _OPEEstimator:
         on_missing_initial: Literal["error", "drop"] = "error",
         behavior_kwargs: dict[str, Any] | None = None,
         chunk_size: int = 65536,
+        policy_mode: Literal["greedy", "stochastic"] | None = None,
     ):
         if not 0 <= gamma <= 1:
             raise ValueError(f"gamma must be in [0, 1], got {gamma}")
@@ -171,7 +172,11 @@ class _OPEEstimator:
         if n_bootstrap < 1:
             raise ValueError(f"n_bootstrap must be >= 1, got {n_bootstrap}")
         self.policy = as_evaluation_policy(
-            policy, kernel_bandwidth=kernel_bandwidth, epsilon=epsilon, num_actions=num_actions
+            policy,
+            kernel_bandwidth=kernel_bandwidth,
+            epsilon=epsilon,
+            num_actions=num_actions,
+            mode=policy_mode,
         )
         self.gamma = float(gamma)
         self.behavior_policy = behavior_policy
@@ -188,7 +193,7 @@ class _OPEEstimator:
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(policy={self.policy.describe()}, gamma={self.gamma}, "
+            f"{type(self).__name__}(policy={self.policy.describe()!r}, gamma={self.gamma}, "
             f"clip_weight={self.clip_weight}, n_bootstrap={self.n_bootstrap}, seed={self.seed})"
         )
 
@@ -396,6 +401,8 @@ class _OPEEstimator:
             estimator=self.name or type(self).__name__,
             per_episode=per_episode,
             confidence=self.confidence,
+            policy_mode=self.policy.mode,
+            policy=self.policy.describe(),
         )
         if iw.behavior_estimated:
             result.notes.append(
@@ -484,9 +491,14 @@ class ImportanceSampling(_OPEEstimator):
         support_threshold: a logged action counts as unsupported when its evaluation
             probability (discrete) or its ratio ``pi / mu`` (continuous) is below this; its
             ratio is then taken as exactly 0, and the count is reported.
-        kernel_bandwidth: Gaussian kernel width for a deterministic continuous actor.
-        epsilon: exploration rate for a deterministic discrete actor.
+        kernel_bandwidth: Gaussian kernel width around the greedy action (continuous).
+        epsilon: exploration rate around the greedy action (discrete).
         num_actions: number of discrete actions (for a deterministic actor writing indices).
+        policy_mode: which policy to score: ``"stochastic"`` (sampling the actor's
+            distribution), ``"greedy"`` (its deterministic action: with continuous actions
+            this needs ``kernel_bandwidth``, otherwise the estimate raises an
+            :class:`OPEError`), or ``None`` (as given: the distribution if the policy has
+            one, else its action). The result's ``policy_mode`` says which was scored.
         on_missing_initial: ``"error"`` or ``"drop"`` episodes without an initial state.
         behavior_kwargs: keyword arguments of ``estimate_behavior_policy`` when estimating.
         chunk_size: transitions read at a time.

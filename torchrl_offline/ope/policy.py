@@ -14,6 +14,14 @@ method, doubly robust). :class:`EvaluationPolicy` gives both for
   otherwise);
 - any object with ``log_prob(tensordict)`` (and, for sampling, ``sample(tensordict)``),
   such as the behaviour policies of :mod:`torchrl_offline.data.behavior`.
+
+Which policy is scored (:data:`POLICY_MODES`): the *stochastic* policy samples from the
+actor's distribution; the *greedy* policy takes its deterministic action (the mode of a
+discrete distribution, the mean or mode of a continuous one: what the actor returns under
+``ExplorationType.DETERMINISTIC``, as ``evaluate`` and a deployed policy run it). A greedy
+policy has probability 1 on one action: for discrete actions that is a valid (0 or 1)
+probability, for continuous actions a point mass whose density at any logged action is 0,
+so importance weights need a stated ``kernel_bandwidth``.
 """
 
 from __future__ import annotations
@@ -31,13 +39,25 @@ from torchrl_offline.data.keys import ACTION
 from torchrl_offline.data.stats import iter_chunks
 from torchrl_offline.ope.result import OPEError
 
-__all__ = ["EvaluationPolicy", "as_evaluation_policy"]
+__all__ = ["POLICY_MODES", "EvaluationPolicy", "as_evaluation_policy", "check_policy_mode"]
+
+#: Which policy of an actor is scored: ``"greedy"`` (its deterministic action) or
+#: ``"stochastic"`` (sampling from its distribution).
+POLICY_MODES = ("greedy", "stochastic")
 
 _ONE_HOT_DISTS = (OneHotCategorical, MaskedOneHotCategorical, D.OneHotCategorical)
 
 
 def _is_discrete_action(action: torch.Tensor) -> bool:
     return not (action.dtype.is_floating_point or action.dtype.is_complex)
+
+
+def _is_one_hot(action: torch.Tensor) -> bool:
+    """Whether floating actions ``[B, n]`` are one-hot vectors (a discrete space)."""
+    if action.ndim < 2 or action.shape[-1] < 2:
+        return False
+    binary = (action == 0) | (action == 1)
+    return bool(binary.all()) and bool((action.sum(-1) == 1).all())
 
 
 class EvaluationPolicy:
@@ -55,6 +75,11 @@ class EvaluationPolicy:
         num_actions: number of discrete actions (needed for a deterministic actor that
             writes action indices, and to check logged indices against the policy).
         action_key: the action key in the data.
+        mode: which policy to score: ``"stochastic"`` (the actor's distribution; needs
+            ``get_dist`` or ``log_prob``), ``"greedy"`` (its deterministic action, smoothed
+            by ``epsilon`` or ``kernel_bandwidth`` when given), or ``None`` (the policy as
+            given: its distribution if it has one, else its action). :attr:`mode` tells
+            which was chosen.
 
     Examples:
         >>> import torch
@@ -80,9 +105,11 @@ class EvaluationPolicy:
         epsilon: float | None = None,
         num_actions: int | None = None,
         action_key: str = ACTION,
+        mode: str | None = None,
     ):
         if isinstance(policy, EvaluationPolicy):
             raise TypeError("policy is already an EvaluationPolicy; use as_evaluation_policy")
+        check_policy_mode(mode, kernel_bandwidth=kernel_bandwidth, epsilon=epsilon)
         if kernel_bandwidth is not None and epsilon is not None:
             raise ValueError("Give kernel_bandwidth (continuous) or epsilon (discrete), not both")
         if kernel_bandwidth is not None and not kernel_bandwidth > 0:
@@ -94,26 +121,48 @@ class EvaluationPolicy:
         self.epsilon = epsilon
         self.num_actions = num_actions
         self.action_key = action_key
-        if kernel_bandwidth is not None or epsilon is not None:
+        stochastic = hasattr(policy, "get_dist") or hasattr(policy, "log_prob")
+        if mode == "stochastic" and not stochastic:
+            raise TypeError(
+                f"Cannot score the stochastic policy of a {type(policy).__name__}: it has no "
+                "action distribution (get_dist or log_prob); score its greedy policy "
+                "(mode='greedy', with epsilon or kernel_bandwidth to smooth it)"
+            )
+        if kernel_bandwidth is not None or epsilon is not None or mode == "greedy":
             self.kind = "deterministic"
+            self._greedy_actor = _greedy_actor(policy)
         elif hasattr(policy, "get_dist"):
             self.kind = "distribution"
         elif hasattr(policy, "log_prob"):
             self.kind = "log_prob"
+        elif callable(policy):
+            self.kind = "deterministic"
+            self._greedy_actor = policy
         else:
             raise TypeError(
                 f"Cannot evaluate a {type(policy).__name__}: expected a module with get_dist(td) "
                 "(e.g. a ProbabilisticActor), an object with log_prob(td), or a deterministic "
-                "actor with kernel_bandwidth (continuous) or epsilon (discrete)"
+                "actor (optionally with kernel_bandwidth (continuous) or epsilon (discrete))"
             )
+
+    @property
+    def mode(self) -> str:
+        """The policy scored: ``"greedy"`` (the actor's deterministic action, smoothed or
+        not) or ``"stochastic"`` (its distribution)."""
+        return "greedy" if self.kind == "deterministic" else "stochastic"
 
     def describe(self) -> str:
         name = type(self.policy).__name__
         if self.kernel_bandwidth is not None:
-            return f"{name} with Gaussian kernel (bandwidth {self.kernel_bandwidth:g})"
+            return (
+                f"{name}, greedy action with a Gaussian kernel (bandwidth "
+                f"{self.kernel_bandwidth:g})"
+            )
         if self.epsilon is not None:
-            return f"{name}, epsilon-greedy (epsilon {self.epsilon:g})"
-        return name
+            return f"{name}, epsilon-greedy around its greedy action (epsilon {self.epsilon:g})"
+        if self.kind == "deterministic":
+            return f"{name}, greedy (its deterministic action)"
+        return f"{name}, stochastic (sampling its distribution)"
 
     # ------------------------------------------------------------------ inputs
     def _inputs(self, td: TensorDictBase) -> TensorDictBase:
@@ -139,7 +188,7 @@ class EvaluationPolicy:
 
     def _actor_action(self, td: TensorDictBase) -> torch.Tensor:
         with set_exploration_type(ExplorationType.DETERMINISTIC):
-            out = self.policy(self._inputs(td))
+            out = self._greedy_actor(self._inputs(td))
         action = out.get(self.action_key) if isinstance(out, TensorDictBase) else out
         return action.detach().cpu()
 
@@ -165,6 +214,14 @@ class EvaluationPolicy:
                 "The number of discrete actions is unknown: pass num_actions=", field="num_actions"
             )
         return int(n)
+
+    def _greedy_num_actions(self, td: TensorDictBase, emitted: torch.Tensor) -> int:
+        """Number of discrete actions around a greedy action: stated, the width of the
+        policy's distribution (a ``get_dist`` policy scored greedily), or the emitted
+        one-hot's."""
+        if self.num_actions is None and hasattr(self.policy, "get_dist"):
+            return self._n_from(self._dist(td))
+        return self._n_from(action=emitted)
 
     @staticmethod
     def _to_index(action: torch.Tensor, n: int | None, batch: int) -> torch.Tensor:
@@ -289,19 +346,30 @@ class EvaluationPolicy:
         self, td: TensorDictBase, action: torch.Tensor, batch: int, offset: int
     ) -> torch.Tensor:
         emitted = self._actor_action(td)
-        if self.epsilon is not None:
+        discrete = _is_discrete_action(action) or _is_one_hot(action)
+        if self.epsilon is not None or (self.kernel_bandwidth is None and discrete):
+            eps = self.epsilon or 0.0
             self._check_discrete(action, offset, "an epsilon-greedy policy")
-            n = self._n_from(action=emitted)
+            n = self._greedy_num_actions(td, emitted)
             index = self._to_index(action, n, batch)
             self._check_indices(index, n, offset)
             greedy = self._to_index(emitted, n, batch)
-            p = torch.where(index == greedy, 1 - self.epsilon + self.epsilon / n, self.epsilon / n)
+            p = torch.where(index == greedy, 1 - eps + eps / n, eps / n)
             return p.to(torch.float64).log()
         if _is_discrete_action(action):
             raise OPEError(
                 f"Mismatched action spaces: the data's {self.action_key!r} holds integer indices "
                 "(discrete) but kernel_bandwidth is for continuous actions (use epsilon=)",
                 field=self.action_key,
+            )
+        if self.kernel_bandwidth is None:
+            raise OPEError(
+                f"The greedy policy of {type(self.policy).__name__} is deterministic over "
+                "continuous actions: a point mass whose density at every logged action is 0, "
+                "so importance weights (IS, WIS, PDIS, WPDIS, DR, WDR) are undefined. State a "
+                "Gaussian kernel_bandwidth to smooth it (--kernel-bandwidth), score the "
+                "stochastic policy (mode 'stochastic', --policy-mode stochastic), or use FQE",
+                field="kernel_bandwidth",
             )
         a = action.reshape(batch, -1).to(torch.float64)
         mu = emitted.reshape(batch, -1).to(torch.float64)
@@ -327,13 +395,14 @@ class EvaluationPolicy:
                 raise OPEError(f"action_probs needs a discrete policy, got {type(dist).__name__}")
             return dist.probs.detach().to(torch.float64).cpu().reshape(batch, -1)
         if self.kind == "deterministic":
-            if self.epsilon is None:
+            if self.kernel_bandwidth is not None:
                 raise OPEError("action_probs needs a discrete policy (epsilon=), not a kernel")
+            eps = self.epsilon or 0.0
             emitted = self._actor_action(td)
-            n = self._n_from(action=emitted)
+            n = self._greedy_num_actions(td, emitted)
             greedy = self._to_index(emitted, n, batch)
-            probs = torch.full((batch, n), self.epsilon / n, dtype=torch.float64)
-            probs[torch.arange(batch), greedy] += 1 - self.epsilon
+            probs = torch.full((batch, n), eps / n, dtype=torch.float64)
+            probs[torch.arange(batch), greedy] += 1 - eps
             return probs
         n = self._n_from()
         cols = []
@@ -365,12 +434,17 @@ class EvaluationPolicy:
             return a.cpu()
         if self.kind == "deterministic":
             emitted = self._actor_action(td)
-            if self.epsilon is not None:
-                n = self._n_from(action=emitted)
+            discrete = _is_discrete_action(emitted) or _is_one_hot(emitted)
+            if self.epsilon is not None or (self.kernel_bandwidth is None and discrete):
+                n = self._greedy_num_actions(td, emitted)
                 greedy = self._to_index(emitted, n, batch).expand(*shape, batch)
+                if not self.epsilon:
+                    return greedy.clone()
                 explore = torch.rand(*shape, batch) < self.epsilon
                 return torch.where(explore, torch.randint(n, (*shape, batch)), greedy)
             mu = emitted.expand(*shape, *emitted.shape)
+            if self.kernel_bandwidth is None:
+                return mu.clone()
             return mu + self.kernel_bandwidth * torch.randn_like(mu)
         if not hasattr(self.policy, "sample"):
             raise TypeError(f"{type(self.policy).__name__} has no sample(td) method")
@@ -392,6 +466,36 @@ class EvaluationPolicy:
                 for s, c in iter_chunks(td, chunk_size)
             ]
         )
+
+
+def check_policy_mode(
+    mode: str | None, *, kernel_bandwidth: float | None = None, epsilon: float | None = None
+) -> None:
+    """Refuses an unknown ``mode`` and smoothing (``epsilon``, ``kernel_bandwidth``), which
+    applies to the greedy action, together with ``mode="stochastic"``: a ``ValueError``."""
+    if mode is not None and mode not in POLICY_MODES:
+        raise ValueError(f"policy mode must be one of {POLICY_MODES} or None, got {mode!r}")
+    if mode == "stochastic" and (kernel_bandwidth is not None or epsilon is not None):
+        raise ValueError(
+            "epsilon and kernel_bandwidth smooth the greedy policy (the actor's deterministic "
+            "action); they do not apply to the stochastic policy (mode 'stochastic')"
+        )
+
+
+def _greedy_actor(policy: Any) -> Any:
+    """What gives ``policy``'s greedy action: the policy itself (run under
+    ``ExplorationType.DETERMINISTIC``), or the actor inside a noisy behaviour policy."""
+    if hasattr(policy, "get_dist") or not hasattr(policy, "log_prob"):
+        if not callable(policy):
+            raise TypeError(f"Cannot take the greedy action of a {type(policy).__name__}")
+        return policy
+    actor = getattr(policy, "actor", None)
+    if actor is None:
+        raise TypeError(
+            f"{type(policy).__name__} has no greedy action (no actor inside it to take the "
+            "deterministic action of): score its stochastic policy (mode 'stochastic')"
+        )
+    return actor
 
 
 def discrete_action_start(data: Any) -> int:
@@ -418,7 +522,10 @@ def discrete_action_start(data: Any) -> int:
 def as_evaluation_policy(policy: Any, **kwargs: Any) -> EvaluationPolicy:
     """Wrap ``policy`` as an :class:`EvaluationPolicy` (returned as is if it already is one)."""
     if isinstance(policy, EvaluationPolicy):
+        mode = kwargs.pop("mode", None)
         if any(v is not None for v in kwargs.values()):
             raise ValueError("Keyword arguments cannot be applied to an existing EvaluationPolicy")
+        if mode is not None and mode != policy.mode:
+            raise ValueError(f"the EvaluationPolicy scores its {policy.mode} policy, not {mode}")
         return policy
     return EvaluationPolicy(policy, **kwargs)

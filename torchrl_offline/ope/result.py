@@ -53,6 +53,10 @@ class OPEResult:
         confidence: the interval's nominal coverage, e.g. ``0.95``.
         notes: facts about how the estimate was made, e.g. that the behaviour policy was
             estimated from the data rather than logged.
+        policy_mode: which policy the estimate scores: ``"greedy"`` (the actor's
+            deterministic action, possibly smoothed by an epsilon or a kernel) or
+            ``"stochastic"`` (sampling its distribution); ``None`` if unknown.
+        policy: a description of the evaluation policy as scored.
 
     Examples:
         >>> r = OPEResult(value=1.5, ci_low=1.2, ci_high=1.8, diagnostics={"ess": 40.0},
@@ -71,6 +75,8 @@ class OPEResult:
     per_episode: torch.Tensor | None = field(default=None, repr=False)
     confidence: float = 0.95
     notes: list[str] = field(default_factory=list)
+    policy_mode: str | None = None
+    policy: str = ""
 
     def warn(self, message: str, *, stacklevel: int = 4) -> None:
         """Record ``message`` on the result and emit it as an :class:`OPEWarning`."""
@@ -88,6 +94,8 @@ class OPEResult:
             "diagnostics": dict(self.diagnostics),
             "warnings": list(self.warnings),
             "notes": list(self.notes),
+            "policy_mode": self.policy_mode,
+            "policy": self.policy,
         }
 
     def __str__(self) -> str:
@@ -96,6 +104,8 @@ class OPEResult:
             f"({self.confidence:.0%} CI [{_fmt(self.ci_low)}, {_fmt(self.ci_high)}])"
         )
         lines = [head]
+        if self.policy or self.policy_mode:
+            lines.append(f"  policy: {self.policy or self.policy_mode}")
         lines += [f"  {k}: {_fmt(v)}" for k, v in self.diagnostics.items()]
         lines += [f"  note: {n}" for n in self.notes]
         lines += [f"  WARNING: {w}" for w in self.warnings]

@@ -53,6 +53,8 @@ class EvaluationResult:
         std: standard deviation of the returns (population, 0 for one episode).
         normalized_score: ``100 * (mean - ref_min) / (ref_max - ref_min)`` when reference
             returns are known, else ``None``.
+        policy_mode: the policy that ran: ``"greedy"`` (deterministic actions) or
+            ``"stochastic"`` (actions sampled from its distribution).
     """
 
     returns: list[float]
@@ -60,6 +62,7 @@ class EvaluationResult:
     mean: float
     std: float
     normalized_score: float | None = None
+    policy_mode: str = "greedy"
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as plain numbers (``return_mean``, ``return_std``, ...)."""
@@ -79,8 +82,9 @@ def evaluate_policy(
     seed: int = 0,
     max_steps: int = 1000,
     reference: tuple[float, float] | None = None,
+    policy_mode: str = "greedy",
 ) -> EvaluationResult:
-    """Runs ``policy`` (deterministic mode) for ``num_episodes`` episodes in ``env``.
+    """Runs ``policy`` (deterministic actions by default) for ``num_episodes`` episodes in ``env``.
 
     The episodes run inside :func:`torch.random.fork_rng` with the env seeded by
     ``seed``, so evaluating neither depends on nor changes the caller's random state:
@@ -89,11 +93,15 @@ def evaluate_policy(
 
     Args:
         env: a TorchRL environment with batch size ``[]``.
-        policy: the actor; it runs under ``ExplorationType.DETERMINISTIC``.
+        policy: the actor; it runs under ``ExplorationType.DETERMINISTIC`` (or ``RANDOM``
+            with ``policy_mode="stochastic"``).
         num_episodes: number of episodes.
         seed: seed of the env (and of torch inside the evaluation).
         max_steps: cap on the length of an episode.
         reference: ``(ref_min_score, ref_max_score)`` for the normalized score.
+        policy_mode: ``"greedy"`` (the actor's deterministic action, under
+            ``ExplorationType.DETERMINISTIC``: the policy one deploys) or ``"stochastic"``
+            (actions sampled from its distribution, ``ExplorationType.RANDOM``).
 
     Returns:
         An :class:`EvaluationResult`.
@@ -112,12 +120,15 @@ def evaluate_policy(
     """
     if num_episodes < 1:
         raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
+    modes = {"greedy": ExplorationType.DETERMINISTIC, "stochastic": ExplorationType.RANDOM}
+    if policy_mode not in modes:
+        raise ValueError(f"policy_mode must be 'greedy' or 'stochastic', got {policy_mode!r}")
     returns: list[float] = []
     lengths: list[int] = []
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         env.set_seed(seed)
-        with set_exploration_type(ExplorationType.DETERMINISTIC):
+        with set_exploration_type(modes[policy_mode]):
             for _ in range(num_episodes):
                 rollout = env.rollout(max_steps, policy, auto_reset=True, break_when_any_done=True)
                 returns.append(float(rollout.get(("next", "reward")).sum()))
@@ -129,7 +140,7 @@ def evaluate_policy(
         lo, hi = (float(v) for v in reference)
         if hi != lo:
             score = 100.0 * (mean - lo) / (hi - lo)
-    return EvaluationResult(returns, lengths, mean, std, score)
+    return EvaluationResult(returns, lengths, mean, std, score, policy_mode)
 
 
 def _log_scalar(trainer: Any, key: str, value: float, step: int) -> None:
