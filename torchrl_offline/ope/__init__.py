@@ -8,6 +8,13 @@ interval, diagnostics, warnings).
 """
 
 from torchrl_offline.ope.behavior import EstimatedBehaviorPolicy, estimate_behavior_policy
+from torchrl_offline.ope.decision_policies import (
+    DecisionPolicy,
+    EpsilonGreedyPolicy,
+    SoftmaxPolicy,
+    TablePolicy,
+    TopKPolicy,
+)
 from torchrl_offline.ope.doubly_robust import DoublyRobust, QModel, WeightedDoublyRobust
 from torchrl_offline.ope.episodes import Episodes, to_episodes
 from torchrl_offline.ope.fqe import FQE, FQELoss
@@ -32,8 +39,10 @@ from torchrl_offline.ope.uncertainty import bootstrap_interval, lower_bound
 
 __all__ = [
     "FQE",
+    "DecisionPolicy",
     "DoublyRobust",
     "Episodes",
+    "EpsilonGreedyPolicy",
     "EstimatedBehaviorPolicy",
     "EvaluationPolicy",
     "FQELoss",
@@ -44,6 +53,9 @@ __all__ = [
     "OPEWarning",
     "PerDecisionImportanceSampling",
     "QModel",
+    "SoftmaxPolicy",
+    "TablePolicy",
+    "TopKPolicy",
     "WeightedDoublyRobust",
     "WeightedImportanceSampling",
     "WeightedPerDecisionImportanceSampling",
