@@ -13,6 +13,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from torchrl_offline.data.storage import make_replay_buffer
 from torchrl_offline.ope import (
+    DoublyRobust,
     EpsilonGreedyPolicy,
     EvaluationPolicy,
     ImportanceSampling,
@@ -210,3 +211,43 @@ def test_is_and_wis_recover_the_true_value_of_each_policy(name):
         iw = ImportanceSampling(pi, gamma=1.0).importance_weights(rb)
         outside = ~torch.isfinite(pi.log_prob(td["observation"], td["action"]))
         assert outside.any() and (iw.trajectory_weights[outside] == 0).all()
+
+
+def test_scorer_reads_the_position_and_the_actor_takes_any_batch_shape():
+    def by_slot(obs, position):  # slot 0 prefers item 0, slot 1 item 2
+        return nn.functional.one_hot(2 * position, 3).double() * 5 + obs
+
+    pi = EpsilonGreedyPolicy(by_slot, epsilon=0.0, position_key="position")
+    assert pi.in_keys == ["observation", "position"]
+    obs = torch.zeros(2, 3)
+    assert pi.log_prob(obs, torch.tensor([0, 2]), torch.tensor([0, 1])).tolist() == [0.0, 0.0]
+    one = TensorDict({"observation": torch.zeros(3), "position": torch.tensor(1)}, [])
+    out = pi(one)
+    assert out["action"].shape == () and out["action"].item() == 2
+    grid = TensorDict(
+        {"observation": torch.zeros(2, 4, 3), "position": torch.ones(2, 4, dtype=torch.long)},
+        [2, 4],
+    )
+    assert (pi(grid)["action"] == 2).all() and pi(grid)["action_log_prob"].shape == (2, 4)
+    with pytest.raises(OPEError, match="reads positions"):
+        pi.probs(obs)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_doubly_robust_with_the_true_q_is_unbiased_for_a_top_k_policy():
+    td, context_probs, click = _bandit_log(4000, seed=3)
+    pi = _policies()["top_k"]
+    truth = float(context_probs @ (pi.probs(ALL_CONTEXTS) * click).sum(-1))
+
+    class TrueClickModel:
+        def q_values(self, batch):
+            return click[batch["observation"][:, 0].long(), batch["action"]]
+
+        def state_values(self, batch):
+            return (pi.probs(batch["observation"]) * click[batch["observation"][:, 0].long()]).sum(
+                -1
+            )
+
+    result = DoublyRobust(pi, TrueClickModel(), gamma=1.0, n_bootstrap=50).estimate(td)
+    # within about 4 standard errors (the 95% interval spans about 4 of them)
+    assert abs(result.value - truth) < 2 * (result.ci_high - result.ci_low)

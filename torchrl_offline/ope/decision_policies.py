@@ -140,14 +140,20 @@ class DecisionPolicy(TensorDictModuleBase):
         return torch.distributions.Categorical(logits=self.log_probs(*self._read(td)))
 
     def forward(self, td: TensorDictBase) -> TensorDictBase:
+        """Writes an action (sampled, or the greedy one under a deterministic exploration
+        type) and its log-probability; any batch shape, including none (one context)."""
         observation, position = self._read(td)
+        batch = td.batch_size
+        observation = observation.reshape(-1, *observation.shape[len(batch) :])
+        if position is not None:
+            position = position.reshape(observation.shape[0], -1)
         lp = self.log_probs(observation, position)
         if exploration_type() in _GREEDY_EXPLORATION:
             action = lp.argmax(-1)
         else:
             action = torch.multinomial(lp.exp(), 1).squeeze(-1)
-        td.set(self.action_key, action)
-        td.set(self.log_prob_key, lp.gather(-1, action[:, None]).squeeze(-1))
+        td.set(self.action_key, action.reshape(batch))
+        td.set(self.log_prob_key, lp.gather(-1, action[:, None]).reshape(batch))
         return td
 
 
