@@ -44,15 +44,29 @@ def test_log_probabilities_are_accepted(tmp_path):
     assert (rb.storage[:]["action_log_prob"] <= 0).all()
 
 
-def test_row_ids_give_the_episode_order_without_horizon(tmp_path):
+@pytest.mark.parametrize("chunk_size", [1, 7, 65536])
+def test_row_ids_give_the_episode_order_without_horizon(tmp_path, chunk_size):
     """A log without flags or next observations whose ids differ row to row holds whole
     one-step episodes: no dummy column and nothing dropped."""
     log = decision_log(60)
     log["episode"] = np.arange(1000, 1060)
-    rb = from_logged(log, path=tmp_path / "d")
+    rb = from_logged(log, path=tmp_path / "d", chunk_size=chunk_size)
     data = rb.storage[:]
     assert len(rb) == 60 and rb.metadata["dropped_transitions"] == 0
     assert data["next", "terminated"].all() and rb.metadata["horizon"] == 1
+
+
+@pytest.mark.parametrize("chunk_size", [2, 65536])
+def test_only_one_row_episodes_count_as_decisions(tmp_path, chunk_size):
+    """Without flags, an episode of several rows still ends cut (its last row has no next
+    observation: dropped on request); the one-row episodes around it are terminal."""
+    log = decision_log(8)
+    log["episode"] = [0, 1, 2, 2, 2, 3, 4, 5]
+    rb = from_logged(log, path=tmp_path / "d", drop_incomplete=True, chunk_size=chunk_size)
+    data = rb.storage[:]
+    assert data["next", "terminated"].reshape(-1).tolist() == [1, 1, 0, 0, 1, 1, 1]
+    assert data["next", "truncated"].reshape(-1).tolist() == [0, 0, 0, 1, 0, 0, 0]
+    assert rb.metadata["dropped_transitions"] == 1 and rb.metadata["horizon"] is None
 
 
 def test_horizon_one_over_chunks_and_files(tmp_path):
