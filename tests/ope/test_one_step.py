@@ -117,3 +117,16 @@ def test_one_step_estimators_report_each_twin_once():
         "pdis, wpdis not run: every episode is one step, where PDIS equals IS, WPDIS equals WIS"
     )
     assert one_step_estimators(["fqe", "wdr"]) == (["fqe", "wdr"], None)
+
+
+def test_fqe_does_not_query_the_policy_on_next_states_of_terminal_steps(bandit):
+    """The target of a terminal step is its reward: the fit never evaluates the policy."""
+    _, buffer = bandit
+    policy, calls = evaluation_policy(), []
+    scores = next(m for m in policy.modules() if isinstance(m, nn.Linear))
+    scores.register_forward_hook(lambda *_: calls.append(1))
+    fqe = FQE(policy, num_steps=20, batch_size=64, num_cells=(8,), n_refits=2)
+    fqe.fit(buffer)
+    assert calls == []
+    assert fqe.evaluate(buffer).warnings == []  # evaluating the fit does query it
+    assert calls
