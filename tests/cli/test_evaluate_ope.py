@@ -145,3 +145,27 @@ def test_collect_with_checkpoint_policy(trained_run, tmp_path):
         data = load_minari(f"p/{name}-v0", root=root).storage[:]
         assert torch.isfinite(data["action_log_prob"]).all()
         assert (data["action"].abs() <= 2.0).all()
+
+
+def test_ope_on_a_log_of_decisions_runs_each_twin_once(tmp_path, monkeypatch, capsys):
+    """At horizon 1 PDIS is IS and WPDIS is WIS: each is reported once, with a note."""
+    from tests.decision_log import decision_frame, decision_log
+
+    monkeypatch.setenv("TORCHRL_OFFLINE_CACHE", str(tmp_path / "cache"))
+    log = str(tmp_path / "log.csv")
+    decision_frame(decision_log(200)).to_csv(log, index=False)
+    run = str(tmp_path / "run")
+    assert main(["train", "--algo", "bc", "--dataset", log, "--horizon", "1", "--steps", "10",
+                 "--out", run, "--batch-size", "16", "--set", "hidden_sizes=(8,)",
+                 "--eval-env", "none", "--no-progress"]) == 0  # fmt: skip
+    argv = ["ope", run, "--dataset", log, "--horizon", "1", "--policy-mode", "stochastic",
+            "--fqe-steps", "20", "--fqe-refits", "3", "--bootstrap", "50", "--no-progress",
+            "--json"]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out["estimates"]) == ["fqe", "wis", "wdr"]  # the default fqe,wis,wpdis,wdr
+    assert out["notes"] == ["wpdis not run: every episode is one step, where WPDIS equals WIS"]
+    assert not out["estimates"]["fqe"]["warnings"]
+    assert main([*argv, "--estimators", "is,pdis"]) == 0
+    assert list(json.loads(capsys.readouterr().out)["estimates"]) == ["is"]

@@ -304,3 +304,35 @@ def test_a_recorded_env_that_cannot_be_made_is_skipped_with_a_warning(
     assert "warning: no evaluation in the dataset's env: unknown environment 'Acrobot-v1'" in err
     assert "evaluation" not in out
     assert main([*argv, "--out", str(tmp_path / "b"), "--eval-env", "auto"]) == 1  # asked for
+
+
+def test_horizon_one_reads_a_log_of_decisions(tmp_path, capsys):
+    from tests.decision_log import decision_frame, decision_log
+
+    log = decision_log(40)
+    frame = decision_frame(
+        log,
+        **{f"observation_{i}": f"x{i}" for i in range(3)},
+        action="item",
+        action_prob="propensity",
+        position="slot",
+        reward="click",
+    )
+    frame.to_csv(tmp_path / "decisions.csv", index=False)
+    columns = [
+        "--columns", "observation=x0,x1,x2", "--columns", "action=item",
+        "--columns", "action_prob=propensity", "--columns", "reward=click",
+    ]  # fmt: skip
+    info = info_json(capsys, str(tmp_path / "decisions.csv"), *columns, "--horizon", "1")
+    assert info["stats"]["transitions"] == 40 and info["stats"]["terminated"] == 40
+    assert info["dataset"]["dropped_transitions"] == 0
+    buffer = open_dataset(
+        str(tmp_path / "decisions.csv"), horizon=1, columns=parse_columns(columns[1::2])
+    )
+    assert buffer.storage[:]["position"].tolist() == log["position"].tolist()
+
+
+def test_horizon_applies_to_logs_only(pendulum_dataset, capsys):
+    dataset_id, root = pendulum_dataset
+    assert main(["info", dataset_id, "--root", root, "--horizon", "1"]) == 2
+    assert "--horizon applies to log files" in capsys.readouterr().err

@@ -41,7 +41,7 @@ def d4rl_log(seed: int = 0, lengths=LENGTHS, obs_dim: int = 3, act_dim: int = 2)
         "rewards": rng.normal(size=total),
         "terminals": np.concatenate(terminals),
         "timeouts": np.concatenate(timeouts),
-        "action_log_probs": rng.normal(size=total),
+        "action_log_probs": -np.abs(rng.normal(size=total)),  # log-probabilities: <= 0
     }
 
 

@@ -128,6 +128,7 @@ def open_dataset(
     ignore: list[str] | tuple[str, ...] = (),
     env_id: str | None = None,
     notes: bool = True,
+    horizon: int | None = None,
 ) -> Any:
     """Open a dataset named on the command line as an offline replay buffer.
 
@@ -135,7 +136,8 @@ def open_dataset(
     dataset folder, or the path of a logged-data file (Parquet, CSV, D4RL-style HDF5),
     read with :func:`~torchrl_offline.data.from_logged` as
     :func:`~torchrl_offline.cli.log_options.open_log` reads it (``columns``, ``ignore``,
-    ``env_id``: the ``--columns``, ``--ignore``, ``--env-id`` options).
+    ``env_id``, ``horizon``: the ``--columns``, ``--ignore``, ``--env-id``, ``--horizon``
+    options).
 
     Args:
         notes: print on stderr the transitions of a log that were dropped and whether the
@@ -151,9 +153,16 @@ def open_dataset(
     path = Path(dataset).expanduser()
     if is_log_file(path):
         buffer = open_log(
-            path, batch_size=batch_size, columns=columns, ignore=ignore, env_id=env_id
+            path,
+            batch_size=batch_size,
+            columns=columns,
+            ignore=ignore,
+            env_id=env_id,
+            horizon=horizon,
         )
     else:
+        if horizon is not None:
+            raise UsageError(f"--horizon applies to log files; {dataset!r} is not one")
         if columns or ignore:
             raise UsageError(
                 f"--columns and --ignore apply to log files ({', '.join(LOG_SUFFIXES)}); "

@@ -50,12 +50,13 @@ LOG_FIELDS = (
     "episode",
     "action_log_prob",
     "action_prob",
+    "position",
 )
 
 
 def add_log_options(parser: argparse.ArgumentParser) -> None:
-    """Adds ``--columns FIELD=COL``, ``--ignore COL`` and ``--env-id ENV`` (a group of their
-    own in ``--help``)."""
+    """Adds ``--columns FIELD=COL``, ``--ignore COL``, ``--env-id ENV`` and ``--horizon 1``
+    (a group of their own in ``--help``)."""
     group = parser.add_argument_group(
         "log files (CSV, Parquet, HDF5)",
         "how to read a log given as the dataset; the conversion is cached and reused while "
@@ -82,6 +83,14 @@ def add_log_options(parser: argparse.ArgumentParser) -> None:
         metavar="ENV",
         help="gymnasium id of the env that generated the log: stored with the dataset (its "
         "action space is used), so later commands evaluate and fine-tune in it by default",
+    )
+    group.add_argument(
+        "--horizon",
+        type=int,
+        choices=[1],
+        default=None,
+        help="1: a log of decisions, one per row (context, action, propensity, outcome): "
+        "every row is a whole, terminated episode and needs no next observation",
     )
 
 
@@ -141,12 +150,13 @@ def parse_ignore(items: list[str]) -> list[str]:
 
 
 def log_keywords(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``columns``, ``ignore`` and ``env_id`` keywords of
+    """The ``columns``, ``ignore``, ``env_id`` and ``horizon`` keywords of
     :func:`~torchrl_offline.cli.common.open_dataset` from a command's arguments."""
     return {
         "columns": parse_columns(getattr(args, "columns", None) or []) or None,
         "ignore": parse_ignore(getattr(args, "ignore", None) or []),
         "env_id": getattr(args, "env_id", None),
+        "horizon": getattr(args, "horizon", None),
     }
 
 
@@ -202,6 +212,7 @@ def open_log(
     save: str | None = None,
     root: str | os.PathLike | None = None,
     overwrite: bool = False,
+    horizon: int | None = None,
 ) -> Any:
     """A log file as an offline replay buffer, read as the command line reads logs.
 
@@ -212,6 +223,7 @@ def open_log(
         save: also write the log as the Minari dataset with this id (under ``root``).
         root: the Minari datasets root.
         overwrite: replace a Minari dataset ``save`` that holds other data.
+        horizon: ``1`` for a log of one-step decisions (``--horizon 1``).
 
     Raises:
         DatasetError: invalid data, or options that do not fit the log; the message
@@ -231,6 +243,7 @@ def open_log(
             minari_id=save,
             minari_root=root,
             overwrite=overwrite,
+            horizon=horizon,
         )
     except DatasetError as err:
         if err.field == "dataset_id":  # --save ID that is not an id

@@ -132,6 +132,18 @@ def _weighted_estimators(
     return [n for n in names if n == "fqe"], f"{', '.join(weighted)} not run: {why}"
 
 
+def _one_step_estimators(names: list[str], buffer: Any) -> tuple[list[str], str | None]:
+    """On data whose every episode is one step, the per-decision estimators equal their
+    trajectory-wise twins (PDIS is IS, WPDIS is WIS): each runs once, under the latter's
+    name, with a note saying why."""
+    from torchrl_offline.ope.episodes import is_one_step
+    from torchrl_offline.ope.importance import ONE_STEP_TWINS, one_step_estimators
+
+    if not any(name in ONE_STEP_TWINS for name in names) or not is_one_step(buffer):
+        return names, None
+    return one_step_estimators(names)
+
+
 def _class(name: str) -> Any:
     import importlib
 
@@ -318,7 +330,9 @@ def run(args: argparse.Namespace) -> int:
         theirs=f"the checkpoint's {algorithm.name} policy",
     )
     continuous = algorithm.action_spec.dtype.is_floating_point
+    names, one_step = _one_step_estimators(names, buffer)
     names, left_out = _weighted_estimators(names, args, continuous)
+    notes = [note for note in (one_step, left_out) if note]
     from torchrl_offline.ope.result import OPEWarning
 
     with warnings.catch_warnings():
@@ -338,8 +352,8 @@ def run(args: argparse.Namespace) -> int:
                 for name, r in results.items()
             },
         }
-        if left_out:
-            out["notes"] = [left_out]
+        if notes:
+            out["notes"] = notes
         print(json.dumps(out, indent=2, default=float))
         return 0
     _print(
@@ -347,6 +361,6 @@ def run(args: argparse.Namespace) -> int:
         f"policy: {args.policy_mode} ({POLICY_MODE_HELP[args.policy_mode]})",
         _table(results, behaviour, args.confidence),
         *_messages(results),
-        *([f"note: {left_out}"] if left_out else []),
+        *(f"note: {note}" for note in notes),
     )
     return 0

@@ -10,6 +10,7 @@ __all__ = [
     "EPISODE",
     "NEXT_OBSERVATION",
     "OBSERVATION",
+    "POSITION",
     "REWARD",
     "TERMINATED",
     "TRUNCATED",
@@ -21,6 +22,8 @@ ACTION = "action"
 EPISODE = "episode"
 ACTION_LOG_PROB = "action_log_prob"
 ACTION_PROB = "action_prob"
+#: The slot of a decision in a recommendation list (logs of ranked decisions), an integer.
+POSITION = "position"
 NEXT_OBSERVATION = ("next", "observation")
 REWARD = ("next", "reward")
 DONE = ("next", "done")

@@ -45,6 +45,7 @@ ACCEPTED_NAMES: dict[str, tuple[str, ...]] = {
         "infos.action_log_probs",
     ),
     "action_prob": ("action_prob", "action_probs", "infos.action_prob", "infos.action_probs"),
+    "position": ("position", "positions", "slot"),
 }
 _ALIAS = {alias: field for field, names in ACCEPTED_NAMES.items() for alias in names}
 _NESTABLE = ("observation", "next_observation")

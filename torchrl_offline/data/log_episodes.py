@@ -126,7 +126,7 @@ def _assemble(chunk: dict[Name, np.ndarray], columns: list[Column], offset: int)
             value = _flag(chunk[column.sources[0]], field, offset)
         else:
             value = _numeric(chunk[column.sources[0]], field, offset)
-        if column.target[0] in ("reward", "action_log_prob", "action_prob"):
+        if column.target[0] in ("reward", "action_log_prob", "action_prob", "position"):
             if value.shape[1:] not in ((), (1,)):
                 raise DatasetError(
                     f"Field {field!r} must hold one number per transition, got shape "
@@ -157,6 +157,35 @@ class Walk:
     seen_ids: set = dataclasses.field(default_factory=set)
     dropped: int = 0  # transitions dropped for lack of a next observation
     terminal_filled: int = 0  # terminal steps kept without a successor (next obs = obs)
+    last_row_id: Any = None  # the episode id of the last finished row (any mode)
+
+
+def _one_step_ends(buf: dict[Name, np.ndarray], m: int, offset: int, state: Walk) -> None:
+    """Check the rows ``[0, m)`` of a one-step log (``horizon=1``): every row is a whole,
+    terminated episode, so a flag saying otherwise is an error, and so is a row id (the
+    ``episode`` column) met twice."""
+    for flag, whole in (("terminated", True), ("done", True), ("truncated", False)):
+        values = buf.get((flag,))
+        if values is not None and (i := first_index(values[:m] != whole)) is not None:
+            raise DatasetError(
+                f"Field {flag!r} is {bool(values[i])} at index {offset + i}, but with "
+                "horizon=1 every row is a whole episode that ends terminated",
+                field=flag,
+                index=offset + i,
+            )
+    ids = buf.get(("episode",))
+    if ids is None:
+        return
+    for i in range(m):
+        key = ids[i].item() if hasattr(ids[i], "item") else ids[i]
+        if key in state.seen_ids:
+            raise DatasetError(
+                f"Field 'episode': row id {key!r} at index {offset + i} is duplicated; with "
+                "horizon=1 every row is its own episode and needs an id of its own",
+                field="episode",
+                index=offset + i,
+            )
+        state.seen_ids.add(key)
 
 
 def iter_transitions(
@@ -166,8 +195,12 @@ def iter_transitions(
     chunk_size: int,
     drop_incomplete: bool,
     state: Walk | None = None,
+    one_step: bool = False,
 ) -> Iterator[tuple[dict[Name, np.ndarray], np.ndarray]]:
     """Yield ``(fields, source_rows)`` chunks of finished transitions.
+
+    With ``one_step`` (a log of one decision per row) every row is a whole episode,
+    terminated (see :func:`_one_step_ends`).
 
     Each row needs its successor (episode change, derived next observation) and the row
     after it (whether the successor is dropped), so the last two rows of a chunk wait for
@@ -190,13 +223,27 @@ def iter_transitions(
             continue
         ready = n - 2
         yield _finish(
-            buffer, ready, offset, final=False, state=state, drop_incomplete=drop_incomplete
+            buffer,
+            ready,
+            offset,
+            final=False,
+            state=state,
+            drop_incomplete=drop_incomplete,
+            one_step=one_step,
         )
         carry = {k: v[ready:] for k, v in buffer.items()}
         offset += ready
     if carry is not None:
         n = len(next(iter(carry.values())))
-        yield _finish(carry, n, offset, final=True, state=state, drop_incomplete=drop_incomplete)
+        yield _finish(
+            carry,
+            n,
+            offset,
+            final=True,
+            state=state,
+            drop_incomplete=drop_incomplete,
+            one_step=one_step,
+        )
 
 
 def _finish(
@@ -207,11 +254,15 @@ def _finish(
     final: bool,
     state: Walk,
     drop_incomplete: bool,
+    one_step: bool = False,
 ) -> tuple[dict[Name, np.ndarray], np.ndarray]:
     """Finish rows ``[0, m)`` of ``buf`` (its later rows are only looked at)."""
     n = len(next(iter(buf.values())))
     zeros = np.zeros(n, bool)
     term, trunc, done = (buf.get((f,)) for f in FLAGS)
+    if one_step:
+        _one_step_ends(buf, m, offset, state)
+        term, trunc, done = np.ones(n, bool), zeros, None
     if term is None and done is not None:
         term = done & ~(trunc if trunc is not None else zeros)
     if trunc is None and done is not None and term is not None:
@@ -234,7 +285,9 @@ def _finish(
 
     # end[i]: row i is the last of its episode (known for i < n - 1, or i = n - 1 if final).
     ids = buf.get(("episode",))
-    if ids is not None:
+    if one_step:
+        end = np.ones(n, bool)
+    elif ids is not None:
         end = np.ones(n, bool)
         end[:-1] = ids[1:] != ids[:-1]
         starts = np.concatenate([[0], np.nonzero(end[:-1])[0] + 1])
@@ -265,10 +318,21 @@ def _finish(
         end = flag_end.copy()
         if final:
             end[-1] = True
+    next_given = any(k[0] == "next_observation" for k in buf)
+    if ids is not None and not next_given and all(buf.get((f,)) is None for f in FLAGS):
+        # A log of whole one-row episodes (no flags, no next observations): each row is
+        # one decision, its episode's terminal step.
+        begin = np.ones(n, bool)
+        begin[1:] = end[:-1]
+        first = ids[0].item() if hasattr(ids[0], "item") else ids[0]
+        begin[0] = state.last_row_id is None or first != state.last_row_id
+        term |= begin & end
+    if ids is not None and m:
+        last = ids[m - 1]
+        state.last_row_id = last.item() if hasattr(last, "item") else last
     # An episode that ends in the log without a flag was cut: it is truncated.
     trunc |= end & ~term & ~trunc
 
-    next_given = any(k[0] == "next_observation" for k in buf)
     if next_given:
         missing = np.zeros(n, bool)
     else:
@@ -301,6 +365,7 @@ def _finish(
             "action",
             "action_log_prob",
             "action_prob",
+            "position",
             "reward",
         ):
             out[key] = value[:m]

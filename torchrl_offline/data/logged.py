@@ -37,6 +37,7 @@ from torchrl_offline.data.keys import (
     EPISODE,
     NEXT_OBSERVATION,
     OBSERVATION,
+    POSITION,
     REWARD,
     TERMINATED,
     TRUNCATED,
@@ -157,6 +158,8 @@ def _tensordict(
             td.set(head, torch.as_tensor(value).to(float_dtype).reshape(n))
         elif head == "episode":
             td.set(EPISODE, torch.as_tensor(value, dtype=torch.int64))
+        elif head == "position":
+            td.set(POSITION, torch.as_tensor(value).to(torch.int64).reshape(n))
         elif head in ("terminated", "truncated"):
             td.set(
                 TERMINATED if head == "terminated" else TRUNCATED,
@@ -182,6 +185,48 @@ def _stored_names(columns: list[Column]) -> dict[str, str]:
         else:
             out[dotted(column.target)] = source
     return out
+
+
+def _check_decision_fields(
+    fields: dict[Name, np.ndarray],
+    rows: np.ndarray,
+    names: Mapping[str, str],
+    action_space: gym.Space | None,
+) -> None:
+    """Propensities and positions of a log: ``action_prob`` positive and ``action_log_prob``
+    above -inf (for discrete actions also ``action_prob <= 1`` and ``action_log_prob <=
+    0``; continuous actions log densities, which may exceed 1); ``position`` a
+    non-negative integer."""
+    discrete = (
+        isinstance(action_space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete))
+        if action_space is not None
+        else fields[("action",)].dtype.kind in "biu"
+    )
+    checks = {
+        "action_prob": (
+            (lambda v: ~((v > 0) & (v <= 1)), "a probability in (0, 1]")
+            if discrete
+            else (lambda v: ~(v > 0), "a positive density")
+        ),
+        "action_log_prob": (
+            (lambda v: ~((v > -np.inf) & (v <= 0)), "a log-probability in (-inf, 0]")
+            if discrete
+            else (lambda v: ~(v > -np.inf), "a log-density above -inf")
+        ),
+        "position": (lambda v: (v < 0) | (v != np.round(v)), "a non-negative integer"),
+    }
+    for (head, *_), value in fields.items():
+        if head not in checks or not len(value):
+            continue
+        bad, expected = checks[head]
+        if (i := first_index(bad(value))) is not None:
+            field = names.get(head, head)
+            raise DatasetError(
+                f"Field {field!r}: value {value[i].item()!r} at index {int(rows[i])} is not "
+                f"{expected}",
+                field=field,
+                index=int(rows[i]),
+            )
 
 
 def _validate(
@@ -238,6 +283,7 @@ def from_logged(
     minari_id: str | None = None,
     minari_root: str | os.PathLike | None = None,
     minari_kwargs: Mapping[str, Any] | None = None,
+    horizon: int | None = None,
     **kwargs: Any,
 ) -> OfflineReplayBuffer:
     """Load logged transitions into an offline replay buffer (and optionally a Minari dataset).
@@ -271,6 +317,20 @@ def from_logged(
     last step is an error unless ``drop_incomplete=True`` drops it (its predecessor
     then ends the episode, truncated). The metadata count both:
     ``terminal_next_observations_filled`` and ``dropped_transitions``.
+
+    Logs of decisions (recommendations, pricing, treatments: one decision per context,
+    the action taken, its propensity and the outcome) hold one-step episodes. With
+    ``horizon=1`` every row is a whole episode: terminated, with no next observation
+    needed (the stored next observation is a copy of the observation, as for any
+    terminal step, and is never bootstrapped); ``episode`` is the row's index among the
+    stored rows (ids of an ``episode`` column must then be distinct). A log without
+    flags or next observations whose episode ids all differ row to row is read the
+    same way without ``horizon=1``. The behaviour policy's propensity of the logged
+    action is ``action_prob`` (in (0, 1]) or ``action_log_prob`` (in (-inf, 0]), stored
+    under that name where the OPE estimators read it; a ``position`` (``slot``) column,
+    the place of the decision in a ranked list, is stored as its own integer key
+    ``"position"``, not in the observation. ``metadata["horizon"]`` is 1 when every
+    stored episode is one terminal step, else ``None``.
 
     The data are validated before anything is written (non-finite values, mismatched
     lengths, actions outside the action space, terminated and truncated both set, flags
@@ -326,6 +386,8 @@ def from_logged(
         minari_kwargs: more arguments of
             :func:`~torchrl_offline.data.minari_writer.write_minari` (``data_format``,
             ``env_spec``, ``author``, ...).
+        horizon: ``1`` for a log of one-step episodes (see above); ``None`` (default)
+            finds episodes from the flags and ids.
         **kwargs: forwarded to the replay buffer (its ``writer`` is a read-only
             :class:`~torchrl.data.replay_buffers.ImmutableDatasetWriter` by default, so
             the stored files are never overwritten through the buffer).
@@ -357,6 +419,22 @@ def from_logged(
         [0, 0, 0, 1, 1]
         >>> rb.metadata["terminal_next_observations_filled"], rb.metadata["dropped_transitions"]
         (1, 1)
+
+        A log of decisions, one per row (no next observation, no flags):
+
+        >>> bandit = {
+        ...     "observation": rng.normal(size=(4, 3)),
+        ...     "action": [2, 0, 3, 1],
+        ...     "action_prob": [0.5, 0.25, 0.125, 0.125],
+        ...     "reward": [1.0, 0.0, 0.0, 1.0],
+        ...     "position": [0, 1, 0, 2],
+        ... }
+        >>> rb = from_logged(bandit, horizon=1)
+        >>> data = rb.storage[:]
+        >>> data["episode"].tolist(), data["next", "terminated"].all().item()
+        ([0, 1, 2, 3], True)
+        >>> data["position"].tolist(), rb.metadata["horizon"]
+        ([0, 1, 0, 2], 1)
     """
     from minari.serialization import serialize_space
 
@@ -365,6 +443,9 @@ def from_logged(
         raise ValueError("ref_min_score and ref_max_score must be given together")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    if horizon not in (None, 1):
+        raise ValueError(f"horizon must be 1 (a log of one-step episodes) or None, got {horizon}")
+    one_step = horizon == 1
     env = log_env(env_id) if env_id is not None else None
     if action_space is None and env is not None:
         action_space = env.action_space
@@ -397,15 +478,22 @@ def from_logged(
     hasher = hashlib.sha256()
     stats: dict[Name, _Stats] = {}
     negative: dict[Name, int] = {}
-    total = 0
+    total = terminal = 0
     walk = Walk()
     for fields, rows in iter_transitions(
-        table, resolved, chunk_size=chunk_size, drop_incomplete=drop_incomplete, state=walk
+        table,
+        resolved,
+        chunk_size=chunk_size,
+        drop_incomplete=drop_incomplete,
+        state=walk,
+        one_step=one_step,
     ):
         if not len(rows):
             continue
+        _check_decision_fields(fields, rows, names, action_space)
         td = _tensordict(fields, rows, spaces=given, float_dtype=dtype, names=names)
         _validate(td, rows, action_space, names)
+        terminal += int(fields[("terminated",)].sum())
         for target, value in fields.items():
             if target[0] in ("observation", "action"):
                 if value.dtype.kind == "b":
@@ -479,6 +567,8 @@ def from_logged(
     spec[(EPISODE,)] = ((), torch.int64)
     for name in behavior_keys:
         spec[(name,)] = ((), dtype)
+    if any(c.target[0] == POSITION for c in resolved):
+        spec[(POSITION,)] = ((), torch.int64)
 
     episodes = 0
     metadata: dict[str, Any] = {
@@ -493,6 +583,7 @@ def from_logged(
         "conversion": {k: options[k] for k in ("format_version", "dtype", "one_hot_actions")},
         "behavior_keys": behavior_keys,
         "ignored_columns": skipped,
+        "horizon": 1 if terminal == walk.episodes_started == total else None,
     }
     if ref_min_score is not None:
         metadata["ref_min_score"] = float(ref_min_score)
@@ -522,7 +613,11 @@ def from_logged(
             out = allocate_transitions(spec, total, tmp / "transitions")
             start = 0
             for fields, rows in iter_transitions(
-                table, resolved, chunk_size=chunk_size, drop_incomplete=drop_incomplete
+                table,
+                resolved,
+                chunk_size=chunk_size,
+                drop_incomplete=drop_incomplete,
+                one_step=one_step,
             ):
                 if not len(rows):
                     continue

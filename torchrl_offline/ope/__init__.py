@@ -16,7 +16,7 @@ from torchrl_offline.ope.decision_policies import (
     TopKPolicy,
 )
 from torchrl_offline.ope.doubly_robust import DoublyRobust, QModel, WeightedDoublyRobust
-from torchrl_offline.ope.episodes import Episodes, to_episodes
+from torchrl_offline.ope.episodes import Episodes, is_one_step, to_episodes
 from torchrl_offline.ope.fqe import FQE, FQELoss
 from torchrl_offline.ope.hook import OPEHook
 from torchrl_offline.ope.importance import (
@@ -24,6 +24,7 @@ from torchrl_offline.ope.importance import (
     PerDecisionImportanceSampling,
     WeightedImportanceSampling,
     WeightedPerDecisionImportanceSampling,
+    one_step_estimators,
 )
 from torchrl_offline.ope.policy import EvaluationPolicy, as_evaluation_policy
 from torchrl_offline.ope.result import OPEError, OPEResult, OPEWarning
@@ -63,7 +64,9 @@ __all__ = [
     "as_evaluation_policy",
     "bootstrap_interval",
     "estimate_behavior_policy",
+    "is_one_step",
     "lower_bound",
+    "one_step_estimators",
     "rank_policies",
     "regret_at_k",
     "relative_error",

@@ -22,7 +22,7 @@ from torchrl_offline.data.keys import (
 from torchrl_offline.data.stats import iter_chunks, stored_transitions
 from torchrl_offline.ope.result import OPEError, OPEWarning
 
-__all__ = ["IS_INIT", "STEP_COUNT", "Episodes", "to_episodes"]
+__all__ = ["IS_INIT", "STEP_COUNT", "Episodes", "is_one_step", "to_episodes"]
 
 #: Key written by TorchRL's ``InitTracker``: True on the first step of an episode.
 IS_INIT = "is_init"
@@ -324,3 +324,32 @@ def to_episodes(
         rewards=rewards,
         dropped=dropped,
     )
+
+
+def is_one_step(data: ReplayBuffer | TensorDictBase) -> bool:
+    """Whether every episode of ``data`` is one step (a log of one-step decisions, e.g.
+    read with ``from_logged(..., horizon=1)``, whose ``metadata["horizon"]`` says so
+    without reading the data).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl_offline.ope.episodes import is_one_step
+        >>> def log(episode, done):
+        ...     n = len(episode)
+        ...     return TensorDict({
+        ...         "observation": torch.zeros(n, 1), "episode": torch.tensor(episode),
+        ...         ("next", "observation"): torch.zeros(n, 1),
+        ...         ("next", "reward"): torch.ones(n, 1),
+        ...         ("next", "done"): torch.tensor(done).reshape(n, 1),
+        ...     }, [n])
+        >>> is_one_step(log([0, 1, 2], [True] * 3)), is_one_step(log([0, 0, 1], [False, True, True]))
+        (True, False)
+    """
+    metadata = getattr(data, "metadata", None)
+    if isinstance(metadata, dict) and metadata.get("horizon") == 1:
+        return True
+    try:
+        return to_episodes(data, check_continuity=False).max_length == 1
+    except OPEError:
+        return False

@@ -556,8 +556,11 @@ class FQE:
         tail = self.loss_history[-max(1, len(self.loss_history) // 10) :]
         final_loss = sum(tail) / len(tail) if tail else math.nan
         gamma = round(float(loss.value_estimator.gamma), 6)  # the estimator stores float32
-        # the effective horizon, and a bound no policy's value can exceed (larger: divergence)
+        # the effective horizon, and a bound no policy's value can exceed (larger: divergence);
+        # when every transition is terminal nothing is bootstrapped: a reward regression
+        bootstrapped = self._bootstrapped > 0
         horizon = 1.0 / (1.0 - gamma) if gamma < 1 else float(episodes.lengths.max())
+        horizon = horizon if bootstrapped else 1.0
         bound = self._max_abs_reward * horizon
         transitions = stored_transitions(data)
         q_data = self.q_values(transitions[: min(4096, transitions.shape[0])].to_tensordict())
@@ -597,13 +600,18 @@ class FQE:
                 "interval: bootstrap over the initial states of one fit; it ignores the "
                 "critic's error and is too narrow"
             )
-        if not max_abs_q <= 1.05 * bound + 1e-6:
+        if not bootstrapped:
+            result.notes.append(
+                "every transition is terminal: nothing is bootstrapped, the fit is a "
+                "regression of the reward on (state, action) (horizon 1)"
+            )
+        elif not max_abs_q <= 1.05 * bound + 1e-6:
             result.warn(
                 f"the critic reaches |Q| = {max_abs_q:.4g}, beyond max|r| x horizon = "
                 f"{bound:.4g}, which no policy can exceed: the fit diverged (lower lr, "
                 "raise target_update_interval, or check the data's coverage of the policy)"
             )
-        if self._bootstrapped > 0 and self.bellman_backups < horizon:
+        if bootstrapped and self.bellman_backups < horizon:
             result.warn(
                 f"only {self.bellman_backups:.0f} target refreshes for an effective horizon of "
                 f"{horizon:.0f} steps (gamma {gamma}): the value may not have propagated; "
@@ -628,6 +636,8 @@ class FQE:
             standard deviation of the refits' estimates); ``policy_mode`` says which
             policy was evaluated. Warnings: values beyond ``max|r|`` times the effective horizon
             ``1 / (1 - gamma)`` (or the longest episode for ``gamma = 1``), which means the
-            fit diverged; fewer backups than that horizon.
+            fit diverged; fewer backups than that horizon. Neither applies when every
+            transition is terminal (a log of one-step decisions): nothing is bootstrapped,
+            the fit is a reward regression, and a note says so.
         """
         return self.fit(data).evaluate(data)

@@ -516,14 +516,24 @@ class FQELoss(LossModule):
 
     # ------------------------------------------------------------------ loss
     def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
-        """The TD regression loss of the critic and its diagnostics."""
+        """The TD regression loss of the critic and its diagnostics (a minibatch of
+        terminal steps only, e.g. from a log of one-step decisions, is regressed on its
+        rewards: nothing is bootstrapped, the policy is not queried)."""
         with torch.no_grad():
-            next_value = self.state_value(tensordict.get("next"), target=True)
             reward = tensordict.get(("next", self.tensor_keys.reward))
-            if self._ensemble_dims:  # [E, *batch] -> targets [*batch, E] -> [E, *batch]
+            terminated = tensordict.get(("next", self.tensor_keys.terminated), None)
+            if terminated is not None and bool(terminated.all()):
+                # Nothing to bootstrap (e.g. a log of one-step decisions): the target is
+                # the reward, and the policy and the target critic are not queried.
+                target = reward.reshape(tensordict.batch_size).expand(
+                    *[self.num_qvalue_nets] * self._ensemble_dims, *tensordict.batch_size
+                )
+            elif self._ensemble_dims:  # [E, *batch] -> targets [*batch, E] -> [E, *batch]
+                next_value = self.state_value(tensordict.get("next"), target=True)
                 target = td_target(self, tensordict, next_value.movedim(0, -1).to(reward.dtype))
                 target = target.movedim(-1, 0)
             else:
+                next_value = self.state_value(tensordict.get("next"), target=True)
                 next_value = next_value.reshape(reward.shape).to(reward.dtype)
                 estimator = self.value_estimator
                 td = tensordict.select(

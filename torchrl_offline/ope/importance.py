@@ -23,6 +23,7 @@ them, by termination or truncation).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,12 +39,18 @@ from torchrl_offline.ope.result import OPEError, OPEResult
 from torchrl_offline.ope.uncertainty import bootstrap_interval, ratio_statistic
 
 __all__ = [
+    "ONE_STEP_TWINS",
     "ImportanceSampling",
     "ImportanceWeights",
     "PerDecisionImportanceSampling",
     "WeightedImportanceSampling",
     "WeightedPerDecisionImportanceSampling",
+    "one_step_estimators",
 ]
+
+#: Short names of the per-decision estimators -> the trajectory-wise estimator they equal
+#: when every episode is one step (the one reward is weighted by the one ratio either way).
+ONE_STEP_TWINS = {"pdis": "is", "wpdis": "wis"}
 
 # exp(700) is close to float64's limit; larger cumulative log-weights are capped there.
 _MAX_LOG_WEIGHT = 700.0
@@ -574,3 +581,25 @@ class WeightedPerDecisionImportanceSampling(PerDecisionImportanceSampling):
     def _terms(self, iw: ImportanceWeights) -> tuple[torch.Tensor, torch.Tensor | None]:
         eps = iw.episodes
         return eps.discounts(self.gamma) * iw.weights * eps.rewards, iw.weights
+
+
+def one_step_estimators(names: Sequence[str]) -> tuple[list[str], str | None]:
+    """The estimators to run on data whose every episode is one step: ``names`` (short
+    names, as ``torchrl-offline ope --estimators`` takes them) with each per-decision
+    estimator replaced by its twin of :data:`ONE_STEP_TWINS` (once), and a note saying
+    why, or ``None`` when ``names`` has none.
+
+    Examples:
+        >>> from torchrl_offline.ope.importance import one_step_estimators
+        >>> names, note = one_step_estimators(["fqe", "wis", "wpdis", "wdr"])
+        >>> names
+        ['fqe', 'wis', 'wdr']
+        >>> print(note)
+        wpdis not run: every episode is one step, where WPDIS equals WIS
+    """
+    replaced = [name for name in names if name in ONE_STEP_TWINS]
+    if not replaced:
+        return list(names), None
+    kept = list(dict.fromkeys(ONE_STEP_TWINS.get(name, name) for name in names))
+    pairs = ", ".join(f"{n.upper()} equals {ONE_STEP_TWINS[n].upper()}" for n in replaced)
+    return kept, f"{', '.join(replaced)} not run: every episode is one step, where {pairs}"
