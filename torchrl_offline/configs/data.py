@@ -98,6 +98,7 @@ class LoggedDatasetConfig(DatasetConfig):
     minari_root: str | None = None
     minari_kwargs: Any = None
     env_id: str | None = None
+    horizon: int | None = None
     _target_: str = _MAKERS + "_make_logged_dataset"
 
 
