@@ -149,6 +149,12 @@ VARIANTS: dict[str, dict[str, tuple[str, dict]]] = {
         "torchrl": ("torchrl", {}),
         "d3rlpy": ("d3rlpy", {}),
         "ours_unscaled_noise": ("ours", {"policy_noise": 0.1, "noise_clip": 0.25}),
+        # the paper's (and d3rlpy's) targets, moved with the delayed actor
+        "ours_target_delay2": ("ours", {"target_update_delay": 2}),
+        "ours_unscaled_noise_target_delay2": (
+            "ours",
+            {"policy_noise": 0.1, "noise_clip": 0.25, "target_update_delay": 2},
+        ),
     },
     "awac": {
         "ours": ("ours", {}),
