@@ -336,3 +336,23 @@ def test_horizon_applies_to_logs_only(pendulum_dataset, capsys):
     dataset_id, root = pendulum_dataset
     assert main(["info", dataset_id, "--root", root, "--horizon", "1"]) == 2
     assert "--horizon applies to log files" in capsys.readouterr().err
+
+
+def test_train_learns_a_policy_from_a_log_of_decisions(logs, tmp_path, capsys):
+    """``train --algo bandit_ips --horizon 1``: importance-weighted policy learning on a
+    one-step log; a log of several-step episodes is refused with the reason."""
+    from tests.decision_log import decision_frame, decision_log
+
+    decision_frame(decision_log(64), action_prob="propensity").to_csv(
+        tmp_path / "decisions.csv", index=False
+    )
+    argv = ["train", "--algo", "bandit_ips", "--steps", "3", "--batch-size", "16",
+            "--set", "hidden_sizes=(8,)", "--no-progress", "--eval-env", "none"]  # fmt: skip
+    data = ["--dataset", str(tmp_path / "decisions.csv"), "--horizon", "1",
+            "--columns", "action_prob=propensity"]  # fmt: skip
+    assert main([*argv, *data, "--out", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "checkpoints").is_dir()
+    capsys.readouterr()
+    path, _ = logs["goal"]
+    assert main([*argv, "--dataset", str(path), *LOG, "--out", str(tmp_path / "multi")]) != 0
+    assert "is not terminal: importance-weighted bandit learning" in capsys.readouterr().err
