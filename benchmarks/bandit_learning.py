@@ -30,11 +30,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tensordict import TensorDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.decision_log import decision_log, logging_probs, policy_value, reward_model
+from tests.decision_log import (
+    decision_log,
+    logging_probs,
+    policy_probs,
+    policy_value,
+    reward_model,
+)
 from torchrl_offline.data.logged import from_logged
 from torchrl_offline.ope.importance import ImportanceSampling, WeightedImportanceSampling
 from torchrl_offline.ope.result import OPEWarning
@@ -42,12 +47,6 @@ from torchrl_offline.trainers.offline import train
 
 SETTINGS = {"hidden_sizes": (16,), "actor_lr": 1e-2}
 ESTIMATORS = {"IS": ImportanceSampling, "WIS": WeightedImportanceSampling}
-
-
-def probs_of(policy, context: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        td = TensorDict({"observation": torch.as_tensor(context)}, [len(context)])
-        return policy.get_dist(td).probs.numpy()
 
 
 def run(args: argparse.Namespace, root: Path) -> list[dict]:
@@ -76,7 +75,7 @@ def run(args: argparse.Namespace, root: Path) -> list[dict]:
                     "algorithm": algo,
                     "held_out_seed": seed,
                     "train_seconds": seconds,
-                    "true": policy_value(probs_of(policy, context), context),
+                    "true": policy_value(policy_probs(policy, context), context),
                     "logger": policy_value(logging_probs(context), context),
                     "best": policy_value(scores == scores.max(-1, keepdims=True), context),
                 }

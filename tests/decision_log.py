@@ -32,6 +32,16 @@ def policy_value(probs: np.ndarray, context: np.ndarray) -> float:
     return float((np.asarray(probs) * reward_model(context)).sum(-1).mean())
 
 
+def policy_probs(policy, context: np.ndarray) -> np.ndarray:
+    """Every item's probability under a TorchRL ``policy`` (its ``get_dist``) at ``context``."""
+    import torch
+    from tensordict import TensorDict
+
+    with torch.no_grad():
+        td = TensorDict({"observation": torch.as_tensor(context)}, [len(context)])
+        return policy.get_dist(td).probs.numpy()
+
+
 def decision_log(n: int = 200, *, seed: int = 0, positions: int = 3) -> dict[str, np.ndarray]:
     """``n`` decisions of a softmax logging policy over :func:`reward_model`'s scores:
     context (``observation``), the item shown (``action``), its propensity

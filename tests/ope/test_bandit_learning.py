@@ -12,7 +12,6 @@ import warnings
 
 import pytest
 import torch
-from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from torch import nn
 
@@ -21,6 +20,7 @@ from tests.decision_log import (
     N_ITEMS,
     decision_log,
     logging_probs,
+    policy_probs,
     policy_value,
     reward_model,
 )
@@ -32,13 +32,6 @@ from torchrl_offline.trainers.offline import train
 
 #: Small settings that learn this 4-item problem in a few hundred updates.
 SETTINGS = {"hidden_sizes": (16,), "actor_lr": 1e-2}
-
-
-def _probs(policy, context) -> torch.Tensor:
-    """Every item's probability under ``policy`` at ``context``."""
-    with torch.no_grad():
-        td = TensorDict({"observation": torch.as_tensor(context)}, [len(context)])
-        return policy.get_dist(td).probs
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +54,8 @@ def test_the_learned_policy_beats_the_logger_and_behaviour_cloning(loop):
     held_log, _, policies = loop
     context = held_log["observation"]
     logger = policy_value(logging_probs(context), context)
-    learned = policy_value(_probs(policies["bandit_ips"], context), context)
-    cloned = policy_value(_probs(policies["bc"], context), context)
+    learned = policy_value(policy_probs(policies["bandit_ips"], context), context)
+    cloned = policy_value(policy_probs(policies["bc"], context), context)
     scores = reward_model(context)
     best = policy_value(scores == scores.max(-1, keepdims=True), context)
     assert learned > logger + 0.25 and learned > cloned + 0.25
@@ -74,7 +67,7 @@ def test_the_learned_policy_beats_the_logger_and_behaviour_cloning(loop):
 def test_estimates_on_a_held_out_log_cover_the_true_values(loop, name):
     held_log, held_out, policies = loop
     policy = policies[name]
-    truth = policy_value(_probs(policy, held_log["observation"]), held_log["observation"])
+    truth = policy_value(policy_probs(policy, held_log["observation"]), held_log["observation"])
     critic = TensorDictModule(
         nn.Linear(N_FEATURES, N_ITEMS), ["observation"], ["state_action_value"]
     )  # linear in the context as the reward model: the regression can be exact
