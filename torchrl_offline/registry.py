@@ -165,6 +165,7 @@ _BUILTINS = {
     "algorithm": {
         "awac": "torchrl_offline.objectives.awac:AWAC_ALGORITHM",
         "awr": "torchrl_offline.objectives.awr:AWR_ALGORITHM",
+        "bandit_ips": "torchrl_offline.objectives.bandit_ips:BANDIT_IPS_ALGORITHM",
         "bc": "torchrl_offline.objectives.bc:BC_ALGORITHM",
         "bcq": "torchrl_offline.objectives.bcq:BCQ_ALGORITHM",
         "bear": "torchrl_offline.objectives.bear:BEAR_ALGORITHM",

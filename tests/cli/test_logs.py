@@ -336,3 +336,61 @@ def test_horizon_applies_to_logs_only(pendulum_dataset, capsys):
     dataset_id, root = pendulum_dataset
     assert main(["info", dataset_id, "--root", root, "--horizon", "1"]) == 2
     assert "--horizon applies to log files" in capsys.readouterr().err
+
+
+def test_train_learns_a_policy_from_a_log_of_decisions(logs, tmp_path, capsys):
+    """``train --algo bandit_ips --horizon 1``: importance-weighted policy learning on a
+    one-step log; a log of several-step episodes is refused with the reason."""
+    from tests.decision_log import decision_frame, decision_log
+
+    decision_frame(decision_log(64), action_prob="propensity").to_csv(
+        tmp_path / "decisions.csv", index=False
+    )
+    argv = ["train", "--algo", "bandit_ips", "--steps", "3", "--batch-size", "16",
+            "--set", "hidden_sizes=(8,)", "--no-progress", "--eval-env", "none"]  # fmt: skip
+    data = ["--dataset", str(tmp_path / "decisions.csv"), "--horizon", "1",
+            "--columns", "action_prob=propensity"]  # fmt: skip
+    assert main([*argv, *data, "--out", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "checkpoints").is_dir()
+    capsys.readouterr()
+    path, _ = logs["goal"]
+    assert main([*argv, "--dataset", str(path), *LOG, "--out", str(tmp_path / "multi")]) != 0
+    assert "is not terminal: importance-weighted bandit learning" in capsys.readouterr().err
+
+
+def test_num_positions_checks_the_positions_of_a_log(pendulum_dataset, tmp_path, capsys):
+    from tests.decision_log import decision_frame, decision_log
+
+    log = decision_log(30, positions=4)
+    decision_frame(log).to_csv(tmp_path / "decisions.csv", index=False)
+    argv = ["info", str(tmp_path / "decisions.csv"), "--horizon", "1"]
+    assert main([*argv, "--num-positions", "4"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--num-positions", "3"]) != 0
+    first = int(np.nonzero(log["position"] >= 3)[0][0])
+    err = capsys.readouterr().err
+    assert f"'position': value 3 at index {first} is outside the 3 declared positions" in err
+    assert main([*argv, "--num-positions", "0"]) == 2
+    assert "--num-positions must be a positive integer" in capsys.readouterr().err
+    dataset_id, root = pendulum_dataset
+    assert main(["info", dataset_id, "--root", root, "--num-positions", "3"]) == 2
+    assert "--num-positions applies to log files" in capsys.readouterr().err
+
+
+def test_a_logging_distribution_not_summing_to_one_is_reported(tmp_path, capsys):
+    from tests.decision_log import decision_frame, decision_log, logging_probs
+
+    log = decision_log(20)
+    frame = decision_frame(log)
+    probs = logging_probs(log["observation"])
+    probs[11] *= 0.9
+    frame["action_prob"] = probs[np.arange(20), log["action"]]
+    for i in range(probs.shape[1]):
+        frame[f"behavior_probs_{i}"] = probs[:, i]
+    frame.to_csv(tmp_path / "decisions.csv", index=False)
+    assert main(["info", str(tmp_path / "decisions.csv"), "--horizon", "1"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "warning: DatasetWarning: Field 'behavior_probs': 1 row(s) of the logging policy's" in err
+    )
+    assert "do not sum to 1 (tolerance 0.0001); the first at index 11 sums to 0.9" in err

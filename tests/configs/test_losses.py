@@ -45,6 +45,7 @@ def _batch(discrete: bool) -> TensorDict:
         {
             "observation": torch.randn(BATCH, OBS, generator=g),
             "action": action,
+            "action_log_prob": torch.full((BATCH,), 1.0 / N_ACTIONS).log(),  # a uniform logger
             "mc_return": torch.randn(BATCH, 1, generator=g),  # the derived entries
             "mc_tail_discount": torch.full((BATCH, 1), 0.5),
             "mc_tail_observation": torch.randn(BATCH, OBS, generator=g),
@@ -147,6 +148,7 @@ CASES = {
         {"actor_network": CATEGORICAL, "value_network": V_S, "action_space": "categorical"},
         True,
     ),
+    "bandit_ips": ({"actor_network": CATEGORICAL, "action_space": "categorical"}, True),
     "discrete_bcq": (
         {
             "value_network": TensorDictSequentialConfig(
@@ -188,7 +190,10 @@ def test_each_loss_config_builds_and_runs(name):
     assert type(loss) is registry.get("loss", name)
     if has_targets:
         assert loss.value_estimator.gamma == pytest.approx(0.9)
-    out = loss(_batch(discrete))
+    batch = _batch(discrete)
+    if name == "bandit_ips":  # learns from one-step decisions: every step terminal
+        batch["next", "terminated"].fill_(True)
+    out = loss(batch)
     keys = default_loss_components(loss)
     assert keys and all(torch.isfinite(out[k]).all() for k in keys)
 

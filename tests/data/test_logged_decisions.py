@@ -4,13 +4,14 @@ observation, propensities and positions, and the errors of bad ones."""
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from tests.decision_log import decision_frame, decision_log
-from torchrl_offline.data.errors import DatasetError
+from tests.decision_log import decision_frame, decision_log, logging_probs
+from torchrl_offline.data.errors import DatasetError, DatasetWarning
 from torchrl_offline.data.logged import from_logged
 
 
@@ -137,3 +138,85 @@ def test_a_flag_that_contradicts_horizon_one_is_refused(tmp_path):
 def test_horizon_other_than_one_is_refused(tmp_path):
     with pytest.raises(ValueError, match="horizon must be 1"):
         from_logged(decision_log(5), path=tmp_path / "d", horizon=2)
+
+
+def test_positions_outside_the_declared_range_name_the_row(tmp_path):
+    log = decision_log(20, positions=3)
+    rb = from_logged(log, path=tmp_path / "ok", horizon=1, num_positions=3)
+    assert rb.storage[:]["position"].max() <= 2
+    log["position"][9] = 3
+    with pytest.raises(
+        DatasetError,
+        match=r"'position': value 3 at index 9 is outside the 3 declared positions \(0 \.\. 2\)",
+    ) as err:
+        from_logged(log, path=tmp_path / "d", horizon=1, num_positions=3)
+    assert (err.value.field, err.value.index) == ("position", 9)
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_position_range_needs_a_position_column(tmp_path):
+    log = decision_log(5)
+    log.pop("position")
+    with pytest.raises(DatasetError, match="num_positions=3 is given but the log has no position"):
+        from_logged(log, path=tmp_path / "d", horizon=1, num_positions=3)
+    with pytest.raises(ValueError, match="num_positions must be a positive integer"):
+        from_logged(decision_log(5), path=tmp_path / "d", horizon=1, num_positions=0)
+
+
+def _with_full_distribution(log):
+    """``log`` with the logging policy's probability of every item (``behavior_probs``)."""
+    log["behavior_probs"] = logging_probs(log["observation"]).astype(np.float32)
+    return log
+
+
+def test_the_full_distribution_is_stored_and_checked_against_the_propensity(tmp_path):
+    log = _with_full_distribution(decision_log(30))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DatasetWarning)  # every row sums to 1: no report
+        rb = from_logged(log, path=tmp_path / "d", horizon=1)
+    data = rb.storage[:]
+    assert data["behavior_probs"].shape == (30, 4)
+    assert rb.metadata["behavior_probs_report"]["rows_not_summing_to_1"] == 0
+    log["action_prob"][4] *= 0.5
+    with pytest.raises(
+        DatasetError,
+        match=r"'behavior_probs': the logged action \d has probability .* but its logged propensity \('action_prob'\) is .* at index 4",
+    ) as err:
+        from_logged(log, path=tmp_path / "e", horizon=1)
+    assert (err.value.field, err.value.index) == ("behavior_probs", 4)
+
+
+def test_rows_not_summing_to_one_are_reported_with_count_first_row_and_sum(tmp_path):
+    log = _with_full_distribution(decision_log(30))
+    log["behavior_probs"][[7, 12], -1] += 0.05
+    log["action_prob"] = log["behavior_probs"][np.arange(30), log["action"]]
+    expected = float(log["behavior_probs"][7].astype(np.float64).sum())
+    with pytest.warns(
+        DatasetWarning, match=r"2 row\(s\) .* do not sum to 1 .* the first at index 7 sums to 1\.05"
+    ):
+        rb = from_logged(log, path=tmp_path / "d", horizon=1)
+    report = rb.metadata["behavior_probs_report"]
+    assert (report["rows_not_summing_to_1"], report["first_index"]) == (2, 7)
+    assert report["first_sum"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_propensity_is_taken_from_the_full_distribution_when_not_logged(tmp_path):
+    log = _with_full_distribution(decision_log(30))
+    expected = log.pop("action_prob")
+    rb = from_logged(log, path=tmp_path / "d", horizon=1)
+    assert rb.metadata["behavior_keys"] == ["action_prob"]
+    np.testing.assert_allclose(rb.storage[:]["action_prob"].numpy(), expected, rtol=1e-6)
+    log["behavior_probs"][3, log["action"][3]] = 0.0
+    with pytest.raises(DatasetError, match=r"logged action \d has probability 0 at index 3"):
+        from_logged(log, path=tmp_path / "e", horizon=1)
+
+
+def test_the_full_distribution_in_scalar_columns_of_a_file(tmp_path):
+    log = _with_full_distribution(decision_log(20))
+    frame = decision_frame({k: v for k, v in log.items() if k != "behavior_probs"})
+    for i in range(4):
+        frame[f"behavior_probs_{i}"] = log["behavior_probs"][:, i]
+    frame.loc[5, "behavior_probs_2"] = -0.1
+    frame.to_csv(tmp_path / "log.csv", index=False)
+    with pytest.raises(DatasetError, match=r"negative or non-finite probability .* at index 5"):
+        from_logged(tmp_path / "log.csv", path=tmp_path / "d", horizon=1, chunk_size=4)

@@ -4,6 +4,7 @@ matches them, greedy mode, TorchRL interface, and unbiased IS/WIS on a synthetic
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -251,3 +252,28 @@ def test_doubly_robust_with_the_true_q_is_unbiased_for_a_top_k_policy():
     result = DoublyRobust(pi, TrueClickModel(), gamma=1.0, n_bootstrap=50).estimate(td)
     # within about 4 standard errors (the 95% interval spans about 4 of them)
     assert abs(result.value - truth) < 2 * (result.ci_high - result.ci_low)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "words"),
+    [
+        ("action", 4, "logged action 4 at transition 6 is outside the policy's 4 actions"),
+        ("position", 3, "position 3 at row 6 is outside the 3 positions"),
+    ],
+)
+def test_an_importance_estimator_names_the_first_logged_row_the_policy_cannot_score(
+    tmp_path, column, value, words
+):
+    """On a log of decisions (one row, one transition), a logged item outside the table or
+    a position the table has no row for is an OPEError naming the row, never a silent 0."""
+    from tests.decision_log import N_ITEMS, decision_log
+    from torchrl_offline.data.logged import from_logged
+
+    log = decision_log(20, positions=3)
+    log[column][6] = value
+    buffer = from_logged(log, path=tmp_path / "d", horizon=1)
+    table = TablePolicy(torch.full((3, N_ITEMS), 1.0 / N_ITEMS), position_key="position")
+    for estimator in (ImportanceSampling, WeightedImportanceSampling):
+        with pytest.raises(OPEError, match=re.escape(words)) as err:
+            estimator(table, n_bootstrap=10).estimate(buffer)
+        assert err.value.index == 6

@@ -28,8 +28,11 @@ def make_dataset(
     obs_dim: int = OBS_DIM,
     n_actions: int = N_ACTIONS,
     action_bound: float = 2.0,
+    one_step: bool = False,
 ) -> OfflineReplayBuffer:
-    """Random transitions with Pendulum's spaces (or an ``n_actions`` discrete space)."""
+    """Random transitions with Pendulum's spaces (or an ``n_actions`` discrete space);
+    ``one_step``: a log of one-step decisions (every step terminal) with the uniform
+    logging policy's ``action_log_prob``."""
     g = torch.Generator().manual_seed(seed)
     if discrete:
         action = torch.randint(n_actions, (n,), generator=g)
@@ -62,6 +65,11 @@ def make_dataset(
         "ref_min_score": -1500.0,
         "ref_max_score": -150.0,
     }
+    if one_step:
+        td["next", "done"].fill_(True)
+        td["next", "terminated"].fill_(True)
+        td["next", "truncated"].fill_(False)
+        td["action_log_prob"] = torch.full((n,), -np.log(n_actions), dtype=torch.float32)
     return make_replay_buffer(td, batch_size=batch_size, metadata=metadata)
 
 

@@ -68,8 +68,8 @@ def test_declarations_do_not_restate_the_loss_defaults():
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_each_algorithm_trains_through_the_trainer(name):
     torch.manual_seed(0)
-    discrete = name.startswith("discrete_")
-    data = make_dataset(discrete=discrete)
+    discrete = declaration(name).action == "discrete"
+    data = make_dataset(discrete=discrete, one_step=name == "bandit_ips")
     obs_spec, act_spec = specs_from_dataset(data)
     algo = build_algorithm(name, obs_spec, act_spec, hidden_sizes=(16,))
     assert algo.name == name
@@ -109,7 +109,8 @@ def test_check_inputs_false_removes_the_per_update_host_read(name, monkeypatch):
     from torchrl_offline.objectives import _checks
 
     torch.manual_seed(0)
-    data = make_dataset(discrete=name.startswith("discrete_"))
+    discrete = declaration(name).action == "discrete"
+    data = make_dataset(discrete=discrete, one_step=name == "bandit_ips")
     obs_spec, act_spec = specs_from_dataset(data)
     checked = build_algorithm(name, obs_spec, act_spec, hidden_sizes=(8,))
     batch = with_derived_keys(data, checked.derived_keys, gamma=0.99).sample().clone()

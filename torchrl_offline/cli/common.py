@@ -129,6 +129,7 @@ def open_dataset(
     env_id: str | None = None,
     notes: bool = True,
     horizon: int | None = None,
+    num_positions: int | None = None,
 ) -> Any:
     """Open a dataset named on the command line as an offline replay buffer.
 
@@ -159,10 +160,12 @@ def open_dataset(
             ignore=ignore,
             env_id=env_id,
             horizon=horizon,
+            num_positions=num_positions,
         )
     else:
-        if horizon is not None:
-            raise UsageError(f"--horizon applies to log files; {dataset!r} is not one")
+        if horizon is not None or num_positions is not None:
+            option = "--horizon" if horizon is not None else "--num-positions"
+            raise UsageError(f"{option} applies to log files; {dataset!r} is not one")
         if columns or ignore:
             raise UsageError(
                 f"--columns and --ignore apply to log files ({', '.join(LOG_SUFFIXES)}); "

@@ -58,8 +58,8 @@ def _env_and_reference(args: argparse.Namespace) -> tuple[str, tuple[float, floa
     log_options = log_keywords(args)
     if args.dataset is None and any(log_options.values()):
         raise UsageError(
-            "--columns, --ignore, --env-id and --horizon describe the log given as --dataset; name "
-            "the env to evaluate in with --env"
+            "--columns, --ignore, --env-id, --horizon and --num-positions describe the log "
+            "given as --dataset; name the env to evaluate in with --env"
         )
     if args.dataset is not None:
         buffer = open_dataset(args.dataset, root=args.root, **log_options)

@@ -51,6 +51,7 @@ LOG_FIELDS = (
     "action_log_prob",
     "action_prob",
     "position",
+    "behavior_probs",
 )
 
 
@@ -91,6 +92,14 @@ def add_log_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="1: a log of decisions, one per row (context, action, propensity, outcome): "
         "every row is a whole, terminated episode and needs no next observation",
+    )
+    group.add_argument(
+        "--num-positions",
+        type=int,
+        default=None,
+        metavar="K",
+        help="the number of positions (slots) of the log's position column: a position "
+        "outside 0 .. K-1 is an error naming the row",
     )
 
 
@@ -150,13 +159,17 @@ def parse_ignore(items: list[str]) -> list[str]:
 
 
 def log_keywords(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``columns``, ``ignore``, ``env_id`` and ``horizon`` keywords of
+    """The ``columns``, ``ignore``, ``env_id``, ``horizon`` and ``num_positions`` keywords of
     :func:`~torchrl_offline.cli.common.open_dataset` from a command's arguments."""
+    num_positions = getattr(args, "num_positions", None)
+    if num_positions is not None and num_positions < 1:
+        raise UsageError(f"--num-positions must be a positive integer, got {num_positions}")
     return {
         "columns": parse_columns(getattr(args, "columns", None) or []) or None,
         "ignore": parse_ignore(getattr(args, "ignore", None) or []),
         "env_id": getattr(args, "env_id", None),
         "horizon": getattr(args, "horizon", None),
+        "num_positions": getattr(args, "num_positions", None),
     }
 
 
@@ -178,6 +191,7 @@ _WORDING = tuple(
             r"only observations take a mapping in columns=",
             "only observations take nested entries (--columns observation.NAME=COL)",
         ),
+        (r"num_positions=(\d+)", r"--num-positions \1"),
         (r"\b(columns|ignore)=", r"--\1"),
         (
             r"pass overwrite=True to replace it|replace it with overwrite=True \(on the "
@@ -213,6 +227,7 @@ def open_log(
     root: str | os.PathLike | None = None,
     overwrite: bool = False,
     horizon: int | None = None,
+    num_positions: int | None = None,
 ) -> Any:
     """A log file as an offline replay buffer, read as the command line reads logs.
 
@@ -224,6 +239,7 @@ def open_log(
         root: the Minari datasets root.
         overwrite: replace a Minari dataset ``save`` that holds other data.
         horizon: ``1`` for a log of one-step decisions (``--horizon 1``).
+        num_positions: the positions' range (``--num-positions K``).
 
     Raises:
         DatasetError: invalid data, or options that do not fit the log; the message
@@ -244,6 +260,7 @@ def open_log(
             minari_root=root,
             overwrite=overwrite,
             horizon=horizon,
+            num_positions=num_positions,
         )
     except DatasetError as err:
         if err.field == "dataset_id":  # --save ID that is not an id

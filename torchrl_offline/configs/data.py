@@ -99,6 +99,7 @@ class LoggedDatasetConfig(DatasetConfig):
     minari_kwargs: Any = None
     env_id: str | None = None
     horizon: int | None = None
+    num_positions: int | None = None
     _target_: str = _MAKERS + "_make_logged_dataset"
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "OfflineBCLossConfig",
     "OfflineBCQLossConfig",
     "OfflineBEARLossConfig",
+    "OfflineBanditIPSLossConfig",
     "OfflineCQLLossConfig",
     "OfflineCalQLLossConfig",
     "OfflineDiscreteAWACLossConfig",
@@ -93,6 +94,7 @@ def _class_name(name: str) -> str:
         "td3": "TD3",
         "bc": "BC",
         "awr": "AWR",
+        "ips": "IPS",
         "ql": "QL",
         "rebrac": "ReBRAC",
         "bcq": "BCQ",
@@ -184,6 +186,7 @@ OfflineAWACLossConfig = LOSS_CONFIGS["awac"]
 OfflineDiscreteAWACLossConfig = LOSS_CONFIGS["discrete_awac"]
 OfflineAWRLossConfig = LOSS_CONFIGS["awr"]
 OfflineDiscreteAWRLossConfig = LOSS_CONFIGS["discrete_awr"]
+OfflineBanditIPSLossConfig = LOSS_CONFIGS["bandit_ips"]
 OfflineTD3BCLossConfig = LOSS_CONFIGS["td3_bc"]
 OfflineBCLossConfig = LOSS_CONFIGS["bc"]
 OfflineBCQLossConfig = LOSS_CONFIGS["bcq"]

@@ -10,7 +10,7 @@ from torchrl_offline.data.behavior import (
     as_behavior_policy,
 )
 from torchrl_offline.data.collect import collect_dataset
-from torchrl_offline.data.errors import DatasetError, DatasetNotFoundError
+from torchrl_offline.data.errors import DatasetError, DatasetNotFoundError, DatasetWarning
 from torchrl_offline.data.logged import from_logged
 from torchrl_offline.data.minari import load_minari
 from torchrl_offline.data.minari_writer import write_minari
@@ -25,6 +25,7 @@ __all__ = [
     "DatasetError",
     "DatasetNotFoundError",
     "DatasetStats",
+    "DatasetWarning",
     "EpsilonGreedyPolicy",
     "GaussianNoisePolicy",
     "MixturePolicy",

@@ -6,7 +6,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-__all__ = ["DatasetError", "DatasetNotFoundError", "reading"]
+__all__ = ["DatasetError", "DatasetNotFoundError", "DatasetWarning", "reading"]
 
 
 class DatasetError(ValueError):
@@ -25,6 +25,11 @@ class DatasetError(ValueError):
         super().__init__(message)
         self.field = field
         self.index = index
+
+
+class DatasetWarning(UserWarning):
+    """Data that load but deserve a look (e.g. a logging policy's probabilities that do not
+    sum to 1); the message names the field, the count and the first row."""
 
 
 class DatasetNotFoundError(DatasetError, FileNotFoundError):

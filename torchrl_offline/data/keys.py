@@ -6,6 +6,7 @@ __all__ = [
     "ACTION",
     "ACTION_LOG_PROB",
     "ACTION_PROB",
+    "BEHAVIOR_PROBS",
     "DONE",
     "EPISODE",
     "NEXT_OBSERVATION",
@@ -24,6 +25,8 @@ ACTION_LOG_PROB = "action_log_prob"
 ACTION_PROB = "action_prob"
 #: The slot of a decision in a recommendation list (logs of ranked decisions), an integer.
 POSITION = "position"
+#: The logging policy's probability of every action (a vector per decision), when logged.
+BEHAVIOR_PROBS = "behavior_probs"
 NEXT_OBSERVATION = ("next", "observation")
 REWARD = ("next", "reward")
 DONE = ("next", "done")

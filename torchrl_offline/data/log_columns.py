@@ -46,10 +46,18 @@ ACCEPTED_NAMES: dict[str, tuple[str, ...]] = {
     ),
     "action_prob": ("action_prob", "action_probs", "infos.action_prob", "infos.action_probs"),
     "position": ("position", "positions", "slot"),
+    "behavior_probs": ("behavior_probs", "behaviour_probs", "logging_probs"),
 }
 _ALIAS = {alias: field for field, names in ACCEPTED_NAMES.items() for alias in names}
 _NESTABLE = ("observation", "next_observation")
-FLOAT_FIELDS = ("observation", "next_observation", "reward", "action_log_prob", "action_prob")
+FLOAT_FIELDS = (
+    "observation",
+    "next_observation",
+    "reward",
+    "action_log_prob",
+    "action_prob",
+    "behavior_probs",
+)
 FLAGS = ("terminated", "truncated", "done")
 # TorchRL rollout bookkeeping that carries no transition data.
 _BOOKKEEPING = {("is_init",), ("step_count",), ("next", "step_count"), ("next", "is_init")}
@@ -162,7 +170,7 @@ def resolve_columns(
             continue
         if len(name) == 1 and (m := _GROUP.fullmatch(name[0])):
             canon = _canonical(m["prefix"])
-            if canon in ("observation", "next_observation", "action"):
+            if canon in ("observation", "next_observation", "action", "behavior_probs"):
                 groups.setdefault(canon, {})[int(m["index"])] = name
                 continue
         if name[0] == "infos" and len(name) > 1:

@@ -367,6 +367,7 @@ def _finish(
             "action_prob",
             "position",
             "reward",
+            "behavior_probs",
         ):
             out[key] = value[:m]
     if not next_given:

@@ -33,6 +33,7 @@ from torchrl_offline.data.keys import (
     ACTION,
     ACTION_LOG_PROB,
     ACTION_PROB,
+    BEHAVIOR_PROBS,
     DONE,
     EPISODE,
     NEXT_OBSERVATION,
@@ -43,6 +44,11 @@ from torchrl_offline.data.keys import (
     TRUNCATED,
 )
 from torchrl_offline.data.log_columns import ACCEPTED_NAMES, FLOAT_FIELDS, Column, resolve_columns
+from torchrl_offline.data.log_decisions import (
+    BehaviorProbsReport,
+    check_behavior_probs,
+    check_positions,
+)
 from torchrl_offline.data.log_env import check_observation_shape, log_env
 from torchrl_offline.data.log_episodes import Walk, first_index, iter_transitions
 from torchrl_offline.data.log_sources import (
@@ -160,6 +166,8 @@ def _tensordict(
             td.set(EPISODE, torch.as_tensor(value, dtype=torch.int64))
         elif head == "position":
             td.set(POSITION, torch.as_tensor(value).to(torch.int64).reshape(n))
+        elif head == "behavior_probs":
+            td.set(BEHAVIOR_PROBS, torch.as_tensor(value).to(float_dtype).reshape(n, -1))
         elif head in ("terminated", "truncated"):
             td.set(
                 TERMINATED if head == "terminated" else TRUNCATED,
@@ -284,6 +292,7 @@ def from_logged(
     minari_root: str | os.PathLike | None = None,
     minari_kwargs: Mapping[str, Any] | None = None,
     horizon: int | None = None,
+    num_positions: int | None = None,
     **kwargs: Any,
 ) -> OfflineReplayBuffer:
     """Load logged transitions into an offline replay buffer (and optionally a Minari dataset).
@@ -329,8 +338,16 @@ def from_logged(
     action is ``action_prob`` (in (0, 1]) or ``action_log_prob`` (in (-inf, 0]), stored
     under that name where the OPE estimators read it; a ``position`` (``slot``) column,
     the place of the decision in a ranked list, is stored as its own integer key
-    ``"position"``, not in the observation. ``metadata["horizon"]`` is 1 when every
-    stored episode is one terminal step, else ``None``.
+    ``"position"``, not in the observation (``num_positions=K`` declares its range:
+    a position outside ``0 .. K - 1`` is an error naming the row). A
+    ``behavior_probs`` column (one vector per row, or scalar columns
+    ``behavior_probs_0``, ``behavior_probs_1``, ...) holds the logging policy's probability
+    of every action: the logged action's entry must equal its propensity (and gives it
+    when the log has no propensity column), and rows not summing to 1 are reported with
+    a :class:`~torchrl_offline.data.errors.DatasetWarning` and in
+    ``metadata["behavior_probs_report"]`` (:mod:`~torchrl_offline.data.log_decisions`).
+    ``metadata["horizon"]`` is 1 when every stored episode is one terminal step, else
+    ``None``.
 
     The data are validated before anything is written (non-finite values, mismatched
     lengths, actions outside the action space, terminated and truncated both set, flags
@@ -388,6 +405,8 @@ def from_logged(
             ``env_spec``, ``author``, ...).
         horizon: ``1`` for a log of one-step episodes (see above); ``None`` (default)
             finds episodes from the flags and ids.
+        num_positions: the number of positions (slots) of the log's ``position``
+            column, whose values must then be ``0 .. num_positions - 1``.
         **kwargs: forwarded to the replay buffer (its ``writer`` is a read-only
             :class:`~torchrl.data.replay_buffers.ImmutableDatasetWriter` by default, so
             the stored files are never overwritten through the buffer).
@@ -446,11 +465,20 @@ def from_logged(
     if horizon not in (None, 1):
         raise ValueError(f"horizon must be 1 (a log of one-step episodes) or None, got {horizon}")
     one_step = horizon == 1
+    if num_positions is not None and not (isinstance(num_positions, int) and num_positions > 0):
+        raise ValueError(f"num_positions must be a positive integer, got {num_positions!r}")
     env = log_env(env_id) if env_id is not None else None
     if action_space is None and env is not None:
         action_space = env.action_space
     table = open_source(source, file_format, chunk_size)
     resolved, skipped = resolve_columns(table.names, columns, ignore)
+    if num_positions is not None and not any(c.target[0] == POSITION for c in resolved):
+        raise DatasetError(
+            f"num_positions={num_positions} is given but the log has no position column "
+            f"(named {' / '.join(ACCEPTED_NAMES['position'])}; map yours with "
+            "columns={'position': ...})",
+            field="position",
+        )
     table.select(
         {n for c in resolved for n in c.sources},
         {n for c in resolved if c.target[0] in FLOAT_FIELDS for n in c.sources},
@@ -480,6 +508,7 @@ def from_logged(
     negative: dict[Name, int] = {}
     total = terminal = 0
     walk = Walk()
+    probs_report = BehaviorProbsReport()
     for fields, rows in iter_transitions(
         table,
         resolved,
@@ -490,6 +519,8 @@ def from_logged(
     ):
         if not len(rows):
             continue
+        check_behavior_probs(fields, rows, names, probs_report)
+        check_positions(fields, rows, names, num_positions)
         _check_decision_fields(fields, rows, names, action_space)
         td = _tensordict(fields, rows, spaces=given, float_dtype=dtype, names=names)
         _validate(td, rows, action_space, names)
@@ -538,6 +569,9 @@ def from_logged(
     if one_hot_actions and not isinstance(act_space, gym.spaces.Discrete):
         raise ValueError(f"one_hot_actions=True needs a Discrete action space, got {act_space}")
     behavior_keys = [c.target[0] for c in resolved if c.target[0] in (ACTION_LOG_PROB, ACTION_PROB)]
+    has_probs = any(c.target[0] == BEHAVIOR_PROBS for c in resolved)
+    if has_probs and not behavior_keys:
+        behavior_keys = [ACTION_PROB]  # the logged action's entry of behavior_probs
     options = {
         "format_version": _FORMAT_VERSION,
         "dtype": str(dtype).replace("torch.", ""),
@@ -569,6 +603,8 @@ def from_logged(
         spec[(name,)] = ((), dtype)
     if any(c.target[0] == POSITION for c in resolved):
         spec[(POSITION,)] = ((), torch.int64)
+    if has_probs:
+        spec[(BEHAVIOR_PROBS,)] = ((probs_report.width,), dtype)
 
     episodes = 0
     metadata: dict[str, Any] = {
@@ -585,6 +621,9 @@ def from_logged(
         "ignored_columns": skipped,
         "horizon": 1 if terminal == walk.episodes_started == total else None,
     }
+    if has_probs:
+        metadata["behavior_probs_report"] = probs_report.metadata()
+        probs_report.warn(names.get(BEHAVIOR_PROBS, BEHAVIOR_PROBS))
     if ref_min_score is not None:
         metadata["ref_min_score"] = float(ref_min_score)
         metadata["ref_max_score"] = float(ref_max_score)
@@ -623,6 +662,7 @@ def from_logged(
                     continue
                 if start + len(rows) > total:
                     break
+                check_behavior_probs(fields, rows, names, BehaviorProbsReport())
                 chunk = _tensordict(
                     fields,
                     rows,

@@ -9,6 +9,7 @@ replacement) with the paper's defaults. Next to each loss, an
 
 from torchrl_offline.objectives.awac import AWACLoss, DiscreteAWACLoss
 from torchrl_offline.objectives.awr import AWRLoss, DiscreteAWRLoss
+from torchrl_offline.objectives.bandit_ips import BanditIPSLoss
 from torchrl_offline.objectives.bc import ActorOutputError, BCLoss
 from torchrl_offline.objectives.bcq import BCQLoss
 from torchrl_offline.objectives.bear import BEARLoss
@@ -42,6 +43,7 @@ __all__ = [
     "BCLoss",
     "BCQLoss",
     "BEARLoss",
+    "BanditIPSLoss",
     "BehaviorVAE",
     "CQLLoss",
     "CalQLLoss",
