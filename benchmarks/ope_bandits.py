@@ -189,6 +189,43 @@ def timings(rows: int) -> dict:
     return out
 
 
+def markdown(report: dict) -> str:
+    """The study's tables (bias, RMSE, coverage per policy; the timings) as Markdown."""
+    lines = []
+    for setting in ("items", "slates"):
+        part = report[setting]
+        for policy, rows in part["estimates"].items():
+            truth = part["truth"][policy]
+            lines += [
+                f"**{setting}, policy `{policy}`** (truth {truth:.4f}; logging policy "
+                f"{part['logger_value']:.4f}; {part['rows']} rows per log)",
+                "",
+                "| estimator | logs | bias (± s.e.) | sd | RMSE | 95% CI coverage | mean CI width "
+                "| mean ESS |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+            for name, r in rows.items():
+                # FQE's "ess" counts its initial states, not importance weights
+                weighted = r["mean_ess"] is not None and name != "FQE"
+                ess = f"{r['mean_ess']:.0f}" if weighted else "-"
+                lines.append(
+                    f"| {name} | {r['logs']} | {r['bias']:+.4f} ± {r['bias_se']:.4f} | "
+                    f"{r['sd']:.4f} | {r['rmse']:.4f} | {r['coverage']:.0%} | "
+                    f"{r['mean_ci_width']:.4f} | {ess} |"
+                )
+            lines.append("")
+    rows = report["timing_seconds"]
+    lines += [
+        f"**Time to evaluate {report['config']['timing_rows']:,} logged rows** (one thread, "
+        "`far` policy; PBM-IPS on a slate log of as many rows)",
+        "",
+        "| estimator | seconds |",
+        "|---|---|",
+        *(f"| {name} | {sec:.1f} |" for name, sec in rows.items()),
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--logs", type=int, default=200, help="independent logs per setting")
@@ -196,7 +233,13 @@ def main() -> None:
     parser.add_argument("--subset", type=int, default=10, help="logs also run by DR (mlp), FQE")
     parser.add_argument("--timing-rows", type=int, default=1_000_000)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--tables", type=Path, help="print the Markdown tables of a results file and exit"
+    )
     args = parser.parse_args()
+    if args.tables is not None:
+        print(markdown(json.loads(args.tables.read_text())))
+        return
     torch.set_num_threads(1)
     begin = time.perf_counter()
     report = {
