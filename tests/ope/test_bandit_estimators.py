@@ -151,3 +151,13 @@ def test_one_step_estimators_refuse_what_they_cannot_use(setting):
         )
     with pytest.raises(ValueError, match="reward_model must be one of"):
         DirectMethod(target, reward_model="forest")
+
+
+def test_the_estimators_are_registered():
+    from torchrl_offline import registry
+
+    names = {"dm": DirectMethod, "sndr": SelfNormalizedDoublyRobust, "pbm_ips": PositionBasedIPS}
+    names.update(switch_dr=SwitchDoublyRobust, dr_os=DoublyRobustShrinkage)
+    names.update(dr_one_step=OneStepDoublyRobust)
+    for name, cls in names.items():
+        assert registry.get("ope", name) is cls
