@@ -8,7 +8,7 @@ actions at once (``[rows, num_actions]``):
 
 - ``"ridge"``: least squares with an L2 penalty, in closed form, on the features
   ``[1, x, onehot(a), onehot(k), onehot(a) * x]`` (a linear model per action sharing a
-  common part; contexts standardised first);
+  common part; contexts standardised first; the cost grows linearly with the actions);
 - ``"logistic"``: the same features through a sigmoid, for rewards in ``[0, 1]`` (clicks),
   fitted by a few L-BFGS steps;
 - ``"mlp"``: a small network ``[x, onehot(k)] -> one output per action`` trained on the
@@ -138,36 +138,48 @@ def _logged_scores(model: RewardRegression, x, a, pos) -> torch.Tensor:
 
 
 def _fit_ridge(model: RewardRegression, x, a, r, pos, l2: float) -> None:
-    """Closed-form ridge: accumulate the normal equations chunk by chunk, solve once."""
+    """Closed-form ridge on ``[1, x, onehot(k)]`` (shared) and ``onehot(a) * [1, x]`` (per
+    action). The normal equations are accumulated block by block: the per-action part of
+    the Gram matrix is block-diagonal, so the cost is linear in the actions, not quadratic.
+    """
     d, n_a, k = x.shape[1], model.num_actions, model.num_positions
-    dim = 1 + d + n_a + k + n_a * d
-    gram = torch.zeros(dim, dim, dtype=torch.float64)
-    rhs = torch.zeros(dim, dtype=torch.float64)
+    p, q = 1 + d + k, 1 + d  # shared and per-action feature counts
+    shared = torch.zeros(p, p, dtype=torch.float64)
+    cross = torch.zeros(n_a, p, q, dtype=torch.float64)
+    own = torch.zeros(n_a, q, q, dtype=torch.float64)
+    rhs_shared = torch.zeros(p, dtype=torch.float64)
+    rhs_own = torch.zeros(n_a, q, dtype=torch.float64)
     for start in range(0, x.shape[0], _CHUNK):
         xc = model._inputs(x[start : start + _CHUNK])
-        ac = a[start : start + _CHUNK]
+        ac, rc = a[start : start + _CHUNK], r[start : start + _CHUNK]
         rows = xc.shape[0]
-        onehot_a = nn.functional.one_hot(ac, n_a).to(torch.float64)
+        ones = torch.ones(rows, 1, dtype=torch.float64)
         onehot_k = _position_onehot(
             None if pos is None else pos[start : start + _CHUNK], k, rows, torch.float64
         )
-        cross = (onehot_a[:, :, None] * xc[:, None, :]).reshape(rows, -1)
-        phi = torch.cat(
-            [torch.ones(rows, 1, dtype=torch.float64), xc, onehot_a, onehot_k, cross], 1
-        )
-        gram += phi.T @ phi
-        rhs += phi.T @ r[start : start + _CHUNK]
+        c, z = torch.cat([ones, xc, onehot_k], 1), torch.cat([ones, xc], 1)
+        shared += c.T @ c
+        rhs_shared += c.T @ rc
+        cross.index_add_(0, ac, c[:, :, None] * z[:, None, :])
+        own.index_add_(0, ac, z[:, :, None] * z[:, None, :])
+        rhs_own.index_add_(0, ac, z * rc[:, None])
+    dim = p + n_a * q
+    gram = torch.zeros(dim, dim, dtype=torch.float64)
+    gram[:p, :p] = shared
+    gram[:p, p:] = cross.permute(1, 0, 2).reshape(p, n_a * q)
+    gram[p:, :p] = gram[:p, p:].T
+    gram[p:, p:] = torch.block_diag(*own)
     penalty = torch.full((dim,), float(l2), dtype=torch.float64)
     penalty[0] = 0.0  # the intercept is not shrunk
+    rhs = torch.cat([rhs_shared, rhs_own.reshape(-1)])
     beta = torch.linalg.lstsq(gram + torch.diag(penalty), rhs[:, None]).solution[:, 0]
-    sizes = [1, d, n_a, k, n_a * d]
-    b0, bx, ba, bk, bc = torch.split(beta, sizes)
+    per_action = beta[p:].reshape(n_a, q)
     with torch.no_grad():
-        model.bias.copy_(b0[0])
-        model.w_context.copy_(bx)
-        model.w_action.copy_(ba)
-        model.w_position.copy_(bk)
-        model.w_cross.copy_(bc.reshape(n_a, d))
+        model.bias.copy_(beta[0])
+        model.w_context.copy_(beta[1 : 1 + d])
+        model.w_position.copy_(beta[1 + d : p])
+        model.w_action.copy_(per_action[:, 0])
+        model.w_cross.copy_(per_action[:, 1:])
 
 
 def _fit_logistic(model: RewardRegression, x, a, r, pos, l2: float, steps: int) -> None:
