@@ -196,6 +196,12 @@ _BUILTINS = {
         "dr": "torchrl_offline.ope.doubly_robust:DoublyRobust",
         "wdr": "torchrl_offline.ope.doubly_robust:WeightedDoublyRobust",
         "fqe": "torchrl_offline.ope.fqe:FQE",
+        "dm": "torchrl_offline.ope.bandit_estimators:DirectMethod",
+        "dr_one_step": "torchrl_offline.ope.bandit_estimators:OneStepDoublyRobust",
+        "sndr": "torchrl_offline.ope.bandit_estimators:SelfNormalizedDoublyRobust",
+        "switch_dr": "torchrl_offline.ope.bandit_estimators:SwitchDoublyRobust",
+        "dr_os": "torchrl_offline.ope.bandit_estimators:DoublyRobustShrinkage",
+        "pbm_ips": "torchrl_offline.ope.bandit_estimators:PositionBasedIPS",
     },
     "behavior_policy": {
         "random": "torchrl_offline.data.behavior:UniformRandomPolicy",

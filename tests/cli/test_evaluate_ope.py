@@ -124,6 +124,8 @@ def test_ope_bad_input(trained_run, tmp_path, capsys):
             trained_run["root"], "--no-progress"]  # fmt: skip
     assert main([*argv, "--estimators", "wis,magic"]) == 2
     assert "unknown estimator 'magic'; valid names: fqe, is, wis" in capsys.readouterr().err
+    assert main([*argv, "--estimators", "wis,sndr", "--policy-mode", "stochastic"]) == 2
+    assert "--estimators sndr: these need a log of one-step decisions" in capsys.readouterr().err
     cartpole = ["collect", "CartPole-v1", "--dataset-id", "cp/x-v0", "--steps", "20",
                 "--root", trained_run["root"], "--no-progress", "--overwrite"]  # fmt: skip
     assert main(cartpole) == 0
@@ -147,8 +149,10 @@ def test_collect_with_checkpoint_policy(trained_run, tmp_path):
         assert (data["action"].abs() <= 2.0).all()
 
 
-def test_ope_on_a_log_of_decisions_runs_each_twin_once(tmp_path, monkeypatch, capsys):
-    """At horizon 1 PDIS is IS and WPDIS is WIS: each is reported once, with a note."""
+def test_ope_on_a_log_of_decisions_runs_the_bandit_estimators(tmp_path, monkeypatch, capsys):
+    """On a log of one-step decisions the default set is IS, WIS, DM and the DR family with
+    a cross-fitted reward regression (no FQE fit); PDIS is IS and WPDIS is WIS: each is
+    reported once, with a note; pbm-ips sums the slots of the log's positions."""
     from tests.decision_log import decision_frame, decision_log
 
     monkeypatch.setenv("TORCHRL_OFFLINE_CACHE", str(tmp_path / "cache"))
@@ -164,8 +168,18 @@ def test_ope_on_a_log_of_decisions_runs_each_twin_once(tmp_path, monkeypatch, ca
     capsys.readouterr()
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
-    assert list(out["estimates"]) == ["fqe", "wis", "wdr"]  # the default fqe,wis,wpdis,wdr
+    assert list(out["estimates"]) == ["is", "wis", "dm", "dr", "sndr", "switch-dr", "dr-os"]
+    assert "notes" not in out
+    dr = out["estimates"]["dr"]
+    assert dr["diagnostics"]["reward_model"] == "ridge, 2-fold cross-fitted"
+    assert dr["ci_low"] < dr["value"] < dr["ci_high"]
+    assert main([*argv, "--estimators", "fqe,wis,wpdis,wdr", "--reward-model", "mlp"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out["estimates"]) == ["fqe", "wis", "wdr"]
     assert out["notes"] == ["wpdis not run: every episode is one step, where WPDIS equals WIS"]
     assert not out["estimates"]["fqe"]["warnings"]
-    assert main([*argv, "--estimators", "is,pdis"]) == 0
-    assert list(json.loads(capsys.readouterr().out)["estimates"]) == ["is"]
+    assert main([*argv, "--estimators", "is,pdis,pbm-ips,switch-dr", "--switch-tau", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)["estimates"]
+    assert list(out) == ["is", "pbm-ips", "switch-dr"]
+    assert out["pbm-ips"]["diagnostics"]["positions"] == 3
+    assert out["switch-dr"]["diagnostics"]["tau"] == 1.0

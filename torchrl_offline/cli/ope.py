@@ -29,10 +29,22 @@ ESTIMATORS: dict[str, tuple[str, str]] = {
     "wpdis": ("torchrl_offline.ope.importance", "WeightedPerDecisionImportanceSampling"),
     "dr": ("torchrl_offline.ope.doubly_robust", "DoublyRobust"),
     "wdr": ("torchrl_offline.ope.doubly_robust", "WeightedDoublyRobust"),
+    "dm": ("torchrl_offline.ope.bandit_estimators", "DirectMethod"),
+    "sndr": ("torchrl_offline.ope.bandit_estimators", "SelfNormalizedDoublyRobust"),
+    "switch-dr": ("torchrl_offline.ope.bandit_estimators", "SwitchDoublyRobust"),
+    "dr-os": ("torchrl_offline.ope.bandit_estimators", "DoublyRobustShrinkage"),
+    "pbm-ips": ("torchrl_offline.ope.bandit_estimators", "PositionBasedIPS"),
 }
 _NEEDS_Q = ("dr", "wdr")
+#: ``dr`` on a log of one-step decisions: DR with the cross-fitted reward regression.
+_ONE_STEP_DR = ("torchrl_offline.ope.bandit_estimators", "OneStepDoublyRobust")
+#: Estimators of logs of one-step decisions (a reward regression instead of FQE); on such
+#: logs ``dr`` is one of them too (DR with the cross-fitted reward regression).
+ONE_STEP_ONLY = ("dm", "sndr", "switch-dr", "dr-os", "pbm-ips")
 #: The estimators run when --estimators is not given.
 DEFAULT_ESTIMATORS = ("fqe", "wis", "wpdis", "wdr")
+#: ... and on a log of one-step decisions (every episode one step).
+DEFAULT_ONE_STEP_ESTIMATORS = ("is", "wis", "dm", "dr", "sndr", "switch-dr", "dr-os")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -50,8 +62,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--estimators",
         help=f"comma-separated, from {', '.join(ESTIMATORS)} (default: "
-        f"{','.join(DEFAULT_ESTIMATORS)}; FQE alone for the greedy policy of continuous "
-        "actions without --kernel-bandwidth)",
+        f"{','.join(DEFAULT_ESTIMATORS)}; on a log of one-step decisions "
+        f"{','.join(DEFAULT_ONE_STEP_ESTIMATORS)}; FQE alone for the greedy policy of "
+        f"continuous actions without --kernel-bandwidth). {', '.join(ONE_STEP_ONLY)} need a "
+        "log of one-step decisions (--horizon 1), where dr uses the reward regression too; "
+        "pbm-ips sums over the log's positions (a slate's value)",
     )
     add_policy_mode_option(parser)
     parser.add_argument("--gamma", type=float, default=0.99, help="discount")
@@ -89,6 +104,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--epsilon", type=float, help="discrete deterministic policies: epsilon-greedy smoothing"
     )
+    parser.add_argument(
+        "--reward-model",
+        choices=("ridge", "logistic", "mlp"),
+        default="ridge",
+        help="one-step logs: the reward regression of dm and the DR family (default ridge)",
+    )
+    parser.add_argument(
+        "--folds", type=int, default=2, help="one-step logs: cross-fitting folds of the DR family"
+    )
+    parser.add_argument(
+        "--switch-tau", type=float, default=10.0, help="switch-dr: the weight threshold tau"
+    )
+    parser.add_argument(
+        "--shrinkage-lambda",
+        type=float,
+        default=100.0,
+        help="dr-os: the shrinkage lambda (weights w*lambda/(w^2+lambda))",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
@@ -99,9 +132,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _estimator_names(text: str | None) -> list[str]:
+def _estimator_names(text: str | None, one_step: bool = False) -> list[str]:
     if text is None:
-        return list(DEFAULT_ESTIMATORS)
+        return list(DEFAULT_ONE_STEP_ESTIMATORS if one_step else DEFAULT_ESTIMATORS)
     names = [n.strip().lower() for n in text.split(",") if n.strip()]
     if not names:
         raise UsageError("--estimators is empty")
@@ -132,22 +165,44 @@ def _weighted_estimators(
     return [n for n in names if n == "fqe"], f"{', '.join(weighted)} not run: {why}"
 
 
-def _one_step_estimators(names: list[str], buffer: Any) -> tuple[list[str], str | None]:
+def _one_step_estimators(names: list[str], one_step: bool) -> tuple[list[str], str | None]:
     """On data whose every episode is one step, the per-decision estimators equal their
     trajectory-wise twins (PDIS is IS, WPDIS is WIS): each runs once, under the latter's
-    name, with a note saying why."""
-    from torchrl_offline.ope.episodes import is_one_step
+    name, with a note saying why. Elsewhere the estimators of one-step logs are refused."""
     from torchrl_offline.ope.importance import ONE_STEP_TWINS, one_step_estimators
 
-    if not any(name in ONE_STEP_TWINS for name in names) or not is_one_step(buffer):
+    if not one_step:
+        refused = [name for name in names if name in ONE_STEP_ONLY]
+        if refused:
+            raise UsageError(
+                f"--estimators {','.join(refused)}: these need a log of one-step decisions "
+                "(every episode one step, e.g. read with --horizon 1); this dataset has longer "
+                "episodes (use dr/wdr, which model values with FQE)"
+            )
+        return names, None
+    if not any(name in ONE_STEP_TWINS for name in names):
         return names, None
     return one_step_estimators(names)
 
 
-def _class(name: str) -> Any:
+def _one_step_kwargs(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of an estimator of one-step logs, from the options."""
+    if name == "pbm-ips":
+        return {}
+    kwargs: dict[str, Any] = {"reward_model": args.reward_model}
+    if name != "dm":
+        kwargs["folds"] = args.folds
+    if name == "switch-dr":
+        kwargs["tau"] = args.switch_tau
+    if name == "dr-os":
+        kwargs["lam"] = args.shrinkage_lambda
+    return kwargs
+
+
+def _class(name: str, one_step: bool = False) -> Any:
     import importlib
 
-    module, attr = ESTIMATORS[name]
+    module, attr = _ONE_STEP_DR if one_step and name == "dr" else ESTIMATORS[name]
     return getattr(importlib.import_module(module), attr)
 
 
@@ -186,9 +241,12 @@ def _fit_fqe(
     return fqe, result
 
 
-def _estimate_all(policy: Any, buffer: Any, names: list[str], args: argparse.Namespace):
+def _estimate_all(
+    policy: Any, buffer: Any, names: list[str], args: argparse.Namespace, one_step: bool = False
+):
     """``name -> OPEResult`` of each estimator, or the ``OPEError`` it raised (all raising:
-    the first error is raised)."""
+    the first error is raised). On a log of one-step decisions ``dr`` is DR with the
+    cross-fitted reward regression, not with FQE."""
     from torchrl_offline.ope.result import OPEError
 
     common = {
@@ -204,16 +262,22 @@ def _estimate_all(policy: Any, buffer: Any, names: list[str], args: argparse.Nam
     }
     results: dict[str, Any] = {}
     fqe = None
-    if "fqe" in names or any(n in _NEEDS_Q for n in names):
+    needs_q = [n for n in names if n in _NEEDS_Q and not (one_step and n == "dr")]
+    if "fqe" in names or needs_q:
         fqe, fqe_result = _fit_fqe(policy, buffer, args, interval="fqe" in names)
         if "fqe" in names:
             results["fqe"] = fqe_result
     for name in names:
         if name == "fqe":
             continue
-        cls = _class(name)
+        cls = _class(name, one_step)
         try:
-            estimator = cls(policy, fqe, **common) if name in _NEEDS_Q else cls(policy, **common)
+            if name in needs_q:
+                estimator = cls(policy, fqe, **common)
+            elif name in ONE_STEP_ONLY or (one_step and name == "dr"):
+                estimator = cls(policy, **common, **_one_step_kwargs(name, args))
+            else:
+                estimator = cls(policy, **common)
         except TypeError as err:  # a policy without action probabilities
             raise UsageError(f"{name}: {err} (options --kernel-bandwidth / --epsilon)") from None
         try:
@@ -302,7 +366,7 @@ def run(args: argparse.Namespace) -> int:
     from torchrl_offline.cli.envs import check_specs_match
     from torchrl_offline.trainers.algorithms import specs_from_dataset
 
-    names = _estimator_names(args.estimators)
+    _estimator_names(args.estimators)  # unknown names fail before any loading
     if args.policy_mode == "stochastic" and (
         args.epsilon is not None or args.kernel_bandwidth is not None
     ):
@@ -314,7 +378,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--gamma must be in [0, 1], got {args.gamma}")
     if not 0.0 < args.confidence < 1.0:
         raise UsageError(f"--confidence must be in (0, 1), got {args.confidence}")
-    for option in ("bootstrap", "fqe_steps", "fqe_batch_size"):
+    for option in ("bootstrap", "fqe_steps", "fqe_batch_size", "folds"):
         if getattr(args, option) < 1:
             raise UsageError(f"--{option.replace('_', '-')} must be positive")
     if args.fqe_interval == "refit" and args.fqe_refits < 2:
@@ -330,14 +394,18 @@ def run(args: argparse.Namespace) -> int:
         theirs=f"the checkpoint's {algorithm.name} policy",
     )
     continuous = algorithm.action_spec.dtype.is_floating_point
-    names, one_step = _one_step_estimators(names, buffer)
+    from torchrl_offline.ope.episodes import is_one_step
+
+    one_step = is_one_step(buffer)
+    names = _estimator_names(args.estimators, one_step)
+    names, twins = _one_step_estimators(names, one_step)
     names, left_out = _weighted_estimators(names, args, continuous)
-    notes = [note for note in (one_step, left_out) if note]
+    notes = [note for note in (twins, left_out) if note]
     from torchrl_offline.ope.result import OPEWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OPEWarning)  # shown in the table instead
-        results = _estimate_all(algorithm.policy, buffer, names, args)
+        results = _estimate_all(algorithm.policy, buffer, names, args, one_step)
     behaviour = _behaviour_value(buffer, args.gamma)
     if args.json:
         out = {

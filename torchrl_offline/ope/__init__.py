@@ -7,6 +7,15 @@ transitions in dataset order and returns an :class:`OPEResult` (value, confidenc
 interval, diagnostics, warnings).
 """
 
+from torchrl_offline.ope.bandit_estimators import (
+    DirectMethod,
+    DoublyRobustShrinkage,
+    OneStepDoublyRobust,
+    PositionBasedIPS,
+    SelfNormalizedDoublyRobust,
+    SwitchDoublyRobust,
+)
+from torchrl_offline.ope.bandit_simulator import BanditSimulator
 from torchrl_offline.ope.behavior import EstimatedBehaviorPolicy, estimate_behavior_policy
 from torchrl_offline.ope.decision_policies import (
     DecisionPolicy,
@@ -28,6 +37,7 @@ from torchrl_offline.ope.importance import (
 )
 from torchrl_offline.ope.policy import EvaluationPolicy, as_evaluation_policy
 from torchrl_offline.ope.result import OPEError, OPEResult, OPEWarning
+from torchrl_offline.ope.reward_model import RewardRegression, cross_fit_rewards, fit_reward_model
 from torchrl_offline.ope.selection import (
     absolute_error,
     rank_policies,
@@ -40,8 +50,11 @@ from torchrl_offline.ope.uncertainty import bootstrap_interval, lower_bound
 
 __all__ = [
     "FQE",
+    "BanditSimulator",
     "DecisionPolicy",
+    "DirectMethod",
     "DoublyRobust",
+    "DoublyRobustShrinkage",
     "Episodes",
     "EpsilonGreedyPolicy",
     "EstimatedBehaviorPolicy",
@@ -52,9 +65,14 @@ __all__ = [
     "OPEHook",
     "OPEResult",
     "OPEWarning",
+    "OneStepDoublyRobust",
     "PerDecisionImportanceSampling",
+    "PositionBasedIPS",
     "QModel",
+    "RewardRegression",
+    "SelfNormalizedDoublyRobust",
     "SoftmaxPolicy",
+    "SwitchDoublyRobust",
     "TablePolicy",
     "TopKPolicy",
     "WeightedDoublyRobust",
@@ -63,7 +81,9 @@ __all__ = [
     "absolute_error",
     "as_evaluation_policy",
     "bootstrap_interval",
+    "cross_fit_rewards",
     "estimate_behavior_policy",
+    "fit_reward_model",
     "is_one_step",
     "lower_bound",
     "one_step_estimators",

@@ -336,6 +336,17 @@ class _OPEEstimator:
     def _extra_diagnostics(self) -> dict[str, Any]:
         return {}
 
+    def _interval(self, num: torch.Tensor, den: torch.Tensor | None) -> tuple[float, float]:
+        """The confidence interval of the statistic of ``num`` / ``den`` (bootstrap over episodes)."""
+        return bootstrap_interval(
+            num,
+            den,
+            confidence=self.confidence,
+            n_bootstrap=self.n_bootstrap,
+            method=self.ci_method,
+            seed=self.seed,
+        )
+
     def _result(
         self, iw: ImportanceWeights, num: torch.Tensor, den: torch.Tensor | None
     ) -> OPEResult:
@@ -367,14 +378,7 @@ class _OPEEstimator:
             tot = den.sum(0)
             safe = torch.where(tot != 0, tot, torch.ones_like(tot))
             per_episode = (torch.where(tot != 0, num / safe, 0.0) * n_ep).sum(-1)
-        low, high = bootstrap_interval(
-            num,
-            den,
-            confidence=self.confidence,
-            n_bootstrap=self.n_bootstrap,
-            method=self.ci_method,
-            seed=self.seed,
-        )
+        low, high = self._interval(num, den)
         ess_traj = _kish(iw.trajectory_weights).item()
         if self.per_decision:
             # Discount-weighted mean over steps of the per-step ESS (ended episodes keep
