@@ -12,17 +12,11 @@ from torch.nn import functional as F
 from torchrl_offline.models import DynamicsEnsemble, DynamicsLoss, ModelError
 from torchrl_offline.models.dynamics import soft_bound
 
-from .conftest import linear_transitions
+from .conftest import linear_transitions, tiny_model
 
 
 def _model(**kwargs) -> DynamicsEnsemble:
-    torch.manual_seed(0)
-    model = DynamicsEnsemble(2, 1, num_members=4, num_elites=2, hidden_sizes=(8, 8), **kwargs)
-    data = linear_transitions(64)
-    model.set_normalization(
-        data["observation"], data["action"], data["next", "observation"], data["next", "reward"]
-    )
-    return model
+    return tiny_model(num_members=4, hidden_sizes=(8, 8), n=64, **kwargs)
 
 
 def test_batched_forward_equals_a_loop_over_members_of_plain_linear_layers():

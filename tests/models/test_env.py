@@ -18,19 +18,11 @@ from torchrl_offline.models import (
     ModelRangeWarning,
 )
 
-from .conftest import linear_transitions
+from .conftest import linear_transitions, tiny_model
 
 
 def _model(termination_fn=None) -> DynamicsEnsemble:
-    torch.manual_seed(0)
-    model = DynamicsEnsemble(
-        2, 1, num_members=3, num_elites=2, hidden_sizes=(8,), termination_fn=termination_fn
-    )
-    data = linear_transitions(200)
-    model.set_normalization(
-        data["observation"], data["action"], data["next", "observation"], data["next", "reward"]
-    )
-    return model
+    return tiny_model(termination_fn=termination_fn)
 
 
 def _policy() -> TensorDictModule:
