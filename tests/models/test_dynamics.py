@@ -101,6 +101,9 @@ def test_sample_writes_the_contract_keys_and_uncertainty_from_the_elites():
 
 def test_sample_from_one_member_is_that_members_gaussian():
     model = _model()
+    model.elites.copy_(torch.tensor([0, 2]))
+    with pytest.raises(ModelError, match="members must be elites"):
+        model.sample(torch.randn(2, 2), torch.zeros(2, 1), members=torch.tensor(1))
     obs, act = torch.randn(4000, 2), torch.zeros(4000, 1)
     obs[:] = obs[:1]
     out = model.sample(

@@ -70,9 +70,12 @@ class EnsembleLinear(nn.Module):
         nn.init.trunc_normal_(self.weight, std=std, a=-2 * std, b=2 * std)
         nn.init.zeros_(self.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``x`` ``[E, B, in]`` -> ``[E, B, out]``."""
-        return torch.baddbmm(self.bias, x, self.weight)
+    def forward(self, x: Tensor, members: Tensor | None = None) -> Tensor:
+        """``x`` ``[E, B, in]`` -> ``[E, B, out]``; with ``members`` (``[K]`` indices),
+        ``x`` is ``[K, B, in]`` and only those members are computed."""
+        if members is None:
+            return torch.baddbmm(self.bias, x, self.weight)
+        return torch.baddbmm(self.bias[members], x, self.weight[members])
 
     def extra_repr(self) -> str:
         return f"members={self.num_members}, in={self.in_features}, out={self.out_features}"
@@ -228,14 +231,17 @@ class DynamicsEnsemble(nn.Module):
             getattr(self, name).copy_(value.to(getattr(self, name)))
 
     # ------------------------------------------------------------------ forward
-    def normalized_forward(self, inputs: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    def normalized_forward(
+        self, inputs: Tensor, members: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """The networks on normalised inputs ``[E, B, in]``: normalised ``(mean,
         log_var)`` ``[E, B, out]`` (log-variance soft-bounded) and the termination logit
-        ``[E, B, 1]`` (``None`` without a learned classifier)."""
+        ``[E, B, 1]`` (``None`` without a learned classifier). With ``members`` (``[K]``
+        indices) only those members run, on ``[K, B, in]`` inputs."""
         x = inputs
         for layer in self.layers:
-            x = self.activation(layer(x))
-        out = self.head(x)
+            x = self.activation(layer(x, members))
+        out = self.head(x, members)
         d = self.output_dim
         mean, log_var = out[..., :d], out[..., d : 2 * d]
         log_var = soft_bound(log_var, self.max_log_var, self.min_log_var)
@@ -253,13 +259,16 @@ class DynamicsEnsemble(nn.Module):
         targets = torch.cat([next_observation - observation, reward], -1)
         return (targets - self.target_mean) / self.target_std
 
-    def _predict(self, observation: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _predict(
+        self, observation: Tensor, action: Tensor, members: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         batch = observation.shape[:-1]
+        count = self.num_members if members is None else members.numel()
         x = self.normalize_inputs(observation, action).reshape(1, -1, self.input_mean.numel())
-        mean, log_var, logit = self.normalized_forward(x.expand(self.num_members, -1, -1))
+        mean, log_var, logit = self.normalized_forward(x.expand(count, -1, -1), members)
         mean = mean * self.target_std + self.target_mean
         log_var = log_var + 2.0 * self.target_std.log()
-        shape = (self.num_members, *batch, -1)
+        shape = (count, *batch, -1)
         logit = None if logit is None else logit.reshape(shape)
         return mean.reshape(shape), log_var.reshape(shape), logit
 
@@ -294,8 +303,8 @@ class DynamicsEnsemble(nn.Module):
 
         Keyword Args:
             generator: the draws' generator (member choice and Gaussian noise).
-            members: ``[*batch]`` member index of each row instead of a random elite
-                (e.g. one member's own rollout).
+            members: ``[*batch]`` (or one) elite member index of each row instead of a
+                random elite (e.g. one member's own rollout).
 
         Returns:
             A TensorDict with batch ``batch``: ``("next", "observation")``,
@@ -308,30 +317,35 @@ class DynamicsEnsemble(nn.Module):
         obs = observation.reshape(-1, self.observation_dim)
         act = action.reshape(-1, self.action_dim)
         n = obs.shape[0]
-        mean, log_var, logit = self._predict(obs, act)
+        # only the elites run; `slot` is each row's position among them
+        mean, log_var, logit = self._predict(obs, act, self.elites)
         std = (0.5 * log_var).exp()
-        elite_mean, elite_std = mean[self.elites], std[self.elites]
         rows = torch.arange(n, device=obs.device)
         if members is None:
-            draw = torch.randint(self.num_elites, (n,), generator=generator, device=obs.device)
-            members = self.elites[draw]
+            slot = torch.randint(self.num_elites, (n,), generator=generator, device=obs.device)
         else:
             members = members.reshape(-1).to(obs.device).expand(n)
+            match = members[:, None] == self.elites[None, :]
+            if not bool(match.any(-1).all()):
+                raise ModelError(
+                    f"members must be elites ({self.elites.tolist()})", field="members"
+                )
+            slot = match.float().argmax(-1)
         noise = torch.randn(
             (n, self.output_dim), generator=generator, device=obs.device, dtype=obs.dtype
         )
-        pred = mean[members, rows] + std[members, rows] * noise
+        pred = mean[slot, rows] + std[slot, rows] * noise
         next_obs = obs + pred[:, : self.observation_dim]
         reward = pred[:, self.observation_dim :]
         if self.termination_fn is not None:
             terminated = self.termination_fn(obs, act, next_obs).reshape(n, 1).bool()
         elif logit is not None:
-            terminated = logit[members, rows] > 0
+            terminated = logit[slot, rows] > 0
         else:
             terminated = torch.zeros(n, 1, dtype=torch.bool, device=obs.device)
-        uncertainty = elite_std.norm(dim=-1).amax(0).unsqueeze(-1)
+        uncertainty = std.norm(dim=-1).amax(0).unsqueeze(-1)
         if self.num_elites > 1:
-            disagreement = elite_mean.std(0, unbiased=False).norm(dim=-1).unsqueeze(-1)
+            disagreement = mean.std(0, unbiased=False).norm(dim=-1).unsqueeze(-1)
         else:
             disagreement = torch.zeros_like(uncertainty)
         return TensorDict(
