@@ -3,7 +3,7 @@ r"""Model-based OPE: roll the evaluation policy out in a learned dynamics model.
 :class:`ModelBasedOPE` fits a :class:`~torchrl_offline.models.dynamics.DynamicsEnsemble`
 on the logged transitions (or takes a fitted one), starts from the initial states of
 the logged episodes, rolls the evaluation policy out in the model for ``horizon`` steps
-and averages the discounted returns (the model-based estimator of the DOPE benchmark,
+(its actions clipped to the box of the logged actions) and averages the discounted returns (the model-based estimator of the DOPE benchmark,
 Fu et al., ICLR 2021, and of Paduraru's thesis before it):
 
 .. math::
@@ -150,7 +150,9 @@ class ModelBasedOPE:
             for _ in range(horizon):
                 td = TensorDict({"observation": obs}, [obs.shape[0]])
                 action = self.policy.sample(td).to(device, torch.float32)
+                # the box of the logged actions, as a bounded environment clips them
                 action = action.reshape(obs.shape[0], model.action_dim)
+                action = action.clamp(model.action_low, model.action_high)
                 out = model.sample(obs, action, generator=generator, members=members)
                 reward = out.get(("next", "reward")).squeeze(-1).double()
                 total += discount * torch.where(alive, reward, 0.0)
