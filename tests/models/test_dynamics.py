@@ -146,3 +146,18 @@ def test_state_dict_is_self_contained():
     obs, act = torch.randn(3, 2), torch.randn(3, 1)
     torch.testing.assert_close(clone(obs, act)[0], model(obs, act)[0])
     assert clone.termination_name == "hopper"
+
+
+def test_loss_keys_can_be_renamed_and_missing_keys_are_named():
+    model = _model()
+    data = linear_transitions(16)
+    loss = DynamicsLoss(model)
+    loss.set_keys(observation="obs")
+    assert "obs" in loss.in_keys
+    renamed = data.rename_key_("observation", "obs")
+    torch.testing.assert_close(
+        loss(renamed)["loss_dynamics"],
+        DynamicsLoss(model)(linear_transitions(16))["loss_dynamics"],
+    )
+    with pytest.raises(ModelError, match="'obs'"):
+        loss(linear_transitions(16))
