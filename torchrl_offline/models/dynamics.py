@@ -230,6 +230,13 @@ class DynamicsEnsemble(nn.Module):
         ):
             getattr(self, name).copy_(value.to(getattr(self, name)))
 
+    @torch.no_grad()
+    def set_observation_range(self, observation: Tensor) -> None:
+        """Sets the data's observation range (per-dimension min and max) from ``[N, dim]``
+        observations, e.g. every observation and next observation of a dataset."""
+        self.observation_low.copy_(observation.amin(0).to(self.observation_low))
+        self.observation_high.copy_(observation.amax(0).to(self.observation_high))
+
     # ------------------------------------------------------------------ forward
     def normalized_forward(
         self, inputs: Tensor, members: Tensor | None = None
