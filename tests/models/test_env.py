@@ -130,3 +130,13 @@ def test_memory_mapped_start_states(tmp_path):
 def test_wrong_start_shape_is_refused():
     with pytest.raises(ModelError, match=r"\[N, 2\]"):
         LearnedModelEnv(_model(), torch.zeros(4, 3), batch_size=2)
+
+
+def test_states_a_hair_past_the_range_are_within_the_tolerance():
+    model = _model()
+    edge = model.observation_high + 0.05 * model.observation_std
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LearnedModelEnv(model, edge.unsqueeze(0), batch_size=1)  # 0.05 < 0.1 std
+    with pytest.warns(ModelRangeWarning):
+        LearnedModelEnv(model, edge.unsqueeze(0), batch_size=1, range_tolerance=0.0)

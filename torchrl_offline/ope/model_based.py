@@ -16,7 +16,8 @@ and noise at every step). The interval combines both uncertainties: each bootstr
 resample draws the initial states with replacement *and* one elite, and the interval
 is the percentiles of the resamples' values. It cannot see an error common to all
 members (they learn from the same data), so the diagnostics say how far the rollouts
-strayed: ``out_of_range_fraction`` (rollout steps whose state left the data's range)
+strayed: ``out_of_range_fraction`` (rollout steps whose state left the data's range by
+more than ``range_tolerance`` standard deviations)
 and ``member_std`` (the spread of the members' values).
 """
 
@@ -58,6 +59,10 @@ class ModelBasedOPE:
         seed: seeds the fit, the policy's and the model's draws and the bootstrap.
         policy_mode: ``"greedy"``, ``"stochastic"`` or ``None`` (as given), as for FQE.
         kernel_bandwidth: smooth a deterministic policy's action (as for FQE).
+        range_tolerance: a rollout state counts as outside the data's range when an
+            entry lies beyond it by more than this many of the data's standard deviations
+            (``out_of_range_fraction``). Defaults to ``0.1``: model states a hair past a
+            bound the data touch (``cos(theta) = 1.0001``) are not extrapolation.
 
     Examples:
         >>> import torch
@@ -98,6 +103,7 @@ class ModelBasedOPE:
         seed: int = 0,
         policy_mode: Literal["greedy", "stochastic"] | None = None,
         kernel_bandwidth: float | None = None,
+        range_tolerance: float = 0.1,
     ) -> None:
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {gamma}")
@@ -114,6 +120,7 @@ class ModelBasedOPE:
         self.n_bootstrap = int(n_bootstrap)
         self.confidence = float(confidence)
         self.seed = int(seed)
+        self.range_tolerance = float(range_tolerance)
         #: The fit of the last :meth:`fit` (``None`` for a given model).
         self.fitted = None
         #: ``[K, n]`` float64 discounted returns of the last estimate, per elite and start.
@@ -158,7 +165,8 @@ class ModelBasedOPE:
                 total += discount * torch.where(alive, reward, 0.0)
                 obs = out.get(("next", "observation"))
                 live = int(alive.sum())
-                outside += int((model.range_excess(obs).amax(-1)[alive] > 0).sum())
+                excess = model.range_excess(obs).amax(-1)[alive]
+                outside += int((excess > self.range_tolerance).sum())
                 uncertainty += float(out.get("model_uncertainty").squeeze(-1)[alive].sum())
                 steps += live
                 alive &= ~out.get(("next", "terminated")).squeeze(-1)
@@ -197,7 +205,9 @@ class ModelBasedOPE:
             )
         horizon = self.horizon or int(episodes.lengths.max())
         starts_outside = self.model.check_range(
-            starts.float().to(self.model.elites.device), errors="ignore"
+            starts.float().to(self.model.elites.device),
+            tolerance=self.range_tolerance,
+            errors="ignore",
         )
         returns, rollout = self.rollout_returns(starts.float(), horizon)
         self.member_returns = returns
