@@ -140,3 +140,18 @@ def test_states_a_hair_past_the_range_are_within_the_tolerance():
         LearnedModelEnv(model, edge.unsqueeze(0), batch_size=1)  # 0.05 < 0.1 std
     with pytest.warns(ModelRangeWarning):
         LearnedModelEnv(model, edge.unsqueeze(0), batch_size=1, range_tolerance=0.0)
+
+
+def test_one_warning_for_out_of_range_starts_across_chunks():
+    model = _model()
+    starts = model.observation_mean.expand(10, 2).clone()
+    starts[3, 0] = model.observation_low[0] - 2 * model.observation_std[0]
+    starts[8, 1] = model.observation_high[1] + 4 * model.observation_std[1]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.check_range(starts, chunk_size=4)
+    assert len(caught) == 1
+    message = caught[0].message
+    assert (message.dimension, message.index) == (1, 3)
+    assert message.distance == pytest.approx(4.0, rel=1e-4)
+    assert str(message).startswith("2 of 10 start states")

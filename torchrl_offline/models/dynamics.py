@@ -382,11 +382,15 @@ class DynamicsEnsemble(nn.Module):
         tolerance: float = 0.0,
         errors: str = "warn",
         what: str = "start states",
+        chunk_size: int = 65536,
     ) -> Tensor:
         """Says when states lie outside the data's range; returns the ``[*batch]`` mask.
 
+        One warning (or error) for all rows, read ``chunk_size`` rows at a time.
+
         Args:
-            observation: ``[*batch, observation_dim]`` raw observations.
+            observation: ``[*batch, observation_dim]`` raw observations (memory-mapped
+                ones are read by chunks).
             tolerance: allowed distance beyond the range, in standard deviations.
             errors: ``"warn"`` (a :class:`ModelRangeWarning`), ``"raise"`` (a
                 :class:`ModelError`) or ``"ignore"``.
@@ -406,11 +410,17 @@ class DynamicsEnsemble(nn.Module):
         """
         if errors not in ("warn", "raise", "ignore"):
             raise ValueError(f"errors must be 'warn', 'raise' or 'ignore', got {errors!r}")
-        excess = self.range_excess(observation).reshape(-1, self.observation_dim)
-        outside = excess.amax(-1) > tolerance
+        flat = observation.reshape(-1, self.observation_dim)
+        row_excess, dim_excess = [], torch.zeros_like(self.observation_std)
+        for start in range(0, flat.shape[0], chunk_size):  # memory-mapped data: by chunks
+            chunk = torch.as_tensor(flat[start : start + chunk_size]).to(self.observation_std)
+            excess = self.range_excess(chunk)
+            row_excess.append(excess.amax(-1))
+            dim_excess = torch.maximum(dim_excess, excess.amax(0))
+        outside = torch.cat(row_excess) > tolerance
         if errors != "ignore" and bool(outside.any()):
-            worst = int(excess.amax(0).argmax())
-            distance = float(excess[:, worst].max())
+            worst = int(dim_excess.argmax())
+            distance = float(dim_excess[worst])
             index = int(outside.nonzero()[0, 0])
             message = (
                 f"{int(outside.sum())} of {outside.numel()} {what} lie outside the data's range "

@@ -19,7 +19,7 @@ from torch import Tensor
 from torchrl.data import Bounded, Categorical, Composite, ReplayBuffer, Unbounded
 from torchrl.envs import EnvBase
 
-from torchrl_offline.data.stats import iter_chunks, stored_transitions
+from torchrl_offline.data.stats import stored_transitions
 from torchrl_offline.models.dynamics import DynamicsEnsemble
 from torchrl_offline.models.errors import ModelError
 
@@ -152,14 +152,12 @@ class LearnedModelEnv(EnvBase):
         if range_check == "ignore":
             return
         with torch.no_grad():
-            for _, chunk in iter_chunks(self.starts):
-                chunk = torch.as_tensor(chunk, device=self.model.elites.device).float()
-                self.model.check_range(
-                    chunk,
-                    tolerance=self.range_tolerance,
-                    errors=range_check,
-                    what="start observations",
-                )
+            self.model.check_range(
+                self.starts,
+                tolerance=self.range_tolerance,
+                errors=range_check,
+                what="start observations",
+            )
 
     @property
     def out_of_range_fraction(self) -> float:
