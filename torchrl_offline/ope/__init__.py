@@ -35,6 +35,7 @@ from torchrl_offline.ope.importance import (
     WeightedPerDecisionImportanceSampling,
     one_step_estimators,
 )
+from torchrl_offline.ope.model_based import ModelBasedOPE
 from torchrl_offline.ope.policy import EvaluationPolicy, as_evaluation_policy
 from torchrl_offline.ope.result import OPEError, OPEResult, OPEWarning
 from torchrl_offline.ope.reward_model import RewardRegression, cross_fit_rewards, fit_reward_model
@@ -61,6 +62,7 @@ __all__ = [
     "EvaluationPolicy",
     "FQELoss",
     "ImportanceSampling",
+    "ModelBasedOPE",
     "OPEError",
     "OPEHook",
     "OPEResult",
