@@ -155,6 +155,10 @@ VARIANTS: dict[str, dict[str, tuple[str, dict]]] = {
             "ours",
             {"policy_noise": 0.1, "noise_clip": 0.25, "target_update_delay": 2},
         ),
+        # d3rlpy scales actions to [-1, 1] (MinMaxActionScaler), so its BC term is
+        # (h = 2 on Pendulum) 1/h^2 of ours next to the same Q term: alpha * h^2 is that
+        "ours_alpha10": ("ours", {"alpha": 10.0}),
+        "ours_alpha10_target_delay2": ("ours", {"alpha": 10.0, "target_update_delay": 2}),
     },
     "awac": {
         "ours": ("ours", {}),

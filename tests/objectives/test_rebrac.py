@@ -315,6 +315,17 @@ def test_critics_in_a_loop_give_the_same_losses():
         torch.testing.assert_close(outs[0][key], outs[1][key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+def test_bc_in_unit_box_divides_both_penalties_by_the_half_range():
+    torch.manual_seed(0)
+    loss = ReBRACLoss(*make_nets(), bounds=(LOW, HIGH), bc_in_unit_box=True)
+    q = torch.ones(16)
+    _, bc, _ = loss._actor_objective(q, torch.zeros(16, ACT), torch.ones(16, ACT))
+    torch.testing.assert_close(bc, (2 / (HIGH - LOW)).pow(2).sum().expand(16))
+    raw = ReBRACLoss(*make_nets(), bounds=(LOW, HIGH))
+    _, bc_raw, _ = raw._actor_objective(q, torch.zeros(16, ACT), torch.ones(16, ACT))
+    torch.testing.assert_close(bc_raw, torch.full((16,), float(ACT)))
+
+
 def test_td3_bc_is_unchanged_by_the_shared_hooks():
     """ReBRAC overrides TD3BCLoss's actor and target hooks; TD3+BC keeps Q_1 and alpha."""
     torch.manual_seed(0)

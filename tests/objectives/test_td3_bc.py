@@ -110,7 +110,7 @@ def _flat(td):
     return {k: v.detach().clone() for k, v in td.items(True, True)}
 
 
-def reference(loss, batch, noise_std_normal, gamma=0.9, alpha=2.5):
+def reference(loss, batch, noise_std_normal, gamma=0.9, alpha=2.5, unit_box=False):
     """TD3+BC (Fujimoto & Gu 2021, Alg. 1) written directly from the paper's equations."""
     actor = _flat(loss.actor_network_params)
     actor_t = _flat(loss.target_actor_network_params)
@@ -139,7 +139,9 @@ def reference(loss, batch, noise_std_normal, gamma=0.9, alpha=2.5):
     pi_s = pi(actor, s)
     q_pi = q(critics, 0, s, pi_s)
     lmbda = alpha / q_pi.abs().mean()
-    bc = ((pi_s - a) ** 2).mean()
+    # bc_in_unit_box: the BC term in half-range units (d3rlpy's scaled actions)
+    scale = max_action if unit_box else 1.0
+    bc = (((pi_s - a) / scale) ** 2).mean()
     actor_loss = -lmbda * q_pi.mean() + bc
     td_error = torch.max((q1 - y) ** 2, (q2 - y) ** 2)
     return {
@@ -164,6 +166,21 @@ def test_matches_paper_equations():
     for key in ("loss_qvalue", "loss_actor", "lmbd", "bc_loss", "target_value", "pred_value"):
         torch.testing.assert_close(out[key], ref[key], rtol=1e-5, atol=1e-5, msg=key)
     torch.testing.assert_close(batch["td_error"], ref["td_error"], rtol=1e-5, atol=1e-5)
+
+
+def test_bc_in_unit_box_measures_actions_in_half_ranges():
+    # d3rlpy's scaled actions: on a half-range of 2 the BC term is a quarter of the raw one
+    loss = make_loss(bc_in_unit_box=True).eval()
+    batch = make_batch()
+    torch.manual_seed(123)
+    out = loss(batch)
+    torch.manual_seed(123)
+    ref = reference(loss, batch, torch.randn(16, ACT), unit_box=True)
+    for key in ("loss_actor", "bc_loss"):
+        torch.testing.assert_close(out[key], ref[key], rtol=1e-5, atol=1e-5, msg=key)
+    raw = make_loss().eval()
+    raw.load_state_dict(loss.state_dict())
+    assert not torch.allclose(raw(batch)["bc_loss"], out["bc_loss"])
 
 
 def test_noise_is_scaled_to_the_action_range():
@@ -231,9 +248,8 @@ def test_reduction_none_is_per_sample():
     torch.testing.assert_close(out["loss_qvalue"].mean(), out_mean["loss_qvalue"])
     torch.testing.assert_close(out["bc_loss"].mean(), out_mean["bc_loss"])
     # per-sample: the BC term of sample i depends on sample i only
-    ref = (
-        (loss.actor_network(batch.select("observation").clone())["action"] - batch["action"]) ** 2
-    ).mean(-1)
+    action = loss.actor_network(batch.select("observation").clone())["action"]
+    ref = ((action - batch["action"]) ** 2).mean(-1)
     torch.testing.assert_close(out["bc_loss"], ref.detach())
 
 

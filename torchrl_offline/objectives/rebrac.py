@@ -52,7 +52,10 @@ class ReBRACLoss(TD3BCLoss):
         \qquad
         \lambda = \frac{1}{\frac{1}{N}\sum_i |\min_j Q_j(s_i, \pi(s_i))|}.
 
-    The squared distances are summed over action dimensions and :math:`\lambda` is
+    The squared distances are summed over action dimensions (in raw action units, as
+    in the authors' code on D4RL's :math:`[-1, 1]` boxes; ``bc_in_unit_box=True``
+    measures them in units of the action half-range, as
+    :class:`~torchrl_offline.objectives.TD3BCLoss` can), and :math:`\lambda` is
     TD3+BC's Q normalisation without its :math:`\alpha` (the penalty weights play that
     role; ``normalize_q=False`` sets :math:`\lambda = 1`), as in the authors' code
     (released in CORL). The actor maximises the minimum over the critics where TD3+BC
@@ -90,6 +93,9 @@ class ReBRACLoss(TD3BCLoss):
             ``0.01``.
         normalize_q (bool, optional): divide the actor's Q term by the batch's mean
             :math:`|Q|`. Defaults to ``True``.
+        bc_in_unit_box (bool, optional): measure both penalties' action differences in
+            units of the action half-range; ``False`` compares raw actions. Defaults to
+            ``False``.
         num_qvalue_nets (int, optional): number of critics. Defaults to ``2``.
         policy_noise (float, optional): target-policy noise std, as a fraction of the
             action half-range. Defaults to ``0.2``.
@@ -163,6 +169,7 @@ class ReBRACLoss(TD3BCLoss):
         beta_actor: float = 0.001,
         beta_critic: float = 0.01,
         normalize_q: bool = True,
+        bc_in_unit_box: bool = False,
         num_qvalue_nets: int = 2,
         policy_noise: float = 0.2,
         noise_clip: float = 0.5,
@@ -188,6 +195,7 @@ class ReBRACLoss(TD3BCLoss):
             policy_noise=policy_noise,
             noise_clip=noise_clip,
             alpha=1.0,  # unused: ReBRAC's actor objective has no alpha
+            bc_in_unit_box=bc_in_unit_box,
             loss_function=loss_function,
             delay_actor=delay_actor,
             delay_qvalue=delay_qvalue,
@@ -234,7 +242,7 @@ class ReBRACLoss(TD3BCLoss):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``beta_actor * ||pi(s) - a||^2 - lmbd * q`` per sample, the squared distance
         and ``lmbd = 1 / mean |q|`` (``1`` without ``normalize_q``)."""
-        bc = (action - data_action).pow(2).reshape(*q.shape, -1).sum(-1)
+        bc = self._action_difference(action, data_action).pow(2).reshape(*q.shape, -1).sum(-1)
         if self.normalize_q:
             lmbd = 1.0 / q.detach().abs().mean()
         else:
@@ -254,7 +262,7 @@ class ReBRACLoss(TD3BCLoss):
                 f"{tuple(data_next_action.shape)} but the actions have shape "
                 f"{tuple(next_action.shape)}"
             )
-        diff = next_action - data_next_action.to(next_action.dtype)
+        diff = self._action_difference(next_action, data_next_action)
         penalty = diff.pow(2).reshape(*next_value.shape, -1).sum(-1)
         metadata = {**metadata, "critic_bc_penalty": penalty}
         return next_value - self.beta_critic * penalty, metadata

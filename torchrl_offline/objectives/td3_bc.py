@@ -88,6 +88,12 @@ class TD3BCLoss(ActorCriticLoss):
       ``sota-implementations/td3_bc`` script does, or let
       :class:`~torchrl_offline.trainers.offline.OfflineTrainer` do it
       (``policy_update_delay``, 2 for ``build_algorithm("td3_bc", ...)``).
+    * ``bc_in_unit_box=True`` compares actions in units of the action half-range
+      :math:`h`, as d3rlpy does by scaling actions to :math:`[-1, 1]`. The paper's
+      tasks act in :math:`[-1, 1]`, where both terms are the same; its code (and
+      TorchRL, and the default here) compares raw actions, so on a box of half-range
+      :math:`h` the default BC term weighs :math:`h^2` times more against the Q term
+      (Pendulum's :math:`[-2, 2]`: ``docs/benchmarks.md`` measures both).
     * ``reduction="none"`` returns per-sample actor and critic losses: the BC term is
       the per-sample mean of squared errors over action dimensions, whose batch mean
       is the paper's ``F.mse_loss(pi, a)``.
@@ -111,6 +117,10 @@ class TD3BCLoss(ActorCriticLoss):
         noise_clip (float, optional): noise clip, as a fraction of the action
             half-range. Defaults to ``0.5``.
         alpha (float, optional): the paper's :math:`\alpha`. Defaults to ``2.5``.
+        bc_in_unit_box (bool, optional): measure the BC term's action difference in
+            units of the action half-range :math:`h = (\text{high} - \text{low}) / 2`
+            (d3rlpy's scaled actions); ``False`` compares raw actions, as the paper's
+            code and TorchRL do. Defaults to ``False``.
         loss_function (str, optional): ``"l2"``, ``"l1"`` or ``"smooth_l1"`` for the
             critic. Defaults to ``"l2"``.
         delay_actor (bool, optional): use a target actor. Defaults to ``True``.
@@ -181,6 +191,7 @@ class TD3BCLoss(ActorCriticLoss):
         policy_noise: float = 0.2,
         noise_clip: float = 0.5,
         alpha: float = 2.5,
+        bc_in_unit_box: bool = False,
         loss_function: str = "l2",
         delay_actor: bool = True,
         delay_qvalue: bool = True,
@@ -203,6 +214,7 @@ class TD3BCLoss(ActorCriticLoss):
         self.policy_noise = policy_noise
         self.noise_clip = noise_clip
         self.alpha = alpha
+        self.bc_in_unit_box = bc_in_unit_box
         self.loss_function = loss_function
         self.check_inputs = check_inputs
         self.reduction = reduction
@@ -337,12 +349,20 @@ class TD3BCLoss(ActorCriticLoss):
             out_key=self.tensor_keys.state_action_value,
         ).squeeze(-1)
 
+    def _action_difference(self, action: Tensor, data_action: Tensor) -> Tensor:
+        """``action - data_action``, in units of the action half-range with
+        ``bc_in_unit_box``."""
+        diff = action - data_action.to(action.dtype)
+        if self.bc_in_unit_box:
+            diff = diff / ((self.max_action - self.min_action) * 0.5)
+        return diff
+
     def _actor_objective(
         self, q: Tensor, action: Tensor, data_action: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         """The per-sample actor loss ``-lmbd * q + bc``, the BC term (mean squared error
         over action dimensions) and ``lmbd = alpha / mean |q|``."""
-        bc = (action - data_action).pow(2)
+        bc = self._action_difference(action, data_action).pow(2)
         bc = bc.reshape(*q.shape, -1).mean(-1)
         lmbd = self.alpha / q.detach().abs().mean()
         return -lmbd * q + bc, bc, lmbd
