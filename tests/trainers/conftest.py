@@ -28,8 +28,11 @@ def make_dataset(
     obs_dim: int = OBS_DIM,
     n_actions: int = N_ACTIONS,
     action_bound: float = 2.0,
+    model_marks: bool = False,
 ) -> OfflineReplayBuffer:
-    """Random transitions with Pendulum's spaces (or an ``n_actions`` discrete space)."""
+    """Random transitions with Pendulum's spaces (or an ``n_actions`` discrete space);
+    ``model_marks`` adds the ``"model_data"`` entry the model-rollout trainers write
+    (every other row marked), for a model-based loss trained without them."""
     g = torch.Generator().manual_seed(seed)
     if discrete:
         action = torch.randint(n_actions, (n,), generator=g)
@@ -54,6 +57,8 @@ def make_dataset(
         },
         batch_size=[n],
     )
+    if model_marks:
+        td["model_data"] = torch.arange(n) % 2 == 1
     metadata = {
         "observation_space": serialize_space(
             gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)

@@ -53,6 +53,7 @@ __all__ = [
     "OfflineBCLossConfig",
     "OfflineBCQLossConfig",
     "OfflineBEARLossConfig",
+    "OfflineCOMBOLossConfig",
     "OfflineCQLLossConfig",
     "OfflineCalQLLossConfig",
     "OfflineDiscreteAWACLossConfig",
@@ -63,6 +64,7 @@ __all__ = [
     "OfflineDiscreteIQLLossConfig",
     "OfflineEDACLossConfig",
     "OfflineIQLLossConfig",
+    "OfflineMOPOLossConfig",
     "OfflineReBRACLossConfig",
     "OfflineSACNLossConfig",
     "OfflineTD3BCLossConfig",
@@ -98,6 +100,8 @@ def _class_name(name: str) -> str:
         "bcq": "BCQ",
         "bear": "BEAR",
         "edac": "EDAC",
+        "mopo": "MOPO",
+        "combo": "COMBO",
         "sac": "SAC",
         "n": "N",
     }
@@ -193,3 +197,5 @@ OfflineDiscreteBCQLossConfig = LOSS_CONFIGS["discrete_bcq"]
 OfflineEDACLossConfig = LOSS_CONFIGS["edac"]
 OfflineSACNLossConfig = LOSS_CONFIGS["sac_n"]
 OfflineReBRACLossConfig = LOSS_CONFIGS["rebrac"]
+OfflineMOPOLossConfig = LOSS_CONFIGS["mopo"]
+OfflineCOMBOLossConfig = LOSS_CONFIGS["combo"]
