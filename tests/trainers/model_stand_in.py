@@ -93,7 +93,7 @@ class CountingRecipe:
     def recipe(self) -> DynamicsRecipe:
         return DynamicsRecipe(fit=self._fit, empty=self._empty, env=self._env)
 
-    def _empty(self) -> StandInModel:
+    def _empty(self, config=None) -> StandInModel:
         return StandInModel(*self.dims)
 
     def _fit(self, dataset):

@@ -182,3 +182,49 @@ def test_trains_through_the_command_line(name, stand_in, tmp_path, capsys):
     assert step == 6 and algo.name == name
     assert algo.hyperparameters["rollout_batch_size"] == 8
     assert stand_in.fits == 1
+
+
+@pytest.mark.parametrize("name", ["mopo", "combo"])
+def test_learned_model_run_resumes_exactly_without_refitting(name, tmp_path, monkeypatch):
+    """With the ensemble of torchrl_offline.models: the fitted model is in the
+    checkpoint, a resumed run does not fit again and gives the uninterrupted run's
+    parameters bitwise."""
+    from torchrl_offline.models import fit
+
+    fits = []
+    real_fit = fit.fit_dynamics
+    monkeypatch.setattr(fit, "fit_dynamics", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
+    tiny = {**FAST, "model_hidden_sizes": (16,), "model_max_updates": 20}
+
+    def run(out, **kw):
+        return train(name, make_dataset(), total_steps=10, seed=3, out_dir=out, batch_size=16,
+                     preset="small", overrides=tiny, checkpoint_interval=4, progress=False,
+                     logger=None, **kw)  # fmt: skip
+
+    full = run(tmp_path / "full")
+    run(tmp_path / "part", hooks=[StopAt(7)])
+    assert len(fits) == 2
+    resumed = run(tmp_path / "part", resume=True)
+    assert len(fits) == 2 and resumed.step == 10
+    state = load_checkpoint(resumed.checkpoint)["source"]
+    assert "elites" in state["model"] and state["model_config"]["hidden_sizes"] == (16,)
+    a, b = full.algorithm.loss.state_dict(), resumed.algorithm.loss.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_finetune_takes_mopo_as_sac_and_refuses_combo_s_model_term(stand_in):
+    from torchrl_offline.trainers.finetune import finetune
+
+    kw = {"total_steps": 4, "batch_size": 16, "progress": False, "logger": None}
+    for name in ("mopo", "combo"):
+        offline = train(name, make_dataset(), preset="small", overrides=FAST, **kw)
+        online = lambda algo: finetune(algo, make_dataset(), "Pendulum-v1",  # noqa: E731
+                                       frames_per_batch=3, **kw)  # fmt: skip
+        if name == "mopo":  # SAC on offline and online data, no model rollouts
+            assert online(offline.algorithm).step == 4
+            continue
+        with pytest.raises(AlgorithmError, match="conservative_states = 'all'"):
+            online(offline.algorithm)
+        offline.algorithm.loss.conservative_states = "all"
+        assert online(offline.algorithm).step == 4

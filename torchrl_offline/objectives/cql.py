@@ -295,11 +295,6 @@ class CQLLoss(EntropyTemperature, ActorCriticLoss):
     ) -> None:
         if gamma is not None:
             raise TypeError(_GAMMA_LMBDA_DEPREC_ERROR)
-        if conservative_states not in _CONSERVATIVE_STATES:
-            raise ValueError(
-                f"conservative_states must be one of {_CONSERVATIVE_STATES}, got "
-                f"{conservative_states!r}"
-            )
         if cql_variant not in _CQL_VARIANTS:
             raise ValueError(f"cql_variant must be one of {_CQL_VARIANTS}, got {cql_variant!r}")
         if backup_action not in _BACKUP_ACTIONS:
@@ -425,6 +420,21 @@ class CQLLoss(EntropyTemperature, ActorCriticLoss):
     @out_keys.setter
     def out_keys(self, values) -> None:
         self._out_keys = values
+
+    @property
+    def conservative_states(self) -> str:
+        """Where the conservative term's states come from: ``"all"`` or ``"model"``
+        (settable: the batch keys the loss reads follow)."""
+        return self._conservative_states
+
+    @conservative_states.setter
+    def conservative_states(self, value: str) -> None:
+        if value not in _CONSERVATIVE_STATES:
+            raise ValueError(
+                f"conservative_states must be one of {_CONSERVATIVE_STATES}, got {value!r}"
+            )
+        self._conservative_states = value
+        self._in_keys = None
 
     def _set_in_keys(self) -> None:
         super()._set_in_keys()

@@ -121,14 +121,16 @@ class DynamicsRecipe:
         fit: ``fit(dataset) -> (model, info)``: the fitted model (a ``torch.nn.Module``
             whose ``state_dict`` is the whole model) and JSON-able facts about the fit
             (``holdout_mse``, ``updates``, ``seconds``).
-        empty: ``empty() -> model``: an unfitted model of the same architecture, to
-            load a checkpoint's ``state_dict`` into.
+        empty: ``empty(config) -> model``: an unfitted model of the architecture
+            ``config`` describes (the fitted model's ``config()``, ``{}`` for a model
+            without one), to load a checkpoint's ``state_dict`` into.
         env: ``env(model, dataset, batch_size, generator) -> EnvBase``: the batched
-            learned-model environment starting from the dataset's observations.
+            learned-model environment starting from the dataset's observations, drawing
+            its start states and model samples from ``generator``.
     """
 
     fit: Callable[[ReplayBuffer], tuple[nn.Module, dict[str, Any]]]
-    empty: Callable[[], nn.Module]
+    empty: Callable[[Mapping[str, Any]], nn.Module]
     env: Callable[[nn.Module, ReplayBuffer, int, torch.Generator], EnvBase]
 
 
@@ -145,57 +147,58 @@ def default_recipe(
     :class:`~torchrl_offline.models.env.LearnedModelEnv` penalised by ``reward_penalty``
     times its ``rollout_penalty`` uncertainty."""
     hp = rollout_settings(hyperparameters)
-    architecture = {
-        "num_members": int(hp["model_num_members"]),
-        "num_elites": int(hp["model_num_elites"]),
-        "hidden_sizes": hp["model_hidden_sizes"],
-    }
 
     def fit(dataset: ReplayBuffer) -> tuple[nn.Module, dict[str, Any]]:
         from torchrl_offline.models.fit import fit_dynamics
 
-        termination_fn = None
-        if hp["model_termination"] is not None:
-            from torchrl_offline.models import termination
-
-            termination_fn = termination.termination_function(hp["model_termination"])
         fitted = fit_dynamics(
             dataset,
-            **architecture,
+            num_members=int(hp["model_num_members"]),
+            num_elites=int(hp["model_num_elites"]),
+            hidden_sizes=hp["model_hidden_sizes"],
             batch_size=int(hp["model_batch_size"]),
             lr=float(hp["model_lr"]),
             patience=int(hp["model_patience"]),
             max_updates=hp["model_max_updates"],
-            termination_fn=termination_fn,
+            termination_fn=hp["model_termination"],
             seed=seed,
         )
         info = {
-            "holdout_mse": float(torch.as_tensor(fitted.holdout_mse).mean()),
+            "holdout_mse": float(fitted.holdout_mse),
             "updates": int(fitted.updates),
+            "epochs": int(fitted.epochs),
             "seconds": float(fitted.seconds),
         }
         return fitted.model, info
 
-    def empty() -> nn.Module:
+    def empty(config: Mapping[str, Any]) -> nn.Module:
         from torchrl_offline.models.dynamics import DynamicsEnsemble
 
-        return DynamicsEnsemble(observation_dim, action_dim, **architecture)
+        return DynamicsEnsemble(**config)
 
     def env(
         model: nn.Module, dataset: ReplayBuffer, batch_size: int, generator: torch.Generator
     ) -> EnvBase:
         from torchrl_offline.models.env import LearnedModelEnv
 
-        return LearnedModelEnv(
+        env = LearnedModelEnv(
             model,
             dataset,
             batch_size=batch_size,
             reward_penalty=float(hp["reward_penalty"]),
             penalty=hp["rollout_penalty"],
-            generator=generator,
+            range_check="ignore",  # the starts are the model's own training data
         )
+        env._generator = generator  # the source's: its state goes with the checkpoints
+        return env
 
     return DynamicsRecipe(fit=fit, empty=empty, env=env)
+
+
+def _model_config(model: nn.Module | None) -> dict[str, Any]:
+    """The model's constructor arguments (its ``config()``), ``{}`` without one."""
+    config = getattr(model, "config", None)
+    return dict(config()) if callable(config) else {}
 
 
 def _select(batch: TensorDictBase, *, model: bool) -> TensorDictBase:
@@ -344,6 +347,7 @@ class ModelRolloutSource:
         return {
             "iterations": self._iterations,
             "model": None if self.model is None else self.model.state_dict(),
+            "model_config": _model_config(self.model),
             "fit_info": dict(self.fit_info),
             "rollouts": [dict(r) for r in self.rollouts],
             "generator": self.generator.get_state(),
@@ -359,7 +363,7 @@ class ModelRolloutSource:
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         self._iterations = int(state_dict["iterations"])
         if state_dict["model"] is not None:
-            model = self.recipe.empty()
+            model = self.recipe.empty(dict(state_dict.get("model_config") or {}))
             model.load_state_dict(state_dict["model"])
             self.model = model
             self._env = None
