@@ -267,6 +267,7 @@ class ModelRolloutSource:
         self.fit_info: dict[str, Any] = {}
         self.rollouts: list[dict[str, Any]] = []
         self._env: EnvBase | None = None
+        self._real_iterator: Iterator[TensorDictBase] | None = None
         self._iterations = 0
 
     # ------------------------------------------------------------------ loop
@@ -310,6 +311,8 @@ class ModelRolloutSource:
     def sample(self) -> TensorDictBase:
         """One mixed batch: dataset rows first, then model rows."""
         parts = []
+        if self._real_iterator is None:
+            self._real_iterator = iter(self.real)
         if self.real_batch_size:
             with warnings.catch_warnings():  # a share of the batch, not the buffer's size
                 warnings.filterwarnings("ignore", "Got conflicting batch_sizes", UserWarning)
