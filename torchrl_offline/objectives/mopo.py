@@ -34,8 +34,9 @@ from torchrl_offline.objectives.edac import _EDAC_COMMON, EDACLoss
 __all__ = ["MODEL_BASED_SMALL_PRESET", "MOPO_ALGORITHM", "MOPO_PRESETS", "MOPOLoss"]
 
 #: MOPO's published rollout length ``h`` and penalty weight ``lambda`` per D4RL
-#: Gym-MuJoCo (v0) dataset: the hyperparameter table of the paper's appendix ("mixed"
-#: is D4RL's medium-replay).
+#: Gym-MuJoCo (v0) dataset: the reference code's per-dataset configs
+#: (``examples/config/d4rl/<env>_<dataset>.py`` of github.com/tianheyu927/mopo,
+#: ``rollout_length`` and ``penalty_coeff``; its "mixed" is D4RL's medium-replay).
 MOPO_PRESETS: dict[str, dict[str, float | int]] = {
     "halfcheetah-random": {"rollout_length": 5, "reward_penalty": 0.5},
     "hopper-random": {"rollout_length": 5, "reward_penalty": 1.0},
@@ -46,7 +47,7 @@ MOPO_PRESETS: dict[str, dict[str, float | int]] = {
     "halfcheetah-medium-replay": {"rollout_length": 5, "reward_penalty": 1.0},
     "hopper-medium-replay": {"rollout_length": 5, "reward_penalty": 1.0},
     "walker2d-medium-replay": {"rollout_length": 1, "reward_penalty": 1.0},
-    "halfcheetah-medium-expert": {"rollout_length": 5, "reward_penalty": 1.0},
+    "halfcheetah-medium-expert": {"rollout_length": 5, "reward_penalty": 5.0},
     "hopper-medium-expert": {"rollout_length": 5, "reward_penalty": 1.0},
     "walker2d-medium-expert": {"rollout_length": 1, "reward_penalty": 2.0},
 }
@@ -107,7 +108,8 @@ class MOPOLoss(EDACLoss):
 #: MOPO as :func:`~torchrl_offline.trainers.algorithms.build_algorithm` builds it: SAC's
 #: ``TanhNormal`` actor and twin ``Q(s, a)`` critics (2x256 MLPs, Adam at 3e-4, automatic
 #: entropy temperature: the MBPO/MOPO code's SAC), the need "model rollouts" at the
-#: paper's settings (7 members, 5 elites, 4x200 model networks; every 1000 updates,
+#: reference code's settings (``examples/config/d4rl/base.py``: 7 members, 5 elites,
+#: 4x200 model networks; every 1000 updates,
 #: ``h = 5`` steps from 50,000 dataset states, 5 rollouts retained; 5% real data;
 #: ``lambda = 1``), per-task ``h`` and ``lambda``: :data:`MOPO_PRESETS`.
 MOPO_ALGORITHM = AlgorithmDeclaration(
