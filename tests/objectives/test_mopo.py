@@ -119,6 +119,8 @@ def test_declared_defaults_and_presets():
     assert d["model_hidden_sizes"] == (200, 200, 200, 200) and d["hidden_sizes"] == (256, 256)
     hopper = algorithm_defaults("mopo", "hopper-medium")
     assert (hopper["rollout_length"], hopper["reward_penalty"]) == (5, 5.0)
-    assert MOPO_PRESETS["halfcheetah-medium"] == {"rollout_length": 1, "reward_penalty": 1.0}
+    assert MOPO_PRESETS["halfcheetah-medium"] == {
+        "rollout_length": 1, "reward_penalty": 1.0, "model_termination": "halfcheetah"}  # fmt: skip
+    assert "model_termination" not in MOPO_PRESETS["walker2d-medium"]  # learned
     small = algorithm_defaults("mopo", "small")
     assert small["rollout_batch_size"] == 500 and small["model_max_updates"] == 500

@@ -30,27 +30,29 @@ from tensordict.nn import TensorDictModule
 
 from torchrl_offline.objectives.cql import CQL_ALGORITHM, CQLLoss
 from torchrl_offline.objectives.declaration import AlgorithmDeclaration, ModelRolloutSettings
-from torchrl_offline.objectives.mopo import MODEL_BASED_SMALL_PRESET
+from torchrl_offline.objectives.mopo import MODEL_BASED_SMALL_PRESET, with_known_termination
 
 __all__ = ["COMBO_ALGORITHM", "COMBO_PRESETS", "COMBOLoss"]
 
 #: COMBO's published conservative weight ``beta`` and rollout length ``h`` per D4RL
 #: Gym-MuJoCo dataset (the hyperparameter table of the paper's appendix; ``f = 0.5``
-#: throughout).
-COMBO_PRESETS: dict[str, dict[str, float | int]] = {
-    "halfcheetah-random": {"min_q_weight": 0.5, "rollout_length": 5},
-    "hopper-random": {"min_q_weight": 1.0, "rollout_length": 5},
-    "walker2d-random": {"min_q_weight": 1.0, "rollout_length": 1},
-    "halfcheetah-medium": {"min_q_weight": 0.5, "rollout_length": 5},
-    "hopper-medium": {"min_q_weight": 5.0, "rollout_length": 5},
-    "walker2d-medium": {"min_q_weight": 5.0, "rollout_length": 1},
-    "halfcheetah-medium-replay": {"min_q_weight": 0.5, "rollout_length": 5},
-    "hopper-medium-replay": {"min_q_weight": 0.5, "rollout_length": 5},
-    "walker2d-medium-replay": {"min_q_weight": 1.0, "rollout_length": 1},
-    "halfcheetah-medium-expert": {"min_q_weight": 5.0, "rollout_length": 5},
-    "hopper-medium-expert": {"min_q_weight": 5.0, "rollout_length": 5},
-    "walker2d-medium-expert": {"min_q_weight": 5.0, "rollout_length": 1},
-}
+#: throughout), with the known termination functions of Hopper and HalfCheetah.
+COMBO_PRESETS: dict[str, dict[str, Any]] = with_known_termination(
+    {
+        "halfcheetah-random": {"min_q_weight": 0.5, "rollout_length": 5},
+        "hopper-random": {"min_q_weight": 1.0, "rollout_length": 5},
+        "walker2d-random": {"min_q_weight": 1.0, "rollout_length": 1},
+        "halfcheetah-medium": {"min_q_weight": 0.5, "rollout_length": 5},
+        "hopper-medium": {"min_q_weight": 5.0, "rollout_length": 5},
+        "walker2d-medium": {"min_q_weight": 5.0, "rollout_length": 1},
+        "halfcheetah-medium-replay": {"min_q_weight": 0.5, "rollout_length": 5},
+        "hopper-medium-replay": {"min_q_weight": 0.5, "rollout_length": 5},
+        "walker2d-medium-replay": {"min_q_weight": 1.0, "rollout_length": 1},
+        "halfcheetah-medium-expert": {"min_q_weight": 5.0, "rollout_length": 5},
+        "hopper-medium-expert": {"min_q_weight": 5.0, "rollout_length": 5},
+        "walker2d-medium-expert": {"min_q_weight": 5.0, "rollout_length": 1},
+    }
+)
 
 
 class COMBOLoss(CQLLoss):

@@ -31,26 +31,55 @@ from torchrl_offline.objectives.declaration import (
 )
 from torchrl_offline.objectives.edac import _EDAC_COMMON, EDACLoss
 
-__all__ = ["MODEL_BASED_SMALL_PRESET", "MOPO_ALGORITHM", "MOPO_PRESETS", "MOPOLoss"]
+__all__ = [
+    "MODEL_BASED_SMALL_PRESET",
+    "MOPO_ALGORITHM",
+    "MOPO_PRESETS",
+    "MOPOLoss",
+    "with_known_termination",
+]
+
+
+def with_known_termination(presets: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``presets`` with ``model_termination`` set to the task's known termination
+    function (by name: ``"hopper"``, ``"halfcheetah"``, as the MOPO code's static
+    functions) where :mod:`torchrl_offline.models.termination` has one; the others
+    (Walker2d) learn it.
+
+    Examples:
+        >>> from torchrl_offline.objectives.mopo import with_known_termination
+        >>> with_known_termination({"hopper-medium": {"rollout_length": 5}})
+        {'hopper-medium': {'rollout_length': 5, 'model_termination': 'hopper'}}
+    """
+    known = ("hopper", "halfcheetah")
+    out = {}
+    for name, values in presets.items():
+        task = name.split("-")[0]
+        out[name] = {**values, "model_termination": task} if task in known else dict(values)
+    return out
+
 
 #: MOPO's published rollout length ``h`` and penalty weight ``lambda`` per D4RL
 #: Gym-MuJoCo (v0) dataset: the reference code's per-dataset configs
 #: (``examples/config/d4rl/<env>_<dataset>.py`` of github.com/tianheyu927/mopo,
-#: ``rollout_length`` and ``penalty_coeff``; its "mixed" is D4RL's medium-replay).
-MOPO_PRESETS: dict[str, dict[str, float | int]] = {
-    "halfcheetah-random": {"rollout_length": 5, "reward_penalty": 0.5},
-    "hopper-random": {"rollout_length": 5, "reward_penalty": 1.0},
-    "walker2d-random": {"rollout_length": 1, "reward_penalty": 1.0},
-    "halfcheetah-medium": {"rollout_length": 1, "reward_penalty": 1.0},
-    "hopper-medium": {"rollout_length": 5, "reward_penalty": 5.0},
-    "walker2d-medium": {"rollout_length": 5, "reward_penalty": 5.0},
-    "halfcheetah-medium-replay": {"rollout_length": 5, "reward_penalty": 1.0},
-    "hopper-medium-replay": {"rollout_length": 5, "reward_penalty": 1.0},
-    "walker2d-medium-replay": {"rollout_length": 1, "reward_penalty": 1.0},
-    "halfcheetah-medium-expert": {"rollout_length": 5, "reward_penalty": 5.0},
-    "hopper-medium-expert": {"rollout_length": 5, "reward_penalty": 1.0},
-    "walker2d-medium-expert": {"rollout_length": 1, "reward_penalty": 2.0},
-}
+#: ``rollout_length`` and ``penalty_coeff``; its "mixed" is D4RL's medium-replay), with
+#: the known termination functions of Hopper and HalfCheetah.
+MOPO_PRESETS: dict[str, dict[str, Any]] = with_known_termination(
+    {
+        "halfcheetah-random": {"rollout_length": 5, "reward_penalty": 0.5},
+        "hopper-random": {"rollout_length": 5, "reward_penalty": 1.0},
+        "walker2d-random": {"rollout_length": 1, "reward_penalty": 1.0},
+        "halfcheetah-medium": {"rollout_length": 1, "reward_penalty": 1.0},
+        "hopper-medium": {"rollout_length": 5, "reward_penalty": 5.0},
+        "walker2d-medium": {"rollout_length": 5, "reward_penalty": 5.0},
+        "halfcheetah-medium-replay": {"rollout_length": 5, "reward_penalty": 1.0},
+        "hopper-medium-replay": {"rollout_length": 5, "reward_penalty": 1.0},
+        "walker2d-medium-replay": {"rollout_length": 1, "reward_penalty": 1.0},
+        "halfcheetah-medium-expert": {"rollout_length": 5, "reward_penalty": 5.0},
+        "hopper-medium-expert": {"rollout_length": 5, "reward_penalty": 1.0},
+        "walker2d-medium-expert": {"rollout_length": 1, "reward_penalty": 2.0},
+    }
+)
 
 #: The ``"small"`` preset of the model-based algorithms, for short CPU runs and tests:
 #: 2x64 policy, critic and model networks, 3 model members (2 elites) fitted for at most
