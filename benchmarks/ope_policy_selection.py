@@ -12,8 +12,9 @@ A DOPE-style benchmark (Fu et al., ICLR 2021) of the estimators of
    behaviour-cloning checkpoints (``BCLoss``) and an IQL checkpoint (``IQLLoss``),
    both trained on the logged data;
 3. ground truth: the discounted return of many on-policy rollouts of every candidate;
-4. every estimator (IS, WIS, PDIS, WPDIS, FQE, DR and WDR with the fitted FQE) estimates
-   every candidate from the logged data alone; the script reports, per estimator, the
+4. every estimator (IS, WIS, PDIS, WPDIS, FQE, DR and WDR with the fitted FQE, and the
+   model-based estimator, whose dynamics ensemble is fitted once on the logged data and
+   serves every candidate) estimates every candidate from the logged data alone; the script reports, per estimator, the
    mean relative error, Spearman rank correlation and regret@1 / regret@3 (normalized
    by the range of the true values), and the fraction of candidates whose 95% interval
    covers the true value, as Markdown tables; FQE's interval is the bootstrap over
@@ -31,6 +32,9 @@ Usage::
     python benchmarks/ope_policy_selection.py --quick     # a smoke run of a minute
     python benchmarks/ope_policy_selection.py --json run.json   # keep the raw results
     python benchmarks/ope_policy_selection.py --report run.json # re-print their tables
+    # the model-based estimator alone, next to the other estimators of a saved run
+    python benchmarks/ope_policy_selection.py --reduced --estimators Model \
+        --merge benchmarks/results/ope_policy_selection_reduced.json --json run.json
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ from torchrl_offline.ope.importance import (
     WeightedImportanceSampling,
     WeightedPerDecisionImportanceSampling,
 )
+from torchrl_offline.ope.model_based import ModelBasedOPE
 from torchrl_offline.ope.policy import EvaluationPolicy
 from torchrl_offline.ope.result import OPEError, OPEResult, OPEWarning
 from torchrl_offline.ope.selection import rank_policies, relative_error, selection_metrics
@@ -214,13 +219,19 @@ def estimate_all(policy, buffer, args) -> dict:
         "policy_mode": "stochastic",
     }
     out = {}
+    wanted = args.estimators
     for name, cls in (
         ("IS", ImportanceSampling),
         ("WIS", WeightedImportanceSampling),
         ("PDIS", PerDecisionImportanceSampling),
         ("WPDIS", WeightedPerDecisionImportanceSampling),
     ):
-        out[name] = _estimate(cls(policy, **common), buffer)
+        if name in wanted:
+            out[name] = _estimate(cls(policy, **common), buffer)
+    if "Model" in wanted:
+        out["Model"] = _estimate(ModelBasedOPE(policy, model=args.model, **common), buffer)
+    if not {"FQE", "DR", "WDR"} & set(wanted):
+        return out
     fqe = FQE(
         policy,
         num_steps=args.fqe_steps,
@@ -242,7 +253,43 @@ def estimate_all(policy, buffer, args) -> dict:
     out["FQE"].diagnostics["initial_states_ci"] = [low, high]
     out["DR"] = _estimate(DoublyRobust(policy, fqe, **common), buffer)
     out["WDR"] = _estimate(WeightedDoublyRobust(policy, fqe, **common), buffer)
-    return out
+    return {name: out[name] for name in ESTIMATORS if name in out and name in wanted}
+
+
+#: The estimators of the benchmark, in the order of its tables.
+ESTIMATORS = ("IS", "WIS", "PDIS", "WPDIS", "FQE", "DR", "WDR", "Model")
+
+
+def fit_model(buffer, args):
+    """The dynamics ensemble of the model-based estimator, fitted once on the logged data
+    (Pendulum never terminates); ``(model, seconds, updates, holdout MSE)``."""
+    from torchrl_offline.models import fit_dynamics
+
+    fitted = fit_dynamics(
+        buffer,
+        hidden_sizes=tuple(args.model_hidden),
+        max_updates=args.model_updates,
+        termination_fn="pendulum",
+        seed=args.seed,
+    )
+    return fitted.model, fitted.seconds, fitted.updates, fitted.holdout_mse
+
+
+def merge_saved(path: Path, truth: dict, estimates: dict) -> dict:
+    """The estimates of a saved run for the estimators not run here, when its ground
+    truth is this run's (same seeds: same data, candidates and rollouts)."""
+    saved = json.loads(path.read_text())
+    for name, (value, _) in truth.items():
+        old = saved["truth"].get(name)
+        if old is None or not math.isclose(old[0], value, rel_tol=1e-6, abs_tol=1e-6):
+            raise SystemExit(f"--merge {path}: its true value of {name} differs ({old} vs {value})")
+    merged = {
+        est: {n: OPEResult(**r) if r else None for n, r in results.items()}
+        for est, results in saved["estimates"].items()
+        if est not in estimates
+    }
+    merged.update(estimates)
+    return {est: merged[est] for est in ESTIMATORS if est in merged}
 
 
 def _estimate(estimator, buffer) -> OPEResult | None:
@@ -353,15 +400,33 @@ def main() -> None:
         help="FQE with 2,000 updates of a 2x64 critic (the reduced run of docs/ope.md)",
     )
     parser.add_argument("--report", type=Path, default=None, help="re-print a saved --json run")
+    parser.add_argument(
+        "--estimators",
+        default=",".join(ESTIMATORS),
+        help=f"comma-separated, from {','.join(ESTIMATORS)} (default: all)",
+    )
+    parser.add_argument("--model-updates", type=int, default=5000, help="dynamics fit cap")
+    parser.add_argument("--model-hidden", type=int, nargs="+", default=[200, 200, 200, 200])
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        default=None,
+        help="report next to the other estimators of this saved --json run (same seeds)",
+    )
     args = parser.parse_args()
+    args.estimators = [e.strip() for e in args.estimators.split(",") if e.strip()]
+    if unknown := set(args.estimators) - set(ESTIMATORS):
+        parser.error(f"unknown estimators {sorted(unknown)}; choose from {', '.join(ESTIMATORS)}")
     if args.report is not None:
         report_from_json(args.report)
         return
     if args.reduced:
         args.fqe_steps, args.fqe_cells = 2000, 64
+        args.model_updates, args.model_hidden = 2000, [200, 200, 200]
     if args.quick:
         args.steps, args.truth_episodes, args.train_steps = 2000, 40, 100
         args.fqe_steps, args.n_bootstrap = 200, 200
+        args.model_updates, args.model_hidden = 100, [32, 32]
     torch.set_num_threads(args.threads)
     timings = {}
     with tempfile.TemporaryDirectory(prefix="ope_benchmark_") as tmp:
@@ -394,6 +459,12 @@ def main() -> None:
         truth_behaviour = true_value(behaviour, args.truth_episodes, args.gamma, seed=99_999)
         timings["ground truth"] = time.perf_counter() - t0
 
+        args.model = None
+        if "Model" in args.estimators:
+            args.model, seconds, updates, mse = fit_model(buffer, args)
+            timings["model fit"] = seconds
+            print(f"dynamics model: {updates} updates in {seconds:.0f} s, held-out MSE {mse:.4f}")
+
         t0 = time.perf_counter()
         per_policy = {}
         for name, pol in policies.items():
@@ -409,6 +480,9 @@ def main() -> None:
 
     estimators = list(next(iter(per_policy.values())))
     estimates = {est: {n: per_policy[n][est] for n in policies} for est in estimators}
+    if args.merge is not None:
+        estimates = merge_saved(args.merge, truth, estimates)
+        estimators = list(estimates)
     metrics = report(truth, truth_behaviour, estimates, args.steps, args.gamma)
     print()
     print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
@@ -416,7 +490,7 @@ def main() -> None:
         args.json.write_text(
             json.dumps(
                 {
-                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "args": {k: str(v) for k, v in vars(args).items() if k != "model"},
                     "truth": truth,
                     "behaviour_truth": truth_behaviour,
                     "estimates": {

@@ -3,7 +3,9 @@
 Subpackages:
     data: Minari datasets, users' logs and collected datasets into TorchRL replay buffers.
     objectives: offline RL loss modules (CQL, IQL, AWAC, TD3+BC, BC).
-    ope: off-policy evaluation (importance sampling, doubly robust, FQE).
+    ope: off-policy evaluation (importance sampling, doubly robust, FQE, model-based).
+    models: learned dynamics (a batched Gaussian ensemble, its fit, the model as a TorchRL
+        environment) for model-based offline RL and model-based OPE.
     trainers: offline training inside TorchRL's Trainer, checkpoints, fine-tuning.
     deploy: a trained policy's actions from arrays (``load_policy(run).predict(obs)``) and
         its export to ONNX, TorchScript or ``torch.export`` files.

@@ -40,3 +40,26 @@ def linear_transitions(n: int, *, seed: int = 0, noise: float = NOISE) -> Tensor
 @pytest.fixture
 def linear_data() -> TensorDict:
     return linear_transitions(2000)
+
+
+def tiny_model(
+    *, num_members: int = 3, num_elites: int = 2, hidden_sizes=(8,), n: int = 200, **kwargs
+):
+    """A seeded, untrained ensemble over the linear system's shapes, normalised on ``n``
+    of its transitions."""
+    from torchrl_offline.models import DynamicsEnsemble
+
+    torch.manual_seed(0)
+    model = DynamicsEnsemble(
+        2,
+        1,
+        num_members=num_members,
+        num_elites=num_elites,
+        hidden_sizes=hidden_sizes,
+        **kwargs,
+    )
+    data = linear_transitions(n)
+    model.set_normalization(
+        data["observation"], data["action"], data["next", "observation"], data["next", "reward"]
+    )
+    return model

@@ -12,17 +12,11 @@ from torch.nn import functional as F
 from torchrl_offline.models import DynamicsEnsemble, DynamicsLoss, ModelError
 from torchrl_offline.models.dynamics import soft_bound
 
-from .conftest import linear_transitions
+from .conftest import linear_transitions, tiny_model
 
 
 def _model(**kwargs) -> DynamicsEnsemble:
-    torch.manual_seed(0)
-    model = DynamicsEnsemble(2, 1, num_members=4, num_elites=2, hidden_sizes=(8, 8), **kwargs)
-    data = linear_transitions(64)
-    model.set_normalization(
-        data["observation"], data["action"], data["next", "observation"], data["next", "reward"]
-    )
-    return model
+    return tiny_model(num_members=4, hidden_sizes=(8, 8), n=64, **kwargs)
 
 
 def test_batched_forward_equals_a_loop_over_members_of_plain_linear_layers():
@@ -107,6 +101,9 @@ def test_sample_writes_the_contract_keys_and_uncertainty_from_the_elites():
 
 def test_sample_from_one_member_is_that_members_gaussian():
     model = _model()
+    model.elites.copy_(torch.tensor([0, 2]))
+    with pytest.raises(ModelError, match="members must be elites"):
+        model.sample(torch.randn(2, 2), torch.zeros(2, 1), members=torch.tensor(1))
     obs, act = torch.randn(4000, 2), torch.zeros(4000, 1)
     obs[:] = obs[:1]
     out = model.sample(
@@ -149,3 +146,18 @@ def test_state_dict_is_self_contained():
     obs, act = torch.randn(3, 2), torch.randn(3, 1)
     torch.testing.assert_close(clone(obs, act)[0], model(obs, act)[0])
     assert clone.termination_name == "hopper"
+
+
+def test_loss_keys_can_be_renamed_and_missing_keys_are_named():
+    model = _model()
+    data = linear_transitions(16)
+    loss = DynamicsLoss(model)
+    loss.set_keys(observation="obs")
+    assert "obs" in loss.in_keys
+    renamed = data.rename_key_("observation", "obs")
+    torch.testing.assert_close(
+        loss(renamed)["loss_dynamics"],
+        DynamicsLoss(model)(linear_transitions(16))["loss_dynamics"],
+    )
+    with pytest.raises(ModelError, match="'obs'"):
+        loss(linear_transitions(16))

@@ -18,19 +18,11 @@ from torchrl_offline.models import (
     ModelRangeWarning,
 )
 
-from .conftest import linear_transitions
+from .conftest import linear_transitions, tiny_model
 
 
 def _model(termination_fn=None) -> DynamicsEnsemble:
-    torch.manual_seed(0)
-    model = DynamicsEnsemble(
-        2, 1, num_members=3, num_elites=2, hidden_sizes=(8,), termination_fn=termination_fn
-    )
-    data = linear_transitions(200)
-    model.set_normalization(
-        data["observation"], data["action"], data["next", "observation"], data["next", "reward"]
-    )
-    return model
+    return tiny_model(termination_fn=termination_fn)
 
 
 def _policy() -> TensorDictModule:
@@ -138,3 +130,28 @@ def test_memory_mapped_start_states(tmp_path):
 def test_wrong_start_shape_is_refused():
     with pytest.raises(ModelError, match=r"\[N, 2\]"):
         LearnedModelEnv(_model(), torch.zeros(4, 3), batch_size=2)
+
+
+def test_states_a_hair_past_the_range_are_within_the_tolerance():
+    model = _model()
+    edge = model.observation_high + 0.05 * model.observation_std
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LearnedModelEnv(model, edge.unsqueeze(0), batch_size=1)  # 0.05 < 0.1 std
+    with pytest.warns(ModelRangeWarning):
+        LearnedModelEnv(model, edge.unsqueeze(0), batch_size=1, range_tolerance=0.0)
+
+
+def test_one_warning_for_out_of_range_starts_across_chunks():
+    model = _model()
+    starts = model.observation_mean.expand(10, 2).clone()
+    starts[3, 0] = model.observation_low[0] - 2 * model.observation_std[0]
+    starts[8, 1] = model.observation_high[1] + 4 * model.observation_std[1]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.check_range(starts, chunk_size=4)
+    assert len(caught) == 1
+    message = caught[0].message
+    assert (message.dimension, message.index) == (1, 3)
+    assert message.distance == pytest.approx(4.0, rel=1e-4)
+    assert str(message).startswith("2 of 10 start states")

@@ -144,3 +144,15 @@ def test_non_finite_observation_is_refused_with_its_index():
 def test_unknown_termination_name_lists_known_ones():
     with pytest.raises(ModelError, match="halfcheetah, hopper, pendulum"):
         fit_dynamics(linear_transitions(50), termination_fn="walker")
+
+
+def test_the_data_range_covers_every_observation_of_the_dataset(recwarn):
+    from torchrl_offline.models import LearnedModelEnv
+
+    data = linear_transitions(500)
+    fitted = fit_dynamics(data, num_members=2, num_elites=1, hidden_sizes=(4,), max_updates=2)
+    every = torch.cat([data["observation"], data["next", "observation"]])
+    torch.testing.assert_close(fitted.model.observation_low, every.amin(0))
+    torch.testing.assert_close(fitted.model.observation_high, every.amax(0))
+    # so the dataset's own states never count as outside the range
+    LearnedModelEnv(fitted.model, data, batch_size=2, range_check="raise")

@@ -29,8 +29,11 @@ ESTIMATORS: dict[str, tuple[str, str]] = {
     "wpdis": ("torchrl_offline.ope.importance", "WeightedPerDecisionImportanceSampling"),
     "dr": ("torchrl_offline.ope.doubly_robust", "DoublyRobust"),
     "wdr": ("torchrl_offline.ope.doubly_robust", "WeightedDoublyRobust"),
+    "model": ("torchrl_offline.ope.model_based", "ModelBasedOPE"),
 }
 _NEEDS_Q = ("dr", "wdr")
+#: Estimators that query the policy's actions, not its probability of the logged ones.
+_DIRECT = ("fqe", "model")
 #: The estimators run when --estimators is not given.
 DEFAULT_ESTIMATORS = ("fqe", "wis", "wpdis", "wdr")
 
@@ -73,6 +76,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="refit: bootstrap over refits (default); initial-states: bootstrap over the "
         "initial states of one fit, cheaper but blind to the critic's error (too narrow)",
     )
+    add_model_options(parser)
     parser.add_argument(
         "--behavior",
         choices=("logged", "estimate"),
@@ -119,7 +123,7 @@ def _weighted_estimators(
     actions (a point mass) does not have without --kernel-bandwidth."""
     if not (continuous and args.policy_mode == "greedy" and args.kernel_bandwidth is None):
         return names, None
-    weighted = [n for n in names if n != "fqe"]
+    weighted = [n for n in names if n not in _DIRECT]
     if not weighted:
         return names, None
     why = (
@@ -129,7 +133,7 @@ def _weighted_estimators(
     )
     if args.estimators is not None:
         raise UsageError(f"--estimators {','.join(weighted)}: {why}")
-    return [n for n in names if n == "fqe"], f"{', '.join(weighted)} not run: {why}"
+    return [n for n in names if n in _DIRECT], f"{', '.join(weighted)} not run: {why}"
 
 
 def _one_step_estimators(names: list[str], buffer: Any) -> tuple[list[str], str | None]:
@@ -186,6 +190,57 @@ def _fit_fqe(
     return fqe, result
 
 
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the model-based estimator (``--estimators model``)."""
+    parser.add_argument(
+        "--model-updates",
+        type=int,
+        default=5000,
+        help="model-based OPE: most gradient updates of the dynamics ensemble (default 5000)",
+    )
+    parser.add_argument(
+        "--model-hidden",
+        type=int,
+        nargs="+",
+        default=[200, 200, 200, 200],
+        metavar="N",
+        help="model-based OPE: hidden sizes of each member (default MOPO's 4x200)",
+    )
+    parser.add_argument(
+        "--model-termination",
+        metavar="TASK",
+        help="model-based OPE: a known termination function (pendulum, hopper, halfcheetah); "
+        "default: a classifier learned from ('next', 'terminated')",
+    )
+    parser.add_argument(
+        "--model-horizon",
+        type=int,
+        help="model-based OPE: rollout steps (default: the longest logged episode)",
+    )
+
+
+def _model_based(policy: Any, buffer: Any, args: argparse.Namespace) -> Any:
+    """The model-based estimate (a dynamics ensemble fitted on the data)."""
+    from torchrl_offline.models.errors import ModelError
+
+    estimator = _class("model")(
+        policy,
+        gamma=args.gamma,
+        horizon=args.model_horizon,
+        termination_fn=args.model_termination,
+        fit_kwargs={"max_updates": args.model_updates, "hidden_sizes": tuple(args.model_hidden)},
+        n_bootstrap=args.bootstrap,
+        confidence=args.confidence,
+        seed=args.seed,
+        policy_mode=args.policy_mode,
+        kernel_bandwidth=args.kernel_bandwidth,
+    )
+    try:
+        return estimator.estimate(buffer)
+    except ModelError as err:
+        raise UsageError(f"model: {err}") from None
+
+
 def _estimate_all(policy: Any, buffer: Any, names: list[str], args: argparse.Namespace):
     """``name -> OPEResult`` of each estimator, or the ``OPEError`` it raised (all raising:
     the first error is raised)."""
@@ -210,6 +265,9 @@ def _estimate_all(policy: Any, buffer: Any, names: list[str], args: argparse.Nam
             results["fqe"] = fqe_result
     for name in names:
         if name == "fqe":
+            continue
+        if name == "model":
+            results[name] = _model_based(policy, buffer, args)
             continue
         cls = _class(name)
         try:
@@ -314,7 +372,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--gamma must be in [0, 1], got {args.gamma}")
     if not 0.0 < args.confidence < 1.0:
         raise UsageError(f"--confidence must be in (0, 1), got {args.confidence}")
-    for option in ("bootstrap", "fqe_steps", "fqe_batch_size"):
+    for option in ("bootstrap", "fqe_steps", "fqe_batch_size", "model_updates"):
         if getattr(args, option) < 1:
             raise UsageError(f"--{option.replace('_', '-')} must be positive")
     if args.fqe_interval == "refit" and args.fqe_refits < 2:

@@ -6,7 +6,8 @@
 * :func:`fit_dynamics` (:mod:`.fit`): MBPO-style fitting with bootstraps, early stopping
   and elites;
 * termination functions of the benchmark tasks (:mod:`.termination`);
-* :class:`LearnedModelEnv` (:mod:`.env`): the model as a batched TorchRL environment.
+* :class:`LearnedModelEnv` (:mod:`.env`): the model as a batched TorchRL environment;
+* model quality (:mod:`.quality`): one-step error, calibration, open-loop error growth.
 
 ``data`` and ``objectives`` never import this package.
 """

@@ -70,9 +70,12 @@ class EnsembleLinear(nn.Module):
         nn.init.trunc_normal_(self.weight, std=std, a=-2 * std, b=2 * std)
         nn.init.zeros_(self.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``x`` ``[E, B, in]`` -> ``[E, B, out]``."""
-        return torch.baddbmm(self.bias, x, self.weight)
+    def forward(self, x: Tensor, members: Tensor | None = None) -> Tensor:
+        """``x`` ``[E, B, in]`` -> ``[E, B, out]``; with ``members`` (``[K]`` indices),
+        ``x`` is ``[K, B, in]`` and only those members are computed."""
+        if members is None:
+            return torch.baddbmm(self.bias, x, self.weight)
+        return torch.baddbmm(self.bias[members], x, self.weight[members])
 
     def extra_repr(self) -> str:
         return f"members={self.num_members}, in={self.in_features}, out={self.out_features}"
@@ -227,15 +230,25 @@ class DynamicsEnsemble(nn.Module):
         ):
             getattr(self, name).copy_(value.to(getattr(self, name)))
 
+    @torch.no_grad()
+    def set_observation_range(self, observation: Tensor) -> None:
+        """Sets the data's observation range (per-dimension min and max) from ``[N, dim]``
+        observations, e.g. every observation and next observation of a dataset."""
+        self.observation_low.copy_(observation.amin(0).to(self.observation_low))
+        self.observation_high.copy_(observation.amax(0).to(self.observation_high))
+
     # ------------------------------------------------------------------ forward
-    def normalized_forward(self, inputs: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    def normalized_forward(
+        self, inputs: Tensor, members: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """The networks on normalised inputs ``[E, B, in]``: normalised ``(mean,
         log_var)`` ``[E, B, out]`` (log-variance soft-bounded) and the termination logit
-        ``[E, B, 1]`` (``None`` without a learned classifier)."""
+        ``[E, B, 1]`` (``None`` without a learned classifier). With ``members`` (``[K]``
+        indices) only those members run, on ``[K, B, in]`` inputs."""
         x = inputs
         for layer in self.layers:
-            x = self.activation(layer(x))
-        out = self.head(x)
+            x = self.activation(layer(x, members))
+        out = self.head(x, members)
         d = self.output_dim
         mean, log_var = out[..., :d], out[..., d : 2 * d]
         log_var = soft_bound(log_var, self.max_log_var, self.min_log_var)
@@ -253,13 +266,16 @@ class DynamicsEnsemble(nn.Module):
         targets = torch.cat([next_observation - observation, reward], -1)
         return (targets - self.target_mean) / self.target_std
 
-    def _predict(self, observation: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _predict(
+        self, observation: Tensor, action: Tensor, members: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         batch = observation.shape[:-1]
+        count = self.num_members if members is None else members.numel()
         x = self.normalize_inputs(observation, action).reshape(1, -1, self.input_mean.numel())
-        mean, log_var, logit = self.normalized_forward(x.expand(self.num_members, -1, -1))
+        mean, log_var, logit = self.normalized_forward(x.expand(count, -1, -1), members)
         mean = mean * self.target_std + self.target_mean
         log_var = log_var + 2.0 * self.target_std.log()
-        shape = (self.num_members, *batch, -1)
+        shape = (count, *batch, -1)
         logit = None if logit is None else logit.reshape(shape)
         return mean.reshape(shape), log_var.reshape(shape), logit
 
@@ -294,8 +310,8 @@ class DynamicsEnsemble(nn.Module):
 
         Keyword Args:
             generator: the draws' generator (member choice and Gaussian noise).
-            members: ``[*batch]`` member index of each row instead of a random elite
-                (e.g. one member's own rollout).
+            members: ``[*batch]`` (or one) elite member index of each row instead of a
+                random elite (e.g. one member's own rollout).
 
         Returns:
             A TensorDict with batch ``batch``: ``("next", "observation")``,
@@ -308,30 +324,35 @@ class DynamicsEnsemble(nn.Module):
         obs = observation.reshape(-1, self.observation_dim)
         act = action.reshape(-1, self.action_dim)
         n = obs.shape[0]
-        mean, log_var, logit = self._predict(obs, act)
+        # only the elites run; `slot` is each row's position among them
+        mean, log_var, logit = self._predict(obs, act, self.elites)
         std = (0.5 * log_var).exp()
-        elite_mean, elite_std = mean[self.elites], std[self.elites]
         rows = torch.arange(n, device=obs.device)
         if members is None:
-            draw = torch.randint(self.num_elites, (n,), generator=generator, device=obs.device)
-            members = self.elites[draw]
+            slot = torch.randint(self.num_elites, (n,), generator=generator, device=obs.device)
         else:
             members = members.reshape(-1).to(obs.device).expand(n)
+            match = members[:, None] == self.elites[None, :]
+            if not bool(match.any(-1).all()):
+                raise ModelError(
+                    f"members must be elites ({self.elites.tolist()})", field="members"
+                )
+            slot = match.float().argmax(-1)
         noise = torch.randn(
             (n, self.output_dim), generator=generator, device=obs.device, dtype=obs.dtype
         )
-        pred = mean[members, rows] + std[members, rows] * noise
+        pred = mean[slot, rows] + std[slot, rows] * noise
         next_obs = obs + pred[:, : self.observation_dim]
         reward = pred[:, self.observation_dim :]
         if self.termination_fn is not None:
             terminated = self.termination_fn(obs, act, next_obs).reshape(n, 1).bool()
         elif logit is not None:
-            terminated = logit[members, rows] > 0
+            terminated = logit[slot, rows] > 0
         else:
             terminated = torch.zeros(n, 1, dtype=torch.bool, device=obs.device)
-        uncertainty = elite_std.norm(dim=-1).amax(0).unsqueeze(-1)
+        uncertainty = std.norm(dim=-1).amax(0).unsqueeze(-1)
         if self.num_elites > 1:
-            disagreement = elite_mean.std(0, unbiased=False).norm(dim=-1).unsqueeze(-1)
+            disagreement = mean.std(0, unbiased=False).norm(dim=-1).unsqueeze(-1)
         else:
             disagreement = torch.zeros_like(uncertainty)
         return TensorDict(
@@ -361,11 +382,15 @@ class DynamicsEnsemble(nn.Module):
         tolerance: float = 0.0,
         errors: str = "warn",
         what: str = "start states",
+        chunk_size: int = 65536,
     ) -> Tensor:
         """Says when states lie outside the data's range; returns the ``[*batch]`` mask.
 
+        One warning (or error) for all rows, read ``chunk_size`` rows at a time.
+
         Args:
-            observation: ``[*batch, observation_dim]`` raw observations.
+            observation: ``[*batch, observation_dim]`` raw observations (memory-mapped
+                ones are read by chunks).
             tolerance: allowed distance beyond the range, in standard deviations.
             errors: ``"warn"`` (a :class:`ModelRangeWarning`), ``"raise"`` (a
                 :class:`ModelError`) or ``"ignore"``.
@@ -385,11 +410,17 @@ class DynamicsEnsemble(nn.Module):
         """
         if errors not in ("warn", "raise", "ignore"):
             raise ValueError(f"errors must be 'warn', 'raise' or 'ignore', got {errors!r}")
-        excess = self.range_excess(observation).reshape(-1, self.observation_dim)
-        outside = excess.amax(-1) > tolerance
+        flat = observation.reshape(-1, self.observation_dim)
+        row_excess, dim_excess = [], torch.zeros_like(self.observation_std)
+        for start in range(0, flat.shape[0], chunk_size):  # memory-mapped data: by chunks
+            chunk = torch.as_tensor(flat[start : start + chunk_size]).to(self.observation_std)
+            excess = self.range_excess(chunk)
+            row_excess.append(excess.amax(-1))
+            dim_excess = torch.maximum(dim_excess, excess.amax(0))
+        outside = torch.cat(row_excess) > tolerance
         if errors != "ignore" and bool(outside.any()):
-            worst = int(excess.amax(0).argmax())
-            distance = float(excess[:, worst].max())
+            worst = int(dim_excess.argmax())
+            distance = float(dim_excess[worst])
             index = int(outside.nonzero()[0, 0])
             message = (
                 f"{int(outside.sum())} of {outside.numel()} {what} lie outside the data's range "

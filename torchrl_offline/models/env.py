@@ -19,7 +19,7 @@ from torch import Tensor
 from torchrl.data import Bounded, Categorical, Composite, ReplayBuffer, Unbounded
 from torchrl.envs import EnvBase
 
-from torchrl_offline.data.stats import iter_chunks, stored_transitions
+from torchrl_offline.data.stats import stored_transitions
 from torchrl_offline.models.dynamics import DynamicsEnsemble
 from torchrl_offline.models.errors import ModelError
 
@@ -62,10 +62,14 @@ class LearnedModelEnv(EnvBase):
             :class:`~torchrl_offline.models.errors.ModelRangeWarning` naming the
             dimension and the distance in standard deviations), ``"raise"`` or
             ``"ignore"``.
+        range_tolerance: how far beyond the data's range, in standard deviations, a
+            state may lie before it counts as outside (start states and
+            ``out_of_range_steps``). Defaults to ``0.1``.
 
     Attributes:
         model_steps: rows stepped so far.
-        out_of_range_steps: rows stepped whose next observation left the data's range.
+        out_of_range_steps: rows stepped whose next observation left the data's range
+            (by more than ``range_tolerance``).
 
     Examples:
         >>> import torch
@@ -92,6 +96,7 @@ class LearnedModelEnv(EnvBase):
         max_steps: int | None = None,
         seed: int | None = 0,
         range_check: Literal["warn", "raise", "ignore"] = "warn",
+        range_tolerance: float = 0.1,
     ) -> None:
         if penalty not in PENALTIES:
             raise ValueError(f"penalty must be one of {PENALTIES}, got {penalty!r}")
@@ -109,6 +114,7 @@ class LearnedModelEnv(EnvBase):
             )
         if self.starts.shape[0] == 0:
             raise ModelError("no start observations", field="observation")
+        self.range_tolerance = float(range_tolerance)
         self._check_starts(range_check)
         self.reward_penalty = float(reward_penalty)
         self.penalty = penalty
@@ -146,9 +152,12 @@ class LearnedModelEnv(EnvBase):
         if range_check == "ignore":
             return
         with torch.no_grad():
-            for _, chunk in iter_chunks(self.starts):
-                chunk = torch.as_tensor(chunk, device=self.model.elites.device).float()
-                self.model.check_range(chunk, errors=range_check, what="start observations")
+            self.model.check_range(
+                self.starts,
+                tolerance=self.range_tolerance,
+                errors=range_check,
+                what="start observations",
+            )
 
     @property
     def out_of_range_fraction(self) -> float:
@@ -207,7 +216,7 @@ class LearnedModelEnv(EnvBase):
         else:
             truncated = torch.zeros_like(terminated)
         with torch.no_grad():
-            outside = self.model.range_excess(next_obs).amax(-1) > 0
+            outside = self.model.range_excess(next_obs).amax(-1) > self.range_tolerance
         self.model_steps += outside.numel()
         self.out_of_range_steps += int(outside.sum())
         return TensorDict(

@@ -148,7 +148,9 @@ def fit_dynamics(
         device: where to fit (default: the data's).
 
     Returns:
-        A :class:`FittedDynamics`.
+        A :class:`FittedDynamics`. The normalisers come from the training split; the
+        model's observation range (:meth:`DynamicsEnsemble.range_excess`) from every
+        observation and next observation of ``dataset``.
 
     Raises:
         ModelError: data the model cannot learn from (see :func:`check_model_data`).
@@ -208,6 +210,8 @@ def fit_dynamics(
         train.get(("next", "observation")),
         train.get(("next", "reward")),
     )
+    # the range of the data, held-out rows and last states of episodes included
+    model.set_observation_range(torch.cat([td.get("observation"), td.get(("next", "observation"))]))
     loss = DynamicsLoss(model, weight_decay=weight_decay is not False)
     optim = torch.optim.Adam(model.parameters(), lr=lr)
     n_train = train.shape[0]

@@ -26,6 +26,7 @@ from torchrl_offline.ope.importance import (
     WeightedPerDecisionImportanceSampling,
     one_step_estimators,
 )
+from torchrl_offline.ope.model_based import ModelBasedOPE
 from torchrl_offline.ope.policy import EvaluationPolicy, as_evaluation_policy
 from torchrl_offline.ope.result import OPEError, OPEResult, OPEWarning
 from torchrl_offline.ope.selection import (
@@ -48,6 +49,7 @@ __all__ = [
     "EvaluationPolicy",
     "FQELoss",
     "ImportanceSampling",
+    "ModelBasedOPE",
     "OPEError",
     "OPEHook",
     "OPEResult",
