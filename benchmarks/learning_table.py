@@ -81,6 +81,8 @@ ALGOS = (
     "bear",
     "awr",
     "cal_ql",
+    "mopo",
+    "combo",
     "torchrl_cql",
     "torchrl_iql",
     "torchrl_td3_bc",
@@ -101,6 +103,8 @@ CONTINUOUS_ONLY = (
     "sac_n",
     "bear",
     "cal_ql",
+    "mopo",
+    "combo",
     "d3rlpy_rebrac",
     "d3rlpy_bear",
     "d3rlpy_cal_ql",
@@ -109,6 +113,11 @@ CONTINUOUS_ONLY = (
 #: too, so that ours and TorchRL's losses train the same networks (``actor=tanh_normal``
 #: is the actor of TorchRL's offline examples for IQL and AWAC).
 NETWORK_SETTINGS = ("actor",)
+#: The model-based rows' (MOPO, COMBO) dynamics-fit cap: their ensemble (7 members, 5
+#: elites, the table's network sizes) fits until early stopping or this many updates,
+#: whichever comes first; the fit's cost is recorded apart from the policy's (``"model"``
+#: in each record).
+MODEL_FIT_MAX_UPDATES = 5_000
 
 
 def _load_module(name: str):
@@ -389,8 +398,12 @@ def network_sizes(algo: str, act_spec, hidden: tuple[int, ...]) -> dict[str, Any
     if decl.discrete_variant is not None and is_discrete(act_spec):
         decl = declaration(decl.discrete_variant)
     sizes: dict[str, Any] = {"hidden_sizes": hidden}
-    if "vae_hidden_sizes" in algorithm_defaults(decl.name):
-        sizes["vae_hidden_sizes"] = hidden
+    defaults = algorithm_defaults(decl.name)
+    for key in ("vae_hidden_sizes", "model_hidden_sizes"):
+        if key in defaults:
+            sizes[key] = hidden
+    if "model_max_updates" in defaults:
+        sizes["model_max_updates"] = MODEL_FIT_MAX_UPDATES
     return sizes
 
 
@@ -413,6 +426,7 @@ def run_one(
     info = dataset_info(task, level, root)
     torch.manual_seed(seed)  # the networks' initial weights
     algorithm = build(algo, dataset, budget)
+    probe = _TrainerProbe()
     t0 = time.perf_counter()
     result = train(
         algorithm,
@@ -425,6 +439,7 @@ def run_one(
         eval_episodes=budget.episodes,
         logger=None,
         progress=False,
+        hooks=[probe],
     )
     seconds = time.perf_counter() - t0
     curve = [[e["step"], e["normalized_score"], e["return_mean"]] for e in result.evaluations]
@@ -443,6 +458,38 @@ def run_one(
         "behavior_score": info["behavior_score"],
         "seconds": round(seconds, 1),
         "torch_threads": torch.get_num_threads(),
+        **model_costs(probe.trainer, algorithm),
+    }
+
+
+class _TrainerProbe:
+    """A hook that keeps the trainer it is registered with (to read its source after)."""
+
+    trainer: Any = None
+
+    def register(self, trainer: Any) -> None:
+        self.trainer = trainer
+
+
+def model_costs(trainer: Any, algorithm) -> dict[str, Any]:
+    """``{"model": {...}}`` for a model-based row: the dynamics fit (seconds, updates,
+    epochs, held-out MSE), the rollout phases (count, seconds) and the model settings;
+    ``{}`` for the other rows."""
+    from torchrl_offline.trainers.model_rollouts import ModelRolloutSource
+
+    source = getattr(trainer, "collector", None)
+    if not isinstance(source, ModelRolloutSource):
+        return {}
+    hp = algorithm.hyperparameters
+    settings = {k: hp[k] for k in hp if k.startswith(("model_", "rollout_"))}
+    settings.update(real_ratio=hp["real_ratio"], reward_penalty=hp["reward_penalty"])
+    return {
+        "model": {
+            "fit": dict(source.fit_info),
+            "rollouts": len(source.rollouts),
+            "rollout_seconds": round(sum(r["seconds"] for r in source.rollouts), 1),
+            "settings": settings,
+        }
     }
 
 

@@ -139,6 +139,14 @@ PASSES: dict[str, list[tuple[str, float, str | None]]] = {
     # target Q head at s'
     "discrete_bcq": [("q_disc", 2, "params"), ("q_disc", 2, None), ("q_disc", 1, None)],
     "sac_n": _SAC_N,
+    # MOPO's policy update: SAC-N at N = 2 (SAC's twin critics), on a mixed batch
+    "mopo": [
+        ("pi", 1, "params"),
+        ("pi", 1, None),
+        ("q", 2, None),
+        ("q", 2, "input"),
+        ("q", 2, "params"),
+    ],
     # EDAC adds each critic's action gradient at the data actions (kept in the graph) and
     # the backward through it: about one more forward and parameter backward of the critics
     "edac": [*_SAC_N, ("q", 10, "params")],

@@ -193,3 +193,26 @@ def test_torchrl_discrete(name: str) -> None:
                    progress=False)  # fmt: skip
     assert result.step == 3
     assert any(not torch.equal(a, b) for a, b in zip(before, algo.loss.parameters(), strict=True))
+
+
+def test_model_based_rows_record_the_model_s_cost(root: Path, tmp_path: Path, monkeypatch) -> None:
+    """MOPO's and COMBO's rows train at the table's budget and network sizes (the
+    dynamics ensemble's too) and record the model's fit and rollouts apart."""
+    monkeypatch.setattr(lt, "MODEL_FIT_MAX_UPDATES", 30)
+    out = tmp_path / "runs.jsonl"
+    runs = lt.plan(["pendulum"], ["random"], ["mopo", "combo"], [0])
+    budget = lt.Budget(steps=6, eval_every=3, episodes=1, batch_size=16, hidden=(8,),
+                       overrides=(("rollout_batch_size", 64),))  # fmt: skip
+    new = lt.run_table(runs, budget, out=out, root=root)
+    assert [r["algo"] for r in new] == ["mopo", "combo"]
+    for rec in new:
+        model = rec["model"]
+        assert model["settings"]["model_hidden_sizes"] == [8]
+        assert model["settings"]["model_max_updates"] == 30
+        assert model["settings"]["rollout_batch_size"] == 64
+        assert 0 < model["fit"]["updates"] <= 30 and model["fit"]["seconds"] > 0
+        assert model["rollouts"] == 1 and model["rollout_seconds"] >= 0
+    assert new[0]["model"]["settings"]["real_ratio"] == 0.05
+    assert new[1]["model"]["settings"]["real_ratio"] == 0.5
+    assert "model" not in lt.run_table(lt.plan(["pendulum"], ["random"], ["bc"], [0]), BUDGET,
+                                       out=out, root=root)[0]  # fmt: skip

@@ -49,6 +49,7 @@ def _batch(discrete: bool) -> TensorDict:
             "mc_return": torch.randn(BATCH, 1, generator=g),  # the derived entries
             "mc_tail_discount": torch.full((BATCH, 1), 0.5),
             "mc_tail_observation": torch.randn(BATCH, OBS, generator=g),
+            "model_data": torch.arange(BATCH) % 2 == 1,  # the model-rollout trainers' marks
             "next": {
                 "action": action.flip(0),
                 "observation": torch.randn(BATCH, OBS, generator=g),
@@ -165,6 +166,8 @@ CASES = {
     ),
     "edac": ({**ENSEMBLE, "num_qvalue_nets": 3}, False),
     "sac_n": ({**ENSEMBLE, "num_qvalue_nets": 3}, False),
+    "mopo": (ENSEMBLE, False),
+    "combo": ({**ENSEMBLE, "num_random": 2}, False),
     "discrete_cql": (
         {
             "value_network": QValueModelConfig(

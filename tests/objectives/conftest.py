@@ -273,3 +273,13 @@ def run_trainer():
     """``run_trainer(loss, optimizer, target_updater, data, iterations=2, optim_steps=3,
     batch_size=32, loss_components=None) -> Trainer``: trains inside ``torchrl.trainers.Trainer``."""
     return train_with_trainer
+
+
+def assert_gradient_routing(out, groups: dict, touches: dict) -> None:
+    """Each loss term ``touches[term]`` reaches exactly the parameter groups it names:
+    a nonzero gradient in those of ``groups`` (name -> parameters), none in the others."""
+    for key, allowed in touches.items():
+        for name, params in groups.items():
+            grads = torch.autograd.grad(out[key], params, retain_graph=True, allow_unused=True)
+            nonzero = any(g is not None and g.abs().sum() > 0 for g in grads)
+            assert nonzero == (name in allowed), (key, name)

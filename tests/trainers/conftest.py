@@ -29,10 +29,13 @@ def make_dataset(
     n_actions: int = N_ACTIONS,
     action_bound: float = 2.0,
     one_step: bool = False,
+    model_marks: bool = False,
 ) -> OfflineReplayBuffer:
     """Random transitions with Pendulum's spaces (or an ``n_actions`` discrete space);
     ``one_step``: a log of one-step decisions (every step terminal) with the uniform
-    logging policy's ``action_log_prob``."""
+    logging policy's ``action_log_prob``; ``model_marks`` adds the ``"model_data"`` entry
+    the model-rollout trainers write (every other row marked), for a model-based loss
+    trained without them."""
     g = torch.Generator().manual_seed(seed)
     if discrete:
         action = torch.randint(n_actions, (n,), generator=g)
@@ -57,6 +60,8 @@ def make_dataset(
         },
         batch_size=[n],
     )
+    if model_marks:
+        td["model_data"] = torch.arange(n) % 2 == 1
     metadata = {
         "observation_space": serialize_space(
             gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)

@@ -30,6 +30,11 @@ OBS = Unbounded(shape=(3,))
 BOX = Bounded(-2.0, 2.0, (1,))
 
 
+def _model_based(name: str) -> bool:
+    """Whether algorithm ``name`` trains on model rollouts (its batches mark the model rows)."""
+    return declaration(name).model_rollouts is not None
+
+
 def test_every_builtin_loss_has_an_algorithm():
     for name in registry.BUILTIN_ALGORITHMS:
         assert name in ALGORITHMS and name in algorithm_names()
@@ -69,7 +74,9 @@ def test_declarations_do_not_restate_the_loss_defaults():
 def test_each_algorithm_trains_through_the_trainer(name):
     torch.manual_seed(0)
     discrete = declaration(name).action == "discrete"
-    data = make_dataset(discrete=discrete, one_step=name == "bandit_ips")
+    data = make_dataset(
+        discrete=discrete, one_step=name == "bandit_ips", model_marks=_model_based(name)
+    )
     obs_spec, act_spec = specs_from_dataset(data)
     algo = build_algorithm(name, obs_spec, act_spec, hidden_sizes=(16,))
     assert algo.name == name
@@ -110,7 +117,9 @@ def test_check_inputs_false_removes_the_per_update_host_read(name, monkeypatch):
 
     torch.manual_seed(0)
     discrete = declaration(name).action == "discrete"
-    data = make_dataset(discrete=discrete, one_step=name == "bandit_ips")
+    data = make_dataset(
+        discrete=discrete, one_step=name == "bandit_ips", model_marks=_model_based(name)
+    )
     obs_spec, act_spec = specs_from_dataset(data)
     checked = build_algorithm(name, obs_spec, act_spec, hidden_sizes=(8,))
     batch = with_derived_keys(data, checked.derived_keys, gamma=0.99).sample().clone()
@@ -301,13 +310,18 @@ def test_a_default_preset_applies_unless_another_is_named(monkeypatch):
 @pytest.mark.parametrize("name", registry.BUILTIN_ALGORITHMS)
 def test_every_algorithm_has_a_small_preset_of_2x64_networks(name):
     """``preset="small"``: every network (``*hidden_sizes``) at 2x64, for CPU runs; the
-    other settings are the algorithm's defaults (its default preset's included)."""
+    other settings are the algorithm's defaults (its default preset's included), but for
+    a model-based algorithm's model and rollout schedule, which are scaled down too
+    (``MODEL_BASED_SMALL_PRESET``)."""
+    from torchrl_offline.objectives.mopo import MODEL_BASED_SMALL_PRESET
+
     decl = declaration(name)
     act = Categorical(3) if decl.action == "discrete" else BOX
     algo = build_algorithm(name, OBS, act, preset="small")
     sizes = {k: v for k, v in algo.hyperparameters.items() if k.endswith("hidden_sizes")}
     assert sizes and set(map(tuple, sizes.values())) == {(64, 64)}
-    others = {k: v for k, v in algorithm_defaults(name).items() if k not in sizes}
+    scaled = set(MODEL_BASED_SMALL_PRESET) if _model_based(name) else set()
+    others = {k: v for k, v in algorithm_defaults(name).items() if k not in {*sizes, *scaled}}
     assert {k: algorithm_defaults(name, "small")[k] for k in others} == others
     widths = {p.shape[-2] for p in algo.loss.parameters() if p.ndim >= 2}  # weights' outputs
     assert max(widths) == 64, widths  # no layer wider

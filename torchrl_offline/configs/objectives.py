@@ -54,6 +54,7 @@ __all__ = [
     "OfflineBCQLossConfig",
     "OfflineBEARLossConfig",
     "OfflineBanditIPSLossConfig",
+    "OfflineCOMBOLossConfig",
     "OfflineCQLLossConfig",
     "OfflineCalQLLossConfig",
     "OfflineDiscreteAWACLossConfig",
@@ -64,6 +65,7 @@ __all__ = [
     "OfflineDiscreteIQLLossConfig",
     "OfflineEDACLossConfig",
     "OfflineIQLLossConfig",
+    "OfflineMOPOLossConfig",
     "OfflineReBRACLossConfig",
     "OfflineSACNLossConfig",
     "OfflineTD3BCLossConfig",
@@ -100,6 +102,8 @@ def _class_name(name: str) -> str:
         "bcq": "BCQ",
         "bear": "BEAR",
         "edac": "EDAC",
+        "mopo": "MOPO",
+        "combo": "COMBO",
         "sac": "SAC",
         "n": "N",
     }
@@ -196,3 +200,5 @@ OfflineDiscreteBCQLossConfig = LOSS_CONFIGS["discrete_bcq"]
 OfflineEDACLossConfig = LOSS_CONFIGS["edac"]
 OfflineSACNLossConfig = LOSS_CONFIGS["sac_n"]
 OfflineReBRACLossConfig = LOSS_CONFIGS["rebrac"]
+OfflineMOPOLossConfig = LOSS_CONFIGS["mopo"]
+OfflineCOMBOLossConfig = LOSS_CONFIGS["combo"]

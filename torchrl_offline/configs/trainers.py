@@ -78,6 +78,14 @@ class OfflineTrainerConfig(TrainerConfig):
     ``register(trainer)``) are registered after the evaluation hook, so
     ``EarlyStopping`` can monitor ``eval/return_mean``.
 
+    A loss whose algorithm declares the need "model rollouts" (MOPO, COMBO) is trained
+    as :func:`~torchrl_offline.trainers.offline.train` trains it
+    (:mod:`~torchrl_offline.trainers.model_rollouts`: the dynamics model fitted on the
+    replay buffer, the loss's actor rolled out in it, mixed batches of ``batch_size``);
+    ``model_rollouts`` is a mapping of its settings
+    (:class:`~torchrl_offline.objectives.declaration.ModelRolloutSettings` fields, e.g.
+    ``{rollout_length: 1, real_ratio: 0.5}``) over the algorithm's declared ones.
+
     Networks are built when the loss is instantiated, before the trainer seeds the
     generators: seed torch first (``torch.manual_seed(cfg.seed)``) for a reproducible
     run.
@@ -109,6 +117,7 @@ class OfflineTrainerConfig(TrainerConfig):
     keep_checkpoints: int = 2
     resume: bool = False
     hooks: list[Any] | None = None
+    model_rollouts: Any = None
     _target_: str = "torchrl_offline.configs.trainers._make_offline_trainer"
 
     def __post_init__(self) -> None:
@@ -197,6 +206,7 @@ def _make_offline_trainer(
     keep_checkpoints: int,
     resume: bool,
     hooks: Sequence[Any] | None,
+    model_rollouts: Any = None,
 ) -> OfflineTrainer:
     loss_module = _call_partial(loss_module, "loss_module", LossModule)
     if optimizer is None:
@@ -239,6 +249,7 @@ def _make_offline_trainer(
         target_update_delay=int(target_update_delay),
         **extra,
     )
+    _add_model_rollouts(trainer, replay_buffer, batch_size, seed, plain(model_rollouts))
     if eval_env:
         _add_evaluation(
             trainer,
@@ -272,6 +283,51 @@ def _make_offline_trainer(
     elif resume:
         raise ConfigError("trainer.resume needs trainer.checkpoint_dir")
     return trainer
+
+
+def _add_model_rollouts(
+    trainer: OfflineTrainer,
+    replay_buffer: Any,
+    batch_size: int | None,
+    seed: int | None,
+    settings: Any,
+) -> None:
+    """Mixed dataset and model batches for a loss whose algorithm declares the need
+    "model rollouts" (``settings`` over the declared ones)."""
+    from torchrl_offline.trainers.algorithms import algorithm_of, declaration, specs_from_dataset
+    from torchrl_offline.trainers.model_rollouts import attach_model_rollouts
+
+    loss_module = trainer.loss_module
+    name = algorithm_of(loss_module)
+    declared = None if name is None else declaration(name).model_rollouts
+    if declared is None:
+        if settings:
+            raise ConfigError(
+                f"trainer.model_rollouts: {type(loss_module).__name__} does not train on "
+                "model rollouts"
+            )
+        return
+    hp = declared.hyperparameters()
+    settings = dict(settings or {})
+    unknown = sorted(set(settings) - set(hp))
+    if unknown:
+        raise ConfigError(
+            f"trainer.model_rollouts: unknown setting {unknown[0]!r}; valid: {', '.join(hp)}"
+        )
+    obs_spec, act_spec = specs_from_dataset(replay_buffer)
+    size = batch_size if batch_size is not None else getattr(replay_buffer, "batch_size", None)
+    if size is None:
+        raise ConfigError(f"trainer.batch_size is needed to mix {name}'s batches")
+    attach_model_rollouts(
+        trainer,
+        _policy_of(loss_module),
+        replay_buffer,
+        settings={**hp, **settings},
+        observation_dim=int(obs_spec.shape[-1]),
+        action_dim=int(act_spec.shape[-1]),
+        batch_size=int(size),
+        seed=0 if seed is None else int(seed),
+    )
 
 
 def _policy_of(loss_module: LossModule) -> Any:

@@ -15,6 +15,7 @@ from torchrl_offline.objectives.bcq import BCQLoss
 from torchrl_offline.objectives.bear import BEARLoss
 from torchrl_offline.objectives.behavior_vae import BehaviorVAE, make_behavior_vae
 from torchrl_offline.objectives.cal_ql import CAL_QL_PRESETS, CalQLLoss
+from torchrl_offline.objectives.combo import COMBO_PRESETS, COMBOLoss
 from torchrl_offline.objectives.common import OfflineLossError
 from torchrl_offline.objectives.cql import CQL_PRESETS, CQLLoss
 from torchrl_offline.objectives.declaration import AlgorithmDeclaration, ParamGroup
@@ -26,6 +27,7 @@ from torchrl_offline.objectives.gaussian_actor import (
     make_tanh_mean_gaussian_actor,
 )
 from torchrl_offline.objectives.iql import IQL_PRESETS, DiscreteIQLLoss, IQLLoss
+from torchrl_offline.objectives.mopo import MOPO_PRESETS, MOPOLoss
 from torchrl_offline.objectives.networks import NetworkFactory
 from torchrl_offline.objectives.rebrac import REBRAC_PRESETS, ReBRACLoss
 from torchrl_offline.objectives.target_update import FusedSoftUpdate
@@ -33,8 +35,10 @@ from torchrl_offline.objectives.td3_bc import TD3BCLoss
 
 __all__ = [
     "CAL_QL_PRESETS",
+    "COMBO_PRESETS",
     "CQL_PRESETS",
     "IQL_PRESETS",
+    "MOPO_PRESETS",
     "REBRAC_PRESETS",
     "AWACLoss",
     "AWRLoss",
@@ -45,6 +49,7 @@ __all__ = [
     "BEARLoss",
     "BanditIPSLoss",
     "BehaviorVAE",
+    "COMBOLoss",
     "CQLLoss",
     "CalQLLoss",
     "DiscreteAWACLoss",
@@ -56,6 +61,7 @@ __all__ = [
     "EDACLoss",
     "FusedSoftUpdate",
     "IQLLoss",
+    "MOPOLoss",
     "NetworkFactory",
     "OfflineLossError",
     "ParamGroup",

@@ -78,6 +78,7 @@ CQL_PRESETS: dict[str, dict[str, float | bool]] = {
 _CQL_VARIANTS = ("H", "rho")
 _BACKUP_ACTIONS = ("sample", "mean")
 _SCALAR_MODES = (None, "exclude", "non_tensor")
+_CONSERVATIVE_STATES = ("all", "model")
 
 
 class CQLLoss(EntropyTemperature, ActorCriticLoss):
@@ -169,6 +170,12 @@ class CQLLoss(EntropyTemperature, ActorCriticLoss):
             ``entropy``, ``"non_tensor"`` stores them as non-tensor scalars.
         cql_variant (str, optional): ``"H"`` (default) or ``"rho"``.
         num_qvalue_nets (int, optional): number of critics. Defaults to 2.
+        conservative_states (str, optional): where the conservative term's states come
+            from: ``"all"`` (default, CQL) pushes down the sampled actions' values and
+            pushes up the logged actions' at every row; ``"model"`` (COMBO,
+            :class:`~torchrl_offline.objectives.combo.COMBOLoss`) pushes down at the rows
+            the batch's ``model_data`` entry marks (states of model rollouts) and up at
+            the others (dataset transitions), each term averaged over its own rows.
         check_inputs (bool, optional): check the batch for missing keys and NaN/inf
             and the losses for NaN/inf. The check reads one value back to the host per
             update (a device sync on GPU); ``False`` removes it. Defaults to ``True``.
@@ -231,9 +238,13 @@ class CQLLoss(EntropyTemperature, ActorCriticLoss):
             done (NestedKey): the done flag, under ``"next"``. Defaults to ``"done"``.
             terminated (NestedKey): the terminal flag, under ``"next"``. Defaults to
                 ``"terminated"``.
+            model_data (NestedKey): a boolean ``[*batch]`` entry marking the rows from
+                a learned model, read with ``conservative_states="model"``. Defaults to
+                ``"model_data"``.
         """
 
         action: NestedKey = "action"
+        model_data: NestedKey = "model_data"
         value: NestedKey = "state_value"
         state_action_value: NestedKey = "state_action_value"
         log_prob: NestedKey = "_log_prob"
@@ -280,6 +291,7 @@ class CQLLoss(EntropyTemperature, ActorCriticLoss):
         cql_variant: str = "H",
         num_qvalue_nets: int = 2,
         check_inputs: bool = True,
+        conservative_states: str = "all",
     ) -> None:
         if gamma is not None:
             raise TypeError(_GAMMA_LMBDA_DEPREC_ERROR)
@@ -326,6 +338,7 @@ class CQLLoss(EntropyTemperature, ActorCriticLoss):
         self.with_lagrange = with_lagrange
         self.target_action_gap = float(lagrange_thresh)
         self.cql_variant = cql_variant
+        self.conservative_states = conservative_states
 
         device = next(iter(self.actor_network_params.values(True, True))).device
         if with_lagrange:
@@ -407,6 +420,26 @@ class CQLLoss(EntropyTemperature, ActorCriticLoss):
     @out_keys.setter
     def out_keys(self, values) -> None:
         self._out_keys = values
+
+    @property
+    def conservative_states(self) -> str:
+        """Where the conservative term's states come from: ``"all"`` or ``"model"``
+        (settable: the batch keys the loss reads follow)."""
+        return self._conservative_states
+
+    @conservative_states.setter
+    def conservative_states(self, value: str) -> None:
+        if value not in _CONSERVATIVE_STATES:
+            raise ValueError(
+                f"conservative_states must be one of {_CONSERVATIVE_STATES}, got {value!r}"
+            )
+        self._conservative_states = value
+        self._in_keys = None
+
+    def _set_in_keys(self) -> None:
+        super()._set_in_keys()
+        if self.conservative_states == "model":
+            self._in_keys.append(unravel_key(self.tensor_keys.model_data))
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -509,8 +542,15 @@ class CQLLoss(EntropyTemperature, ActorCriticLoss):
         unchanged here; Cal-QL bounds the policy's from below."""
         return q_samples
 
-    def _gap(self, q_data: Tensor, q_samples: Tensor, logp_samples: Tensor) -> Tensor:
-        """Soft maximum over the sampled actions minus the data action's value, ``[E, B]``."""
+    def _gap(
+        self,
+        q_data: Tensor,
+        q_samples: Tensor,
+        logp_samples: Tensor,
+        rows: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """Soft maximum over the sampled actions minus the data action's value, ``[E, B]``;
+        with ``rows`` (:meth:`_conservative_rows`) each side weighted by its rows'."""
         temp = self.temperature
         if self.cql_variant == "H":
             log_q = self._proposal_log_density(logp_samples)
@@ -518,7 +558,40 @@ class CQLLoss(EntropyTemperature, ActorCriticLoss):
         else:
             weights = torch.softmax(q_samples.detach() / temp, dim=1)
             soft_max = (weights * q_samples).sum(1)
-        return soft_max - q_data
+        if rows is None:
+            return soft_max - q_data
+        down, up = rows
+        return down * soft_max - up * q_data
+
+    def _conservative_rows(self, td: TensorDictBase) -> tuple[Tensor, Tensor] | None:
+        """``None`` with ``conservative_states="all"``; else per-row weights ``(down,
+        up)`` ``[B]`` whose batch means are the means over the model rows and over the
+        dataset rows (``B / M`` on the ``M`` model rows, ``B / (B - M)`` on the others).
+
+        Raises:
+            OfflineLossError: the batch has no ``model_data`` entry, or no row of one kind.
+        """
+        if self.conservative_states == "all":
+            return None
+        key = self.tensor_keys.model_data
+        marks = td.get(key, None)
+        if marks is None:
+            raise OfflineLossError(
+                f"conservative_states='model' needs the batch entry {key!r} marking the "
+                "rows from the learned model (the model-rollout trainers write it)"
+            )
+        marks = marks.reshape(-1).to(torch.bool)
+        n, n_model = marks.numel(), int(marks.sum())
+        if n_model in (0, n):
+            kind = "model" if n_model == 0 else "dataset"
+            raise OfflineLossError(
+                f"conservative_states='model' needs both kinds of rows, but the batch's "
+                f"{key!r} marks no {kind} row (real_ratio must be in (0, 1))"
+            )
+        dtype = self.action_low.dtype
+        down = marks.to(dtype) * (n / n_model)
+        up = (~marks).to(dtype) * (n / (n - n_model))
+        return down, up
 
     def _penalty(self, gap: Tensor) -> tuple[Tensor, Tensor | None]:
         """``(loss_cql, loss_alpha_prime)`` per sample from the per-critic gaps ``[E, B]``."""
@@ -643,7 +716,12 @@ class CQLLoss(EntropyTemperature, ActorCriticLoss):
         with torch.no_grad():
             a_samples, logp_samples = self._sampled_actions(td)
         q_samples = self._q(self.qvalue_network_params, self._obs(td), a_samples)
-        gap = self._gap(q_data, self._bound_policy_values(q_samples, td), logp_samples)
+        gap = self._gap(
+            q_data,
+            self._bound_policy_values(q_samples, td),
+            logp_samples,
+            self._conservative_rows(td),
+        )
         for key, gap_j in zip(self._per_critic_keys("cql"), gap):
             tensordict.set(key, (self.min_q_weight * gap_j).reshape(tensordict.batch_size))
         loss_cql, _ = self._penalty(gap)
@@ -742,7 +820,12 @@ class CQLLoss(EntropyTemperature, ActorCriticLoss):
         actions = torch.cat([data_action.unsqueeze(0), self._proposal_actions(a_samples)], 0)
         q_all = self._q(self.qvalue_network_params, obs, actions)  # [E, K, B]
         q_data = q_all[:, 0]
-        gap = self._gap(q_data, self._bound_policy_values(q_all[:, 1:], td), logp_samples)
+        gap = self._gap(
+            q_data,
+            self._bound_policy_values(q_all[:, 1:], td),
+            logp_samples,
+            self._conservative_rows(td),
+        )
 
         loss_qvalue = distance_loss(
             q_data, target.expand_as(q_data), loss_function=self.loss_function

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from tensordict import TensorDictBase
@@ -43,6 +43,7 @@ __all__ = [
     "SMALL_HIDDEN_SIZES",
     "SMALL_PRESET",
     "AlgorithmDeclaration",
+    "ModelRolloutSettings",
     "ParamGroup",
     "collect_parameters",
     "constructor_defaults",
@@ -114,6 +115,57 @@ class ParamGroup:
 
 
 @dataclass(frozen=True)
+class ModelRolloutSettings:
+    """The training-loop need "model rollouts" of a model-based algorithm, as plain data.
+
+    An algorithm that declares it (MOPO, COMBO) is trained on batches mixing dataset
+    transitions with transitions of the current policy in a learned dynamics model: the
+    trainers (:mod:`~torchrl_offline.trainers.model_rollouts`) fit the model before the
+    first update, then every ``rollout_interval`` updates roll the policy out
+    ``rollout_length`` steps from ``rollout_batch_size`` dataset states into a FIFO model
+    buffer of ``rollout_batch_size * rollout_length * rollout_retain_epochs``
+    transitions; each batch is ``real_ratio`` dataset transitions, the rest model ones.
+    The model's reward is ``r - reward_penalty * u(s, a)`` with ``u`` the model's
+    ``rollout_penalty`` uncertainty (``"aleatoric"``: MOPO's max over members of the
+    predicted standard deviation's norm; ``"disagreement"``). The ``model_*`` fields are
+    the dynamics ensemble's fit settings
+    (:func:`~torchrl_offline.models.fit.fit_dynamics`; ``model_termination`` names a known
+    termination function, ``None`` learns one). Every field is one of the algorithm's
+    hyperparameters (:meth:`AlgorithmDeclaration.hyperparameters`), so presets, the
+    command line's ``--set`` and the Hydra configs reach them. The defaults are MOPO's
+    (Yu et al., 2020, and its MBPO-based code: 7 members, 5 elites, 4x200 networks, a
+    rollout every 1000 updates from 50,000 states, 5 retained rollouts, 5% real data).
+
+    Examples:
+        >>> from torchrl_offline.objectives.declaration import ModelRolloutSettings
+        >>> settings = ModelRolloutSettings(real_ratio=0.5, rollout_length=1)
+        >>> hp = settings.hyperparameters()
+        >>> hp["real_ratio"], hp["rollout_length"], hp["model_hidden_sizes"]
+        (0.5, 1, (200, 200, 200, 200))
+    """
+
+    rollout_length: int = 5
+    rollout_interval: int = 1000
+    rollout_batch_size: int = 50_000
+    rollout_retain_epochs: int = 5
+    real_ratio: float = 0.05
+    reward_penalty: float = 0.0
+    rollout_penalty: str = "aleatoric"
+    model_num_members: int = 7
+    model_num_elites: int = 5
+    model_hidden_sizes: tuple[int, ...] = (200, 200, 200, 200)
+    model_batch_size: int = 256
+    model_lr: float = 1e-3
+    model_patience: int = 5
+    model_max_updates: int | None = None
+    model_termination: str | None = None
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The settings by name, as the algorithm's hyperparameters."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
 class AlgorithmDeclaration:
     """Everything around a loss class that a training run needs, declared once.
 
@@ -157,6 +209,10 @@ class AlgorithmDeclaration:
             ``("next", "action")``): the trainers add them
             (:func:`~torchrl_offline.data.episodes.with_derived_keys`), to online
             episodes too when fine-tuning.
+        model_rollouts: the need "model rollouts" (:class:`ModelRolloutSettings`, its
+            fields' defaults added to ``defaults``): the trainers fit a dynamics model
+            and mix the policy's rollouts in it into every batch. ``None`` (default):
+            dataset batches only.
     """
 
     name: str
@@ -174,8 +230,12 @@ class AlgorithmDeclaration:
     target_update: bool = True
     default_preset: str | None = None
     derived_keys: tuple[NestedKey, ...] = ()
+    model_rollouts: ModelRolloutSettings | None = None
 
     def __post_init__(self) -> None:
+        if self.model_rollouts is not None:
+            rollouts = self.model_rollouts.hyperparameters()
+            object.__setattr__(self, "defaults", {**rollouts, **self.defaults})
         if self.action not in ("continuous", "discrete"):
             raise ValueError(
                 f"algorithm {self.name!r}: action must be 'continuous' or 'discrete', "

@@ -571,6 +571,12 @@ def finetune(
         raise AlgorithmError(f"online_capacity must be >= 1, got {online_capacity}")
     if anneal_steps is not None and anneal_steps < 1:
         raise AlgorithmError(f"anneal_steps must be >= 1 or None, got {anneal_steps}")
+    if getattr(algorithm.loss, "conservative_states", "all") == "model":
+        raise AlgorithmError(
+            f"{algorithm.name}'s conservative term pushes down at the rows of model "
+            "rollouts, which fine-tuning does not make; set algorithm.loss."
+            "conservative_states = 'all' to fine-tune with CQL's term on every row"
+        )
     builder = RunBuilder(
         RunSettings.pick(locals()),
         kind="finetune",

@@ -32,10 +32,11 @@ from torchrl_offline.trainers.algorithms import (
 )
 from torchrl_offline.trainers.envs import as_env, float32_observations
 from torchrl_offline.trainers.metadata import load_algorithm
+from torchrl_offline.trainers.model_rollouts import attach_model_rollouts, needs_model_rollouts
 from torchrl_offline.trainers.normalization import observation_moments
 from torchrl_offline.trainers.process_group import DistributedContext
 from torchrl_offline.trainers.run import RunBuilder, RunSettings, TrainResult
-from torchrl_offline.trainers.strategy import Strategy, strategy_for
+from torchrl_offline.trainers.strategy import SingleProcess, Strategy, strategy_for
 from torchrl_offline.trainers.trainer import OfflineSource, OfflineTrainer
 
 __all__ = [
@@ -179,6 +180,8 @@ def train(
             algo = _algorithm(algorithm, data, preset, overrides, normalize_observations, strategy)
             data = builder.derive(algo, data)
             trainer = builder.trainer(algo, data, builder.metadata(algo, identity))
+            if needs_model_rollouts(algo):
+                _model_rollouts(trainer, algo, data, batch_size, seed, strategy)
             scheduler = make_lr_scheduler(algo, total_steps)
             if scheduler is not None:
                 LRSchedulerHook(scheduler).register(trainer)
@@ -216,4 +219,31 @@ def _algorithm(
         preset=preset,
         observation_norm=norm,
         **dict(overrides or {}),
+    )
+
+
+def _model_rollouts(
+    trainer: OfflineTrainer,
+    algo: Algorithm,
+    data: ReplayBuffer,
+    batch_size: int,
+    seed: int,
+    strategy: Strategy,
+) -> None:
+    """Trains a model-based algorithm (its declaration's need "model rollouts") on
+    mixed dataset and model batches (:mod:`~torchrl_offline.trainers.model_rollouts`)."""
+    if not isinstance(strategy, SingleProcess):
+        raise AlgorithmError(
+            f"{algo.name} trains on rollouts in a learned model, which data-parallel "
+            "training does not support yet; train it in one process"
+        )
+    attach_model_rollouts(
+        trainer,
+        algo.policy,
+        data,
+        settings=algo.hyperparameters,
+        observation_dim=int(algo.observation_spec.shape[-1]),
+        action_dim=int(algo.action_spec.shape[-1]),
+        batch_size=batch_size,
+        seed=seed,
     )
