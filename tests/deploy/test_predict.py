@@ -20,9 +20,13 @@ LOC, SCALE = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([2.0, 0.5, 3.0])
 SAMPLING = ("bcq", "bear")  # act with the best of sampled candidates
 
 
+def is_discrete(name: str) -> bool:
+    return torchrl_offline.registry.get("algorithm", name).action == "discrete"
+
+
 def build(name: str, *, norm: bool = True, seed: int = 0):
     torch.manual_seed(seed)
-    discrete = name.startswith("discrete_")
+    discrete = is_discrete(name)
     action = Categorical(3, shape=()) if discrete else Bounded(-2.0, 2.0, (1,))
     extra = {"vae_hidden_sizes": (8,)} if name in SAMPLING else {}
     return build_algorithm(
@@ -47,7 +51,7 @@ def test_every_algorithm_predicts_greedy_actions_within_the_action_spec(name):
     obs = observations()
     batch = policy.predict(obs)
     single = policy.predict(obs[3])
-    if name.startswith("discrete_"):
+    if is_discrete(name):
         assert batch.shape == (16,) and batch.dtype == np.int64
         assert single.shape == () and set(batch.tolist()) <= {0, 1, 2}
     else:
