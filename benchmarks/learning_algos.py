@@ -165,6 +165,7 @@ VARIANTS: dict[str, dict[str, tuple[str, dict]]] = {
         "d3rlpy": ("d3rlpy", {}),
         # TorchRL's TanhNormal actor (build_algorithm's AWAC actor before the Gaussian)
         "ours_tanh_normal": ("ours", {"actor": "tanh_normal"}),
+        "ours_lambda1": ("ours", {"awac_lambda": 1.0}),
         "ours_lambda1_norm": (
             # d3rlpy's weighting: lambda 1, weights softmax-normalised over the batch
             "ours",
