@@ -14,6 +14,7 @@ __all__ = [
     "POSITION",
     "REWARD",
     "TERMINATED",
+    "TRAINING_KEYS",
     "TRUNCATED",
     "key_name",
 ]
@@ -32,6 +33,9 @@ REWARD = ("next", "reward")
 DONE = ("next", "done")
 TERMINATED = ("next", "terminated")
 TRUNCATED = ("next", "truncated")
+#: The entries of a transition every training batch holds, whatever its source (the
+#: dataset, online episodes, model rollouts).
+TRAINING_KEYS = (OBSERVATION, ACTION, NEXT_OBSERVATION, REWARD, DONE, TERMINATED)
 
 
 def key_name(key: str | tuple[str, ...]) -> str:

@@ -42,6 +42,7 @@ from torchrl.record.loggers import Logger
 from torchrl.trainers import TrainerHookBase
 
 from torchrl_offline.data.episodes import derive_keys
+from torchrl_offline.data.keys import TRAINING_KEYS  # kept from offline and online data
 from torchrl_offline.integrity import MANIFEST, verify_manifest, write_manifest
 from torchrl_offline.trainers.algorithms import Algorithm, AlgorithmError
 from torchrl_offline.trainers.checkpoint import CheckpointError, checkpoint_path
@@ -52,15 +53,6 @@ from torchrl_offline.trainers.run import RunBuilder, RunSettings, TrainResult
 
 __all__ = ["TRAINING_KEYS", "OnlineSource", "finetune"]
 
-#: The entries kept from offline and online data (both must have them, with equal dtypes).
-TRAINING_KEYS = (
-    "observation",
-    "action",
-    ("next", "observation"),
-    ("next", "reward"),
-    ("next", "done"),
-    ("next", "terminated"),
-)
 
 #: Name of the folder, inside the checkpoint folder, holding the online buffer's chunks.
 ONLINE_BUFFER_DIR = "online_buffer"

@@ -42,6 +42,7 @@ from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.trainers import TrainerHookBase
 
+from torchrl_offline.data.keys import TRAINING_KEYS
 from torchrl_offline.trainers.algorithms import Algorithm, AlgorithmError, declaration
 from torchrl_offline.trainers.trainer import OfflineSource
 
@@ -56,16 +57,6 @@ __all__ = [
 
 #: The batch entry marking the rows that come from the learned model (``[B]``, bool).
 MODEL_DATA_KEY = "model_data"
-
-#: The entries of a training batch, from the dataset and from the model.
-BATCH_KEYS = (
-    "observation",
-    "action",
-    ("next", "observation"),
-    ("next", "reward"),
-    ("next", "done"),
-    ("next", "terminated"),
-)
 
 
 def needs_model_rollouts(algo: Algorithm) -> bool:
@@ -202,7 +193,7 @@ def _model_config(model: nn.Module | None) -> dict[str, Any]:
 
 
 def _select(batch: TensorDictBase, *, model: bool) -> TensorDictBase:
-    out = batch.select(*BATCH_KEYS, strict=True)
+    out = batch.select(*TRAINING_KEYS, strict=True)
     out.set(MODEL_DATA_KEY, torch.full(out.batch_size, model, dtype=torch.bool))
     return out
 
@@ -295,7 +286,7 @@ class ModelRolloutSource:
                 self.rollout_length, self.policy, auto_reset=True, break_when_any_done=False
             )
         uncertainty = steps.get(("next", "model_uncertainty"), None)
-        steps = steps.reshape(-1).select(*BATCH_KEYS, strict=True)
+        steps = steps.reshape(-1).select(*TRAINING_KEYS, strict=True)
         self.model_buffer.extend(steps)
         self.rollouts.append(
             {
