@@ -100,6 +100,22 @@ def test_seeded_rollouts_repeat():
     torch.testing.assert_close(a["next", "observation"], b["next", "observation"])
 
 
+def test_a_given_generator_drives_the_draws_and_keeps_its_state():
+    model = _model()
+    generator = torch.Generator().manual_seed(7)
+    env = LearnedModelEnv(model, linear_transitions(50), batch_size=3, generator=generator)
+    state = generator.get_state()
+    first = env.rollout(3, _policy())
+    assert not torch.equal(generator.get_state(), state)  # the env drew from it
+    generator.set_state(state)  # rewinding the caller's generator replays the rollout
+    again = env.rollout(3, _policy())
+    torch.testing.assert_close(first["next", "observation"], again["next", "observation"])
+    seeded = LearnedModelEnv(model, linear_transitions(50), batch_size=3, seed=7)
+    torch.testing.assert_close(
+        first["next", "observation"], seeded.rollout(3, _policy())["next", "observation"]
+    )
+
+
 def test_out_of_range_starts_say_how_far_outside():
     model = _model()
     starts = model.observation_mean.expand(4, 2).clone()

@@ -57,6 +57,9 @@ class LearnedModelEnv(EnvBase):
             ``"disagreement"`` (``model_disagreement``).
         max_steps: truncate rollouts after this many steps (``None``: never).
         seed: seeds the start draws and the model's sampling. Defaults to ``0``.
+        generator: draw the starts and the model's samples from this generator instead
+            of a new one seeded with ``seed`` (e.g. one whose state a trainer saves
+            with its checkpoints). It must live on the model's device.
         range_check: what to do when ``start_observations`` hold states outside the
             model's data range: ``"warn"`` (default, a
             :class:`~torchrl_offline.models.errors.ModelRangeWarning` naming the
@@ -95,6 +98,7 @@ class LearnedModelEnv(EnvBase):
         penalty: Literal["aleatoric", "disagreement"] = "aleatoric",
         max_steps: int | None = None,
         seed: int | None = 0,
+        generator: torch.Generator | None = None,
         range_check: Literal["warn", "raise", "ignore"] = "warn",
         range_tolerance: float = 0.1,
     ) -> None:
@@ -119,8 +123,15 @@ class LearnedModelEnv(EnvBase):
         self.reward_penalty = float(reward_penalty)
         self.penalty = penalty
         self.max_steps = max_steps
-        self._generator = torch.Generator(device=device)
-        self._generator.manual_seed(0 if seed is None else int(seed))
+        if generator is None:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(0 if seed is None else int(seed))
+        elif torch.device(generator.device).type != torch.device(device).type:
+            raise ValueError(
+                f"generator is on {generator.device}, the model on {device}: pass a "
+                "generator on the model's device"
+            )
+        self._generator = generator
         self._steps = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.model_steps = 0
         self.out_of_range_steps = 0

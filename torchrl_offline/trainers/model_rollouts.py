@@ -178,9 +178,9 @@ def default_recipe(
             batch_size=batch_size,
             reward_penalty=float(hp["reward_penalty"]),
             penalty=hp["rollout_penalty"],
+            generator=generator,  # the source's: its state goes with the checkpoints
             range_check="ignore",  # the starts are the model's own training data
         )
-        env._generator = generator  # the source's: its state goes with the checkpoints
         return env
 
     return DynamicsRecipe(fit=fit, empty=empty, env=env)
