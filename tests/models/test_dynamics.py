@@ -60,6 +60,21 @@ def test_nll_equals_torch_normal_log_prob_summed_over_members():
     torch.testing.assert_close(out["loss_bounds"], bounds)
 
 
+def test_terminal_rows_weigh_pos_weight_times_in_the_termination_term():
+    model = tiny_model(learn_termination=True)
+    data = linear_transitions(32, seed=1)
+    data["next", "terminated"] = torch.arange(32).unsqueeze(-1) % 8 == 0
+    out = DynamicsLoss(model, termination_pos_weight=7.0)(data)
+    x = model.normalize_inputs(data["observation"], data["action"])
+    _, _, logit = model.normalized_forward(x.expand(model.num_members, -1, -1))
+    p = logit.squeeze(-1).sigmoid()
+    flag = data["next", "terminated"].reshape(1, -1).float()
+    per_row = -(7.0 * flag * p.log() + (1 - flag) * (1 - p).log())
+    torch.testing.assert_close(out["loss_termination"], per_row.mean(-1).sum())
+    with pytest.raises(ValueError, match="termination_pos_weight"):
+        DynamicsLoss(model, termination_pos_weight=0.0)
+
+
 def test_per_member_batch_gives_each_member_its_own_rows():
     model = _model()
     data = linear_transitions(40, seed=2)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from torchrl_offline.models import ModelError, fit_dynamics
+from torchrl_offline.models import ModelError, TerminationWarning, fit_dynamics
 from torchrl_offline.models import fit as fit_module
 
 from .conftest import NOISE, linear_transitions
@@ -108,6 +108,41 @@ def test_learned_termination_classifier_predicts_the_flag():
     out = fitted.model.sample(probe["observation"], probe["action"])
     agree = (out["next", "terminated"] == probe["next", "terminated"]).float().mean()
     assert agree > 0.85
+
+
+def _rare_ends(n: int = 2000):
+    """The linear system, terminating on about 3% of its transitions."""
+    data = linear_transitions(n)
+    data["next", "terminated"] = data["next", "observation"][:, :1] > 1.9
+    return data
+
+
+def test_rare_episode_ends_are_weighted_to_balance_the_classifier():
+    data = _rare_ends()
+    kwargs = {"num_members": 2, "num_elites": 2, "hidden_sizes": (16,), "lr": 3e-3}
+    kwargs.update(max_updates=400, seed=0)
+    with pytest.warns(TerminationWarning, match="held-out terminal transitions") as caught:
+        unweighted = fit_dynamics(data, termination_weight=None, **kwargs)
+    assert caught[0].message.recall == unweighted.termination["termination_recall"] < 0.5
+    balanced = fit_dynamics(data, **kwargs)  # "balanced" by default: no warning
+    train = torch.ones(2000, dtype=torch.bool)
+    train[balanced.holdout_indices] = False
+    flags = data["next", "terminated"][train]
+    assert balanced.termination["pos_weight"] == pytest.approx((~flags).sum() / flags.sum())
+    assert balanced.termination["termination_recall"] > 0.8
+    assert balanced.termination["termination_false_alarm"] < 0.2
+
+
+def test_a_known_termination_function_reports_no_classifier_rates():
+    fitted = fit_dynamics(
+        _rare_ends(500),
+        num_members=2,
+        num_elites=2,
+        hidden_sizes=(8,),
+        max_updates=5,
+        termination_fn="pendulum",
+    )
+    assert fitted.termination == {}
 
 
 def test_data_without_terminated_and_without_function_is_refused():

@@ -15,7 +15,7 @@
 from torchrl_offline.models.dynamics import DynamicsEnsemble, EnsembleLinear
 from torchrl_offline.models.dynamics_loss import DynamicsLoss, gaussian_nll
 from torchrl_offline.models.env import LearnedModelEnv
-from torchrl_offline.models.errors import ModelError, ModelRangeWarning
+from torchrl_offline.models.errors import ModelError, ModelRangeWarning, TerminationWarning
 from torchrl_offline.models.fit import FittedDynamics, check_model_data, fit_dynamics
 from torchrl_offline.models.termination import TERMINATION_FUNCTIONS, termination_function
 
@@ -28,6 +28,7 @@ __all__ = [
     "LearnedModelEnv",
     "ModelError",
     "ModelRangeWarning",
+    "TerminationWarning",
     "check_model_data",
     "fit_dynamics",
     "gaussian_nll",

@@ -59,6 +59,11 @@ class DynamicsLoss(LossModule):
         bound_penalty: weight of the log-variance bounds penalty. Defaults to ``0.01``
             (PETS, MBPO).
         weight_decay: add the model's per-layer L2 penalty. Defaults to ``True``.
+        termination_pos_weight: weight of the terminal rows in the termination
+            classifier's cross-entropy (``pos_weight`` of
+            ``binary_cross_entropy_with_logits``). Episode ends are rare (0.6% of Hopper
+            medium's transitions); unweighted, the classifier misses most of them, and
+            rollouts that should end go on. ``None`` (default): unweighted.
 
     Returns (``forward``): a TensorDict with ``loss_dynamics`` (NLL summed over
     members), ``loss_bounds``, ``loss_weight_decay``, ``loss_termination`` (learned
@@ -114,12 +119,16 @@ class DynamicsLoss(LossModule):
         *,
         bound_penalty: float = 0.01,
         weight_decay: bool = True,
+        termination_pos_weight: float | None = None,
     ) -> None:
         super().__init__()
         self._set_deprecated_ctor_keys()
         self.model = model
         self.bound_penalty = float(bound_penalty)
         self.weight_decay = bool(weight_decay)
+        if termination_pos_weight is not None and termination_pos_weight <= 0:
+            raise ValueError(f"termination_pos_weight must be > 0, got {termination_pos_weight}")
+        self.termination_pos_weight = termination_pos_weight
 
     def _forward_value_estimator_keys(self, **kwargs) -> None:
         pass
@@ -171,8 +180,12 @@ class DynamicsLoss(LossModule):
         if logit is not None:
             terminated = self._get(tensordict, keys.terminated).to(logit.dtype)
             terminated = terminated.reshape(-1, x.shape[1]).expand(members, -1)
+            pos_weight = self.termination_pos_weight
             bce = torch.nn.functional.binary_cross_entropy_with_logits(
-                logit.squeeze(-1), terminated, reduction="none"
+                logit.squeeze(-1),
+                terminated,
+                reduction="none",
+                pos_weight=None if pos_weight is None else logit.new_tensor(pos_weight),
             ).mean(-1)
         return nll, mse, bce
 

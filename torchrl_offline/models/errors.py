@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ModelError", "ModelRangeWarning"]
+__all__ = ["ModelError", "ModelRangeWarning", "TerminationWarning"]
 
 
 class ModelError(ValueError):
@@ -41,3 +41,20 @@ class ModelRangeWarning(UserWarning):
         self.dimension = dimension
         self.distance = distance
         self.index = index
+
+
+class TerminationWarning(UserWarning):
+    """A learned termination classifier misses many of the held-out episode ends: the
+    model's rollouts would go on past states where the real episodes stop (on a task
+    with a reward for staying alive, such as Hopper's, they look better than they are).
+
+    Attributes:
+        recall: the fraction of the held-out terminal transitions the elites call
+            terminal.
+        terminal: how many held-out transitions are terminal.
+    """
+
+    def __init__(self, message: str, *, recall: float, terminal: int):
+        super().__init__(message)
+        self.recall = recall
+        self.terminal = terminal

@@ -12,6 +12,7 @@ members with the lowest held-out MSE kept as elites.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -23,7 +24,8 @@ from torchrl.data import ReplayBuffer
 from torchrl_offline.data.stats import stored_transitions
 from torchrl_offline.models.dynamics import DynamicsEnsemble
 from torchrl_offline.models.dynamics_loss import DynamicsLoss
-from torchrl_offline.models.errors import ModelError
+from torchrl_offline.models.errors import ModelError, TerminationWarning
+from torchrl_offline.models.quality import termination_rates
 from torchrl_offline.models.termination import TerminationFn
 
 __all__ = ["FittedDynamics", "check_model_data", "fit_dynamics"]
@@ -45,6 +47,10 @@ class FittedDynamics:
         seconds: wall-clock time of the fit.
         holdout_indices: the held-out transitions' indices in the dataset.
         history: the elites-to-be's mean held-out MSE after each epoch.
+        termination: a learned classifier's held-out
+            :func:`~torchrl_offline.models.quality.termination_rates` (recall, false
+            alarms) and the ``pos_weight`` it was fitted with; ``{}`` with a known
+            termination function.
     """
 
     model: DynamicsEnsemble
@@ -55,6 +61,7 @@ class FittedDynamics:
     seconds: float
     holdout_indices: Tensor
     history: list[float] = field(default_factory=list)
+    termination: dict[str, float] = field(default_factory=dict)
 
 
 def _key_name(key) -> str:
@@ -122,6 +129,7 @@ def fit_dynamics(
     max_updates: int | None = None,
     patience: int = 5,
     termination_fn: str | TerminationFn | None = None,
+    termination_weight: float | str | None = "balanced",
     seed: int = 0,
     device: torch.device | str | None = None,
 ) -> FittedDynamics:
@@ -144,6 +152,14 @@ def fit_dynamics(
         patience: epochs without a 1% improvement of any member before stopping (MBPO: 5).
         termination_fn: a task name or callable (see
             :mod:`~torchrl_offline.models.termination`); ``None`` learns a classifier.
+        termination_weight: the learned classifier's weight of terminal rows
+            (:class:`~torchrl_offline.models.dynamics_loss.DynamicsLoss`'s
+            ``termination_pos_weight``): ``"balanced"`` (default) weighs them by the
+            training split's ratio of other rows to terminal ones, so that rare episode
+            ends count as much as the rest (unweighted, a Hopper model called 11% of its
+            held-out falls terminal; balanced, most of them); a number; or ``None``
+            (unweighted). A classifier that still finds fewer than half of the held-out
+            episode ends warns (:class:`~torchrl_offline.models.errors.TerminationWarning`).
         seed: seeds the initialisation, the split, the bootstraps and the minibatches.
         device: where to fit (default: the data's).
 
@@ -212,7 +228,10 @@ def fit_dynamics(
     )
     # the range of the data, held-out rows and last states of episodes included
     model.set_observation_range(torch.cat([td.get("observation"), td.get(("next", "observation"))]))
-    loss = DynamicsLoss(model, weight_decay=weight_decay is not False)
+    pos_weight = _termination_weight(termination_weight, train) if model.learn_termination else None
+    loss = DynamicsLoss(
+        model, weight_decay=weight_decay is not False, termination_pos_weight=pos_weight
+    )
     optim = torch.optim.Adam(model.parameters(), lr=lr)
     n_train = train.shape[0]
     bootstrap = torch.randint(
@@ -259,6 +278,11 @@ def fit_dynamics(
     member_mse = _holdout_mse(loss, hold if n_hold else train[:1000])
     elites = member_mse.argsort()[:num_elites].sort().values
     model.elites.copy_(elites)
+    termination = (
+        _check_termination(model, hold if n_hold else train[:1000], pos_weight)
+        if model.learn_termination
+        else {}
+    )
     return FittedDynamics(
         model=model,
         holdout_mse=float(member_mse[elites].mean()),
@@ -268,7 +292,42 @@ def fit_dynamics(
         seconds=time.perf_counter() - start,
         holdout_indices=hold_idx.cpu(),
         history=history,
+        termination=termination,
     )
+
+
+def _termination_weight(weight: float | str | None, train: TensorDictBase) -> float | None:
+    """The classifier's ``pos_weight``: ``"balanced"`` is the training split's ratio of
+    non-terminal to terminal rows (``None`` when it has none of either)."""
+    if weight is None or not isinstance(weight, str):
+        return None if weight is None else float(weight)
+    if weight != "balanced":
+        raise ValueError(f"termination_weight must be 'balanced', a number or None, got {weight!r}")
+    terminal = int(train.get(("next", "terminated")).reshape(-1).bool().sum())
+    others = train.shape[0] - terminal
+    return others / terminal if terminal and others else None
+
+
+def _check_termination(
+    model: DynamicsEnsemble, hold: TensorDictBase, pos_weight: float | None
+) -> dict[str, float]:
+    """The learned classifier's held-out rates; warns when it misses most episode ends."""
+    rates = termination_rates(model, hold)
+    terminal = int(hold.get(("next", "terminated")).reshape(-1).bool().sum())
+    recall = rates.get("termination_recall", float("nan"))
+    if terminal and recall < 0.5:
+        warnings.warn(
+            TerminationWarning(
+                f"the learned termination classifier calls {recall:.0%} of the {terminal} "
+                "held-out terminal transitions terminal: rollouts in this model will go on "
+                "past most episode ends. Pass the task's termination function "
+                "(termination_fn=..., e.g. 'hopper') if it is known, or fit longer.",
+                recall=recall,
+                terminal=terminal,
+            ),
+            stacklevel=3,
+        )
+    return {**rates, "held_out_terminal": terminal, "pos_weight": pos_weight or 1.0}
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from torchrl_offline.models.dynamics import DynamicsEnsemble
 
-__all__ = ["elite_prediction", "one_step_quality", "open_loop_errors"]
+__all__ = ["elite_prediction", "one_step_quality", "open_loop_errors", "termination_rates"]
 
 
 @torch.no_grad()
@@ -37,6 +37,44 @@ def elite_prediction(
 
 
 @torch.no_grad()
+def termination_rates(model: DynamicsEnsemble, transitions: TensorDictBase) -> dict[str, float]:
+    """How well a learned termination classifier finds the episode ends of
+    ``transitions``: the elites' mean ``termination_recall`` (the fraction of the
+    terminal transitions it calls terminal) and ``termination_false_alarm`` (the
+    fraction of the others it calls terminal).
+
+    Returns:
+        Both rates (``nan`` where ``transitions`` have no row of that kind); ``{}`` for a
+        model without a learned classifier or data without ``("next", "terminated")``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl_offline.models import DynamicsEnsemble
+        >>> from torchrl_offline.models.quality import termination_rates
+        >>> model = DynamicsEnsemble(2, 1, num_members=2, num_elites=2, hidden_sizes=(4,),
+        ...                          learn_termination=True)
+        >>> td = TensorDict({"observation": torch.randn(9, 2), "action": torch.randn(9, 1),
+        ...     ("next", "terminated"): torch.arange(9).reshape(9, 1) > 6}, [9])
+        >>> sorted(termination_rates(model, td))
+        ['termination_false_alarm', 'termination_recall']
+    """
+    if not model.learn_termination or ("next", "terminated") not in transitions.keys(True):
+        return {}
+    obs = transitions.get("observation").float()
+    inputs = model.normalize_inputs(obs, transitions.get("action").to(obs.dtype))
+    elites = model.elites
+    _, _, logit = model.normalized_forward(inputs.expand(elites.numel(), *inputs.shape), elites)
+    called = (logit.squeeze(-1) > 0).to(obs.dtype)  # [elites, B]
+    terminal = transitions.get(("next", "terminated")).reshape(-1).bool()
+    nan = float("nan")
+    return {
+        "termination_recall": float(called[:, terminal].mean()) if terminal.any() else nan,
+        "termination_false_alarm": float(called[:, ~terminal].mean()) if (~terminal).any() else nan,
+    }
+
+
+@torch.no_grad()
 def one_step_quality(
     model: DynamicsEnsemble, transitions: TensorDictBase, *, level: float = 0.95
 ) -> dict[str, float]:
@@ -49,7 +87,8 @@ def one_step_quality(
         change's variance: 1 is as good as predicting the mean change), ``mse_reward``
         (in units of the reward's variance), ``coverage`` (fraction of true targets,
         change and reward, inside the central ``level`` band, averaged over
-        dimensions), ``coverage_reward``.
+        dimensions), ``coverage_reward``, and for a model that learns termination, on
+        data with ``("next", "terminated")``, :func:`termination_rates`.
 
     Examples:
         >>> import torch
@@ -80,6 +119,7 @@ def one_step_quality(
         "mse_reward": float((err2[:, d:] / target_var[d:]).mean()),
         "coverage": float(inside.mean()),
         "coverage_reward": float(inside[d:].mean()),
+        **termination_rates(model, transitions),
     }
 
 

@@ -159,6 +159,7 @@ def default_recipe(
             "updates": int(fitted.updates),
             "epochs": int(fitted.epochs),
             "seconds": float(fitted.seconds),
+            **fitted.termination,  # a learned classifier's held-out rates
         }
         return fitted.model, info
 
