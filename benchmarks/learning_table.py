@@ -89,7 +89,16 @@ ALGOS = (
 )
 #: d3rlpy 2.8.1's implementations, run by ``benchmarks/learning_table_d3rlpy.py`` in its
 #: own virtualenv on the arrays ``--export-npz`` writes; reported after our rows.
-D3RLPY_ROWS = ("d3rlpy_rebrac", "d3rlpy_bcq", "d3rlpy_bear", "d3rlpy_cal_ql")
+D3RLPY_ROWS = (
+    "d3rlpy_rebrac",
+    "d3rlpy_bcq",
+    "d3rlpy_bear",
+    "d3rlpy_cal_ql",
+    "d3rlpy_iql",
+    "d3rlpy_cql",
+    "d3rlpy_awac",
+    "d3rlpy_td3_bc",
+)
 #: Value-based algorithms (the medium-replay check compares them with BC).
 VALUE_BASED = ("cql", "iql", "awac", "td3_bc")
 #: Ours -> TorchRL's built-in loss of the same algorithm.
@@ -108,6 +117,10 @@ CONTINUOUS_ONLY = (
     "d3rlpy_rebrac",
     "d3rlpy_bear",
     "d3rlpy_cal_ql",
+    "d3rlpy_iql",
+    "d3rlpy_cql",
+    "d3rlpy_awac",
+    "d3rlpy_td3_bc",
 )
 #: ``--set`` keys that choose networks, not loss settings: they apply to TorchRL's rows
 #: too, so that ours and TorchRL's losses train the same networks (``actor=tanh_normal``

@@ -1,5 +1,6 @@
-"""d3rlpy 2.8.1's rows of the learning table: its ReBRAC, BCQ, BEAR and Cal-QL (and
-discrete BCQ on discrete tasks) on the table's datasets, with the table's budget.
+"""d3rlpy 2.8.1's rows of the learning table: its ReBRAC, BCQ, BEAR, Cal-QL, IQL, CQL,
+AWAC and TD3+BC (and discrete BCQ on discrete tasks) on the table's datasets, with the
+table's budget.
 
 Runs in d3rlpy's own virtualenv (it pins another gymnasium) on the arrays
 ``benchmarks/learning_table.py --export-npz DIR`` writes, and appends records in the
@@ -11,8 +12,8 @@ imitator VAE included), observations standardised with the dataset's moments, ac
 min-max scaled to the environment's bounds, the deterministic policy (``predict``)
 evaluated in the environment from reset seeds ``1000 * seed + episode``. Every other
 setting is d3rlpy's default for the algorithm (learning rates, BCQ's 100 sampled
-actions, BEAR's 40,000 warm-up steps, Cal-QL's conservative weight and Lagrange
-threshold, ReBRAC's penalties).
+actions, BEAR's 40,000 warm-up steps, Cal-QL's and CQL's conservative weight and
+Lagrange threshold, ReBRAC's penalties, IQL's expectile and temperature, AWAC's lambda).
 
 Usage::
 
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 
 #: Continuous algorithms, and the one d3rlpy has for discrete actions.
-CONTINUOUS = ("rebrac", "bcq", "bear", "cal_ql")
+CONTINUOUS = ("rebrac", "bcq", "bear", "cal_ql", "iql", "cql", "awac", "td3_bc")
 DISCRETE = {"bcq": "discrete_bcq"}
 
 
@@ -63,6 +64,14 @@ def make_algo(name: str, data, env, *, hidden: list[int], batch_size: int):
         config = d3rlpy.algos.BEARConfig(**nets, imitator_encoder_factory=encoder, **common)
     elif name == "cal_ql":
         config = d3rlpy.algos.CalQLConfig(**nets, **common)
+    elif name == "iql":
+        config = d3rlpy.algos.IQLConfig(**nets, value_encoder_factory=encoder, **common)
+    elif name == "cql":
+        config = d3rlpy.algos.CQLConfig(**nets, **common)
+    elif name == "awac":
+        config = d3rlpy.algos.AWACConfig(**nets, **common)
+    elif name == "td3_bc":
+        config = d3rlpy.algos.TD3PlusBCConfig(**nets, **common)
     else:
         raise SystemExit(f"unknown algorithm {name!r}; known: {', '.join(CONTINUOUS)}")
     return config.create(device="cpu")
