@@ -274,27 +274,32 @@ def _discounted_returns(r: np.ndarray, end: np.ndarray, discount: float) -> np.n
             live = s_len > k
             idx = s_last[live] - k
             out[idx] = r[idx] + discount * out[idx + 1]
-    # Long episodes one by one, a block of steps at a time.
-    for a, b in zip(first[~short], last[~short]):
-        out[a : b + 1] = _returns_to_go(r[a : b + 1], discount)
+    # Long episodes together too, a block of _SHORT steps at a time from their ends.
+    if (~short).any():
+        _long_returns(r, first[~short], last[~short], discount, out)
     return out
 
 
-def _returns_to_go(r: np.ndarray, gamma: float) -> np.ndarray:
-    """``G_t = sum_k gamma^k r_{t+k}`` over one whole episode, ``_SHORT`` steps per block
-    (a triangular matrix of discounts within a block, the carried return across blocks)."""
+def _long_returns(
+    r: np.ndarray, first: np.ndarray, last: np.ndarray, discount: float, out: np.ndarray
+) -> None:
+    """``G_t = sum_k discount^k r_{t+k}`` over whole episodes (``first[e]`` to
+    ``last[e]``) into ``out``: block ``j`` from the end of every episode at once, as a
+    triangular matrix of discounts within the block plus the return carried from the
+    block after it; an episode's earliest block is padded with zero rewards before its
+    first step."""
     k = np.arange(_SHORT)
-    power = gamma ** np.clip(k[None, :] - k[:, None], 0, None)
-    within = np.triu(power)  # within[i, j] = gamma^(j - i) for j >= i
-    out = np.empty_like(r)
-    carry = 0.0
-    for stop in range(len(r), 0, -_SHORT):
-        start = max(stop - _SHORT, 0)
-        m = stop - start
-        block = within[:m, :m] @ r[start:stop]
-        out[start:stop] = block + gamma ** (m - k[:m]) * carry
-        carry = out[start]
-    return out
+    within = np.triu(discount ** np.clip(k[None, :] - k[:, None], 0, None))  # d^(j - i), j >= i
+    to_carry = discount ** (_SHORT - k)  # the carried return's discount at each position
+    carry = np.zeros(len(last))
+    for j in range(int(np.ceil((last - first + 1).max() / _SHORT))):
+        live = last - first + 1 > j * _SHORT
+        idx = (last[live] - (j + 1) * _SHORT + 1)[:, None] + k[None, :]  # [E, _SHORT]
+        inside = idx >= first[live][:, None]
+        block = np.where(inside, r[np.maximum(idx, 0)], 0.0) @ within.T
+        block += to_carry[None, :] * carry[live][:, None]
+        out[idx[inside]] = block[inside]
+        carry[live] = block[:, 0]
 
 
 def next_actions(action: Tensor, ends: Tensor) -> Tensor:
