@@ -50,6 +50,7 @@ from torchrl_offline.trainers.env_state import env_state as _env_state
 from torchrl_offline.trainers.env_state import set_env_state as _set_env_state
 from torchrl_offline.trainers.envs import as_env, check_env
 from torchrl_offline.trainers.run import RunBuilder, RunSettings, TrainResult
+from torchrl_offline.trainers.td_lambda import needs_td_lambda
 
 __all__ = ["TRAINING_KEYS", "OnlineSource", "finetune"]
 
@@ -568,6 +569,13 @@ def finetune(
             f"{algorithm.name}'s conservative term pushes down at the rows of model "
             "rollouts, which fine-tuning does not make; set algorithm.loss."
             "conservative_states = 'all' to fine-tune with CQL's term on every row"
+        )
+    if needs_td_lambda(algorithm):
+        raise AlgorithmError(
+            f"{algorithm.name} with value_target='td_lambda' recomputes its returns over the "
+            "offline dataset, which fine-tuning mixes with unfinished online episodes; "
+            "fine-tune it with Monte Carlo returns: build_algorithm(..., "
+            "value_target='monte_carlo') and load algorithm.loss.state_dict() into its loss"
         )
     builder = RunBuilder(
         RunSettings.pick(locals()),
