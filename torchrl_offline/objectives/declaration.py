@@ -180,9 +180,9 @@ class TDLambdaSettings:
     field is one of the algorithm's hyperparameters, so presets, the command line's
     ``--set`` and the Hydra configs reach them. The defaults: AWR's :math:`\lambda =
     0.95` (Peng et al., 2019); its code recomputes the returns every iteration, before
-    200 value steps and 1,000 policy steps; an update here steps both, every 1,000
-    updates by default (a refresh of a 1M-transition dataset costs about as much as
-    1,000 updates of AWR's networks on one CPU thread: ``docs/objectives.md``).
+    200 value steps and 1,000 policy steps; an update here steps both, and the refresh
+    comes every 1,000 updates by default (on a 1M-transition dataset a refresh costs
+    about 200 updates of AWR's networks on one CPU thread: ``docs/objectives.md``).
 
     Examples:
         >>> from torchrl_offline.objectives.declaration import TDLambdaSettings
