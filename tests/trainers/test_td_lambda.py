@@ -191,3 +191,23 @@ def test_finetune_refuses_td_lambda_and_names_the_fix():
     )
     with pytest.raises(AlgorithmError, match="value_target='monte_carlo'"):
         finetune(offline.algorithm, make_dataset(), "Pendulum-v1", total_steps=2, **QUIET)
+
+
+def test_the_command_line_takes_the_settings(tmp_path):
+    from torchrl_offline.cli import main
+    from torchrl_offline.trainers.metadata import load_algorithm
+
+    root, run = str(tmp_path / "minari"), tmp_path / "run"
+    collect = ["collect", "Pendulum-v1", "--dataset-id", "pendulum/tiny-v0", "--steps", "100",
+               "--policy", "random", "--root", root, "--no-progress"]  # fmt: skip
+    assert main(collect) == 0
+    train_cmd = ["train", "--algo", "awr", "--steps", "4", "--out", str(run), "--preset", "small",
+                 "--set", "value_target=td_lambda", "--set", "td_lambda_interval=2",
+                 "--dataset", "pendulum/tiny-v0", "--root", root, "--batch-size", "16",
+                 "--eval-env", "none", "--no-progress"]  # fmt: skip
+    assert main(train_cmd) == 0
+    algo, step = load_algorithm(run)
+    assert step == 4 and algo.hyperparameters["value_target"] == "td_lambda"
+    assert algo.hyperparameters["td_lambda_interval"] == 2 and needs_td_lambda(algo)
+    saved = load_checkpoint(sorted((run / "checkpoints").glob("*.pt"))[-1])
+    assert saved["hooks"]["td_lambda_refresh"]["refreshed_at"] == 4
