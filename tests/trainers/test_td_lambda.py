@@ -130,6 +130,8 @@ def test_observation_normalisation_reaches_the_refresh():
             trainer.register_op("post_steps", self)
 
         def __call__(self):
+            if self.trainer.step != 2:  # the refresh before update 2
+                return
             refresh = self.trainer._modules["td_lambda_refresh"]
             loc, scale = refresh.observation_norm
             net = self.trainer.loss_module.value_network.module
@@ -138,7 +140,7 @@ def test_observation_normalisation_reaches_the_refresh():
                 probe_norm["expected"] = _loop(data, lambda s: net((s - loc) / scale))
             probe_norm["returns"] = refresh.returns.clone()
 
-    train("awr", make_replay_buffer(_episodic(), batch_size=16), total_steps=2, hooks=[Seen()],
+    train("awr", make_replay_buffer(_episodic(), batch_size=16), total_steps=3, hooks=[Seen()],
           normalize_observations=True, overrides={**TD, "td_lambda_interval": 2}, **QUIET)  # fmt: skip
     torch.testing.assert_close(probe_norm["returns"], probe_norm["expected"], atol=1e-5, rtol=1e-5)
 
@@ -210,4 +212,27 @@ def test_the_command_line_takes_the_settings(tmp_path):
     assert step == 4 and algo.hyperparameters["value_target"] == "td_lambda"
     assert algo.hyperparameters["td_lambda_interval"] == 2 and needs_td_lambda(algo)
     saved = load_checkpoint(sorted((run / "checkpoints").glob("*.pt"))[-1])
-    assert saved["hooks"]["td_lambda_refresh"]["refreshed_at"] == 4
+    assert saved["hooks"]["td_lambda_refresh"]["refreshed_at"] == 2  # none after the last
+
+
+def test_the_hydra_trainer_config_refreshes_the_returns():
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from torchrl_offline.configs import OfflineTrainerConfig
+
+    algo = build_algorithm("awr", dataset=make_dataset(), **TD)
+    data = make_replay_buffer(_episodic(), batch_size=16)
+    cfg = OfflineTrainerConfig(total_steps=5, batch_size=16, seed=0,
+                               td_lambda={"td_lambda": LMBDA, "td_lambda_interval": 2})  # fmt: skip
+    trainer = instantiate(cfg, loss_module=algo.loss, replay_buffer=data)
+    trainer.train()
+    refresh = trainer._modules["td_lambda_refresh"]
+    assert [r["step"] for r in refresh.refreshes] == [0, 2, 4] and refresh.lmbda == LMBDA
+    with pytest.raises(InstantiationException, match="unknown setting 'lambda'"):
+        instantiate(OfflineTrainerConfig(total_steps=1, td_lambda={"lambda": 0.9}),
+                    loss_module=algo.loss, replay_buffer=data)  # fmt: skip
+    monte_carlo = build_algorithm("awr", dataset=make_dataset(), hidden_sizes=(8,))
+    with pytest.raises(InstantiationException, match="does not fit its value to TD"):
+        instantiate(OfflineTrainerConfig(total_steps=1, td_lambda={"td_lambda": 0.9}),
+                    loss_module=monte_carlo.loss, replay_buffer=data)  # fmt: skip

@@ -13,7 +13,8 @@ current value network evaluated on every next observation, a chunk at a time:
 
 1. before update 0 (the trainer's ``"setup"`` stage);
 2. after update ``u - 1`` for every ``u`` that is a multiple of ``td_lambda_interval``
-   (the ``"post_steps"`` stage), so update ``u``'s batch already reads the new returns.
+   (the ``"post_steps"`` stage), so update ``u``'s batch already reads the new returns
+   (not after the run's last update: a run resumed beyond it refreshes at its setup).
 
 The column is the dataset's own (batches gather it when sampled), so the refresh costs one
 forward pass of the value network over the dataset and one vectorised recurrence, and no
@@ -211,8 +212,10 @@ class TDLambdaRefresh(TrainerHookBase):
             self.refresh(step)
 
     def __call__(self, batch: TensorDictBase | None = None) -> None:
-        step = int(self._trainer.collected_frames)
-        if step % self.interval == 0 and self.refreshed_at != step:
+        trainer = self._trainer
+        step = int(trainer.collected_frames)
+        last = step >= trainer.total_frames  # no update follows: a resume refreshes at setup
+        if step % self.interval == 0 and self.refreshed_at != step and not last:
             self.refresh(step)
 
     def log(self, batch: TensorDictBase | None = None) -> None:
