@@ -193,6 +193,13 @@ def test_finetune_refuses_td_lambda_and_names_the_fix():
     )
     with pytest.raises(AlgorithmError, match="value_target='monte_carlo'"):
         finetune(offline.algorithm, make_dataset(), "Pendulum-v1", total_steps=2, **QUIET)
+    # the fix the message names: the same networks with Monte Carlo returns
+    hp = {k: offline.algorithm.hyperparameters[k] for k in ("hidden_sizes", "gamma")}
+    monte_carlo = build_algorithm("awr", dataset=make_dataset(), **hp)
+    monte_carlo.loss.load_state_dict(offline.algorithm.loss.state_dict())
+    online = finetune(monte_carlo, make_dataset(), "Pendulum-v1", total_steps=2,
+                      frames_per_batch=2, **QUIET)  # fmt: skip
+    assert online.step == 2
 
 
 def test_the_command_line_takes_the_settings(tmp_path):

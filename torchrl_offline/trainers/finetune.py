@@ -574,8 +574,10 @@ def finetune(
         raise AlgorithmError(
             f"{algorithm.name} with value_target='td_lambda' recomputes its returns over the "
             "offline dataset, which fine-tuning mixes with unfinished online episodes; "
-            "fine-tune it with Monte Carlo returns: build_algorithm(..., "
-            "value_target='monte_carlo') and load algorithm.loss.state_dict() into its loss"
+            "fine-tune with Monte Carlo returns: an AWR trained with "
+            "value_target='monte_carlo' (the default), or, in Python, this one rebuilt "
+            "with build_algorithm(..., value_target='monte_carlo') and its "
+            "loss.load_state_dict(algorithm.loss.state_dict())"
         )
     builder = RunBuilder(
         RunSettings.pick(locals()),
