@@ -243,3 +243,14 @@ def test_the_hydra_trainer_config_refreshes_the_returns():
     with pytest.raises(InstantiationException, match="does not fit its value to TD"):
         instantiate(OfflineTrainerConfig(total_steps=1, td_lambda={"td_lambda": 0.9}),
                     loss_module=monte_carlo.loss, replay_buffer=data)  # fmt: skip
+
+
+def test_a_stored_memory_mapped_column_is_not_overwritten(tmp_path):
+    from torchrl_offline.data.errors import DatasetError
+
+    algo = build_algorithm("awr", dataset=make_dataset(), **TD)
+    data = _episodic()
+    data["td_lambda_return"] = torch.zeros(96, 1)
+    stored = make_replay_buffer(data.memmap_(tmp_path / "data"), batch_size=16)
+    with pytest.raises(DatasetError, match="memory-mapped"):
+        TDLambdaRefresh(algo.loss, stored, gamma=GAMMA, lmbda=LMBDA, interval=2)

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import MemoryMappedTensor, TensorDict, TensorDictBase
 from torchrl.data import ReplayBuffer
 from torchrl.objectives import LossModule
 from torchrl.trainers import TrainerHookBase
@@ -137,6 +137,13 @@ class TDLambdaRefresh(TrainerHookBase):
             raise DatasetError(
                 f"TD(lambda) returns are recomputed into the dataset's {key!r} column: pass "
                 "the buffer with_derived_keys(buffer, ['td_lambda_return'], gamma=...) returns",
+                field=str(key),
+            )
+        if isinstance(stored.get(key), MemoryMappedTensor):
+            raise DatasetError(
+                f"the dataset's {key!r} column is memory-mapped: recomputing it would write "
+                "into the stored files; drop it from the stored data (the trainers derive "
+                "it in memory)",
                 field=str(key),
             )
         value_keys = list(loss.value_network.in_keys)
