@@ -134,7 +134,7 @@ def test_trainer_config_defaults_equal_offline_trainer():
     assert set(params) <= set(fields)
     as_in_train = {"eval_env", "eval_interval", "eval_episodes", "eval_max_steps", "resume"}
     as_in_train |= {"checkpoint_interval", "keep_checkpoints"}
-    extra = {"lr", "tau", "hooks", "checkpoint_dir", "model_rollouts"}
+    extra = {"lr", "tau", "hooks", "checkpoint_dir", "model_rollouts", "td_lambda"}
     assert set(fields) - set(params) == extra | as_in_train
     train_params = _params(train)
     for key in as_in_train:

@@ -16,6 +16,7 @@ from torchrl_offline.data.episodes import (
     derive_keys,
     episode_ends,
     monte_carlo_returns,
+    td_lambda_returns,
     with_derived_keys,
 )
 
@@ -143,3 +144,59 @@ def test_tail_discount_and_observation_bootstrap_only_cut_episodes():
     assert out[MC_TAIL_DISCOUNT].squeeze(-1).tolist() == [0.0, 0.0, 0.0, 0.25, 0.5]
     torch.testing.assert_close(out[MC_TAIL_OBSERVATION][3], data["next", "observation"][4])
     torch.testing.assert_close(out[MC_TAIL_OBSERVATION][0], data["next", "observation"][2])
+
+
+def _loop_td_lambda(reward, ends, next_value, terminated, gamma, lmbda):
+    """The TD(lambda) recurrence written out, one step at a time from the end."""
+    r, v = reward.reshape(-1).tolist(), next_value.reshape(-1).tolist()
+    end, term = ends.reshape(-1).tolist(), terminated.reshape(-1).tolist()
+    out, following = [0.0] * len(r), 0.0
+    for t in reversed(range(len(r))):
+        keep = 0.0 if term[t] else 1.0
+        if end[t]:
+            out[t] = r[t] + gamma * keep * v[t]
+        else:
+            out[t] = r[t] + gamma * keep * ((1 - lmbda) * v[t] + lmbda * following)
+        following = out[t]
+    return torch.tensor(out).reshape(reward.shape)
+
+
+@pytest.mark.parametrize("lmbda", [0.0, 0.5, 0.95, 1.0])
+def test_td_lambda_returns_match_a_plain_loop(lmbda):
+    """Terminated and cut episodes of lengths 1 to 700 (longer than a block of 256)."""
+    g = torch.Generator().manual_seed(1)
+    lengths = [1, 4, 300, 2, 700, 7, 1, 257]
+    ends = torch.zeros(sum(lengths), dtype=torch.bool)
+    ends[torch.tensor(lengths).cumsum(0) - 1] = True
+    terminated = ends & (torch.rand(ends.shape, generator=g) > 0.5)
+    terminated[-1] = False  # the last episode is cut by the end of the data
+    reward = torch.randn(len(ends), 1, generator=g)
+    next_value = torch.randn(len(ends), 1, generator=g) * 10
+    out = td_lambda_returns(
+        reward, ends, next_value, terminated=terminated, gamma=0.97, lmbda=lmbda
+    )
+    expected = _loop_td_lambda(reward, ends, next_value, terminated, 0.97, lmbda)
+    assert out.shape == reward.shape and out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_td_lambda_at_its_ends_is_the_bootstrapped_return_and_the_one_step_target():
+    data = _episodes([3, 300, 5], terminal_last=False)  # cut episodes: bootstrapped
+    ends = episode_ends(data)
+    reward, term = data["next", "reward"], data["next", "terminated"]
+    value = torch.randn(len(ends), 1, generator=torch.Generator().manual_seed(2))
+    derived = derive_keys(data, [MC_RETURN, MC_TAIL_DISCOUNT], gamma=0.9)
+    tail = value[torch.tensor([2] * 3 + [302] * 300 + [307] * 5)]
+    mc = derived[MC_RETURN] + derived[MC_TAIL_DISCOUNT] * tail
+    one = td_lambda_returns(reward, ends, value, terminated=term, gamma=0.9, lmbda=1.0)
+    torch.testing.assert_close(one, mc, atol=1e-4, rtol=1e-5)
+    zero = td_lambda_returns(reward, ends, value, terminated=term, gamma=0.9, lmbda=0.0)
+    torch.testing.assert_close(zero, reward + 0.9 * value, atol=1e-5, rtol=1e-5)
+
+
+def test_td_lambda_refuses_a_bad_lambda_and_mismatched_lengths():
+    ends = torch.tensor([False, True])
+    with pytest.raises(ValueError, match="lmbda"):
+        td_lambda_returns(torch.ones(2), ends, torch.ones(2), terminated=None, gamma=0.9, lmbda=2)
+    with pytest.raises(ValueError, match="one entry per step"):
+        td_lambda_returns(torch.ones(2), ends, torch.ones(3), terminated=None, gamma=0.9, lmbda=1)

@@ -245,3 +245,24 @@ def test_a_terminated_episode_is_not_bootstrapped_and_a_cut_one_is():
     torch.testing.assert_close(loss(batch)["loss_value"], plain(batch)["loss_value"])
     batch["mc_tail_discount"].fill_(0.5)
     assert not torch.allclose(loss(batch)["loss_value"], plain(batch)["loss_value"])
+
+
+def test_td_lambda_target_reads_its_column_as_it_is():
+    """value_target='td_lambda': V is fitted to the batch's td_lambda_return, with no tail
+    bootstrap (the TD(lambda) return bootstraps itself), the tail entries not read."""
+    torch.manual_seed(0)
+    mc = AWRLoss(_normal_actor(), _value(), bootstrap_truncated=False)
+    td = AWRLoss(_normal_actor(), _value(), value_target="td_lambda")
+    td.load_state_dict(mc.state_dict())
+    batch = _batch()
+    assert "td_lambda_return" in td.in_keys
+    assert not {"mc_return", "mc_tail_discount", "mc_tail_observation"} & set(td.in_keys)
+    column = batch.select("observation", "action").set("td_lambda_return", batch["mc_return"])
+    expected = mc(batch)
+    out = td(column)
+    torch.testing.assert_close(out["loss_value"], expected["loss_value"])
+    torch.testing.assert_close(out["loss_actor"], expected["loss_actor"])
+    with pytest.raises(OfflineLossError, match="td_lambda_return"):
+        td(batch)  # the Monte Carlo entries are not what it reads
+    with pytest.raises(ValueError, match="value_target must be one of"):
+        AWRLoss(_normal_actor(), _value(), value_target="gae")

@@ -176,6 +176,41 @@ def cql_lagrange(rank: int, work: Path, data: Path) -> dict[str, Any]:
     return {"initial": initial, "state": _state(result.algorithm.loss)}
 
 
+def awr_td_lambda(rank: int, work: Path, data: Path) -> dict[str, Any]:
+    """AWR with TD(lambda) returns refreshed every 3 updates: every column each rank
+    computed, and its parameters."""
+    from torchrl_offline.trainers import td_lambda
+    from torchrl_offline.trainers.offline import train
+
+    columns: list[tuple[int, torch.Tensor]] = []
+    refresh = td_lambda.TDLambdaRefresh.refresh
+
+    def recording(self, step):
+        refresh(self, step)
+        columns.append((step, self.returns.clone()))
+
+    td_lambda.TDLambdaRefresh.refresh = recording
+    try:
+        result = train(
+            "awr",
+            _open(data, without_replacement=False),
+            total_steps=STEPS,
+            seed=SEED,
+            batch_size=BATCH,
+            logger=None,
+            progress=False,
+            distributed=True,
+            overrides={
+                "hidden_sizes": HIDDEN,
+                "value_target": "td_lambda",
+                "td_lambda_interval": 3,
+            },
+        )
+    finally:
+        td_lambda.TDLambdaRefresh.refresh = refresh
+    return {"columns": columns, "state": _state(result.algorithm.loss)}
+
+
 def mismatch(rank: int, work: Path, data: Path) -> dict[str, Any]:
     """Rank 1 launched with another batch size."""
     from torchrl_offline.trainers.offline import train
@@ -274,6 +309,7 @@ SCENARIOS = {
     "equivalence": equivalence,
     "resume_same_world": resume_same_world,
     "cql_lagrange": cql_lagrange,
+    "awr_td_lambda": awr_td_lambda,
     "mismatch": mismatch,
     "cli": cli,
     "cli_missing": cli_missing,

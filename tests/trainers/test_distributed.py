@@ -196,6 +196,18 @@ def test_temperature_and_lagrange_multiplier_identical_across_ranks(two_ranks):
     assert any(not torch.equal(r0["initial"][k], r1["initial"][k]) for k in r0["initial"])
 
 
+def test_awr_td_lambda_returns_are_the_same_on_every_rank(two_ranks):
+    """Every rank refreshes the whole column with the same value network: the ranks'
+    columns are equal, bitwise, at every refresh (before updates 0, 3 and 6)."""
+    r0, r1 = _result(two_ranks, "awr_td_lambda")
+    assert [step for step, _ in r0["columns"]] == [step for step, _ in r1["columns"]] == [0, 3, 6]
+    for (_, a), (_, b) in zip(r0["columns"], r1["columns"]):
+        assert a.shape == (N, 1) and torch.equal(a, b)
+    assert not torch.equal(r0["columns"][0][1], r0["columns"][-1][1])  # V moved
+    for key in r0["state"]:
+        assert torch.equal(r0["state"][key], r1["state"][key]), key
+
+
 def test_resume_on_the_same_world_size_is_exact(two_ranks):
     (straight, _), (resumed, _) = (
         _result(two_ranks, "equivalence"),

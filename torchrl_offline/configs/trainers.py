@@ -86,6 +86,12 @@ class OfflineTrainerConfig(TrainerConfig):
     (:class:`~torchrl_offline.objectives.declaration.ModelRolloutSettings` fields, e.g.
     ``{rollout_length: 1, real_ratio: 0.5}``) over the algorithm's declared ones.
 
+    A loss whose algorithm declares the need "TD(lambda) returns" and whose
+    ``value_target`` is ``"td_lambda"`` (AWR) gets its ``"td_lambda_return"`` column
+    recomputed with its value network as ``train`` does
+    (:mod:`~torchrl_offline.trainers.td_lambda`); ``td_lambda`` is a mapping of its
+    settings (``{td_lambda: 0.9, td_lambda_interval: 500}``) over the declared ones.
+
     Networks are built when the loss is instantiated, before the trainer seeds the
     generators: seed torch first (``torch.manual_seed(cfg.seed)``) for a reproducible
     run.
@@ -118,6 +124,7 @@ class OfflineTrainerConfig(TrainerConfig):
     resume: bool = False
     hooks: list[Any] | None = None
     model_rollouts: Any = None
+    td_lambda: Any = None
     _target_: str = "torchrl_offline.configs.trainers._make_offline_trainer"
 
     def __post_init__(self) -> None:
@@ -150,20 +157,26 @@ def _with_derived_keys(loss_module: LossModule, replay_buffer: Any) -> Any:
     (``"mc_return"`` at the loss's discount, 0.99 without a value estimator), as ``train``
     adds them; a buffer already holding them is used as it is."""
     from torchrl_offline.data.episodes import with_derived_keys
-    from torchrl_offline.objectives.declaration import COMMON_DEFAULTS
     from torchrl_offline.trainers.algorithms import algorithm_of, declaration
 
     name = algorithm_of(loss_module)
-    keys = () if name is None else declaration(name).derived_keys
+    loss_settings = {"value_target": getattr(loss_module, "value_target", None)}
+    keys = () if name is None else declaration(name).batch_keys(loss_settings)
     stored = getattr(getattr(replay_buffer, "storage", None), "_storage", None)
     if stored is not None and hasattr(stored, "keys"):
         keys = tuple(k for k in keys if k not in stored.keys(True))
     if not keys:
         return replay_buffer
+    return with_derived_keys(replay_buffer, keys, gamma=_discount(loss_module))
+
+
+def _discount(loss_module: LossModule) -> float:
+    """The loss's value estimator's discount, 0.99 without one."""
+    from torchrl_offline.objectives.declaration import COMMON_DEFAULTS
+
     estimator = getattr(loss_module, "_value_estimator", None)
     gamma = getattr(estimator, "gamma", None) if estimator is not None else None
-    gamma = float(COMMON_DEFAULTS["gamma"] if gamma is None else gamma)
-    return with_derived_keys(replay_buffer, keys, gamma=gamma)
+    return float(COMMON_DEFAULTS["gamma"] if gamma is None else gamma)
 
 
 def _call_partial(value: Any, field: str, expected: type, *args: Any) -> Any:
@@ -207,6 +220,7 @@ def _make_offline_trainer(
     resume: bool,
     hooks: Sequence[Any] | None,
     model_rollouts: Any = None,
+    td_lambda: Any = None,
 ) -> OfflineTrainer:
     loss_module = _call_partial(loss_module, "loss_module", LossModule)
     if optimizer is None:
@@ -250,6 +264,7 @@ def _make_offline_trainer(
         **extra,
     )
     _add_model_rollouts(trainer, replay_buffer, batch_size, seed, plain(model_rollouts))
+    _add_td_lambda(trainer, replay_buffer, plain(td_lambda))
     if eval_env:
         _add_evaluation(
             trainer,
@@ -328,6 +343,44 @@ def _add_model_rollouts(
         batch_size=int(size),
         seed=0 if seed is None else int(seed),
     )
+
+
+def _add_td_lambda(trainer: OfflineTrainer, replay_buffer: Any, settings: Any) -> None:
+    """The TD(lambda) refresh for a loss fitting its value to TD(lambda) returns
+    (``settings`` over the declared ones)."""
+    from torchrl_offline.trainers.algorithms import algorithm_of, declaration
+    from torchrl_offline.trainers.td_lambda import TDLambdaRefresh
+
+    loss_module = trainer.loss_module
+    name = algorithm_of(loss_module)
+    decl = None if name is None else declaration(name)
+    value_target = getattr(loss_module, "value_target", None)
+    if decl is None or not decl.uses_td_lambda({"value_target": value_target}):
+        if settings:
+            raise ConfigError(
+                f"trainer.td_lambda: {type(loss_module).__name__} does not fit its value to "
+                "TD(lambda) returns (set the loss's value_target: td_lambda)"
+            )
+        return
+    hp = decl.td_lambda_returns.hyperparameters()
+    settings = dict(settings or {})
+    unknown = sorted(set(settings) - set(hp))
+    if unknown:
+        raise ConfigError(
+            f"trainer.td_lambda: unknown setting {unknown[0]!r}; valid: {', '.join(hp)}"
+        )
+    hp.update(settings)
+    try:
+        decl.td_lambda_returns.check(hp)
+    except ValueError as err:
+        raise ConfigError(f"trainer.td_lambda: {err}") from None
+    TDLambdaRefresh(
+        loss_module,
+        replay_buffer,
+        gamma=_discount(loss_module),
+        lmbda=float(hp["td_lambda"]),
+        interval=int(hp["td_lambda_interval"]),
+    ).register(trainer)
 
 
 def _policy_of(loss_module: LossModule) -> Any:

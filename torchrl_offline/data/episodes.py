@@ -60,12 +60,14 @@ __all__ = [
     "MC_TAIL_DISCOUNT",
     "MC_TAIL_OBSERVATION",
     "NEXT_ACTION",
+    "TD_LAMBDA_RETURN",
     "EpisodeOrderError",
     "check_derived_keys",
     "derive_keys",
     "episode_ends",
     "monte_carlo_returns",
     "next_actions",
+    "td_lambda_returns",
     "with_derived_keys",
 ]
 
@@ -80,6 +82,11 @@ NEXT_ACTION = ("next", "action")
 MC_TAIL_DISCOUNT = "mc_tail_discount"
 #: The observation after the last step of the step's episode.
 MC_TAIL_OBSERVATION = "mc_tail_observation"
+#: The TD(lambda) return of the step (:func:`td_lambda_returns`), which needs the current
+#: value function: derived as the Monte Carlo return (TD(1) with ``V = 0``), a column the
+#: trainers then recompute with the value network during training
+#: (:mod:`~torchrl_offline.trainers.td_lambda`).
+TD_LAMBDA_RETURN = "td_lambda_return"
 
 # Rows compared at a time when checking that consecutive steps follow each other.
 _CHUNK = 65_536
@@ -179,8 +186,81 @@ def monte_carlo_returns(reward: Tensor, ends: Tensor, *, gamma: float) -> Tensor
         >>> monte_carlo_returns(torch.ones(3), torch.tensor([False, False, True]), gamma=0.5)
         tensor([1.7500, 1.5000, 1.0000])
     """
-    r = reward.reshape(-1).double().numpy()
-    end = ends.reshape(-1).numpy()
+    out = _discounted_returns(reward.reshape(-1).double().numpy(), ends.reshape(-1).numpy(), gamma)
+    return torch.from_numpy(out).to(torch.float32).reshape(reward.shape)
+
+
+def td_lambda_returns(
+    reward: Tensor,
+    ends: Tensor,
+    next_value: Tensor,
+    *,
+    terminated: Tensor | None,
+    gamma: float,
+    lmbda: float,
+) -> Tensor:
+    r"""The TD(:math:`\lambda`) return of every step, bootstrapped with ``next_value``.
+
+    Inside an episode ``G_t = r_t + gamma (1 - term_t) [(1 - lmbda) V(s_{t+1}) + lmbda
+    G_{t+1}]``; at an episode's last step (cut or terminated) ``G_T = r_T + gamma (1 -
+    term_T) V(s_{T+1})``. ``lmbda=1`` gives the Monte Carlo return bootstrapped with
+    ``V`` where the episode was cut, ``lmbda=0`` the one-step TD target. It is the
+    recurrence of :func:`monte_carlo_returns` on the rewards ``r_t + gamma (1 - term_t)
+    (1 - lmbda) V(s_{t+1})`` (``r_T + gamma (1 - term_T) V(s_{T+1})`` at the last step)
+    with discount ``gamma * lmbda``: one vectorised pass over the data.
+
+    Args:
+        reward: rewards in dataset order, ``[N]`` or ``[N, 1]``.
+        ends: :func:`episode_ends` of the data (``[N]``).
+        next_value: ``V(s_{t+1})`` of every step (``[N]`` or ``[N, 1]``).
+
+    Keyword Args:
+        terminated (Tensor or None): ``("next", "terminated")`` of every step; a
+            terminated step ends its episode and is not bootstrapped. ``None``: no step
+            terminated (every episode was cut).
+        gamma (float): the discount.
+        lmbda (float): :math:`\lambda`, in ``[0, 1]``.
+
+    Returns:
+        A float32 tensor shaped like ``reward``.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl_offline.data.episodes import td_lambda_returns
+        >>> ends = torch.tensor([False, False, True])  # one episode, cut after step 2
+        >>> td_lambda_returns(torch.ones(3), ends, torch.full((3,), 10.0), terminated=None,
+        ...                   gamma=0.5, lmbda=0.5)
+        tensor([4.7500, 5.0000, 6.0000])
+        >>> td_lambda_returns(torch.ones(3), ends, torch.full((3,), 10.0),
+        ...                   terminated=ends, gamma=0.5, lmbda=1.0)  # terminated: plain return
+        tensor([1.7500, 1.5000, 1.0000])
+    """
+    if not 0.0 <= lmbda <= 1.0:
+        raise ValueError(f"lmbda must be in [0, 1], got {lmbda}")
+    n = reward.numel()
+    if next_value.numel() != n or ends.numel() != n:
+        raise ValueError(
+            f"reward, ends and next_value must have one entry per step, got {n}, "
+            f"{ends.numel()} and {next_value.numel()}"
+        )
+    end = ends.reshape(-1).numpy().copy()
+    cont = np.full(n, float(gamma))  # gamma (1 - term_t)
+    if terminated is not None:
+        term = terminated.reshape(-1).numpy().astype(bool)
+        end |= term
+        cont[term] = 0.0
+    value = next_value.reshape(-1).double().numpy()
+    weight = np.where(end, 1.0, 1.0 - lmbda)  # the share of V(s_{t+1}) in the target
+    r = reward.reshape(-1).double().numpy() + cont * weight * value
+    out = _discounted_returns(r, end, gamma * lmbda)
+    return torch.from_numpy(out).to(torch.float32).reshape(reward.shape)
+
+
+def _discounted_returns(r: np.ndarray, end: np.ndarray, discount: float) -> np.ndarray:
+    """``G_t = r_t + discount * G_{t+1}`` inside an episode, ``G_t = r_t`` at its last
+    step (``end``), for float64 ``r`` in dataset order."""
+    if r.size and not end[-1]:
+        raise ValueError("the data's last step must end an episode (see episode_ends)")
     out = np.empty_like(r)
     last = np.flatnonzero(end)
     first = np.concatenate(([0], last[:-1] + 1))
@@ -193,28 +273,33 @@ def monte_carlo_returns(reward: Tensor, ends: Tensor, *, gamma: float) -> Tensor
         for k in range(1, int(s_len.max())):
             live = s_len > k
             idx = s_last[live] - k
-            out[idx] = r[idx] + gamma * out[idx + 1]
-    # Long episodes one by one, a block of steps at a time.
-    for a, b in zip(first[~short], last[~short]):
-        out[a : b + 1] = _returns_to_go(r[a : b + 1], gamma)
-    return torch.from_numpy(out).to(torch.float32).reshape(reward.shape)
-
-
-def _returns_to_go(r: np.ndarray, gamma: float) -> np.ndarray:
-    """``G_t = sum_k gamma^k r_{t+k}`` over one whole episode, ``_SHORT`` steps per block
-    (a triangular matrix of discounts within a block, the carried return across blocks)."""
-    k = np.arange(_SHORT)
-    power = gamma ** np.clip(k[None, :] - k[:, None], 0, None)
-    within = np.triu(power)  # within[i, j] = gamma^(j - i) for j >= i
-    out = np.empty_like(r)
-    carry = 0.0
-    for stop in range(len(r), 0, -_SHORT):
-        start = max(stop - _SHORT, 0)
-        m = stop - start
-        block = within[:m, :m] @ r[start:stop]
-        out[start:stop] = block + gamma ** (m - k[:m]) * carry
-        carry = out[start]
+            out[idx] = r[idx] + discount * out[idx + 1]
+    # Long episodes together too, a block of _SHORT steps at a time from their ends.
+    if (~short).any():
+        _long_returns(r, first[~short], last[~short], discount, out)
     return out
+
+
+def _long_returns(
+    r: np.ndarray, first: np.ndarray, last: np.ndarray, discount: float, out: np.ndarray
+) -> None:
+    """``G_t = sum_k discount^k r_{t+k}`` over whole episodes (``first[e]`` to
+    ``last[e]``) into ``out``: block ``j`` from the end of every episode at once, as a
+    triangular matrix of discounts within the block plus the return carried from the
+    block after it; an episode's earliest block is padded with zero rewards before its
+    first step."""
+    k = np.arange(_SHORT)
+    within = np.triu(discount ** np.clip(k[None, :] - k[:, None], 0, None))  # d^(j - i), j >= i
+    to_carry = discount ** (_SHORT - k)  # the carried return's discount at each position
+    carry = np.zeros(len(last))
+    for j in range(int(np.ceil((last - first + 1).max() / _SHORT))):
+        live = last - first + 1 > j * _SHORT
+        idx = (last[live] - (j + 1) * _SHORT + 1)[:, None] + k[None, :]  # [E, _SHORT]
+        inside = idx >= first[live][:, None]
+        block = np.where(inside, r[np.maximum(idx, 0)], 0.0) @ within.T
+        block += to_carry[None, :] * carry[live][:, None]
+        out[idx[inside]] = block[inside]
+        carry[live] = block[:, 0]
 
 
 def next_actions(action: Tensor, ends: Tensor) -> Tensor:
@@ -276,6 +361,7 @@ DERIVED_KEYS: dict[NestedKey, tuple[str, tuple[NestedKey, ...], Callable[..., Te
         (NEXT_OBSERVATION,),
         _tail_observation,
     ),
+    TD_LAMBDA_RETURN: ("TD(lambda) returns", (REWARD,), _mc_return),
 }
 
 

@@ -3,9 +3,11 @@
 TorchRL has no AWR loss. AWR fits a state-value function to the returns of the logged
 episodes and the policy by advantage-weighted maximum likelihood of the logged actions:
 two supervised regressions, no bootstrapped critic and no target networks. The returns
-come with the batch (``"mc_return"``, the discounted return of the rest of the logged
-episode, which the trainers derive from the data's episode order:
-:mod:`torchrl_offline.data.episodes`).
+come with the batch: by default ``"mc_return"``, the discounted return of the rest of the
+logged episode, which the trainers derive from the data's episode order
+(:mod:`torchrl_offline.data.episodes`); with ``value_target="td_lambda"`` (the paper's)
+``"td_lambda_return"``, which the trainers recompute over the dataset with the current
+value network (:mod:`torchrl_offline.trainers.td_lambda`).
 """
 
 from __future__ import annotations
@@ -22,17 +24,30 @@ from torchrl.data.utils import _find_action_space
 from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import distance_loss
 
+from torchrl_offline.data.episodes import MC_RETURN, TD_LAMBDA_RETURN
 from torchrl_offline.objectives._checks import check_reduction, count_update
 from torchrl_offline.objectives._keys import LazyInKeys
 from torchrl_offline.objectives._likelihood import LikelihoodActor
 from torchrl_offline.objectives.common import OfflineLossError, check_batch
-from torchrl_offline.objectives.declaration import AlgorithmDeclaration, ParamGroup
+from torchrl_offline.objectives.declaration import (
+    AlgorithmDeclaration,
+    ParamGroup,
+    TDLambdaSettings,
+)
 from torchrl_offline.objectives.networks import STOCHASTIC_ACTORS
 
-__all__ = ["AWR_ALGORITHM", "DISCRETE_AWR_ALGORITHM", "AWRLoss", "DiscreteAWRLoss"]
+__all__ = [
+    "AWR_ALGORITHM",
+    "DISCRETE_AWR_ALGORITHM",
+    "VALUE_TARGETS",
+    "AWRLoss",
+    "DiscreteAWRLoss",
+]
 
 # Added to the advantages' standard deviation when normalising them (the paper's code's).
 _ADV_EPS = 1e-5
+#: The returns :math:`V` can be fitted to, with the batch entry each is read from.
+VALUE_TARGETS = {"monte_carlo": MC_RETURN, "td_lambda": TD_LAMBDA_RETURN}
 
 
 class AWRLoss(LikelihoodActor, LazyInKeys, LossModule):
@@ -63,10 +78,14 @@ class AWRLoss(LikelihoodActor, LazyInKeys, LossModule):
 
     The paper's value target is the TD(:math:`\lambda`) return (:math:`\lambda =
     0.95`), recomputed over the buffer with the current :math:`V` between rounds of
-    updates; here it is the Monte Carlo return (TD(1)) derived once from the logged
-    episodes, which needs no pass over the whole dataset during training. A batch
-    with another return under ``value_target`` (e.g. precomputed TD(:math:`\lambda`)
-    returns) is used as it is.
+    updates: ``value_target="td_lambda"`` reads it from the batch's
+    ``"td_lambda_return"`` as it is (it bootstraps itself, so the tail entries are not
+    read), and :func:`~torchrl_offline.trainers.offline.train` recomputes that column
+    over the whole dataset every ``td_lambda_interval`` updates
+    (:mod:`~torchrl_offline.trainers.td_lambda`). The default, ``"monte_carlo"``, is the
+    Monte Carlo return (TD(1)) derived once from the logged episodes, which needs no
+    pass over the dataset during training (and is what the recorded learning table
+    ran).
 
     Args:
         actor_network (ProbabilisticTensorDictSequential): the stochastic actor; its
@@ -78,8 +97,13 @@ class AWRLoss(LikelihoodActor, LazyInKeys, LossModule):
         max_weight (float, optional): clip of the weights. Defaults to ``20.0``.
         normalize_advantage (bool, optional): normalise the advantages over the batch
             before weighting. Defaults to ``True``.
-        bootstrap_truncated (bool, optional): bootstrap the return with
-            :math:`V` where the episode was cut. Defaults to ``True``.
+        value_target (str, optional): the return :math:`V` is fitted to,
+            ``"monte_carlo"`` (the batch's ``"mc_return"``, bootstrapped with the tail
+            entries) or ``"td_lambda"`` (the batch's ``"td_lambda_return"``, as it is).
+            Defaults to ``"monte_carlo"``.
+        bootstrap_truncated (bool, optional): bootstrap the Monte Carlo return with
+            :math:`V` where the episode was cut (not used with ``"td_lambda"``, whose
+            return is bootstrapped already). Defaults to ``True``.
         loss_function (str, optional): value regression, ``"l2"``, ``"l1"`` or
             ``"smooth_l1"``. Defaults to ``"l2"``.
         reduction (str, optional): ``"none"``, ``"mean"`` or ``"sum"``. Defaults to
@@ -115,7 +139,8 @@ class AWRLoss(LikelihoodActor, LazyInKeys, LossModule):
         Attributes:
             action (NestedKey): the logged action. Defaults to ``"action"``.
             value_target (NestedKey): the return :math:`V(s)` is fitted to. Defaults to
-                ``"mc_return"``.
+                ``"mc_return"`` (``"td_lambda_return"`` with
+                ``value_target="td_lambda"``).
             value (NestedKey): the value network's output. Defaults to ``"state_value"``.
             tail_discount (NestedKey): ``gamma^(T - t + 1)`` where the episode was cut, 0
                 where it terminated. Defaults to ``"mc_tail_discount"``.
@@ -147,12 +172,18 @@ class AWRLoss(LikelihoodActor, LazyInKeys, LossModule):
         beta: float = 1.0,
         max_weight: float = 20.0,
         normalize_advantage: bool = True,
+        value_target: str = "monte_carlo",
         bootstrap_truncated: bool = True,
         loss_function: str = "l2",
         reduction: str | None = None,
         check_inputs: bool = True,
     ) -> None:
         reduction = check_reduction(reduction, loss_function)
+        if value_target not in VALUE_TARGETS:
+            raise ValueError(
+                f"value_target must be one of {', '.join(map(repr, VALUE_TARGETS))}, "
+                f"got {value_target!r}"
+            )
         if beta <= 0:
             raise ValueError(f"beta must be > 0, got {beta}")
         if max_weight <= 0:
@@ -162,7 +193,9 @@ class AWRLoss(LikelihoodActor, LazyInKeys, LossModule):
         self.beta = float(beta)
         self.max_weight = float(max_weight)
         self.normalize_advantage = bool(normalize_advantage)
-        self.bootstrap_truncated = bool(bootstrap_truncated)
+        self.value_target = value_target
+        # the TD(lambda) return is bootstrapped already
+        self.bootstrap_truncated = bool(bootstrap_truncated) and value_target == "monte_carlo"
         self.loss_function = loss_function
         self.reduction = reduction
         self.check_inputs = check_inputs
@@ -173,6 +206,14 @@ class AWRLoss(LikelihoodActor, LazyInKeys, LossModule):
                 "bootstrap_truncated needs a value_network reading one observation entry "
                 f"(it reads {value_network.in_keys}); pass bootstrap_truncated=False"
             )
+        if value_target == "td_lambda" and len(value_network.in_keys) != 1:
+            raise OfflineLossError(
+                "value_target='td_lambda' needs a value_network reading one observation "
+                f"entry, to evaluate the dataset's next observations (it reads "
+                f"{value_network.in_keys})"
+            )
+        if VALUE_TARGETS[value_target] != self.default_keys.value_target:
+            self.set_keys(value_target=VALUE_TARGETS[value_target])
         self._num_calls = 0
 
     def _forward_value_estimator_keys(self, **kwargs) -> None:
@@ -233,6 +274,12 @@ class AWRLoss(LikelihoodActor, LazyInKeys, LossModule):
                 f"{self.tensor_keys.value!r}, got shape {tuple(value.shape)}"
             )
         return value.squeeze(-1)
+
+    def state_value(self, tensordict: TensorDictBase) -> Tensor:
+        """``V(s)`` of every sample of ``tensordict`` (shaped like its batch) with the
+        loss's current parameters: what the TD(lambda) refresh
+        (:mod:`~torchrl_offline.trainers.td_lambda`) bootstraps with."""
+        return self._value(tensordict)
 
     def _per_sample(self, tensordict: TensorDictBase, key: NestedKey) -> Tensor:
         value = tensordict.get(key)
@@ -338,8 +385,8 @@ class DiscreteAWRLoss(AWRLoss):
     Keyword Args:
         action_space (str or TensorSpec): ``"one-hot"`` or ``"categorical"`` (or a
             matching spec), the encoding of the action in the batch. Required.
-        beta, max_weight, normalize_advantage, bootstrap_truncated, loss_function,
-            reduction, check_inputs: as in :class:`AWRLoss`.
+        beta, max_weight, normalize_advantage, value_target, bootstrap_truncated,
+            loss_function, reduction, check_inputs: as in :class:`AWRLoss`.
 
     Examples:
         >>> import torch
@@ -373,6 +420,7 @@ class DiscreteAWRLoss(AWRLoss):
         beta: float = 1.0,
         max_weight: float = 20.0,
         normalize_advantage: bool = True,
+        value_target: str = "monte_carlo",
         bootstrap_truncated: bool = True,
         loss_function: str = "l2",
         reduction: str | None = None,
@@ -384,6 +432,7 @@ class DiscreteAWRLoss(AWRLoss):
             beta=beta,
             max_weight=max_weight,
             normalize_advantage=normalize_advantage,
+            value_target=value_target,
             bootstrap_truncated=bootstrap_truncated,
             loss_function=loss_function,
             reduction=reduction,
@@ -405,10 +454,14 @@ _AWR_OPTIMIZER = (
 # 5e-5, value 1e-2); this package's one Adam runs both at Adam's usual 3e-4.
 _AWR_DEFAULTS = {"hidden_sizes": (128, 64), "actor_lr": 3e-4, "value_lr": 3e-4}
 
+_VALUE_TARGETS = {"value_target": tuple(VALUE_TARGETS)}
+
 #: AWR as :func:`~torchrl_offline.trainers.algorithms.build_algorithm` builds it: the
 #: Gaussian actor with a state-independent log-std (the paper's code uses a fixed one),
 #: ``V(s)``, 128x64 MLPs, no target networks, Monte Carlo returns of the logged
-#: episodes added to the batches by the trainers.
+#: episodes added to the batches by the trainers; with ``value_target="td_lambda"``,
+#: TD(lambda) returns (``td_lambda``, the paper's 0.95) recomputed by the trainers
+#: every ``td_lambda_interval`` updates.
 AWR_ALGORITHM = AlgorithmDeclaration(
     name="awr",
     loss_class=AWRLoss,
@@ -419,13 +472,14 @@ AWR_ALGORITHM = AlgorithmDeclaration(
     optimizer=_AWR_OPTIMIZER,
     loss_terms=("loss_actor", "loss_value"),
     defaults={"actor": "gaussian", **_AWR_DEFAULTS},
-    choices={"actor": STOCHASTIC_ACTORS},
+    choices={"actor": STOCHASTIC_ACTORS, **_VALUE_TARGETS},
     discrete_variant="discrete_awr",
     target_update=False,
     derived_keys=("mc_return", "mc_tail_discount", "mc_tail_observation"),
+    td_lambda_returns=TDLambdaSettings(),
 )
 
-#: Discrete AWR: a categorical actor and ``V(s)``, 128x64 MLPs.
+#: Discrete AWR: a categorical actor and ``V(s)``, 128x64 MLPs; the same value targets.
 DISCRETE_AWR_ALGORITHM = AlgorithmDeclaration(
     name="discrete_awr",
     loss_class=DiscreteAWRLoss,
@@ -437,7 +491,9 @@ DISCRETE_AWR_ALGORITHM = AlgorithmDeclaration(
     loss_terms=("loss_actor", "loss_value"),
     action="discrete",
     defaults=_AWR_DEFAULTS,
+    choices=_VALUE_TARGETS,
     action_spec_argument="action_space",
     target_update=False,
     derived_keys=("mc_return", "mc_tail_discount", "mc_tail_observation"),
+    td_lambda_returns=TDLambdaSettings(),
 )

@@ -35,7 +35,7 @@ from tensordict.utils import NestedKey
 from torch import nn
 from torchrl.objectives import LossModule
 
-from torchrl_offline.data.episodes import check_derived_keys
+from torchrl_offline.data.episodes import TD_LAMBDA_RETURN, check_derived_keys
 from torchrl_offline.objectives.networks import NetworkFactory
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "AlgorithmDeclaration",
     "ModelRolloutSettings",
     "ParamGroup",
+    "TDLambdaSettings",
     "collect_parameters",
     "constructor_defaults",
     "constructor_parameters",
@@ -166,6 +167,55 @@ class ModelRolloutSettings:
 
 
 @dataclass(frozen=True)
+class TDLambdaSettings:
+    r"""The training-loop need "TD(lambda) returns", as plain data.
+
+    An algorithm that declares it can fit its value function to TD(:math:`\lambda`)
+    returns (:func:`~torchrl_offline.data.episodes.td_lambda_returns`), which depend on
+    the value function itself: when its ``value_target`` hyperparameter (a loss
+    argument) is ``"td_lambda"``, its batches carry the ``"td_lambda_return"`` column,
+    which the trainers (:mod:`~torchrl_offline.trainers.td_lambda`) recompute over the
+    whole dataset with the loss's current value network every ``td_lambda_interval``
+    updates (the first before update 0), with :math:`\lambda` = ``td_lambda``. Every
+    field is one of the algorithm's hyperparameters, so presets, the command line's
+    ``--set`` and the Hydra configs reach them. The defaults: AWR's :math:`\lambda =
+    0.95` (Peng et al., 2019); its code recomputes the returns every iteration, before
+    200 value steps and 1,000 policy steps; an update here steps both, and the refresh
+    comes every 1,000 updates by default (on a 1M-transition dataset a refresh costs
+    about 200 updates of AWR's networks on one CPU thread: ``docs/objectives.md``).
+
+    Examples:
+        >>> from torchrl_offline.objectives.declaration import TDLambdaSettings
+        >>> settings = TDLambdaSettings()
+        >>> settings.hyperparameters()
+        {'td_lambda': 0.95, 'td_lambda_interval': 1000}
+        >>> settings.uses({"value_target": "td_lambda"}), settings.uses({})
+        (True, False)
+    """
+
+    td_lambda: float = 0.95
+    td_lambda_interval: int = 1000
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The settings by name, as the algorithm's hyperparameters."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @staticmethod
+    def uses(hyperparameters: Mapping[str, Any]) -> bool:
+        """Whether a run with these hyperparameters fits its value to TD(lambda) returns."""
+        return hyperparameters.get("value_target") == "td_lambda"
+
+    @staticmethod
+    def check(hyperparameters: Mapping[str, Any]) -> None:
+        """Raises ``ValueError`` naming a setting out of range."""
+        lmbda, interval = hyperparameters["td_lambda"], hyperparameters["td_lambda_interval"]
+        if not 0.0 <= float(lmbda) <= 1.0:
+            raise ValueError(f"td_lambda must be in [0, 1], got {lmbda!r}")
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+            raise ValueError(f"td_lambda_interval must be an int >= 1, got {interval!r}")
+
+
+@dataclass(frozen=True)
 class AlgorithmDeclaration:
     """Everything around a loss class that a training run needs, declared once.
 
@@ -213,6 +263,11 @@ class AlgorithmDeclaration:
             fields' defaults added to ``defaults``): the trainers fit a dynamics model
             and mix the policy's rollouts in it into every batch. ``None`` (default):
             dataset batches only.
+        td_lambda_returns: the need "TD(lambda) returns" (:class:`TDLambdaSettings`, its
+            fields' defaults added to ``defaults``), on when the ``value_target``
+            hyperparameter is ``"td_lambda"``: the batches then carry
+            ``"td_lambda_return"`` instead of ``derived_keys``, recomputed by the
+            trainers with the current value network. ``None`` (default): no such need.
     """
 
     name: str
@@ -231,11 +286,12 @@ class AlgorithmDeclaration:
     default_preset: str | None = None
     derived_keys: tuple[NestedKey, ...] = ()
     model_rollouts: ModelRolloutSettings | None = None
+    td_lambda_returns: TDLambdaSettings | None = None
 
     def __post_init__(self) -> None:
-        if self.model_rollouts is not None:
-            rollouts = self.model_rollouts.hyperparameters()
-            object.__setattr__(self, "defaults", {**rollouts, **self.defaults})
+        for need in (self.model_rollouts, self.td_lambda_returns):
+            if need is not None:
+                object.__setattr__(self, "defaults", {**need.hyperparameters(), **self.defaults})
         if self.action not in ("continuous", "discrete"):
             raise ValueError(
                 f"algorithm {self.name!r}: action must be 'continuous' or 'discrete', "
@@ -270,6 +326,16 @@ class AlgorithmDeclaration:
             raise ValueError(
                 f"algorithm {self.name!r}: learning rate {missing[0]!r} has no default"
             )
+
+    def uses_td_lambda(self, hyperparameters: Mapping[str, Any]) -> bool:
+        """Whether a run of this algorithm with ``hyperparameters`` needs its TD(lambda)
+        returns recomputed during training (:attr:`td_lambda_returns`)."""
+        return self.td_lambda_returns is not None and self.td_lambda_returns.uses(hyperparameters)
+
+    def batch_keys(self, hyperparameters: Mapping[str, Any]) -> tuple[NestedKey, ...]:
+        """The derived entries the batches of a run with ``hyperparameters`` carry:
+        ``"td_lambda_return"`` when :meth:`uses_td_lambda`, else :attr:`derived_keys`."""
+        return (TD_LAMBDA_RETURN,) if self.uses_td_lambda(hyperparameters) else self.derived_keys
 
     def build_policy(self, loss: LossModule, networks: Networks) -> TensorDictModuleBase:
         """The module to act with: ``networks[policy]``, or ``policy(loss, networks)``

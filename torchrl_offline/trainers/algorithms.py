@@ -183,7 +183,9 @@ class Algorithm:
         observation_norm: ``(loc, scale)`` when the networks are trained on normalised
             observations (``policy`` then takes raw observations), else ``None``.
         derived_keys: batch entries made from the data's episode order that the loss
-            reads (the declaration's; the trainers add them:
+            reads (the declaration's, for these hyperparameters:
+            :meth:`~torchrl_offline.objectives.declaration.AlgorithmDeclaration.batch_keys`;
+            the trainers add them:
             :func:`~torchrl_offline.data.episodes.with_derived_keys`).
     """
 
@@ -368,6 +370,11 @@ def _resolve(
             )
     if not 0.0 <= float(hp["gamma"]) <= 1.0:
         raise HyperparameterError(f"gamma must be in [0, 1], got {hp['gamma']!r}")
+    if decl.td_lambda_returns is not None:
+        try:
+            decl.td_lambda_returns.check(hp)
+        except ValueError as err:
+            raise HyperparameterError(str(err)) from None
     if not 0.0 < float(hp["tau"]) <= 1.0:
         raise HyperparameterError(f"tau must be in (0, 1], got {hp['tau']!r}")
     for key, value in hp.items():
@@ -532,7 +539,7 @@ def build_algorithm(
         observation_spec=obs_spec,
         action_spec=act_spec,
         observation_norm=observation_norm,
-        derived_keys=decl.derived_keys,
+        derived_keys=decl.batch_keys(hp),
     )
 
 

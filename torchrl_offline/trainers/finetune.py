@@ -50,6 +50,7 @@ from torchrl_offline.trainers.env_state import env_state as _env_state
 from torchrl_offline.trainers.env_state import set_env_state as _set_env_state
 from torchrl_offline.trainers.envs import as_env, check_env
 from torchrl_offline.trainers.run import RunBuilder, RunSettings, TrainResult
+from torchrl_offline.trainers.td_lambda import needs_td_lambda
 
 __all__ = ["TRAINING_KEYS", "OnlineSource", "finetune"]
 
@@ -568,6 +569,15 @@ def finetune(
             f"{algorithm.name}'s conservative term pushes down at the rows of model "
             "rollouts, which fine-tuning does not make; set algorithm.loss."
             "conservative_states = 'all' to fine-tune with CQL's term on every row"
+        )
+    if needs_td_lambda(algorithm):
+        raise AlgorithmError(
+            f"{algorithm.name} with value_target='td_lambda' recomputes its returns over the "
+            "offline dataset, which fine-tuning mixes with unfinished online episodes; "
+            "fine-tune with Monte Carlo returns: an AWR trained with "
+            "value_target='monte_carlo' (the default), or, in Python, this one rebuilt "
+            "with build_algorithm(..., value_target='monte_carlo') and its "
+            "loss.load_state_dict(algorithm.loss.state_dict())"
         )
     builder = RunBuilder(
         RunSettings.pick(locals()),

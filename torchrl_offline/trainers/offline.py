@@ -37,6 +37,7 @@ from torchrl_offline.trainers.normalization import observation_moments
 from torchrl_offline.trainers.process_group import DistributedContext
 from torchrl_offline.trainers.run import RunBuilder, RunSettings, TrainResult
 from torchrl_offline.trainers.strategy import SingleProcess, Strategy, strategy_for
+from torchrl_offline.trainers.td_lambda import attach_td_lambda, needs_td_lambda
 from torchrl_offline.trainers.trainer import OfflineSource, OfflineTrainer
 
 __all__ = [
@@ -182,6 +183,8 @@ def train(
             trainer = builder.trainer(algo, data, builder.metadata(algo, identity))
             if needs_model_rollouts(algo):
                 _model_rollouts(trainer, algo, data, batch_size, seed, strategy)
+            if needs_td_lambda(algo):  # its value targets recomputed with the current V
+                attach_td_lambda(trainer, algo, data)
             scheduler = make_lr_scheduler(algo, total_steps)
             if scheduler is not None:
                 LRSchedulerHook(scheduler).register(trainer)
