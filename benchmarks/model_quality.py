@@ -90,7 +90,7 @@ def run_one(task: str, level: str, args) -> dict:
 
 def markdown(records: list[dict]) -> str:
     head = (
-        "| dataset | one-step MSE s' | MSE Δs | MSE r | 95% band coverage | "
+        "| dataset | one-step MSE s' | MSE Δs | MSE r | 95% band coverage (mixture / member) | "
         + " | ".join(f"h={h}" for h in HORIZONS)
         + " | updates | fit (s) |\n|---|"
         + "---:|" * (6 + len(HORIZONS))
@@ -99,9 +99,10 @@ def markdown(records: list[dict]) -> str:
     for r in records:
         o = r["one_step"]
         ol = [r["open_loop"].get(str(h)) for h in HORIZONS]
+        member = f"{o['coverage_member']:.3f}" if "coverage_member" in o else "—"
         rows.append(
             f"| {r['task']} {r['level']} | {o['mse_next_observation']:.3g} | {o['mse_delta']:.3g} "
-            f"| {o['mse_reward']:.3g} | {o['coverage']:.3f} | "
+            f"| {o['mse_reward']:.3g} | {o['coverage']:.3f} / {member} | "
             + " | ".join("—" if v is None else f"{v:.3g}" for v in ol)
             + f" | {r['fit']['updates']} | {r['fit']['seconds']:.0f} |"
         )

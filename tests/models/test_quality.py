@@ -39,6 +39,25 @@ def test_one_step_quality_of_targets_drawn_from_the_model_itself():
     assert abs(quality["mse_delta"] - expected) < 0.1 * expected
 
 
+def test_member_coverage_is_each_elites_own_band():
+    model = tiny_model(num_members=3, num_elites=2)
+    data = linear_transitions(4000, seed=4)
+    means, log_vars = model(data["observation"], data["action"])
+    # every row drawn from the first elite's Gaussian: its band holds 95% of them, the
+    # other elite's (another mean) fewer, and the wider mixture band more
+    first = model.elites[0]
+    noise = torch.randn(means.shape[1:], generator=torch.Generator().manual_seed(1))
+    draw = means[first] + (0.5 * log_vars[first]).exp() * noise
+    data["next", "observation"] = data["observation"] + draw[:, :2]
+    data["next", "reward"] = draw[:, 2:]
+    quality = one_step_quality(model, data)
+    z = 1.959964
+    second = model.elites[1]
+    inside_second = (means[second] - draw).abs() <= z * (0.5 * log_vars[second]).exp()
+    expected = (0.95 + inside_second.float().mean().item()) / 2
+    assert abs(quality["coverage_member"] - expected) < 0.015
+
+
 def test_open_loop_error_grows_with_the_horizon_and_skips_short_episodes():
     model = _model()
     data = linear_transitions(300)

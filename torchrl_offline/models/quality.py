@@ -87,7 +87,10 @@ def one_step_quality(
         change's variance: 1 is as good as predicting the mean change), ``mse_reward``
         (in units of the reward's variance), ``coverage`` (fraction of true targets,
         change and reward, inside the central ``level`` band, averaged over
-        dimensions), ``coverage_reward``, and for a model that learns termination, on
+        dimensions), ``coverage_reward``, ``coverage_member`` (the same fraction for each
+        elite's own Gaussian, averaged over the elites: the band a rollout samples
+        from, one member per row; the mixture's band is wider than each member's
+        error once averaging the members' means has cancelled part of it), and for a model that learns termination, on
         data with ``("next", "terminated")``, :func:`termination_rates`.
 
     Examples:
@@ -100,7 +103,7 @@ def one_step_quality(
         ...     ("next", "observation"): torch.randn(9, 2),
         ...     ("next", "reward"): torch.randn(9, 1)}, [9])
         >>> sorted(one_step_quality(model, td))
-        ['coverage', 'coverage_reward', 'mse_delta', 'mse_next_observation', 'mse_reward']
+        ['coverage', 'coverage_member', 'coverage_reward', 'mse_delta', 'mse_next_observation', 'mse_reward']
     """
     obs = transitions.get("observation").float()
     action = transitions.get("action").float()
@@ -112,6 +115,9 @@ def one_step_quality(
     err2 = (mean - target).square()
     z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + level / 2))
     inside = ((mean - target).abs() <= z * var.sqrt()).float().mean(0)
+    member_mean, member_log_var = model(obs, action)
+    member_mean, member_log_var = member_mean[model.elites], member_log_var[model.elites]
+    member_inside = (member_mean - target).abs() <= z * (0.5 * member_log_var).exp()
     target_var = model.target_std.square()
     return {
         "mse_next_observation": float((err2[:, :d] / model.observation_std.square()).mean()),
@@ -119,6 +125,7 @@ def one_step_quality(
         "mse_reward": float((err2[:, d:] / target_var[d:]).mean()),
         "coverage": float(inside.mean()),
         "coverage_reward": float(inside[d:].mean()),
+        "coverage_member": float(member_inside.float().mean()),
         **termination_rates(model, transitions),
     }
 
