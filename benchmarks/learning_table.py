@@ -114,13 +114,7 @@ CONTINUOUS_ONLY = (
     "cal_ql",
     "mopo",
     "combo",
-    "d3rlpy_rebrac",
-    "d3rlpy_bear",
-    "d3rlpy_cal_ql",
-    "d3rlpy_iql",
-    "d3rlpy_cql",
-    "d3rlpy_awac",
-    "d3rlpy_td3_bc",
+    *(row for row in D3RLPY_ROWS if row != "d3rlpy_bcq"),  # d3rlpy's discrete one is BCQ
 )
 #: ``--set`` keys that choose networks, not loss settings: they apply to TorchRL's rows
 #: too, so that ours and TorchRL's losses train the same networks (``actor=tanh_normal``
