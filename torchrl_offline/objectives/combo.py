@@ -37,6 +37,8 @@ __all__ = ["COMBO_ALGORITHM", "COMBO_PRESETS", "COMBOLoss"]
 #: COMBO's published conservative weight ``beta`` and rollout length ``h`` per D4RL
 #: Gym-MuJoCo dataset (the hyperparameter table of the paper's appendix; ``f = 0.5``
 #: throughout), with the known termination functions of Hopper and HalfCheetah.
+#: OfflineRL-Kit's suggested settings agree on every medium, medium-replay and
+#: medium-expert dataset but walker2d-medium-replay (``beta = 0.5`` there).
 COMBO_PRESETS: dict[str, dict[str, Any]] = with_known_termination(
     {
         "halfcheetah-random": {"min_q_weight": 0.5, "rollout_length": 5},
