@@ -187,7 +187,9 @@ def test_paper_defaults():
     td3 = build_algorithm("td3_bc", OBS, BOX)
     assert (td3.loss.alpha, td3.policy_update_delay, td3.target_update_delay) == (2.5, 2, 1)
     assert build_algorithm("td3_bc", OBS, BOX, target_update_delay=2).target_update_delay == 2
-    assert build_algorithm("awac", OBS, BOX).loss.awac_lambda == pytest.approx(1 / 3)
+    assert build_algorithm("awac", OBS, BOX).loss.awac_lambda == 1.0  # d3rlpy's
+    assert build_algorithm("awac", OBS, BOX, preset="corl").loss.awac_lambda == pytest.approx(1 / 3)
+    assert build_algorithm("awac", OBS, BOX, preset="small").loss.awac_lambda == 1.0
     assert build_algorithm("bc", OBS, BOX).target_updater is None
 
 

@@ -7,7 +7,7 @@ replacement) with the paper's defaults. Next to each loss, an
 ...) says what a training run needs around it.
 """
 
-from torchrl_offline.objectives.awac import AWACLoss, DiscreteAWACLoss
+from torchrl_offline.objectives.awac import AWAC_PRESETS, AWACLoss, DiscreteAWACLoss
 from torchrl_offline.objectives.awr import AWRLoss, DiscreteAWRLoss
 from torchrl_offline.objectives.bandit_ips import BanditIPSLoss
 from torchrl_offline.objectives.bc import ActorOutputError, BCLoss
@@ -34,6 +34,7 @@ from torchrl_offline.objectives.target_update import FusedSoftUpdate
 from torchrl_offline.objectives.td3_bc import TD3BCLoss
 
 __all__ = [
+    "AWAC_PRESETS",
     "CAL_QL_PRESETS",
     "COMBO_PRESETS",
     "CQL_PRESETS",
