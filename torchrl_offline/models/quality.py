@@ -30,10 +30,14 @@ def elite_prediction(
 ) -> tuple[Tensor, Tensor]:
     """The elites' moment-matched predictive ``(mean, variance)``, ``[*batch, obs + 1]``."""
     mean, log_var = model(observation, action)
-    mean, var = mean[model.elites], log_var[model.elites].exp()
-    mixture_mean = mean.mean(0)
-    mixture_var = var.mean(0) + mean.var(0, unbiased=False)
-    return mixture_mean, mixture_var
+    return _mixture(mean[model.elites], log_var[model.elites])
+
+
+def _mixture(mean: Tensor, log_var: Tensor) -> tuple[Tensor, Tensor]:
+    """The moment-matched ``(mean, variance)`` of the uniform mixture of the members'
+    Gaussians ``[K, *batch, out]``."""
+    var = log_var.exp()
+    return mean.mean(0), var.mean(0) + mean.var(0, unbiased=False)
 
 
 @torch.no_grad()
@@ -109,14 +113,14 @@ def one_step_quality(
     action = transitions.get("action").float()
     next_obs = transitions.get(("next", "observation")).float()
     reward = transitions.get(("next", "reward")).float().reshape(-1, 1)
-    mean, var = elite_prediction(model, obs, action)
+    member_mean, member_log_var = model(obs, action)
+    member_mean, member_log_var = member_mean[model.elites], member_log_var[model.elites]
+    mean, var = _mixture(member_mean, member_log_var)
     target = torch.cat([next_obs - obs, reward], -1)
     d = model.observation_dim
     err2 = (mean - target).square()
     z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + level / 2))
     inside = ((mean - target).abs() <= z * var.sqrt()).float().mean(0)
-    member_mean, member_log_var = model(obs, action)
-    member_mean, member_log_var = member_mean[model.elites], member_log_var[model.elites]
     member_inside = (member_mean - target).abs() <= z * (0.5 * member_log_var).exp()
     target_var = model.target_std.square()
     return {
