@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import pathlib
 import statistics
 import subprocess
@@ -100,6 +101,9 @@ VARIANTS: dict[str, dict[str, tuple[str, dict]]] = {
                 "backup_action": "mean",
             },
         ),
+        # d3rlpy's entropy target: -1 per action dimension in units of the half-range
+        # (its actions are scaled to [-1, 1]); on Pendulum's [-2, 2] that is -1 + log 2
+        "ours_entropy_unit_box": ("ours", {"target_entropy": -1.0 + math.log(2.0)}),
         "ours_lagrange": (
             # weight 5, Lagrange threshold 10 on the weighted gap (5 times stricter than
             # d3rlpy's, whose threshold is on the unweighted gap)
