@@ -660,7 +660,7 @@ def test_bad_input_writes_nothing(tmp_path):
 def test_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
     out = tmp_path / "out"
     writes = []
-    real = logged._tensordict
+    real = logged.to_tensordict
 
     def interrupted(*args, **kwargs):
         if ("action",) in kwargs["spaces"]:  # the write pass (spaces are known by then)
@@ -669,12 +669,12 @@ def test_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
                 raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(logged, "_tensordict", interrupted)
+    monkeypatch.setattr(logged, "to_tensordict", interrupted)
     with pytest.raises(KeyboardInterrupt):
         from_logged(d4rl_log(), path=out / "ds", chunk_size=1)
     assert len(writes) == 3 and writes[-1][0].startswith(".ds.tmp-")  # it was mid-write
     assert leftovers(out) == []
-    monkeypatch.setattr(logged, "_tensordict", real)
+    monkeypatch.setattr(logged, "to_tensordict", real)
     check_against(stored(from_logged(d4rl_log(), path=out / "ds")), d4rl_log())
 
 

@@ -10,6 +10,7 @@ from torchrl_offline.data.storage import (
     is_complete,
     load_transitions,
     make_replay_buffer,
+    step_layout,
     write_complete_marker,
 )
 
@@ -42,6 +43,18 @@ def test_atomic_directory_keeps_or_overwrites_existing(tmp_path):
         (tmp / "new").write_text("new")
     assert (final / "new").exists() and not (final / "old").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+
+
+def test_step_layout_is_torchrls_per_step_fields():
+    spec = step_layout(torch.float64, ["action_log_prob"])
+    assert spec == {
+        ("next", "reward"): ((1,), torch.float64),
+        ("next", "done"): ((1,), torch.bool),
+        ("next", "terminated"): ((1,), torch.bool),
+        ("next", "truncated"): ((1,), torch.bool),
+        ("episode",): ((), torch.int64),
+        ("action_log_prob",): ((), torch.float64),
+    }
 
 
 def test_allocate_fill_load_and_buffer(tmp_path):

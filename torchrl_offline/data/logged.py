@@ -1,17 +1,18 @@
 """Turn users' logged data into an offline replay buffer: arrays, DataFrames, Parquet, CSV, HDF5.
 
-:func:`from_logged` reads a log column by column and chunk by chunk, works out
-episode boundaries (from done flags or an episode-id column) and next
-observations (from the following row of the same episode when the log has
-none), validates everything (against the spaces of :mod:`.log_spaces`), and writes
-the transitions in TorchRL's layout into a memory-mapped storage that is renamed into
-place only once complete.
+:func:`from_logged` reads a log column by column and chunk by chunk, twice. Pass 1
+(:mod:`.log_scan`) works out episode boundaries (from done flags or an episode-id column)
+and next observations (from the following row of the same episode when the log has
+none), checks every value (:mod:`.log_tensors`, against the spaces of :mod:`.log_spaces`)
+and fingerprints the content; pass 2 writes the transitions in TorchRL's layout into a
+memory-mapped storage that is renamed into place only once complete, or reuses an intact
+copy of the same content.
 The same transitions can also be written as a Minari dataset.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDictBase
 from torchrl.data.replay_buffers.samplers import Sampler
 from torchrl.data.replay_buffers.writers import ImmutableDatasetWriter
 from torchrl.envs.transforms import Transform
@@ -34,36 +35,24 @@ from torchrl_offline.data.keys import (
     ACTION_LOG_PROB,
     ACTION_PROB,
     BEHAVIOR_PROBS,
-    DONE,
     EPISODE,
     NEXT_OBSERVATION,
     OBSERVATION,
     POSITION,
-    REWARD,
-    TERMINATED,
-    TRUNCATED,
 )
 from torchrl_offline.data.log_columns import ACCEPTED_NAMES, FLOAT_FIELDS, Column, resolve_columns
-from torchrl_offline.data.log_decisions import (
-    BehaviorProbsReport,
-    check_behavior_probs,
-    check_positions,
-)
+from torchrl_offline.data.log_decisions import BehaviorProbsReport, check_behavior_probs
 from torchrl_offline.data.log_env import check_observation_shape, log_env
-from torchrl_offline.data.log_episodes import Walk, first_index, iter_transitions
-from torchrl_offline.data.log_sources import (
-    Name,
-    dotted,
-    open_source,
-)
+from torchrl_offline.data.log_episodes import Walk, iter_transitions
+from torchrl_offline.data.log_scan import infer_spaces, scan_log
+from torchrl_offline.data.log_sources import Name, dotted, open_source
 from torchrl_offline.data.log_spaces import (
-    _infer_space,
     _leaf_spaces,
     _space_from_leaves,
-    _Stats,
     _stored_dtype,
     _stored_shape,
 )
+from torchrl_offline.data.log_tensors import stored_names, to_tensordict
 from torchrl_offline.data.storage import (
     COMPLETE_MARKER,
     OfflineReplayBuffer,
@@ -72,10 +61,10 @@ from torchrl_offline.data.storage import (
     default_cache_dir,
     load_transitions,
     make_replay_buffer,
+    step_layout,
     verify_dataset,
     write_complete_marker,
 )
-from torchrl_offline.data.validate import validate_transitions
 from torchrl_offline.integrity import file_digest
 
 __all__ = ["ACCEPTED_NAMES", "from_logged"]
@@ -87,171 +76,6 @@ _FORMAT_VERSION = 1
 
 
 # --------------------------------------------------------------------------- tensors
-
-
-def _check_space_shape(value: np.ndarray, space: gym.Space, field: str) -> np.ndarray:
-    """Reshape ``value`` to the stored per-step shape of ``space`` or raise."""
-    shape = _stored_shape(space)
-    if value.shape[1:] == shape:
-        return value
-    if int(np.prod(value.shape[1:])) == int(np.prod(shape)) and (
-        value.shape[1:] in ((1,), ()) or shape in ((1,), ())
-    ):
-        return value.reshape(value.shape[0], *shape)
-    raise DatasetError(
-        f"Field {field!r} has shape {list(value.shape[1:])} per transition but its space "
-        f"{space} needs {list(shape)}",
-        field=field,
-    )
-
-
-def _check_integral(value: np.ndarray, field: str, rows: np.ndarray) -> None:
-    if value.dtype.kind == "f":
-        bad = value != np.round(value)
-        if (i := first_index(bad.reshape(len(value), -1).any(-1))) is not None:
-            raise DatasetError(
-                f"Field {field!r}: value {value[i].tolist()} at index {int(rows[i])} is not an "
-                "integer, but its space is discrete",
-                field=field,
-                index=int(rows[i]),
-            )
-
-
-def _tensordict(
-    fields: dict[Name, np.ndarray],
-    rows: np.ndarray,
-    *,
-    spaces: dict[Name, gym.Space],
-    float_dtype: torch.dtype,
-    one_hot: gym.spaces.Discrete | None = None,
-    names: Mapping[str, str] | None = None,
-) -> TensorDict:
-    """Finished per-field arrays -> a tensordict in TorchRL's layout.
-
-    ``spaces`` gives the leaf space of the observation / action targets known so far;
-    targets without one keep their data's kind (floating data cast to ``float_dtype``).
-    ``names`` maps stored keys to source columns for error messages.
-    """
-    n = len(rows)
-    td = TensorDict(batch_size=[n])
-    for target, value in fields.items():
-        head = target[0]
-        stored = ("next", "observation", *target[1:]) if head == "next_observation" else target
-        field = (names or {}).get(dotted(stored), dotted(target))
-        if head in ("observation", "next_observation", "action"):
-            space = spaces.get(("observation", *target[1:]) if head != "action" else target)
-            if space is not None:
-                value = _check_space_shape(value, space, field)
-                if isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)):
-                    _check_integral(value, field, rows)
-                dtype = _stored_dtype(space, float_dtype)
-            else:
-                dtype = float_dtype if value.dtype.kind == "f" else torch.int64
-            tensor = torch.as_tensor(np.ascontiguousarray(value)).to(dtype)
-            if head == "action" and one_hot is not None:
-                tensor = torch.nn.functional.one_hot(tensor - int(one_hot.start), int(one_hot.n))
-            key = (
-                (OBSERVATION, *target[1:])
-                if head == "observation"
-                else (*NEXT_OBSERVATION, *target[1:])
-                if head == "next_observation"
-                else (ACTION,)
-            )
-            td.set(key, tensor)
-        elif head == "reward":
-            td.set(REWARD, torch.as_tensor(value).to(float_dtype).reshape(n, 1))
-        elif head in ("action_log_prob", "action_prob"):
-            td.set(head, torch.as_tensor(value).to(float_dtype).reshape(n))
-        elif head == "episode":
-            td.set(EPISODE, torch.as_tensor(value, dtype=torch.int64))
-        elif head == "position":
-            td.set(POSITION, torch.as_tensor(value).to(torch.int64).reshape(n))
-        elif head == "behavior_probs":
-            td.set(BEHAVIOR_PROBS, torch.as_tensor(value).to(float_dtype).reshape(n, -1))
-        elif head in ("terminated", "truncated"):
-            td.set(
-                TERMINATED if head == "terminated" else TRUNCATED,
-                torch.as_tensor(value).reshape(n, 1),
-            )
-    td.set(DONE, td.get(TERMINATED) | td.get(TRUNCATED))
-    return td
-
-
-def _stored_names(columns: list[Column]) -> dict[str, str]:
-    """Stored key (as validation errors name it) -> the source column it comes from."""
-    out: dict[str, str] = {}
-    for column in columns:
-        if column.stacked:
-            continue
-        head, rest = column.target[0], column.target[1:]
-        source = dotted(column.sources[0])
-        if head == "next_observation":
-            out[dotted(("next", "observation", *rest))] = source
-        elif head in ("reward", "terminated", "truncated", "done"):
-            out[f"next.{head}"] = source
-            out[head] = source
-        else:
-            out[dotted(column.target)] = source
-    return out
-
-
-def _check_decision_fields(
-    fields: dict[Name, np.ndarray],
-    rows: np.ndarray,
-    names: Mapping[str, str],
-    action_space: gym.Space | None,
-) -> None:
-    """Propensities and positions of a log: ``action_prob`` positive and ``action_log_prob``
-    above -inf (for discrete actions also ``action_prob <= 1`` and ``action_log_prob <=
-    0``; continuous actions log densities, which may exceed 1); ``position`` a
-    non-negative integer."""
-    discrete = (
-        isinstance(action_space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete))
-        if action_space is not None
-        else fields[("action",)].dtype.kind in "biu"
-    )
-    checks = {
-        "action_prob": (
-            (lambda v: ~((v > 0) & (v <= 1)), "a probability in (0, 1]")
-            if discrete
-            else (lambda v: ~(v > 0), "a positive density")
-        ),
-        "action_log_prob": (
-            (lambda v: ~((v > -np.inf) & (v <= 0)), "a log-probability in (-inf, 0]")
-            if discrete
-            else (lambda v: ~(v > -np.inf), "a log-density above -inf")
-        ),
-        "position": (lambda v: (v < 0) | (v != np.round(v)), "a non-negative integer"),
-    }
-    for (head, *_), value in fields.items():
-        if head not in checks or not len(value):
-            continue
-        bad, expected = checks[head]
-        if (i := first_index(bad(value))) is not None:
-            field = names.get(head, head)
-            raise DatasetError(
-                f"Field {field!r}: value {value[i].item()!r} at index {int(rows[i])} is not "
-                f"{expected}",
-                field=field,
-                index=int(rows[i]),
-            )
-
-
-def _validate(
-    td: TensorDict, rows: np.ndarray, action_space: gym.Space | None, names: dict[str, str]
-) -> None:
-    """validate_transitions, with errors naming the source column and row."""
-    try:
-        validate_transitions(td, action_space=action_space)
-    except DatasetError as error:
-        message, field, index = str(error), error.field, error.index
-        if index is not None and len(rows):
-            index = int(rows[index])
-            message = message.replace(f"index {error.index}", f"index {index}", 1)
-        for stored, source in names.items():
-            if stored != source:
-                message = message.replace(f"'{stored}'", f"'{source}'")
-        raise DatasetError(message, field=names.get(field, field), index=index) from None
 
 
 # --------------------------------------------------------------------------- entry point
@@ -464,7 +288,6 @@ def from_logged(
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     if horizon not in (None, 1):
         raise ValueError(f"horizon must be 1 (a log of one-step episodes) or None, got {horizon}")
-    one_step = horizon == 1
     if num_positions is not None and not (isinstance(num_positions, int) and num_positions > 0):
         raise ValueError(f"num_positions must be a positive integer, got {num_positions!r}")
     env = log_env(env_id) if env_id is not None else None
@@ -483,81 +306,28 @@ def from_logged(
         {n for c in resolved for n in c.sources},
         {n for c in resolved if c.target[0] in FLOAT_FIELDS for n in c.sources},
     )
+    given = _given_spaces(observation_space, action_space, resolved)
+    walk_options = {
+        "chunk_size": chunk_size,
+        "drop_incomplete": drop_incomplete,
+        "one_step": horizon == 1,
+    }
 
-    given: dict[Name, gym.Space] = {}
-    if observation_space is not None:
-        given.update(_leaf_spaces(observation_space, ("observation",)))
-        data_obs = {c.target for c in resolved if c.target[0] == "observation"}
-        if set(given) != data_obs:
-            raise DatasetError(
-                f"The observation space has entries {sorted(dotted(k) for k in given)} but the "
-                f"data has {sorted(dotted(k) for k in data_obs)}",
-                field="observation",
-            )
-    if action_space is not None:
-        given.update(_leaf_spaces(action_space, ("action",)))
-        if len(_leaf_spaces(action_space, ("action",))) != 1:
-            raise DatasetError(
-                "Only single (non-Dict, non-Tuple) action spaces are supported", field="action"
-            )
-
-    # Pass 1: validate, gather shapes / ranges, and fingerprint the content.
-    names = _stored_names(resolved)
-    hasher = hashlib.sha256()
-    stats: dict[Name, _Stats] = {}
-    negative: dict[Name, int] = {}
-    total = terminal = 0
-    walk = Walk()
-    probs_report = BehaviorProbsReport()
-    for fields, rows in iter_transitions(
+    # Pass 1: check every value, gather shapes / ranges, and fingerprint the content.
+    names = stored_names(resolved)
+    scan = scan_log(
         table,
         resolved,
-        chunk_size=chunk_size,
-        drop_incomplete=drop_incomplete,
-        state=walk,
-        one_step=one_step,
-    ):
-        if not len(rows):
-            continue
-        check_behavior_probs(fields, rows, names, probs_report)
-        check_positions(fields, rows, names, num_positions)
-        _check_decision_fields(fields, rows, names, action_space)
-        td = _tensordict(fields, rows, spaces=given, float_dtype=dtype, names=names)
-        _validate(td, rows, action_space, names)
-        terminal += int(fields[("terminated",)].sum())
-        for target, value in fields.items():
-            if target[0] in ("observation", "action"):
-                if value.dtype.kind == "b":
-                    value = value.astype(np.int64)
-                if target not in stats:
-                    stats[target] = _Stats.of(value)
-                else:
-                    stats[target].update(
-                        value, names.get(dotted(target), dotted(target)), int(rows[0])
-                    )
-                if value.dtype.kind in "iu" and target not in negative:
-                    bad = (value < 0).reshape(len(value), -1).any(-1)
-                    if (i := first_index(bad)) is not None:
-                        negative[target] = int(rows[i])
-        for key in sorted(td.keys(True, True), key=str):
-            hasher.update(str(key).encode())
-            hasher.update(td.get(key).contiguous().numpy().tobytes())
-        total += len(rows)
-    if total == 0:
+        names=names,
+        spaces=given,
+        action_space=action_space,
+        dtype=dtype,
+        num_positions=num_positions,
+        **walk_options,
+    )
+    if scan.total == 0:
         raise DatasetError("The log holds no transition to store", field="observation")
-
-    spaces: dict[Name, gym.Space] = {}
-    for target, stat in stats.items():
-        if target in given:
-            spaces[target] = given[target]
-        else:
-            spaces[target] = _infer_space(
-                stat,
-                action=target[0] == "action",
-                float_np=float_np,
-                field=names.get(dotted(target), dotted(target)),
-                first_negative=negative.get(target),
-            )
+    spaces = infer_spaces(scan, given, names=names, float_np=float_np)
     obs_space = (
         observation_space
         if observation_space is not None
@@ -582,130 +352,81 @@ def from_logged(
     }
     if env is not None:  # only then: the content hash of a log without env id is unchanged
         options["env_spec"] = env.env_spec
-    hasher.update(json.dumps(options, sort_keys=True).encode())
-    content_hash = hasher.hexdigest()
+    scan.hasher.update(json.dumps(options, sort_keys=True).encode())
+    content_hash = scan.hasher.hexdigest()
 
-    spec: dict[Name, tuple[tuple[int, ...], torch.dtype]] = {}
-    for target, space in spaces.items():
-        shape, leaf_dtype = _stored_shape(space), _stored_dtype(space, dtype)
-        if target[0] == "observation":
-            spec[(OBSERVATION, *target[1:])] = (shape, leaf_dtype)
-            spec[(*NEXT_OBSERVATION, *target[1:])] = (shape, leaf_dtype)
-        else:
-            spec[(ACTION,)] = (
-                ((int(act_space.n),), torch.int64) if one_hot_actions else (shape, leaf_dtype)
-            )
-    spec[REWARD] = ((1,), dtype)
-    for key in (DONE, TERMINATED, TRUNCATED):
-        spec[key] = ((1,), torch.bool)
-    spec[(EPISODE,)] = ((), torch.int64)
-    for name in behavior_keys:
-        spec[(name,)] = ((), dtype)
-    if any(c.target[0] == POSITION for c in resolved):
-        spec[(POSITION,)] = ((), torch.int64)
-    if has_probs:
-        spec[(BEHAVIOR_PROBS,)] = ((probs_report.width,), dtype)
-
-    episodes = 0
+    spec = _layout(
+        spaces,
+        act_space,
+        dtype=dtype,
+        one_hot_actions=one_hot_actions,
+        behavior_keys=behavior_keys,
+        positions=any(c.target[0] == POSITION for c in resolved),
+        probs_width=scan.probs.width if has_probs else None,
+    )
     metadata: dict[str, Any] = {
         "source": "logged",
         **table.describe(),
-        "total_steps": total,
-        "dropped_transitions": walk.dropped,
-        "terminal_next_observations_filled": walk.terminal_filled,
+        "total_steps": scan.total,
+        "dropped_transitions": scan.walk.dropped,
+        "terminal_next_observations_filled": scan.walk.terminal_filled,
         "observation_space": options["observation_space"],
         "action_space": options["action_space"],
         "content_hash": content_hash,
         "conversion": {k: options[k] for k in ("format_version", "dtype", "one_hot_actions")},
         "behavior_keys": behavior_keys,
         "ignored_columns": skipped,
-        "horizon": 1 if terminal == walk.episodes_started == total else None,
+        "horizon": 1 if scan.terminal == scan.walk.episodes_started == scan.total else None,
     }
     if has_probs:
-        metadata["behavior_probs_report"] = probs_report.metadata()
-        probs_report.warn(names.get(BEHAVIOR_PROBS, BEHAVIOR_PROBS))
+        metadata["behavior_probs_report"] = scan.probs.metadata()
+        scan.probs.warn(names.get(BEHAVIOR_PROBS, BEHAVIOR_PROBS))
     if ref_min_score is not None:
         metadata["ref_min_score"] = float(ref_min_score)
         metadata["ref_max_score"] = float(ref_max_score)
     if minari_id is not None:
         metadata["minari_id"] = minari_id
+        minari_kwargs = _with_log_record(minari_kwargs, table.describe(), scan.walk)
     if env is not None:
         metadata["env_spec"] = env.env_spec
+    minari = (
+        None
+        if minari_id is None
+        else functools.partial(
+            _write_minari,
+            dataset_id=minari_id,
+            root=minari_root,
+            observation_space=obs_space,
+            action_space=act_space,
+            content_hash=content_hash,
+            overwrite=overwrite,
+            kwargs=minari_kwargs,
+        )
+    )
 
-    if minari_id is not None:
-        minari_kwargs = _with_log_record(minari_kwargs, table.describe(), walk)
+    # Pass 2: write the transitions beside the destination, then rename them into place.
     final = Path(path).expanduser() if path is not None else _default_root() / content_hash[:24]
-    ours = (final / COMPLETE_MARKER).is_file()
-    same = ours and _stored_hash(final) == content_hash
-    reuse = same and _intact(final)
-    if final.exists() and not reuse:
-        if not ours and (not final.is_dir() or any(final.iterdir())):
-            raise FileExistsError(
-                f"{final} exists and is not a torchrl_offline dataset; refusing to replace it"
-            )
-        if ours and not same and not overwrite:
-            raise FileExistsError(
-                f"{final} already holds another dataset; pass overwrite=True to replace it"
-            )
+    reuse = _reusable(final, content_hash, overwrite=overwrite)
     if not reuse:
         with atomic_directory(final, overwrite=True) as tmp:
-            out = allocate_transitions(spec, total, tmp / "transitions")
-            start = 0
-            for fields, rows in iter_transitions(
+            out = allocate_transitions(spec, scan.total, tmp / "transitions")
+            metadata["total_episodes"] = _write_transitions(
+                out,
                 table,
                 resolved,
-                chunk_size=chunk_size,
-                drop_incomplete=drop_incomplete,
-                one_step=one_step,
-            ):
-                if not len(rows):
-                    continue
-                if start + len(rows) > total:
-                    break
-                check_behavior_probs(fields, rows, names, BehaviorProbsReport())
-                chunk = _tensordict(
-                    fields,
-                    rows,
-                    spaces=spaces,
-                    float_dtype=dtype,
-                    one_hot=act_space if one_hot_actions else None,
-                )
-                out[start : start + len(rows)] = chunk
-                start += len(rows)
-                episodes = int(chunk.get(EPISODE)[-1]) + 1
-            if start != total:
-                raise DatasetError(
-                    f"The source changed while it was read ({total} transitions, then {start})",
-                    field="source",
-                )
-            metadata["total_episodes"] = episodes
-            if minari_id is not None:
-                _write_minari(
-                    out,
-                    minari_id,
-                    minari_root,
-                    obs_space,
-                    act_space,
-                    content_hash,
-                    metadata,
-                    overwrite,
-                    minari_kwargs,
-                )
+                names=names,
+                spaces=spaces,
+                dtype=dtype,
+                one_hot=act_space if one_hot_actions else None,
+                **walk_options,
+            )
+            if minari is not None:
+                minari(out, metadata=metadata)
             write_complete_marker(tmp, metadata)
     transitions, stored = load_transitions(final)
     kwargs.setdefault("writer", ImmutableDatasetWriter())
-    if reuse and minari_id is not None:
-        _write_minari(
-            transitions,
-            minari_id,
-            minari_root,
-            obs_space,
-            act_space,
-            content_hash,
-            stored,
-            overwrite,
-            minari_kwargs,
-        )
+    if reuse and minari is not None:
+        minari(transitions, metadata=stored)
     return make_replay_buffer(
         transitions,
         batch_size=batch_size,
@@ -715,6 +436,118 @@ def from_logged(
         path=final,
         **kwargs,
     )
+
+
+def _given_spaces(
+    observation_space: gym.Space | None, action_space: gym.Space | None, columns: list[Column]
+) -> dict[Name, gym.Space]:
+    """The leaf spaces the caller gave, by target, checked against the log's columns."""
+    given: dict[Name, gym.Space] = {}
+    if observation_space is not None:
+        given.update(_leaf_spaces(observation_space, ("observation",)))
+        data_obs = {c.target for c in columns if c.target[0] == "observation"}
+        if set(given) != data_obs:
+            raise DatasetError(
+                f"The observation space has entries {sorted(dotted(k) for k in given)} but the "
+                f"data has {sorted(dotted(k) for k in data_obs)}",
+                field="observation",
+            )
+    if action_space is not None:
+        actions = _leaf_spaces(action_space, ("action",))
+        if len(actions) != 1:
+            raise DatasetError(
+                "Only single (non-Dict, non-Tuple) action spaces are supported", field="action"
+            )
+        given.update(actions)
+    return given
+
+
+def _layout(
+    spaces: Mapping[Name, gym.Space],
+    action_space: gym.Space,
+    *,
+    dtype: torch.dtype,
+    one_hot_actions: bool,
+    behavior_keys: Sequence[str],
+    positions: bool,
+    probs_width: int | None,
+) -> dict[Name, tuple[tuple[int, ...], torch.dtype]]:
+    """The stored key -> (per-step shape, dtype) of every field, in TorchRL's layout."""
+    spec: dict[Name, tuple[tuple[int, ...], torch.dtype]] = {}
+    for target, space in spaces.items():
+        shape, leaf_dtype = _stored_shape(space), _stored_dtype(space, dtype)
+        if target[0] == "observation":
+            spec[(OBSERVATION, *target[1:])] = (shape, leaf_dtype)
+            spec[(*NEXT_OBSERVATION, *target[1:])] = (shape, leaf_dtype)
+        elif one_hot_actions:
+            spec[(ACTION,)] = ((int(action_space.n),), torch.int64)
+        else:
+            spec[(ACTION,)] = (shape, leaf_dtype)
+    spec.update(step_layout(dtype, behavior_keys))
+    if positions:
+        spec[(POSITION,)] = ((), torch.int64)
+    if probs_width is not None:
+        spec[(BEHAVIOR_PROBS,)] = ((probs_width,), dtype)
+    return spec
+
+
+def _reusable(final: Path, content_hash: str, *, overwrite: bool) -> bool:
+    """Whether ``final`` already holds this content, intact; raises where it holds other
+    data that may not be replaced."""
+    ours = (final / COMPLETE_MARKER).is_file()
+    same = ours and _stored_hash(final) == content_hash
+    if same and _intact(final):
+        return True
+    if final.exists():
+        if not ours and (not final.is_dir() or any(final.iterdir())):
+            raise FileExistsError(
+                f"{final} exists and is not a torchrl_offline dataset; refusing to replace it"
+            )
+        if ours and not same and not overwrite:
+            raise FileExistsError(
+                f"{final} already holds another dataset; pass overwrite=True to replace it"
+            )
+    return False
+
+
+def _write_transitions(
+    out: TensorDictBase,
+    table: Any,
+    columns: list[Column],
+    *,
+    names: Mapping[str, str],
+    spaces: Mapping[Name, gym.Space],
+    dtype: torch.dtype,
+    one_hot: gym.spaces.Discrete | None,
+    chunk_size: int,
+    drop_incomplete: bool,
+    one_step: bool,
+) -> int:
+    """Pass 2: reads ``table`` again into the allocated ``out``; returns the episode count.
+
+    Raises:
+        DatasetError: the source holds a different number of transitions than in pass 1.
+    """
+    start = episodes = 0
+    for fields, rows in iter_transitions(
+        table, columns, chunk_size=chunk_size, drop_incomplete=drop_incomplete, one_step=one_step
+    ):
+        if not len(rows):
+            continue
+        if start + len(rows) > len(out):
+            break
+        # sets the propensity from behavior_probs where the log has no propensity column
+        check_behavior_probs(fields, rows, names, BehaviorProbsReport())
+        chunk = to_tensordict(fields, rows, spaces=spaces, float_dtype=dtype, one_hot=one_hot)
+        out[start : start + len(rows)] = chunk
+        start += len(rows)
+        episodes = int(chunk.get(EPISODE)[-1]) + 1
+    if start != len(out):
+        raise DatasetError(
+            f"The source changed while it was read ({len(out)} transitions, then {start})",
+            field="source",
+        )
+    return episodes
 
 
 def _stored_hash(path: Path) -> str | None:
@@ -764,12 +597,13 @@ def _with_log_record(
 
 def _write_minari(
     transitions: TensorDictBase,
+    *,
+    metadata: Mapping[str, Any],
     dataset_id: str,
     root: str | os.PathLike | None,
     observation_space: gym.Space,
     action_space: gym.Space,
     content_hash: str,
-    metadata: Mapping[str, Any],
     overwrite: bool,
     kwargs: Mapping[str, Any] | None,
 ) -> None:

@@ -36,6 +36,7 @@ from torchrl_offline.data.minari_writer import BEHAVIOR_INFO_KEYS
 from torchrl_offline.data.storage import (
     allocate_transitions,
     atomic_directory,
+    step_layout,
     write_complete_marker,
 )
 from torchrl_offline.data.validate import validate_transitions
@@ -352,12 +353,7 @@ def _convert(
         spec[(*NEXT_OBSERVATION, *key[1:])] = (shape, leaf_dtype)
     for key, shape, leaf_dtype in _space_leaves(action_space, (ACTION,), dtype):
         spec[key] = (shape, leaf_dtype)
-    spec[REWARD] = ((1,), dtype)
-    for key in (DONE, TERMINATED, TRUNCATED):
-        spec[key] = ((1,), torch.bool)
-    spec[(EPISODE,)] = ((), torch.int64)
-    for name in behavior_keys:
-        spec[(name,)] = ((), dtype)
+    spec.update(step_layout(dtype, behavior_keys))
     for name in info_keys:
         array = np.asarray(_info_value(first_infos, name))
         spec[_info_key(name)] = (tuple(array.shape[1:]), _torch_dtype(array.dtype, dtype))

@@ -28,6 +28,7 @@ from torchrl.data.replay_buffers.samplers import RandomSampler, Sampler
 from torchrl.envs.transforms import Transform
 
 from torchrl_offline.data.errors import DatasetError
+from torchrl_offline.data.keys import DONE, EPISODE, REWARD, TERMINATED, TRUNCATED
 from torchrl_offline.integrity import MANIFEST, verify_manifest, write_manifest
 from torchrl_offline.leftovers import OWNER, owner_tag, remove_stale
 
@@ -42,6 +43,7 @@ __all__ = [
     "load_transitions",
     "make_replay_buffer",
     "remove_stale_builds",
+    "step_layout",
     "verify_dataset",
     "write_complete_marker",
 ]
@@ -196,6 +198,22 @@ def remove_stale_builds(folder: str | os.PathLike) -> list[Path]:
     """Remove the temporary directories of :func:`atomic_directory` in ``folder`` whose
     process no longer runs; returns what was removed."""
     return remove_stale(folder, _BUILD)
+
+
+def step_layout(
+    dtype: torch.dtype, behavior_keys: Collection[str] = ()
+) -> dict[tuple[str, ...], tuple[tuple[int, ...], torch.dtype]]:
+    """The per-step fields every stored dataset has, for :func:`allocate_transitions`:
+    ``("next", "reward")`` ``[1]`` of ``dtype``, the three ``("next", ...)`` flags ``[1]``
+    bool, ``"episode"`` int64, and a scalar of ``dtype`` for each of ``behavior_keys``
+    (``"action_log_prob"``, ``"action_prob"``)."""
+    spec: dict[tuple[str, ...], tuple[tuple[int, ...], torch.dtype]] = {REWARD: ((1,), dtype)}
+    for flag in (DONE, TERMINATED, TRUNCATED):
+        spec[flag] = ((1,), torch.bool)
+    spec[(EPISODE,)] = ((), torch.int64)
+    for name in behavior_keys:
+        spec[(name,)] = ((), dtype)
+    return spec
 
 
 def allocate_transitions(
