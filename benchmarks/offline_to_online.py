@@ -209,17 +209,19 @@ def run(algo: str, seed: int, args) -> dict:
     }
 
 
-def _mean_se(values: list[float]) -> str:
+def _mean_se(values: list[float], digits: int = 0) -> str:
     mean = statistics.fmean(values)
     se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
-    return f"{mean:.0f} ± {se:.0f}"
+    return f"{mean:.{digits}f} ± {se:.{digits}f}"
 
 
 def summarize(rows: list[dict], dip_evals: int) -> str:
+    gaps = all("offline_end_values" in r for r in rows)
     lines = [
         "| algorithm | seeds | offline end (online start) | lowest of the first "
-        f"{dip_evals} online | drop | final online |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"{dip_evals} online | drop | final online |"
+        + (" Q(s, pi(s)) - return, offline end | states below their return |" if gaps else ""),
+        "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if gaps else ""),
     ]
     for algo in ALGOS:
         runs = [r for r in rows if r["algo"] == algo]
@@ -230,10 +232,16 @@ def summarize(rows: list[dict], dip_evals: int) -> str:
         low = [min(v for _, v in r["online"][1 : 1 + dip_evals]) for r in runs]
         drop = [a - b for a, b in zip(last, low)]
         final = [r["online"][-1][1] for r in runs]
-        lines.append(
+        row = (
             f"| {algo} | {len(runs)} | {_mean_se(last)} | {_mean_se(low)} | "
             f"{_mean_se(drop)} | {_mean_se(final)} |"
         )
+        if gaps:
+            values = [r["offline_end_values"] for r in runs]
+            gap = _mean_se([v["q_gap"] for v in values], digits=1)
+            below = _mean_se([100 * v["q_below_return"] for v in values])
+            row += f" {gap} | {below}% |"
+        lines.append(row)
     return "\n".join(lines)
 
 
