@@ -41,13 +41,16 @@ CONTINUOUS = ("rebrac", "bcq", "bear", "cal_ql", "iql", "cql", "awac", "td3_bc")
 DISCRETE = {"bcq": "discrete_bcq"}
 
 
-def make_algo(name: str, data, env, *, hidden: list[int], batch_size: int):
-    """d3rlpy's ``name`` with its defaults, ``hidden``-wide networks and the table's scalers."""
+def make_algo(
+    name: str, data, env, *, hidden: list[int], batch_size: int, overrides: dict | None = None
+):
+    """d3rlpy's ``name`` with its defaults, ``hidden``-wide networks and the table's scalers;
+    ``overrides`` are more arguments of its config (``--set``)."""
     encoder = d3rlpy.models.VectorEncoderFactory(hidden_units=hidden)
     obs_scaler = d3rlpy.preprocessing.StandardObservationScaler(
         mean=data["observations"].mean(0), std=data["observations"].std(0) + 1e-3
     )
-    common = {"batch_size": batch_size, "observation_scaler": obs_scaler}
+    common = {"batch_size": batch_size, "observation_scaler": obs_scaler, **(overrides or {})}
     if isinstance(env.action_space, gym.spaces.Discrete):
         if name != "bcq":
             raise SystemExit(f"d3rlpy has no discrete {name}")
@@ -94,7 +97,7 @@ def evaluate(algo, env_id: str, episodes: int, seed: int) -> float:
     return float(np.mean(returns))
 
 
-def run_one(name: str, data, meta: dict, seed: int) -> dict:
+def run_one(name: str, data, meta: dict, seed: int, overrides: dict | None = None) -> dict:
     """One row's run: train with the table's budget, evaluating along the way."""
     budget = meta["budget"]
     d3rlpy.seed(seed)
@@ -113,7 +116,12 @@ def run_one(name: str, data, meta: dict, seed: int) -> dict:
         ),
     )
     algo = make_algo(
-        name, data, env, hidden=list(budget["hidden"]), batch_size=budget["batch_size"]
+        name,
+        data,
+        env,
+        hidden=list(budget["hidden"]),
+        batch_size=budget["batch_size"],
+        overrides=overrides,
     )
     env.close()
     lo, hi = meta["ref_min_score"], meta["ref_max_score"]
@@ -152,11 +160,14 @@ def run_one(name: str, data, meta: dict, seed: int) -> dict:
         "behavior_score": meta["behavior_score"],
         "seconds": round(time.perf_counter() - start, 1),
         "torch_threads": torch.get_num_threads(),
+        **({"d3rlpy_config": overrides} if overrides else {}),
     }
 
 
-def _key(algo: str, meta: dict, seed: int, budget: dict) -> str:
-    return json.dumps([algo, meta["task"], meta["level"], seed, dict(budget)], sort_keys=True)
+def _key(algo: str, meta: dict, seed: int, budget: dict, config: dict | None) -> str:
+    return json.dumps(
+        [algo, meta["task"], meta["level"], seed, dict(budget), config or {}], sort_keys=True
+    )
 
 
 def main() -> None:
@@ -166,7 +177,21 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", type=Path, required=True, help="the table's results file")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more arguments of d3rlpy's config (JSON values), recorded as 'd3rlpy_config'",
+    )
     args = parser.parse_args()
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
     torch.set_num_threads(args.threads)
     done = set()
     if args.out.exists():
@@ -175,7 +200,7 @@ def main() -> None:
                 r = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            done.add(_key(r["algo"], r, r["seed"], r["budget"]))
+            done.add(_key(r["algo"], r, r["seed"], r["budget"], r.get("d3rlpy_config")))
     for seed in args.seeds:
         for path in args.npz:
             data = dict(np.load(path))
@@ -184,9 +209,9 @@ def main() -> None:
             for name in args.algos:
                 if discrete and name not in DISCRETE:
                     continue
-                if _key(f"d3rlpy_{name}", meta, seed, meta["budget"]) in done:
+                if _key(f"d3rlpy_{name}", meta, seed, meta["budget"], overrides) in done:
                     continue
-                record = run_one(name, data, meta, seed)
+                record = run_one(name, data, meta, seed, overrides)
                 line = (json.dumps(record) + "\n").encode()
                 fd = os.open(args.out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
                 try:  # one write of the whole line
