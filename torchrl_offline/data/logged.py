@@ -389,7 +389,7 @@ def from_logged(
         minari_kwargs = _with_log_record(minari_kwargs, table.describe(), scan.walk)
     if env is not None:
         metadata["env_spec"] = env.env_spec
-    minari = (
+    minari_copy = (
         None
         if minari_id is None
         else functools.partial(
@@ -420,13 +420,13 @@ def from_logged(
                 one_hot=act_space if one_hot_actions else None,
                 **walk_options,
             )
-            if minari is not None:
-                minari(out, metadata=metadata)
+            if minari_copy is not None:
+                minari_copy(out, metadata=metadata)
             write_complete_marker(tmp, metadata)
     transitions, stored = load_transitions(final)
     kwargs.setdefault("writer", ImmutableDatasetWriter())
-    if reuse and minari is not None:
-        minari(transitions, metadata=stored)
+    if reuse and minari_copy is not None:
+        minari_copy(transitions, metadata=stored)
     return make_replay_buffer(
         transitions,
         batch_size=batch_size,
