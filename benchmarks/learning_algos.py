@@ -104,6 +104,8 @@ VARIANTS: dict[str, dict[str, tuple[str, dict]]] = {
         # d3rlpy's entropy target: -1 per action dimension in units of the half-range
         # (its actions are scaled to [-1, 1]); on Pendulum's [-2, 2] that is -1 + log 2
         "ours_entropy_unit_box": ("ours", {"target_entropy": -1.0 + math.log(2.0)}),
+        # d3rlpy's actor scale, exp(clamp(log_std, -20, 2)), for our biased softplus
+        "ours_d3rlpy_log_std": ("ours", {"log_std_clamp": (-20.0, 2.0)}),
         "ours_lagrange": (
             # weight 5, Lagrange threshold 10 on the weighted gap (5 times stricter than
             # d3rlpy's, whose threshold is on the unweighted gap)
@@ -225,12 +227,33 @@ def evaluate_policy(act: Callable, episodes: int, seed: int = EVAL_SEED) -> floa
 
 
 # ----------------------------------------------------------------------------- ours
+def _clamp_log_std(built, low: float, high: float) -> None:
+    """d3rlpy's actor scale: ``exp(clamp(log_std, low, high))`` of the raw head output, in
+    place of ``NormalParamExtractor``'s biased softplus (a benchmark variant, not an option
+    of the library's networks)."""
+    import torch
+    from torchrl.modules import NormalParamExtractor
+
+    class ExpOfClamped(torch.nn.Module):
+        def forward(self, x):
+            return x.clamp(low, high).exp()
+
+    modules = [*built.loss.actor_network.modules(), *built.policy.modules()]
+    found = {id(m): m for m in modules if isinstance(m, NormalParamExtractor)}.values()
+    if not found:
+        raise SystemExit("log_std_clamp: the actor has no NormalParamExtractor")
+    for module in found:
+        module.scale_mapping = ExpOfClamped()
+
+
 def build_ours(algo: str, overrides: dict, *, hidden: int, steps: int):
     """``build_algorithm`` at 128x128; returns (policy, update(batch, step))."""
     from torchrl.data import Bounded, Unbounded
 
     from torchrl_offline.trainers.algorithms import build_algorithm, make_lr_scheduler
 
+    overrides = dict(overrides)
+    log_std_clamp = overrides.pop("log_std_clamp", None)
     built = build_algorithm(
         algo,
         Unbounded(shape=(3,)),
@@ -238,6 +261,8 @@ def build_ours(algo: str, overrides: dict, *, hidden: int, steps: int):
         hidden_sizes=(hidden, hidden),
         **overrides,
     )
+    if log_std_clamp is not None:
+        _clamp_log_std(built, *log_std_clamp)
     scheduler = make_lr_scheduler(built, steps)
     delay, target_delay = built.policy_update_delay, built.target_update_delay
 
