@@ -38,10 +38,12 @@ def make_loss(obs_key="observation", action_key="action", spec=SPEC, **kwargs):
     )
 
 
-def build_loss(cls, actor, obs_key, action_key, spec=SPEC, **kwargs):
+def build_loss(cls, actor, obs_key, action_key, spec=SPEC, decoder_squash="tanh", **kwargs):
     """``cls(actor, critic, vae)`` with 2x16 networks, gamma 0.9, and target networks
     unlike the online ones (so that a test sees which are used)."""
-    vae = make_behavior_vae(OBS, spec, num_cells=[16, 16], in_key=obs_key)
+    vae = make_behavior_vae(
+        OBS, spec, num_cells=[16, 16], in_key=obs_key, decoder_squash=decoder_squash
+    )
     vae.out_keys = [action_key]
     critic = make_critic(act=spec.shape[-1], obs_key=obs_key, action_key=action_key)
     loss = cls(actor, critic, vae, action_spec=spec, **kwargs)
@@ -84,20 +86,29 @@ def record_noise(vae: BehaviorVAE, seed=7):
 
 
 # ----------------------------------------------------------------------------- reference
-def vae_reference(vae, s, a, eps, beta=0.5):
+def decoder_reference(vae, s, z, squash, *, sampling=True):
+    """The decoded action in the box: ``tanh`` of the decoder's output (both papers'
+    code), or with ``"clip"`` (d3rlpy's) the output itself, clipped when sampling."""
+    out = _mlp(torch.cat([s, z], -1), vae, ("decoder",))
+    unit = torch.tanh(out) if squash == "tanh" else out
+    if squash == "clip" and sampling:
+        unit = out.clamp(-1, 1)
+    return LOW + (HIGH - LOW) / 2 * (unit + 1)
+
+
+def vae_reference(vae, s, a, eps, beta=0.5, squash="tanh"):
     """The behaviour VAE's loss (both papers' code): reconstruction MSE + beta KL, with
     ``eps`` the reparameterisation noise."""
-    half = (HIGH - LOW) / 2
     h = _mlp(torch.cat([s, a], -1), vae, ("encoder",))
     mean, log_std = h[:, :LATENT], h[:, LATENT:].clamp(-4, 15)
     std = log_std.exp()
     z = mean + std * eps
-    recon = LOW + half * (torch.tanh(_mlp(torch.cat([s, z], -1), vae, ("decoder",))) + 1)
+    recon = decoder_reference(vae, s, z, squash, sampling=False)
     kl = -0.5 * (1 + torch.log(std.pow(2)) - mean.pow(2) - std.pow(2)).mean()
     return ((recon - a) ** 2).mean() + beta * kl
 
 
-def reference(loss, batch, draws, gamma=0.9, lmbda=0.75, phi=0.05, n=10, beta=0.5):
+def reference(loss, batch, draws, gamma=0.9, lmbda=0.75, phi=0.05, n=10, beta=0.5, squash="tanh"):
     """BCQ (Fujimoto et al. 2019, Algorithm 1), written from the paper's equations.
 
     ``draws`` are the VAE's standard-normal draws in the loss's order: the encoder's
@@ -113,7 +124,7 @@ def reference(loss, batch, draws, gamma=0.9, lmbda=0.75, phi=0.05, n=10, beta=0.
     half = (HIGH - LOW) / 2
 
     def decode(s, z):
-        return LOW + half * (torch.tanh(_mlp(torch.cat([s, z], -1), vae, ("decoder",))) + 1)
+        return decoder_reference(vae, s, z, squash)
 
     def perturb(params, s, a):
         xi = phi * half * torch.tanh(_mlp(torch.cat([s, a], -1), params, ("module",)))
@@ -123,7 +134,7 @@ def reference(loss, batch, draws, gamma=0.9, lmbda=0.75, phi=0.05, n=10, beta=0.
         p = {k: v[j] for k, v in params.items()}
         return _mlp(torch.cat([s, a], -1), p, ("module",)).squeeze(-1)
 
-    vae_loss = vae_reference(vae, s, a, draws[0], beta)
+    vae_loss = vae_reference(vae, s, a, draws[0], beta, squash)
     # critics: soft clipped double Q maximised over n perturbed VAE samples at s'
     s2_n = s2.expand(n, *s2.shape)
     a2 = perturb(actor_t, s2_n, decode(s2_n, draws[1].clamp(-0.5, 0.5)))
@@ -145,13 +156,20 @@ def reference(loss, batch, draws, gamma=0.9, lmbda=0.75, phi=0.05, n=10, beta=0.
     }
 
 
-def test_matches_the_papers_equations():
-    loss = make_loss()
+@pytest.mark.parametrize("squash", ["tanh", "clip"])
+def test_matches_the_papers_equations(squash):
+    """Both decoders: the papers' ``tanh`` and d3rlpy's clipped linear output (whose
+    final bias of 1 here puts about a quarter of the decoded actions outside the box
+    before the clip)."""
+    loss = make_loss(decoder_squash=squash)
+    if squash == "clip":
+        with torch.no_grad():
+            loss.behavior_network_params["decoder", "4", "bias"].fill_(1.0)
     batch = make_batch()
     draws = record_noise(loss.behavior_network)
     out = loss(batch)
     assert [tuple(d.shape) for d in draws] == [(N, LATENT), (10, N, LATENT), (N, LATENT)]
-    ref = reference(loss, batch, draws)
+    ref = reference(loss, batch, draws, squash=squash)
     for key in ("loss_behavior", "loss_qvalue", "loss_actor", "target_value", "pred_value"):
         torch.testing.assert_close(out[key], ref[key], rtol=1e-5, atol=1e-5, msg=key)
     torch.testing.assert_close(batch["td_error"], ref["td_error"], rtol=1e-5, atol=1e-5)
@@ -361,8 +379,10 @@ def test_build_algorithm_train_and_checkpoint(tmp_path):
     assert [g["name"] for g in algo.optimizer.param_groups] == ["actor", "qvalue", "behavior"]
     assert [g["lr"] for g in algo.optimizer.param_groups] == [1e-3, 1e-3, 1e-3]
     assert algo.loss_keys == ("loss_actor", "loss_qvalue", "loss_behavior")
+    assert algo.loss.behavior_network.decoder_squash == "tanh"
     d3 = build_algorithm("bcq", *specs_from_dataset(data), preset="d3rlpy")
     assert d3.loss.num_action_samples == d3.loss.num_target_samples == 100
+    assert d3.loss.behavior_network.decoder_squash == "clip"
     result = train(
         "bcq",
         data,

@@ -305,6 +305,10 @@ def test_missing_keys_nan_and_bad_networks_are_named():
         BEARLoss(wrong_box.tanh_normal_actor(), nets.qvalue(), nets.behavior_vae())(make_batch())
     with pytest.raises(ValueError, match="mmd_kernel must be one of"):
         BEARLoss(nets.tanh_normal_actor(), nets.qvalue(), nets.behavior_vae(), mmd_kernel="rbf")
+    # the MMD compares samples before their tanh: a clipped decoder has none
+    clipped = nets.behavior_vae(decoder_squash="clip")
+    with pytest.raises(OfflineLossError, match="needs decoder_squash='tanh', got 'clip'"):
+        BEARLoss(nets.tanh_normal_actor(), nets.qvalue(), clipped)
 
 
 # ----------------------------------------------------------------------------- learning

@@ -83,6 +83,7 @@ class BehaviorVAEConfig(ModelConfig):
     num_cells: list[int] = field(default_factory=lambda: [750, 750])
     latent_dim: Any = None
     in_key: str = "observation"
+    decoder_squash: str = "tanh"
     _target_: str = _MAKERS + "_make_behavior_vae"
 
     def __post_init__(self) -> None:
@@ -96,6 +97,7 @@ def _make_behavior_vae(
     num_cells: Any,
     latent_dim: Any,
     in_key: str,
+    decoder_squash: str = "tanh",
     **ignored: Any,  # ModelConfig's in_keys / out_keys / shared
 ) -> nn.Module:
     from torchrl_offline.objectives.behavior_vae import make_behavior_vae
@@ -109,6 +111,7 @@ def _make_behavior_vae(
         num_cells=[int(c) for c in plain(num_cells)],
         latent_dim=None if latent_dim is None else int(latent_dim),
         in_key=in_key,
+        decoder_squash=decoder_squash,
     )
 
 

@@ -31,14 +31,16 @@ __all__ = ["BCQ_ALGORITHM", "BCQ_PRESETS", "BCQLoss", "make_perturbation_actor"]
 #: Named settings of :class:`BCQLoss` and its run (:data:`BCQ_ALGORITHM`).
 #:
 #: * ``"d3rlpy"``: d3rlpy 2.8's ``BCQConfig`` defaults: 100 sampled actions both for the
-#:   target and for acting (the paper's code acts with 100, its target uses 10) and 2x256
-#:   networks for the actor, the critics and the VAE.
+#:   target and for acting (the paper's code acts with 100, its target uses 10), 2x256
+#:   networks for the actor, the critics and the VAE, and a VAE decoder whose linear
+#:   output is clipped into the action box instead of squashed by ``tanh``.
 BCQ_PRESETS: dict[str, dict[str, object]] = {
     "d3rlpy": {
         "num_target_samples": 100,
         "num_action_samples": 100,
         "hidden_sizes": (256, 256),
         "vae_hidden_sizes": (256, 256),
+        "vae_decoder_squash": "clip",
     },
 }
 

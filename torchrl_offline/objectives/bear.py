@@ -265,6 +265,12 @@ class BEARLoss(BehaviorModelLoss):
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         super().__init__(actor_network, qvalue_network, behavior_network, **kwargs)
+        if behavior_network.decoder_squash != "tanh":
+            raise OfflineLossError(
+                "BEARLoss compares the actor's and the behaviour model's actions before "
+                "their tanh: behavior_network needs decoder_squash='tanh', got "
+                f"{behavior_network.decoder_squash!r}"
+            )
         self.num_mmd_samples = int(num_mmd_samples)
         self.mmd_kernel = mmd_kernel
         self.mmd_sigma = float(mmd_sigma)

@@ -7,7 +7,9 @@ same conditional variational auto-encoder, written once here:
 * encoder :math:`E(s, a) = (\mu, \log\sigma)`, with :math:`\log\sigma` clamped to
   ``[-4, 15]`` (the BCQ authors' code, for numerical stability);
 * decoder :math:`D(s, z)`, squashed by ``tanh`` into the action box ``[low, high]`` of
-  the action spec; latent size ``2 * action_dim``;
+  the action spec (both papers' code), or, with ``decoder_squash="clip"`` (d3rlpy's BCQ),
+  a linear output that the reconstruction regresses as it is and sampling clips into the
+  box; latent size ``2 * action_dim``;
 * sampling decodes :math:`z \sim \mathcal{N}(0, I)` clipped to ``[-0.5, 0.5]``, which
   keeps the samples near the mode of the behaviour policy;
 * loss :math:`\lVert D(s, \mu + \sigma \epsilon) - a \rVert^2 + \beta\,
@@ -36,7 +38,10 @@ from torchrl.modules import MLP
 from torchrl_offline.objectives._actions import action_bounds, from_unit_interval
 from torchrl_offline.objectives._checks import OfflineLossError, check_output_dim
 
-__all__ = ["BehaviorVAE", "make_behavior_vae", "vae_loss"]
+__all__ = ["DECODER_SQUASHES", "BehaviorVAE", "make_behavior_vae", "vae_loss"]
+
+#: How :class:`BehaviorVAE`'s decoder output becomes an action in the box.
+DECODER_SQUASHES = ("tanh", "clip")
 
 
 def _out_features(module: nn.Module) -> int | None:
@@ -50,8 +55,9 @@ class BehaviorVAE(TensorDictModuleBase):
     Args:
         encoder (nn.Module): maps ``cat(observation, action)`` to ``2 * latent_dim``
             values, the latent mean and log-std.
-        decoder (nn.Module): maps ``cat(observation, z)`` to ``action_dim`` values,
-            squashed into the action box by ``tanh``.
+        decoder (nn.Module): maps ``cat(observation, z)`` to ``action_dim`` values in
+            units of the action box (``-1`` and ``1`` its edges), squashed into it as
+            ``decoder_squash`` says.
         action_spec (TensorSpec): the bounded action spec (its ``low``/``high``).
 
     Keyword Args:
@@ -64,6 +70,12 @@ class BehaviorVAE(TensorDictModuleBase):
             Defaults to ``(-4.0, 15.0)``.
         latent_clip (float, optional): sampling clips :math:`z \sim \mathcal{N}(0, I)` to
             ``[-latent_clip, latent_clip]``. Defaults to ``0.5``.
+        decoder_squash (str, optional): how the decoder's output becomes an action in
+            the box: ``"tanh"`` (both papers' code) or ``"clip"`` (a clamp of the linear
+            output, d3rlpy's BCQ). ``tanh`` reaches the box's edges only as its input
+            grows without bound, so logged actions clipped at the bounds are
+            reconstructed with vanishing gradients; with ``"clip"``, :func:`vae_loss`
+            regresses the unclipped output and reaches them. Defaults to ``"tanh"``.
 
     Examples:
         >>> import torch
@@ -93,8 +105,13 @@ class BehaviorVAE(TensorDictModuleBase):
         action_key: NestedKey = "action",
         log_std_bounds: tuple[float, float] = (-4.0, 15.0),
         latent_clip: float = 0.5,
+        decoder_squash: str = "tanh",
     ) -> None:
         super().__init__()
+        if decoder_squash not in DECODER_SQUASHES:
+            raise ValueError(
+                f"decoder_squash must be one of {DECODER_SQUASHES}, got {decoder_squash!r}"
+            )
         low, high = action_bounds(action_spec, action_key=action_key)
         if low.ndim != 1:
             raise OfflineLossError(
@@ -120,6 +137,7 @@ class BehaviorVAE(TensorDictModuleBase):
         self.out_keys = [action_key]
         self.log_std_bounds = (float(log_std_bounds[0]), float(log_std_bounds[1]))
         self.latent_clip = float(latent_clip)
+        self.decoder_squash = decoder_squash
         self.register_buffer("action_low", low.to(torch.get_default_dtype()))
         self.register_buffer("action_high", high.to(torch.get_default_dtype()))
 
@@ -139,22 +157,24 @@ class BehaviorVAE(TensorDictModuleBase):
         return mean, log_std.clamp(*self.log_std_bounds)
 
     def decode(self, observation: Tensor, latent: Tensor) -> tuple[Tensor, Tensor]:
-        """``(action, pre_tanh)``: the decoded action in the box and its value before the
-        ``tanh``; ``observation`` broadcasts against ``latent``'s leading dimensions."""
+        """``(action, raw)``: the decoded action in the box and the decoder's output
+        before the squash (before the ``tanh``, or unclipped with ``"clip"``);
+        ``observation`` broadcasts against ``latent``'s leading dimensions."""
         if observation.ndim != latent.ndim or observation.shape[:-1] != latent.shape[:-1]:
             shape = torch.broadcast_shapes(observation.shape[:-1], latent.shape[:-1])
             observation = observation.expand(*shape, observation.shape[-1])
             latent = latent.expand(*shape, latent.shape[-1])
-        pre_tanh = self.decoder(torch.cat([observation, latent], -1))
-        return from_unit_interval(pre_tanh.tanh(), self.action_low, self.action_high), pre_tanh
+        raw = self.decoder(torch.cat([observation, latent], -1))
+        unit = raw.tanh() if self.decoder_squash == "tanh" else raw.clamp(-1.0, 1.0)
+        return from_unit_interval(unit, self.action_low, self.action_high), raw
 
     def sample(self, observation: Tensor, num_samples: int | None = None) -> tuple[Tensor, Tensor]:
         r"""Actions of the behaviour model at ``observation`` (``[*batch, obs]``), from
         :math:`z \sim \mathcal{N}(0, I)` clipped to ``[-latent_clip, latent_clip]``.
 
         Returns:
-            ``(action, pre_tanh)``, ``[*batch, action_dim]``, or ``[num_samples, *batch,
-            action_dim]`` when ``num_samples`` is given.
+            ``(action, raw)`` as :meth:`decode` gives them, ``[*batch, action_dim]``, or
+            ``[num_samples, *batch, action_dim]`` when ``num_samples`` is given.
         """
         lead = () if num_samples is None else (int(num_samples),)
         shape = (*lead, *observation.shape[:-1], self.latent_dim)
@@ -173,7 +193,8 @@ def vae_loss(vae: BehaviorVAE, observation: Tensor, action: Tensor) -> tuple[Ten
     r"""The two terms of the VAE's loss, per sample: ``(reconstruction, kl)``.
 
     ``reconstruction`` is the mean over action dimensions of :math:`(D(s, \mu + \sigma
-    \epsilon) - a)^2` and ``kl`` the mean over latent dimensions of
+    \epsilon) - a)^2` (with ``decoder_squash="clip"``, :math:`D` unclipped: a clipped
+    output has no gradient outside the box) and ``kl`` the mean over latent dimensions of
     :math:`-\tfrac12 (1 + \log\sigma^2 - \mu^2 - \sigma^2)`; their batch means are the
     BCQ and BEAR authors' ``F.mse_loss(recon, action)`` and ``KL_loss``, and the loss they
     minimise is ``reconstruction + kl_weight * kl``.
@@ -194,7 +215,9 @@ def vae_loss(vae: BehaviorVAE, observation: Tensor, action: Tensor) -> tuple[Ten
     mean, log_std = vae.encode(observation, action)
     std = log_std.exp()
     latent = mean + std * vae.noise(std.shape, std)
-    recon, _ = vae.decode(observation, latent)
+    recon, raw = vae.decode(observation, latent)
+    if vae.decoder_squash == "clip":
+        recon = from_unit_interval(raw, vae.action_low, vae.action_high)
     reconstruction = (recon - action).pow(2).mean(-1)
     kl = (-0.5 * (1.0 + 2.0 * log_std - mean.pow(2) - std.pow(2))).mean(-1)
     return reconstruction, kl
@@ -208,9 +231,11 @@ def make_behavior_vae(
     latent_dim: int | None = None,
     in_key: NestedKey = "observation",
     activation_class: type[nn.Module] = nn.ReLU,
+    decoder_squash: str = "tanh",
 ) -> BehaviorVAE:
     """A :class:`BehaviorVAE` with MLP encoder and decoder (ReLU, ``num_cells`` each: the
-    BCQ and BEAR authors' 750 x 750 by default).
+    BCQ and BEAR authors' 750 x 750 by default) and the decoder's ``decoder_squash``
+    (``"tanh"`` or ``"clip"``, see :class:`BehaviorVAE`).
 
     Examples:
         >>> from torchrl.data import Bounded
@@ -237,4 +262,5 @@ def make_behavior_vae(
         action_spec,
         latent_dim=latent,
         in_keys=[in_key],
+        decoder_squash=decoder_squash,
     )

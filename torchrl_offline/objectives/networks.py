@@ -209,11 +209,15 @@ class NetworkFactory:
         return ValueOperator(self.mlp(self.observation_dim, 1), in_keys=["observation"])
 
     # ------------------------------------------------------------ behaviour models
-    def behavior_vae(self, hidden_sizes: tuple[int, ...] | None = None) -> BehaviorVAE:
+    def behavior_vae(
+        self, hidden_sizes: tuple[int, ...] | None = None, *, decoder_squash: str = "tanh"
+    ) -> BehaviorVAE:
         """The conditional VAE of the behaviour policy (BCQ's and BEAR's), with MLPs of
-        ``hidden_sizes`` (the factory's when ``None``)."""
+        ``hidden_sizes`` (the factory's when ``None``) and the decoder's
+        ``decoder_squash`` (``"tanh"`` or ``"clip"``)."""
         return make_behavior_vae(
             self.observation_dim,
             self.action_spec,
             num_cells=tuple(self.hidden_sizes if hidden_sizes is None else hidden_sizes),
+            decoder_squash=decoder_squash,
         )
