@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torchrl.data import Bounded
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+from tests.benchmark_scripts import load_benchmark
 
-
-def _benchmark():
-    name = "benchmark_behavior_vae_fit"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / "behavior_vae_fit.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-fit = _benchmark()
+fit = load_benchmark("behavior_vae_fit")
 
 
 def test_edge_fraction_counts_components_within_one_percent_of_a_bound():

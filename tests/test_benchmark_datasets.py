@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.benchmark_scripts import load_benchmark
 from torchrl_offline.data.normalize import normalized_score
 from torchrl_offline.data.stats import stored_transitions
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def _make_datasets():
-    name = "benchmark_make_datasets"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / "make_datasets.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
-
-
-md = _make_datasets()
+md = load_benchmark("make_datasets")
 
 
 def _digests(path: Path) -> dict[str, str]:

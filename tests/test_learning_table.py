@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,23 +11,11 @@ from tensordict import TensorDict
 from torchrl.data import Categorical, Unbounded
 from torchrl.modules import TanhNormal
 
+from tests.benchmark_scripts import load_benchmark
 from torchrl_offline.data.storage import make_replay_buffer
 from torchrl_offline.trainers.offline import train
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def _learning_table():
-    name = "benchmark_learning_table"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / "learning_table.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-lt = _learning_table()
+lt = load_benchmark("learning_table")
 BUDGET = lt.Budget(steps=6, eval_every=3, episodes=1, batch_size=16, hidden=(8,))
 
 

@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
 from torchrl.envs.utils import check_env_specs
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+from tests.benchmark_scripts import load_benchmark
 
-
-def _benchmark():
-    name = "benchmark_offline_to_online"
-    if name not in sys.modules:
-        path = BENCHMARKS / "offline_to_online.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-o2o = _benchmark()
+o2o = load_benchmark("offline_to_online")
 
 
 def test_upright_reward_is_one_within_the_band_and_zero_elsewhere():

@@ -22,8 +22,6 @@ return and a random policy's return.
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -33,20 +31,11 @@ import torch
 from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-_ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tests.benchmark_scripts import load_benchmark
 
 # The test machine is small and shared: one intra-op thread avoids OpenMP contention,
 # which otherwise slows tiny updates down by an order of magnitude.
 torch.set_num_threads(1)
-
-
-def _load_pendulum_module():
-    spec = importlib.util.spec_from_file_location(
-        "_pendulum_mixed", _ROOT / "benchmarks" / "pendulum_mixed.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @dataclass
@@ -71,7 +60,7 @@ def _episode_returns(data: TensorDict) -> torch.Tensor:
 @pytest.fixture(scope="session")
 def pendulum_dataset() -> OfflineData:
     """2000 Pendulum-v1 transitions: 4 near-expert, 2 noisy and 4 random episodes."""
-    module = _load_pendulum_module()
+    module = load_benchmark("pendulum_mixed")
     data = module.make_pendulum_mixed({"expert": 4, "noisy": 2, "random": 4}, seed=0)
     returns = _episode_returns(data)
     return OfflineData(
