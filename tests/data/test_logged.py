@@ -502,6 +502,34 @@ def test_non_finite_value_index_is_the_source_row_after_drops():
     bad(log, "index 6", "actions", 6, drop_incomplete=True)
 
 
+def test_errors_about_a_file_name_it_first(tmp_path):
+    log = d4rl_log()
+    log["rewards"][6] = np.nan
+    scalar_columns_frame(log).to_csv(tmp_path / "log.csv", index=False)
+    error = bad(tmp_path / "log.csv", "index 6", "reward", 6, path=tmp_path / "ds")
+    assert str(error).startswith(f"{tmp_path / 'log.csv'}: Field 'reward': non-finite")
+    assert error.source == str(tmp_path / "log.csv")
+    assert not (tmp_path / "ds").exists()
+    # data in memory have no file to name
+    assert bad(log, "^Field 'rewards'", "rewards", 6).source is None
+
+
+def test_a_non_finite_value_in_stacked_columns_names_its_column(tmp_path):
+    log = d4rl_log()
+    log["observations"][5, 2] = np.inf
+    frame = scalar_columns_frame(log).rename(
+        columns={"observation_0": "cos", "observation_1": "sin", "observation_2": "vel"}
+    )
+    frame.to_parquet(tmp_path / "log.parquet")
+    columns = {"observation": ["cos", "sin", "vel"]}
+    error = bad(tmp_path / "log.parquet", r"Field 'observation' \(column 'vel'\): non-finite "
+                r"value \(inf\) at index 5", "vel", 5, columns=columns)  # fmt: skip
+    assert error.source == str(tmp_path / "log.parquet")
+    # the scalar groups read without a mapping (observation_0, observation_1, ...) too
+    frame = scalar_columns_frame(log)
+    bad(frame, r"'observation' \(column 'observation_2'\)", "observation_2", 5)
+
+
 def test_mismatched_lengths():
     log = d4rl_log()
     log["rewards"] = log["rewards"][:-1]

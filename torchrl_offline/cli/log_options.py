@@ -265,7 +265,9 @@ def open_log(
     except DatasetError as err:
         if err.field == "dataset_id":  # --save ID that is not an id
             raise UsageError(f"--save: {err}") from None
-        raise type(err)(cli_wording(str(err)), field=err.field, index=err.index) from None
+        raise type(err)(
+            cli_wording(str(err)), field=err.field, index=err.index, source=err.source
+        ) from None
     except FileExistsError as err:
         raise CLIError(cli_wording(str(err))) from None
 

@@ -6,7 +6,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-__all__ = ["DatasetError", "DatasetNotFoundError", "DatasetWarning", "reading"]
+__all__ = ["DatasetError", "DatasetNotFoundError", "DatasetWarning", "naming_source", "reading"]
 
 
 class DatasetError(ValueError):
@@ -19,12 +19,22 @@ class DatasetError(ValueError):
     Attributes:
         field: the key or column at fault, if known.
         index: the first offending transition (or episode) index, if known.
+        source: the file the data come from, if known (:func:`naming_source` sets it and
+            puts it at the head of the message).
     """
 
-    def __init__(self, message: str, *, field: str | None = None, index: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        index: int | None = None,
+        source: str | None = None,
+    ):
         super().__init__(message)
         self.field = field
         self.index = index
+        self.source = source
 
 
 class DatasetWarning(UserWarning):
@@ -74,3 +84,31 @@ def reading(path: str | os.PathLike, what: str) -> Iterator[None]:
             f"The {what} {str(path)!r} cannot be read (truncated, damaged or of another "
             f"format): {type(err).__name__}: {text}"
         ) from err
+
+
+@contextlib.contextmanager
+def naming_source(path: str | os.PathLike | None) -> Iterator[None]:
+    """Puts the file ``path`` at the head of a :class:`DatasetError` raised inside.
+
+    The checks of the data see values and rows, not where they come from; inside this
+    context their errors also name the file (once, as ``error.source``), so a message reads
+    ``log.csv: Field 'reward': non-finite value (nan) at index 137``. The error keeps its
+    class, field and index. With ``path=None`` (data in memory) nothing changes.
+
+    Examples:
+        >>> from torchrl_offline.data.errors import DatasetError, naming_source
+        >>> try:
+        ...     with naming_source("log.csv"):
+        ...         raise DatasetError("Field 'reward': non-finite value (nan) at index 3",
+        ...                            field="reward", index=3)
+        ... except DatasetError as err:
+        ...     print(err, err.source, err.index)
+        log.csv: Field 'reward': non-finite value (nan) at index 3 log.csv 3
+    """
+    try:
+        yield
+    except DatasetError as err:
+        if path is not None and err.source is None:
+            err.source = str(path)
+            err.args = (f"{err.source}: {err.args[0] if err.args else ''}", *err.args[1:])
+        raise

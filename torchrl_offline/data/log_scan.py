@@ -27,7 +27,12 @@ from torchrl_offline.data.log_decisions import (
 from torchrl_offline.data.log_episodes import Walk, first_index, iter_transitions
 from torchrl_offline.data.log_sources import Name, dotted
 from torchrl_offline.data.log_spaces import _infer_space, _Stats
-from torchrl_offline.data.log_tensors import check_decision_fields, to_tensordict, validate_chunk
+from torchrl_offline.data.log_tensors import (
+    check_decision_fields,
+    stacked_sources,
+    to_tensordict,
+    validate_chunk,
+)
 
 __all__ = ["LogScan", "infer_spaces", "scan_log"]
 
@@ -107,6 +112,7 @@ def scan_log(
         DatasetError: the first bad value, naming its column and row.
     """
     scan = LogScan()
+    stacked = stacked_sources(columns)
     for fields, rows in iter_transitions(
         table,
         columns,
@@ -121,7 +127,7 @@ def scan_log(
         check_positions(fields, rows, names, num_positions)
         check_decision_fields(fields, rows, names, action_space)
         td = to_tensordict(fields, rows, spaces=spaces, float_dtype=dtype, names=names)
-        validate_chunk(td, rows, action_space, names)
+        validate_chunk(td, rows, action_space, names, stacked)
         scan._gather(fields, rows, names)
         for key in sorted(td.keys(True, True), key=str):
             scan.hasher.update(str(key).encode())

@@ -35,7 +35,13 @@ from torchrl_offline.data.log_sources import Name, dotted
 from torchrl_offline.data.log_spaces import _stored_dtype, _stored_shape
 from torchrl_offline.data.validate import validate_transitions
 
-__all__ = ["check_decision_fields", "stored_names", "to_tensordict", "validate_chunk"]
+__all__ = [
+    "check_decision_fields",
+    "stacked_sources",
+    "stored_names",
+    "to_tensordict",
+    "validate_chunk",
+]
 
 
 def _check_space_shape(value: np.ndarray, space: gym.Space, field: str) -> np.ndarray:
@@ -144,6 +150,26 @@ def stored_names(columns: list[Column]) -> dict[str, str]:
     return out
 
 
+def stacked_sources(columns: list[Column]) -> dict[str, tuple[str, ...]]:
+    """Stored key -> the scalar source columns stacked into it, in order (e.g.
+    ``observation=["cos", "sin", "vel"]``)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for column in columns:
+        if column.stacked:
+            head, rest = column.target[0], column.target[1:]
+            stored = ("next", "observation", *rest) if head == "next_observation" else column.target
+            out[dotted(stored)] = tuple(dotted(source) for source in column.sources)
+    return out
+
+
+def _bad_component(td: TensorDict, field: str, index: int, count: int) -> int | None:
+    """The first non-finite component of ``field`` at ``index`` (``count`` components)."""
+    value = td.get(tuple(field.split(".")), None)
+    if value is None or not value.is_floating_point() or value.shape[1:].numel() != count:
+        return None
+    return first_index(~torch.isfinite(value[index].reshape(-1)).numpy())
+
+
 def check_decision_fields(
     fields: dict[Name, np.ndarray],
     rows: np.ndarray,
@@ -187,14 +213,26 @@ def check_decision_fields(
 
 
 def validate_chunk(
-    td: TensorDict, rows: np.ndarray, action_space: gym.Space | None, names: dict[str, str]
+    td: TensorDict,
+    rows: np.ndarray,
+    action_space: gym.Space | None,
+    names: Mapping[str, str],
+    stacked: Mapping[str, tuple[str, ...]] | None = None,
 ) -> None:
     """:func:`~torchrl_offline.data.validate.validate_transitions`, with errors naming the
-    source column and row."""
+    source column and row; a non-finite value in a field stacked from scalar columns
+    (``stacked``, :func:`stacked_sources`) names the column it comes from."""
     try:
         validate_transitions(td, action_space=action_space)
     except DatasetError as error:
         message, field, index = str(error), error.field, error.index
+        sources = (stacked or {}).get(field)
+        if sources and index is not None:
+            component = _bad_component(td, field, index, len(sources))
+            if component is not None:
+                column = sources[component]
+                message = message.replace(f"'{field}'", f"'{field}' (column {column!r})", 1)
+                field = column
         if index is not None and len(rows):
             index = int(rows[index])
             message = message.replace(f"index {error.index}", f"index {index}", 1)

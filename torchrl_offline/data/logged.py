@@ -29,7 +29,7 @@ from torchrl.data.replay_buffers.writers import ImmutableDatasetWriter
 from torchrl.envs.transforms import Transform
 
 from torchrl_offline.data import minari_writer
-from torchrl_offline.data.errors import DatasetError
+from torchrl_offline.data.errors import DatasetError, naming_source
 from torchrl_offline.data.keys import (
     ACTION,
     ACTION_LOG_PROB,
@@ -294,7 +294,10 @@ def from_logged(
     if action_space is None and env is not None:
         action_space = env.action_space
     table = open_source(source, file_format, chunk_size)
-    resolved, skipped = resolve_columns(table.names, columns, ignore)
+    # every error about the data from here on names the file first
+    in_file = functools.partial(naming_source, table.describe().get("source_path"))
+    with in_file():
+        resolved, skipped = resolve_columns(table.names, columns, ignore)
     if num_positions is not None and not any(c.target[0] == POSITION for c in resolved):
         raise DatasetError(
             f"num_positions={num_positions} is given but the log has no position column "
@@ -315,19 +318,20 @@ def from_logged(
 
     # Pass 1: check every value, gather shapes / ranges, and fingerprint the content.
     names = stored_names(resolved)
-    scan = scan_log(
-        table,
-        resolved,
-        names=names,
-        spaces=given,
-        action_space=action_space,
-        dtype=dtype,
-        num_positions=num_positions,
-        **walk_options,
-    )
-    if scan.total == 0:
-        raise DatasetError("The log holds no transition to store", field="observation")
-    spaces = infer_spaces(scan, given, names=names, float_np=float_np)
+    with in_file():
+        scan = scan_log(
+            table,
+            resolved,
+            names=names,
+            spaces=given,
+            action_space=action_space,
+            dtype=dtype,
+            num_positions=num_positions,
+            **walk_options,
+        )
+        if scan.total == 0:
+            raise DatasetError("The log holds no transition to store", field="observation")
+        spaces = infer_spaces(scan, given, names=names, float_np=float_np)
     obs_space = (
         observation_space
         if observation_space is not None
@@ -410,16 +414,18 @@ def from_logged(
     if not reuse:
         with atomic_directory(final, overwrite=True) as tmp:
             out = allocate_transitions(spec, scan.total, tmp / "transitions")
-            metadata["total_episodes"] = _write_transitions(
-                out,
-                table,
-                resolved,
-                names=names,
-                spaces=spaces,
-                dtype=dtype,
-                one_hot=act_space if one_hot_actions else None,
-                **walk_options,
-            )
+            with in_file():
+                episodes = _write_transitions(
+                    out,
+                    table,
+                    resolved,
+                    names=names,
+                    spaces=spaces,
+                    dtype=dtype,
+                    one_hot=act_space if one_hot_actions else None,
+                    **walk_options,
+                )
+            metadata["total_episodes"] = episodes
             if minari_copy is not None:
                 minari_copy(out, metadata=metadata)
             write_complete_marker(tmp, metadata)
