@@ -13,7 +13,11 @@ from tests.objectives.test_td3_bc import HIGH, LOW, _flat, _mlp, make_batch, mak
 from tests.trainers.conftest import make_dataset
 from torchrl_offline.objectives import BCQLoss, BehaviorVAE, OfflineLossError, make_behavior_vae
 from torchrl_offline.objectives.bcq import make_perturbation_actor
-from torchrl_offline.trainers.algorithms import build_algorithm, specs_from_dataset
+from torchrl_offline.trainers.algorithms import (
+    HyperparameterError,
+    build_algorithm,
+    specs_from_dataset,
+)
 from torchrl_offline.trainers.normalization import NormalizedPolicy
 from torchrl_offline.trainers.offline import load_algorithm, train
 
@@ -383,6 +387,8 @@ def test_build_algorithm_train_and_checkpoint(tmp_path):
     d3 = build_algorithm("bcq", *specs_from_dataset(data), preset="d3rlpy")
     assert d3.loss.num_action_samples == d3.loss.num_target_samples == 100
     assert d3.loss.behavior_network.decoder_squash == "clip"
+    with pytest.raises(HyperparameterError, match="vae_decoder_squash must be one of tanh, clip"):
+        build_algorithm("bcq", *specs_from_dataset(data), vae_decoder_squash="Clip")
     result = train(
         "bcq",
         data,

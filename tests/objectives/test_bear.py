@@ -27,7 +27,11 @@ from torchrl_offline.cli import main
 from torchrl_offline.objectives import BEARLoss, OfflineLossError
 from torchrl_offline.objectives.bear import mmd
 from torchrl_offline.objectives.networks import NetworkFactory
-from torchrl_offline.trainers.algorithms import build_algorithm, specs_from_dataset
+from torchrl_offline.trainers.algorithms import (
+    HyperparameterError,
+    build_algorithm,
+    specs_from_dataset,
+)
 from torchrl_offline.trainers.normalization import NormalizedPolicy
 from torchrl_offline.trainers.offline import train
 
@@ -309,6 +313,11 @@ def test_missing_keys_nan_and_bad_networks_are_named():
     clipped = nets.behavior_vae(decoder_squash="clip")
     with pytest.raises(OfflineLossError, match="needs decoder_squash='tanh', got 'clip'"):
         BEARLoss(nets.tanh_normal_actor(), nets.qvalue(), clipped)
+    specs = specs_from_dataset(make_dataset())
+    with pytest.raises(HyperparameterError, match="Unknown hyperparameter 'vae_decoder_squash'"):
+        build_algorithm("bear", *specs, vae_decoder_squash="clip")
+    with pytest.raises(HyperparameterError, match="^bear: mmd_kernel must be one of"):
+        build_algorithm("bear", *specs, mmd_kernel="rbf")  # the loss's own check
 
 
 # ----------------------------------------------------------------------------- learning

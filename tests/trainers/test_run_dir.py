@@ -214,6 +214,22 @@ def test_a_failed_run_does_not_block_the_corrected_retry(tmp_path):
     assert _train("iql", tmp_path, total=2).step == 2
 
 
+def test_a_refused_run_leaves_no_folder_it_made(tmp_path):
+    """A run refused for its settings leaves no empty output folder behind; a folder that
+    was there before stays, as does one the run wrote into."""
+    from torchrl_offline.trainers.algorithms import AlgorithmError
+
+    new = tmp_path / "runs" / "iql"
+    with pytest.raises(AlgorithmError, match="foo"):
+        train("iql", make_dataset(), total_steps=2, out_dir=new, progress=False,
+              overrides={"foo": 1})  # fmt: skip
+    assert not new.exists() and (tmp_path / "runs").is_dir()  # only the folder it made
+    with claim_run_directory(tmp_path, kind="train", algorithm="iql"):
+        pass
+    assert tmp_path.is_dir()
+    assert _train("iql", new, total=2).step == 2 and holds_run(new)
+
+
 def test_a_run_killed_before_its_first_checkpoint_is_not_a_run(tmp_path):
     _kill_after_claim(tmp_path)
     assert not holds_run(tmp_path)

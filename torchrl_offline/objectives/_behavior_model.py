@@ -55,12 +55,11 @@ __all__ = [
 ]
 
 #: The run settings both papers' code shares (their declarations' defaults): 400 x 300
-#: actor and twin critics, a 750 x 750 VAE whose decoder is squashed by ``tanh``, and
-#: Adam at torch's default 1e-3 for every network.
+#: actor and twin critics, a 750 x 750 VAE, and Adam at torch's default 1e-3 for every
+#: network.
 BEHAVIOR_MODEL_DEFAULTS = {
     "hidden_sizes": (400, 300),
     "vae_hidden_sizes": (750, 750),
-    "vae_decoder_squash": "tanh",
     "actor_lr": 1e-3,
     "critic_lr": 1e-3,
     "behavior_lr": 1e-3,
@@ -78,7 +77,8 @@ def behavior_model_networks(
     nets: NetworkFactory, hp, actor_network: TensorDictModuleBase
 ) -> dict[str, TensorDictModuleBase]:
     """The networks of a declaration: ``actor_network``, ``Q(s, a)`` and the behaviour
-    VAE (with ``hp["vae_hidden_sizes"]`` and ``hp["vae_decoder_squash"]``)."""
+    VAE (with ``hp["vae_hidden_sizes"]``, and ``hp["vae_decoder_squash"]`` where the
+    algorithm declares it, ``"tanh"`` otherwise)."""
     vae = nets.behavior_vae(
         tuple(int(h) for h in hp["vae_hidden_sizes"]),
         decoder_squash=hp.get("vae_decoder_squash", "tanh"),

@@ -22,7 +22,7 @@ from torchrl_offline.objectives._behavior_model import (
     BehaviorModelLoss,
     behavior_model_networks,
 )
-from torchrl_offline.objectives.behavior_vae import BehaviorVAE, _out_features
+from torchrl_offline.objectives.behavior_vae import DECODER_SQUASHES, BehaviorVAE, _out_features
 from torchrl_offline.objectives.common import check_batch, check_output_dim, module_apply
 from torchrl_offline.objectives.declaration import AlgorithmDeclaration
 
@@ -256,7 +256,8 @@ def make_perturbation_actor(
 
 # ------------------------------------------------------------------------- declaration
 #: BCQ as :func:`~torchrl_offline.trainers.algorithms.build_algorithm` builds it: the
-#: authors' networks (400 x 300 perturbation model and twin critics, 750 x 750 VAE) and
+#: authors' networks (400 x 300 perturbation model and twin critics, 750 x 750 VAE with a
+#: ``tanh`` decoder; ``vae_decoder_squash="clip"`` for d3rlpy's clipped one) and
 #: optimizer (Adam at 1e-3 for all three), acting with :meth:`BCQLoss.make_policy` (the
 #: best of ``num_action_samples`` perturbed VAE samples under the first critic). The
 #: paper's batch of 100 is left to the training run's ``batch_size``.
@@ -270,7 +271,8 @@ BCQ_ALGORITHM = AlgorithmDeclaration(
     ),
     optimizer=BEHAVIOR_MODEL_OPTIMIZER,
     loss_terms=("loss_actor", "loss_qvalue", "loss_behavior"),
-    defaults=BEHAVIOR_MODEL_DEFAULTS,
+    defaults={**BEHAVIOR_MODEL_DEFAULTS, "vae_decoder_squash": "tanh"},
+    choices={"vae_decoder_squash": DECODER_SQUASHES},
     presets=BCQ_PRESETS,
     action_spec_argument="action_spec",
     policy=lambda loss, networks: loss.make_policy(),

@@ -495,7 +495,13 @@ def build_algorithm(
     networks = dict(decl.networks(NetworkFactory(n_obs, act_spec, hp["hidden_sizes"]), hp))
     spec_kwargs = {} if decl.action_spec_argument is None else {decl.action_spec_argument: act_spec}
     loss_kwargs = {k: hp[k] for k in decl.loss_arguments()}
-    loss = decl.loss_class(**networks, **spec_kwargs, **loss_kwargs)
+    try:
+        loss = decl.loss_class(**networks, **spec_kwargs, **loss_kwargs)
+    except ValueError as err:
+        if type(err) is not ValueError:  # e.g. OfflineLossError: not the settings alone
+            raise
+        # the loss refused a value of its own arguments (out of range, not a choice)
+        raise HyperparameterError(f"{name}: {err}") from err
     policy = decl.build_policy(loss, networks)
 
     if observation_norm is not None:

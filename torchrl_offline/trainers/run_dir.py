@@ -23,6 +23,7 @@ their ``out_dir``:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -109,8 +110,10 @@ class RunLock:
     Use it as a context manager, or call :meth:`release` when the run ends; releasing
     removes ``run.lock``, and the ``run.json`` this claim wrote when the run left nothing
     (no checkpoint, no ``summary.json``): a run that failed before its first checkpoint
-    does not block the corrected retry. A process killed while holding it leaves the
-    lock file behind, and the next claim takes it over.
+    does not block the corrected retry. A directory the claim created is removed too when
+    nothing is left in it (a run refused for its settings leaves no empty folder). A
+    process killed while holding it leaves the lock file behind, and the next claim takes
+    it over.
 
     Attributes:
         directory: the run directory.
@@ -120,6 +123,7 @@ class RunLock:
         self.directory = directory
         self._lock = lock
         self._new_marker = False  # set by claim_run_directory when it wrote run.json
+        self._new_directory = False  # set by claim_run_directory when it made directory
 
     def release(self) -> None:
         """Releases the lock (idempotent)."""
@@ -130,6 +134,9 @@ class RunLock:
                 (self.directory / RUN_MARKER).unlink(missing_ok=True)
         finally:
             self._lock.release()
+        if self._new_directory:
+            with contextlib.suppress(OSError):  # not empty: the run left something
+                self.directory.rmdir()
 
     def __enter__(self) -> RunLock:
         return self
@@ -257,8 +264,10 @@ def claim_run_directory(
             f"nothing to resume in {str(directory)!r}: the directory does not exist; start "
             "without resume"
         )
+    new_directory = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     claim = _lock(directory)
+    claim._new_directory = new_directory
     try:
         # what a process killed while it held the lock left half done (only a holder
         # writes these, and we hold the lock now)
