@@ -44,6 +44,27 @@ def test_evaluate_text_with_explicit_env_and_references(trained_run, capsys):
     assert "policy: greedy (the actor's deterministic action" in out
 
 
+def test_evaluate_a_run_in_the_env_it_recorded(trained_run, tmp_path, capsys, monkeypatch):
+    """Without --env and --dataset, a run that evaluated while training is evaluated in its
+    env with its reference returns (its run.json); BCQ's policy is said to be what it is."""
+    monkeypatch.setenv("TORCHRL_OFFLINE_CACHE", trained_run["cache"])
+    run = str(tmp_path / "bcq")
+    assert main(["train", "--algo", "bcq", "--dataset", trained_run["dataset"], "--root",
+                 trained_run["root"], "--steps", "4", "--out", run, "--batch-size", "16",
+                 "--set", "hidden_sizes=(8,)", "--set", "vae_hidden_sizes=(8,)",
+                 "--eval-every", "4", "--eval-episodes", "1", "--eval-max-steps", "5",
+                 "--no-progress"]) == 0  # fmt: skip
+    capsys.readouterr()
+    argv = ["evaluate", run, "--episodes", "1", "--max-steps", "10", "--no-progress"]
+    assert main([*argv, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["env"] == "Pendulum-v1" and result["algorithm"] == "bcq"
+    assert result["normalized_score"] == pytest.approx(100 * (result["return_mean"] + 1200) / 1050)
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "policy: greedy (the best of 10 candidate actions sampled at each state" in out
+
+
 def test_evaluate_bad_input(trained_run, tmp_path, capsys):
     def error(argv: list[str], status: int = 1) -> str:
         assert main(["evaluate", *argv, "--no-progress"]) == status

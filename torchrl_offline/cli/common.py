@@ -23,6 +23,7 @@ __all__ = [
     "add_run_options",
     "check_logger_installed",
     "check_run_flags",
+    "describe_policy_mode",
     "finish_run",
     "is_log_file",
     "local_datasets",
@@ -268,6 +269,22 @@ POLICY_MODE_HELP = {
     "greedy": "the actor's deterministic action, the mode or mean of its distribution, as deployed",
     "stochastic": "actions sampled from the actor's distribution",
 }
+
+
+def describe_policy_mode(policy: Any, mode: str) -> str:
+    """``mode`` and what the checkpoint's ``policy`` does in it, for the printed summaries
+    (BCQ's and BEAR's policy is the best of sampled candidate actions, not an actor's
+    mode)."""
+    from torchrl_offline.objectives._behavior_model import SampledArgmaxPolicy
+
+    inner = getattr(policy, "policy", policy)  # a NormalizedPolicy wraps the actor
+    if mode == "greedy" and isinstance(inner, SampledArgmaxPolicy):
+        n = inner.num_samples or inner.loss.num_action_samples
+        return (
+            f"{mode} (the best of {n} candidate actions sampled at each state, under the "
+            "first critic, as deployed)"
+        )
+    return f"{mode} ({POLICY_MODE_HELP[mode]})"
 
 
 def add_policy_mode_option(parser: argparse.ArgumentParser) -> None:

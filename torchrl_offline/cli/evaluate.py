@@ -7,10 +7,10 @@ import json
 from typing import Any
 
 from torchrl_offline.cli.common import (
-    POLICY_MODE_HELP,
     CLIError,
     UsageError,
     add_policy_mode_option,
+    describe_policy_mode,
     open_dataset,
     progress_bar,
     require_policy_mode,
@@ -27,10 +27,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Run the policy of a training checkpoint (its greedy, deterministic "
         "actions unless --policy-mode stochastic) for a number of episodes and print the mean "
         "and std of the returns, and the normalized score when reference returns are known "
-        "(from --dataset or --ref-min/--ref-max).",
+        "(from --dataset or --ref-min/--ref-max). Without --env and --dataset, the env and "
+        "reference returns the run recorded in its run.json are used.",
     )
     parser.add_argument("checkpoint", help="checkpoint file, or a run directory (newest one)")
-    parser.add_argument("--env", help="gymnasium id (default: the env recorded with --dataset)")
+    parser.add_argument(
+        "--env",
+        help="gymnasium id (default: the env recorded with --dataset, else the one the run "
+        "evaluated in, from its run.json)",
+    )
     parser.add_argument(
         "--dataset",
         metavar="ID_OR_PATH",
@@ -49,6 +54,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_log_options(parser)
     parser.set_defaults(run=run)
     return parser
+
+
+def _recorded_run(checkpoint: str) -> dict[str, Any]:
+    """The ``info`` of the run the checkpoint belongs to (its ``run.json``), or ``{}``."""
+    from torchrl_offline.cli.checkpoints import resolve_checkpoint
+    from torchrl_offline.trainers.run_dir import read_marker
+
+    file = resolve_checkpoint(checkpoint)
+    run_dir = file.parent.parent if file.parent.name == "checkpoints" else file.parent
+    info = (read_marker(run_dir) or {}).get("info")
+    return info if isinstance(info, dict) else {}
 
 
 def _env_and_reference(args: argparse.Namespace) -> tuple[str, tuple[float, float] | None]:
@@ -70,8 +86,18 @@ def _env_and_reference(args: argparse.Namespace) -> tuple[str, tuple[float, floa
             env_id = dataset_env_id(buffer)
             if env_id is None:
                 raise CLIError(f"the dataset {args.dataset!r} records no env id; pass --env")
+    if args.dataset is None:  # what the run itself recorded
+        info = _recorded_run(args.checkpoint)
+        if env_id is None and isinstance(info.get("eval_env"), str):
+            env_id = info["eval_env"]
+        reference = info.get("reference")
+        if ref is None and isinstance(reference, list) and len(reference) == 2:
+            ref = (float(reference[0]), float(reference[1]))
     if env_id is None:
-        raise UsageError("name the environment with --env (or --dataset to use its env)")
+        raise UsageError(
+            "name the environment with --env (or --dataset to use its env): the run "
+            "records none (it was trained without evaluation)"
+        )
     if (args.ref_min is None) != (args.ref_max is None):
         raise UsageError("give both --ref-min and --ref-max")
     if args.ref_min is not None:
@@ -127,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     print(f"{algorithm.name} at step {step} ({file})")
-    print(f"policy: {args.policy_mode} ({POLICY_MODE_HELP[args.policy_mode]})")
+    print(f"policy: {describe_policy_mode(algorithm.policy, args.policy_mode)}")
     print(f"{env_id}, {args.episodes} episodes: return {result.mean:.2f} +- {result.std:.2f}")
     if result.normalized_score is not None:
         print(f"normalized score {result.normalized_score:.1f}")

@@ -9,9 +9,9 @@ import warnings
 from typing import Any
 
 from torchrl_offline.cli.common import (
-    POLICY_MODE_HELP,
     UsageError,
     add_policy_mode_option,
+    describe_policy_mode,
     open_dataset,
     progress_bar,
     require_policy_mode,
@@ -484,7 +484,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print(
         f"{algorithm.name} at step {step} ({file}); discounted value, gamma {args.gamma}",
-        f"policy: {args.policy_mode} ({POLICY_MODE_HELP[args.policy_mode]})",
+        f"policy: {describe_policy_mode(algorithm.policy, args.policy_mode)}",
         _table(results, behaviour, args.confidence),
         *_messages(results),
         *(f"note: {note}" for note in notes),
