@@ -125,6 +125,8 @@ def test_ope_scores_the_greedy_policy_by_default(trained_run, capsys):
     assert main(base) == 0
     out = capsys.readouterr().out
     assert "policy: greedy (the actor's deterministic action" in out
+    # the estimators' advice in the command line's words (FQE's num_steps is --fqe-steps)
+    assert "may not have propagated; increase --fqe-steps" in out and "num_steps" not in out
     assert "fqe (FQE)" in out and "wis (" not in out  # IQL's actions are continuous:
     assert "note: wis, wpdis, wdr not run: the greedy policy of continuous actions" in out
     # ...the greedy policy has no density: named importance-sampling estimators are refused

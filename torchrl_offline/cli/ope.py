@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import warnings
 from typing import Any
 
@@ -391,6 +392,45 @@ def _table(results: dict[str, Any], behaviour: float, confidence: float) -> Any:
     return table
 
 
+#: The estimators' advice in the command line's words: their messages name the Python
+#: arguments (``num_steps``, ``kernel_bandwidth``...), some of which are options here.
+_WORDING = (
+    (re.compile(r"increase num_steps or lower target_update_interval"), "increase --fqe-steps"),
+    (
+        re.compile(r"lower lr, raise target_update_interval, or (check [^)]*)"),
+        r"\1; in Python, FQE takes a lower lr or a larger target_update_interval",
+    ),
+    (re.compile(r"\bkernel_bandwidth\b"), "--kernel-bandwidth"),
+    (re.compile(r"\bepsilon\)"), "--epsilon)"),
+    (re.compile(r"\bclip_weight\b"), "--clip-weight"),
+)
+
+
+def cli_worded(message: str) -> str:
+    """An estimator's message with the command line's option names.
+
+    Examples:
+        >>> from torchrl_offline.cli.ope import cli_worded
+        >>> cli_worded("only 3 target refreshes ...; increase num_steps or lower target_update_interval")
+        'only 3 target refreshes ...; increase --fqe-steps'
+    """
+    for pattern, replacement in _WORDING:
+        message = pattern.sub(replacement, message)
+    return message
+
+
+def _reworded(results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` with every note, warning and error message :func:`cli_worded`."""
+    for r in results.values():
+        if isinstance(r, Exception):
+            if r.args and isinstance(r.args[0], str):
+                r.args = (cli_worded(r.args[0]), *r.args[1:])
+        else:
+            r.warnings[:] = [cli_worded(m) for m in r.warnings]
+            r.notes[:] = [cli_worded(m) for m in r.notes]
+    return results
+
+
 def _messages(results: dict[str, Any]) -> list[str]:
     """The results' notes and warnings, each message once with the estimators giving it."""
     grouped: dict[tuple[str, str], list[str]] = {}
@@ -463,7 +503,7 @@ def run(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OPEWarning)  # shown in the table instead
-        results = _estimate_all(algorithm.policy, buffer, names, args, one_step)
+        results = _reworded(_estimate_all(algorithm.policy, buffer, names, args, one_step))
     behaviour = _behaviour_value(buffer, args.gamma)
     if args.json:
         out = {

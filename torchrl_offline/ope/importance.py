@@ -367,8 +367,8 @@ class _OPEEstimator:
                     f"Every importance weight is zero: the evaluation policy gives (near-)zero "
                     f"probability to {int(iw.near_zero.sum())} logged action(s), in all {n_ep} "
                     "episodes, so a self-normalised estimate is undefined. Its actions are not "
-                    "covered by the data (for a deterministic actor, state kernel_bandwidth or "
-                    "epsilon)",
+                    "covered by the data (for a deterministic actor, give or widen "
+                    "kernel_bandwidth or epsilon)",
                     field="action",
                 )
         value = ratio_statistic(num, den)
