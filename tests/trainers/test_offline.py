@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -321,6 +322,15 @@ def test_source_needs_a_batch_size_and_data():
     with pytest.raises(ValueError, match="batch_size"):
         OfflineSource(data)
     assert next(iter(OfflineSource(data, batch_size=4))).batch_size == (4,)
+
+
+def test_a_batch_size_replacing_the_buffers_own_is_intended_and_not_warned_about():
+    data = make_dataset()  # its buffer samples 16 by default
+    source = iter(OfflineSource(data, batch_size=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert next(source).batch_size == (4,) and next(source).batch_size == (4,)
+    assert data.sample().batch_size == (data.batch_size,)  # the buffer itself unchanged
 
 
 def test_resume_needs_out_dir():

@@ -113,7 +113,7 @@ def train(
         overwrite: replace the run already in ``out_dir`` (only a run directory of
             ours: its checkpoints, logs, ``summary.json`` and ``run.json`` go; other
             files stay).
-        batch_size: transitions per update.
+        batch_size: transitions per update (it replaces the dataset's own batch size).
         preset: a named published setting of the algorithm (e.g. IQL's ``"antmaze"``,
             with a name only); ``overrides`` apply on top of it.
         overrides: hyperparameters for ``build_algorithm`` (with a name only).

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -55,7 +56,9 @@ class OfflineSource:
         replay_buffer: the offline dataset.
 
     Keyword Args:
-        batch_size (int, optional): sample size; the buffer's default when omitted.
+        batch_size (int, optional): sample size; the buffer's default when omitted. It
+            replaces the buffer's own batch size (TorchRL's warning about two batch sizes
+            is not raised: the replacement is intended).
 
     Examples:
         >>> import torch
@@ -80,8 +83,15 @@ class OfflineSource:
         self.batch_size = None if batch_size == replay_buffer.batch_size else batch_size
 
     def __iter__(self) -> Iterator[TensorDictBase]:
+        replaces = self.batch_size is not None and self.replay_buffer.batch_size is not None
         while True:
-            yield self.replay_buffer.sample(self.batch_size)
+            if not replaces:
+                yield self.replay_buffer.sample(self.batch_size)
+                continue
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Got conflicting batch_sizes")
+                batch = self.replay_buffer.sample(self.batch_size)
+            yield batch
 
     def set_seed(self, seed: int, static_seed: bool = False) -> int:
         """Seeds torch's and NumPy's global generators (the sampler draws from them)."""
