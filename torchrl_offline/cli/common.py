@@ -6,6 +6,7 @@ import argparse
 import ast
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ __all__ = [
     "POLICY_MODE_HELP",
     "CLIError",
     "HelpFormatter",
+    "Rewording",
     "RunWarnings",
     "UsageError",
     "add_policy_mode_option",
@@ -269,6 +271,25 @@ POLICY_MODE_HELP = {
     "greedy": "the actor's deterministic action, the mode or mean of its distribution, as deployed",
     "stochastic": "actions sampled from the actor's distribution",
 }
+
+
+class Rewording:
+    """The library's messages in the command line's words: ``(pattern, replacement)``
+    regular-expression pairs applied in order to a message.
+
+    Examples:
+        >>> from torchrl_offline.cli.common import Rewording
+        >>> Rewording((r"\\bnum_steps\\b", "--fqe-steps"))("increase num_steps")
+        'increase --fqe-steps'
+    """
+
+    def __init__(self, *pairs: tuple[str, str]) -> None:
+        self.pairs = tuple((re.compile(pattern), replacement) for pattern, replacement in pairs)
+
+    def __call__(self, message: str) -> str:
+        for pattern, replacement in self.pairs:
+            message = pattern.sub(replacement, message)
+        return message
 
 
 def describe_policy_mode(policy: Any, mode: str) -> str:

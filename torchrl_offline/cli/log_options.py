@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from torchrl_offline.cli.common import CLIError, UsageError
+from torchrl_offline.cli.common import CLIError, Rewording, UsageError
 
 __all__ = [
     "LOG_FIELDS",
@@ -175,30 +174,27 @@ def log_keywords(args: argparse.Namespace) -> dict[str, Any]:
 
 #: ``from_logged``'s keyword spellings in its messages -> the command line's (the specific
 #: phrases first, then any ``columns=`` / ``ignore=``).
-_WORDING = tuple(
-    (re.compile(pattern), replacement)
-    for pattern, replacement in (
-        (r"columns=\{'(\w+)': \.\.\.\}", r"--columns \1=COL"),
-        (
-            r"\(see ignore=\) or map it with columns=",
-            "(see --ignore COL) or map it with --columns FIELD=COL",
-        ),
-        (
-            r"with columns= or skip them with ignore=",
-            "with --columns FIELD=COL or skip them with --ignore COL",
-        ),
-        (
-            r"only observations take a mapping in columns=",
-            "only observations take nested entries (--columns observation.NAME=COL)",
-        ),
-        (r"num_positions=(\d+)", r"--num-positions \1"),
-        (r"\b(columns|ignore)=", r"--\1"),
-        (
-            r"pass overwrite=True to replace it|replace it with overwrite=True \(on the "
-            r"command line: \w+ --overwrite\)",
-            "replace it with --overwrite",
-        ),
-    )
+_WORDING = Rewording(
+    (r"columns=\{'(\w+)': \.\.\.\}", r"--columns \1=COL"),
+    (
+        r"\(see ignore=\) or map it with columns=",
+        "(see --ignore COL) or map it with --columns FIELD=COL",
+    ),
+    (
+        r"with columns= or skip them with ignore=",
+        "with --columns FIELD=COL or skip them with --ignore COL",
+    ),
+    (
+        r"only observations take a mapping in columns=",
+        "only observations take nested entries (--columns observation.NAME=COL)",
+    ),
+    (r"num_positions=(\d+)", r"--num-positions \1"),
+    (r"\b(columns|ignore)=", r"--\1"),
+    (
+        r"pass overwrite=True to replace it|replace it with overwrite=True \(on the "
+        r"command line: \w+ --overwrite\)",
+        "replace it with --overwrite",
+    ),
 )
 
 
@@ -211,9 +207,7 @@ def cli_wording(message: str) -> str:
         >>> cli_wording("Unknown column 'x'; map other names with columns= or skip them with ignore=")
         "Unknown column 'x'; map other names with --columns FIELD=COL or skip them with --ignore COL"
     """
-    for pattern, replacement in _WORDING:
-        message = pattern.sub(replacement, message)
-    return message
+    return _WORDING(message)
 
 
 def open_log(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import warnings
 from typing import Any
 
 from torchrl_offline.cli.common import (
+    Rewording,
     UsageError,
     add_policy_mode_option,
     describe_policy_mode,
@@ -394,15 +394,15 @@ def _table(results: dict[str, Any], behaviour: float, confidence: float) -> Any:
 
 #: The estimators' advice in the command line's words: their messages name the Python
 #: arguments (``num_steps``, ``kernel_bandwidth``...), some of which are options here.
-_WORDING = (
-    (re.compile(r"increase num_steps or lower target_update_interval"), "increase --fqe-steps"),
+_WORDING = Rewording(
+    (r"increase num_steps or lower target_update_interval", "increase --fqe-steps"),
     (
-        re.compile(r"lower lr, raise target_update_interval, or (check [^)]*)"),
+        r"lower lr, raise target_update_interval, or (check [^)]*)",
         r"\1; in Python, FQE takes a lower lr or a larger target_update_interval",
     ),
-    (re.compile(r"\bkernel_bandwidth\b"), "--kernel-bandwidth"),
-    (re.compile(r"\bepsilon\)"), "--epsilon)"),
-    (re.compile(r"\bclip_weight\b"), "--clip-weight"),
+    (r"\bkernel_bandwidth\b", "--kernel-bandwidth"),
+    (r"\bepsilon\)", "--epsilon)"),
+    (r"\bclip_weight\b", "--clip-weight"),
 )
 
 
@@ -414,9 +414,7 @@ def cli_worded(message: str) -> str:
         >>> cli_worded("only 3 target refreshes ...; increase num_steps or lower target_update_interval")
         'only 3 target refreshes ...; increase --fqe-steps'
     """
-    for pattern, replacement in _WORDING:
-        message = pattern.sub(replacement, message)
-    return message
+    return _WORDING(message)
 
 
 def _reworded(results: dict[str, Any]) -> dict[str, Any]:
