@@ -63,6 +63,8 @@ def test_evaluate_a_run_in_the_env_it_recorded(trained_run, tmp_path, capsys, mo
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "policy: greedy (the best of 10 candidate actions sampled at each state" in out
+    assert main([*argv, "--policy-mode", "stochastic"]) == 2
+    assert "takes the best of candidate actions sampled afresh" in capsys.readouterr().err
 
 
 def test_evaluate_bad_input(trained_run, tmp_path, capsys):

@@ -323,7 +323,15 @@ def add_policy_mode_option(parser: argparse.ArgumentParser) -> None:
 def require_policy_mode(policy: Any, mode: str, algorithm: str) -> None:
     """Refuses ``--policy-mode stochastic`` for a checkpoint whose policy has no action
     distribution (a deterministic actor or a Q-value actor): a :class:`UsageError`."""
+    from torchrl_offline.objectives._behavior_model import SampledArgmaxPolicy
+
     if mode == "stochastic" and not hasattr(policy, "get_dist"):
+        if isinstance(getattr(policy, "policy", policy), SampledArgmaxPolicy):
+            raise UsageError(
+                f"--policy-mode stochastic: the checkpoint's {algorithm} policy has no action "
+                "distribution: it takes the best of candidate actions sampled afresh at each "
+                "state in every mode; use --policy-mode greedy"
+            )
         raise UsageError(
             f"--policy-mode stochastic: the checkpoint's {algorithm} policy is deterministic "
             "(no action distribution to sample); use --policy-mode greedy"

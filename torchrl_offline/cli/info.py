@@ -186,8 +186,8 @@ def run(args: argparse.Namespace) -> int:
     if "normalized_return" in info:
         norm = info["normalized_return"]
         print(
-            f"normalized return mean={norm['mean']:.4g}  min={norm['min']:.4g}  "
-            f"max={norm['max']:.4g}"
+            f"normalized return (0 random, 100 expert) mean={norm['mean']:.4g}  "
+            f"min={norm['min']:.4g}  max={norm['max']:.4g}"
         )
     if "saved" in info:
         root = f" --root {args.root}" if args.root else ""
