@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from torchrl_offline.cli import main
+from torchrl_offline.cli import evaluate, main
 from torchrl_offline.data import load_minari
 from torchrl_offline.trainers.checkpoint import latest_checkpoint
 
@@ -65,6 +66,13 @@ def test_evaluate_a_run_in_the_env_it_recorded(trained_run, tmp_path, capsys, mo
     assert "policy: greedy (the best of 10 candidate actions sampled at each state" in out
     assert main([*argv, "--policy-mode", "stochastic"]) == 2
     assert "takes the best of candidate actions sampled afresh" in capsys.readouterr().err
+    # another env than the recorded one: the run's reference returns are not its own
+    assert main([*argv, "--env", "Pendulum-v1", "--json"]) == 0  # the same env: used
+    assert json.loads(capsys.readouterr().out)["normalized_score"] is not None
+    parser = argparse.ArgumentParser()
+    evaluate.add_parser(parser.add_subparsers())
+    other = parser.parse_args(["evaluate", run, "--env", "MyPendulum-v0"])
+    assert evaluate._env_and_reference(other) == ("MyPendulum-v0", None)
 
 
 def test_evaluate_bad_input(trained_run, tmp_path, capsys):

@@ -77,8 +77,9 @@ def test_a_csv_with_broken_rows_raises_dataset_error(tmp_path):
     path = _write_log(tmp_path / "log.csv")
     with open(path, "a") as f:
         f.write('1.0,2.0,"unterminated\n3,4\n')
-    with pytest.raises(DatasetError, match="CSV file .*log.csv.* cannot be read"):
+    with pytest.raises(DatasetError, match="CSV file .*log.csv.* cannot be read") as info:
         from_logged(path, drop_incomplete=True)
+    assert str(info.value).count("log.csv") == 1 and info.value.source == str(path)
 
 
 def test_a_missing_log_file_is_dataset_not_found(tmp_path):

@@ -331,6 +331,13 @@ def test_a_batch_size_replacing_the_buffers_own_is_intended_and_not_warned_about
         warnings.simplefilter("error")
         assert next(source).batch_size == (4,) and next(source).batch_size == (4,)
     assert data.sample().batch_size == (data.batch_size,)  # the buffer itself unchanged
+    # other warnings of a run keep their "once" (the sampling resets no registry)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for _ in range(3):
+            next(source)
+            warnings.warn("a step's warning", UserWarning, stacklevel=1)  # same place each step
+    assert [str(w.message) for w in caught] == ["a step's warning"]
 
 
 def test_resume_needs_out_dir():

@@ -56,14 +56,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _recorded_run(checkpoint: str) -> dict[str, Any]:
-    """The ``info`` of the run the checkpoint belongs to (its ``run.json``), or ``{}``."""
+def _recorded_run(checkpoint: str) -> dict[str, Any] | None:
+    """The ``info`` of the run the checkpoint belongs to (its ``run.json``), or ``None``
+    for a checkpoint outside a run directory of ours."""
     from torchrl_offline.cli.checkpoints import resolve_checkpoint
     from torchrl_offline.trainers.run_dir import read_marker
 
     file = resolve_checkpoint(checkpoint)
     run_dir = file.parent.parent if file.parent.name == "checkpoints" else file.parent
-    info = (read_marker(run_dir) or {}).get("info")
+    marker = read_marker(run_dir)
+    if marker is None:
+        return None
+    info = marker.get("info")
     return info if isinstance(info, dict) else {}
 
 
@@ -86,18 +90,22 @@ def _env_and_reference(args: argparse.Namespace) -> tuple[str, tuple[float, floa
             env_id = dataset_env_id(buffer)
             if env_id is None:
                 raise CLIError(f"the dataset {args.dataset!r} records no env id; pass --env")
-    if args.dataset is None:  # what the run itself recorded
+    info = None
+    if args.dataset is None:  # what the run itself recorded, for its own env only
         info = _recorded_run(args.checkpoint)
-        if env_id is None and isinstance(info.get("eval_env"), str):
-            env_id = info["eval_env"]
-        reference = info.get("reference")
-        if ref is None and isinstance(reference, list) and len(reference) == 2:
+        recorded = (info or {}).get("eval_env")
+        if env_id is None and isinstance(recorded, str):
+            env_id = recorded
+        reference = (info or {}).get("reference")
+        if env_id == recorded and isinstance(reference, list) and len(reference) == 2:
             ref = (float(reference[0]), float(reference[1]))
     if env_id is None:
-        raise UsageError(
-            "name the environment with --env (or --dataset to use its env): the run "
-            "records none (it was trained without evaluation)"
+        why = (
+            "the checkpoint is not in a run directory with a run.json"
+            if info is None
+            else "its run recorded none (it was trained without evaluation)"
         )
+        raise UsageError(f"name the environment with --env (or --dataset to use its env): {why}")
     if (args.ref_min is None) != (args.ref_max is None):
         raise UsageError("give both --ref-min and --ref-max")
     if args.ref_min is not None:

@@ -401,7 +401,7 @@ _WORDING = Rewording(
         r"\1; in Python, FQE takes a lower lr or a larger target_update_interval",
     ),
     (r"\bkernel_bandwidth\b", "--kernel-bandwidth"),
-    (r"\bepsilon\)", "--epsilon)"),
+    (r"\bepsilon=?\)", "--epsilon)"),
     (r"\bclip_weight\b", "--clip-weight"),
 )
 

@@ -82,7 +82,8 @@ def reading(path: str | os.PathLike, what: str) -> Iterator[None]:
         text = " ".join(str(err).split())[:300]
         raise DatasetError(
             f"The {what} {str(path)!r} cannot be read (truncated, damaged or of another "
-            f"format): {type(err).__name__}: {text}"
+            f"format): {type(err).__name__}: {text}",
+            source=str(path),  # named already: naming_source leaves it as it is
         ) from err
 
 

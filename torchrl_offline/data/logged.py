@@ -298,27 +298,26 @@ def from_logged(
     in_file = functools.partial(naming_source, table.describe().get("source_path"))
     with in_file():
         resolved, skipped = resolve_columns(table.names, columns, ignore)
-    if num_positions is not None and not any(c.target[0] == POSITION for c in resolved):
-        raise DatasetError(
-            f"num_positions={num_positions} is given but the log has no position column "
-            f"(named {' / '.join(ACCEPTED_NAMES['position'])}; map yours with "
-            "columns={'position': ...})",
-            field="position",
+        if num_positions is not None and not any(c.target[0] == POSITION for c in resolved):
+            raise DatasetError(
+                f"num_positions={num_positions} is given but the log has no position column "
+                f"(named {' / '.join(ACCEPTED_NAMES['position'])}; map yours with "
+                "columns={'position': ...})",
+                field="position",
+            )
+        table.select(
+            {n for c in resolved for n in c.sources},
+            {n for c in resolved if c.target[0] in FLOAT_FIELDS for n in c.sources},
         )
-    table.select(
-        {n for c in resolved for n in c.sources},
-        {n for c in resolved if c.target[0] in FLOAT_FIELDS for n in c.sources},
-    )
-    given = _given_spaces(observation_space, action_space, resolved)
-    walk_options = {
-        "chunk_size": chunk_size,
-        "drop_incomplete": drop_incomplete,
-        "one_step": horizon == 1,
-    }
+        given = _given_spaces(observation_space, action_space, resolved)
+        walk_options = {
+            "chunk_size": chunk_size,
+            "drop_incomplete": drop_incomplete,
+            "one_step": horizon == 1,
+        }
 
-    # Pass 1: check every value, gather shapes / ranges, and fingerprint the content.
-    names = stored_names(resolved)
-    with in_file():
+        # Pass 1: check every value, gather shapes / ranges, and fingerprint the content.
+        names = stored_names(resolved)
         scan = scan_log(
             table,
             resolved,

@@ -33,7 +33,8 @@ __all__ = ["BCQ_ALGORITHM", "BCQ_PRESETS", "BCQLoss", "make_perturbation_actor"]
 #: * ``"d3rlpy"``: d3rlpy 2.8's ``BCQConfig`` defaults: 100 sampled actions both for the
 #:   target and for acting (the paper's code acts with 100, its target uses 10), 2x256
 #:   networks for the actor, the critics and the VAE, and a VAE decoder whose linear
-#:   output is clipped into the action box instead of squashed by ``tanh``.
+#:   output is clipped into the action box instead of squashed by ``tanh`` (d3rlpy clips
+#:   only the perturbed action; ours clips the decoded sample too).
 BCQ_PRESETS: dict[str, dict[str, object]] = {
     "d3rlpy": {
         "num_target_samples": 100,

@@ -7,9 +7,10 @@ same conditional variational auto-encoder, written once here:
 * encoder :math:`E(s, a) = (\mu, \log\sigma)`, with :math:`\log\sigma` clamped to
   ``[-4, 15]`` (the BCQ authors' code, for numerical stability);
 * decoder :math:`D(s, z)`, squashed by ``tanh`` into the action box ``[low, high]`` of
-  the action spec (both papers' code), or, with ``decoder_squash="clip"`` (d3rlpy's BCQ),
-  a linear output that the reconstruction regresses as it is and sampling clips into the
-  box; latent size ``2 * action_dim``;
+  the action spec (both papers' code), or, with ``decoder_squash="clip"`` (d3rlpy's linear
+  decoder), a linear output that the reconstruction regresses as it is and sampling clips
+  into the box (d3rlpy's BCQ clips only after its perturbation); latent size
+  ``2 * action_dim``;
 * sampling decodes :math:`z \sim \mathcal{N}(0, I)` clipped to ``[-0.5, 0.5]``, which
   keeps the samples near the mode of the behaviour policy;
 * loss :math:`\lVert D(s, \mu + \sigma \epsilon) - a \rVert^2 + \beta\,

@@ -110,8 +110,9 @@ class RunLock:
     Use it as a context manager, or call :meth:`release` when the run ends; releasing
     removes ``run.lock``, and the ``run.json`` this claim wrote when the run left nothing
     (no checkpoint, no ``summary.json``): a run that failed before its first checkpoint
-    does not block the corrected retry. A directory the claim created is removed too when
-    nothing is left in it (a run refused for its settings leaves no empty folder). A
+    does not block the corrected retry. The run directory itself, when the claim created
+    it, is removed too when nothing is left in it (a run refused for its settings leaves no
+    empty folder; parent folders created with it stay). A
     process killed while holding it leaves the lock file behind, and the next claim takes
     it over.
 

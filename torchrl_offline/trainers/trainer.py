@@ -83,15 +83,14 @@ class OfflineSource:
         self.batch_size = None if batch_size == replay_buffer.batch_size else batch_size
 
     def __iter__(self) -> Iterator[TensorDictBase]:
-        replaces = self.batch_size is not None and self.replay_buffer.batch_size is not None
-        while True:
-            if not replaces:
-                yield self.replay_buffer.sample(self.batch_size)
-                continue
+        if self.batch_size is not None and self.replay_buffer.batch_size is not None:
+            # TorchRL warns on a buffer's first sample with another size, once per buffer
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "Got conflicting batch_sizes")
                 batch = self.replay_buffer.sample(self.batch_size)
             yield batch
+        while True:
+            yield self.replay_buffer.sample(self.batch_size)
 
     def set_seed(self, seed: int, static_seed: bool = False) -> int:
         """Seeds torch's and NumPy's global generators (the sampler draws from them)."""
