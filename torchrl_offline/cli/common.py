@@ -292,14 +292,21 @@ class Rewording:
         return message
 
 
+def _sampled_argmax(policy: Any) -> Any:
+    """BCQ's or BEAR's ``SampledArgmaxPolicy`` behind ``policy`` (a ``NormalizedPolicy``
+    wraps it), or ``None`` for any other policy."""
+    from torchrl_offline.objectives._behavior_model import SampledArgmaxPolicy
+
+    inner = getattr(policy, "policy", policy)
+    return inner if isinstance(inner, SampledArgmaxPolicy) else None
+
+
 def describe_policy_mode(policy: Any, mode: str) -> str:
     """``mode`` and what the checkpoint's ``policy`` does in it, for the printed summaries
     (BCQ's and BEAR's policy is the best of sampled candidate actions, not an actor's
     mode)."""
-    from torchrl_offline.objectives._behavior_model import SampledArgmaxPolicy
-
-    inner = getattr(policy, "policy", policy)  # a NormalizedPolicy wraps the actor
-    if mode == "greedy" and isinstance(inner, SampledArgmaxPolicy):
+    inner = _sampled_argmax(policy)
+    if mode == "greedy" and inner is not None:
         n = inner.num_samples or inner.loss.num_action_samples
         return (
             f"{mode} (the best of {n} candidate actions sampled at each state, under the "
@@ -323,10 +330,8 @@ def add_policy_mode_option(parser: argparse.ArgumentParser) -> None:
 def require_policy_mode(policy: Any, mode: str, algorithm: str) -> None:
     """Refuses ``--policy-mode stochastic`` for a checkpoint whose policy has no action
     distribution (a deterministic actor or a Q-value actor): a :class:`UsageError`."""
-    from torchrl_offline.objectives._behavior_model import SampledArgmaxPolicy
-
     if mode == "stochastic" and not hasattr(policy, "get_dist"):
-        if isinstance(getattr(policy, "policy", policy), SampledArgmaxPolicy):
+        if _sampled_argmax(policy) is not None:
             raise UsageError(
                 f"--policy-mode stochastic: the checkpoint's {algorithm} policy has no action "
                 "distribution: it takes the best of candidate actions sampled afresh at each "

@@ -72,6 +72,12 @@ def _check_integral(value: np.ndarray, field: str, rows: np.ndarray) -> None:
             )
 
 
+def _stored_target(target: Name) -> Name:
+    """The stored key of a column's target: ``next_observation[.x]`` is kept under
+    ``next.observation[.x]``, every other target under its own name."""
+    return ("next", "observation", *target[1:]) if target[0] == "next_observation" else target
+
+
 def to_tensordict(
     fields: dict[Name, np.ndarray],
     rows: np.ndarray,
@@ -91,8 +97,7 @@ def to_tensordict(
     td = TensorDict(batch_size=[n])
     for target, value in fields.items():
         head = target[0]
-        stored = ("next", "observation", *target[1:]) if head == "next_observation" else target
-        field = (names or {}).get(dotted(stored), dotted(target))
+        field = (names or {}).get(dotted(_stored_target(target)), dotted(target))
         if head in ("observation", "next_observation", "action"):
             space = spaces.get(("observation", *target[1:]) if head != "action" else target)
             if space is not None:
@@ -138,15 +143,13 @@ def stored_names(columns: list[Column]) -> dict[str, str]:
     for column in columns:
         if column.stacked:
             continue
-        head, rest = column.target[0], column.target[1:]
+        head = column.target[0]
         source = dotted(column.sources[0])
-        if head == "next_observation":
-            out[dotted(("next", "observation", *rest))] = source
-        elif head in ("reward", "terminated", "truncated", "done"):
+        if head in ("reward", "terminated", "truncated", "done"):
             out[f"next.{head}"] = source
             out[head] = source
         else:
-            out[dotted(column.target)] = source
+            out[dotted(_stored_target(column.target))] = source
     return out
 
 
@@ -156,9 +159,8 @@ def stacked_sources(columns: list[Column]) -> dict[str, tuple[str, ...]]:
     out: dict[str, tuple[str, ...]] = {}
     for column in columns:
         if column.stacked:
-            head, rest = column.target[0], column.target[1:]
-            stored = ("next", "observation", *rest) if head == "next_observation" else column.target
-            out[dotted(stored)] = tuple(dotted(source) for source in column.sources)
+            stored = dotted(_stored_target(column.target))
+            out[stored] = tuple(dotted(source) for source in column.sources)
     return out
 
 
